@@ -1,0 +1,33 @@
+//! # firmware — the sensor node that never forgets a reading
+//!
+//! A `no_std`, allocation-free library for a microcontroller that samples sensors and
+//! publishes the readings over MQTT to the gateway, keeping each reading until the gateway
+//! says it is on disk (hop 1 of the appliance's end-to-end guarantee).
+//!
+//! # Layout
+//! - [`wire`] — the wire format every component decodes: [`wire::Batch`], [`wire::DeviceStatus`],
+//!   [`wire::Ack`]; versioned postcard, bounded sizes, never-panicking decoders.
+//! - [`buffer`] — the fixed-capacity ring of unacknowledged readings and its overflow policy.
+//! - [`mqtt`] — a hand-written MQTT 3.1.1 codec and the sans-I/O [`mqtt::Uplink`] state machine
+//!   (connect with last will, subscribe to acks, publish batches, keep alive, resend, reconnect).
+//! - [`driver`] — thin blocking (`embedded-io`) and async (`embedded-io-async`) drivers.
+//! - [`receiver`] — the receiving side's rule for which readings of a batch are new (used by
+//!   the gateway).
+//! - `persist` (feature `flash`) — unacked readings and the sequence counter in NOR flash.
+//!
+//! # Features
+//! - `async` — the async driver ([`driver::run`]).
+//! - `flash` — persistence through `embedded-storage-async` and `sequential-storage`.
+#![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
+
+pub mod buffer;
+pub mod driver;
+mod error;
+pub mod mqtt;
+#[cfg(feature = "flash")]
+pub mod persist;
+pub mod receiver;
+pub mod wire;
+
+pub use error::Error;
