@@ -1,1 +1,28 @@
+//! # hil-tests — the device simulator, test peers and end-to-end tests
+//!
+//! # Layout
+//! - [`sim`] — `device-sim`'s engine: many virtual devices, each running the real firmware
+//!   library ([`firmware::mqtt::Uplink`] through its async driver) over a tokio TCP socket.
+//! - [`acker`] — a stand-in for the gateway's Ack path until the edge agent exists: subscribes
+//!   to `sensors/+` (rumqttc), applies [`firmware::receiver::Stream`] per device boot, and
+//!   publishes cumulative Acks. It never stores anything, so its Ack means "received", not
+//!   "durable" — good enough to test the device side.
+//! - [`mosquitto`] — starts and stops a real mosquitto broker on a free loopback port.
+//! - [`proxy`] — a TCP proxy whose connections can be cut on demand (link faults).
+//! - [`qemu`] — locates the board image and runs it under `qemu-system-arm`.
+//! - [`wait`] — wait for a condition with a deadline (never sleep-and-hope).
 
+pub mod acker;
+pub mod mosquitto;
+pub mod proxy;
+pub mod qemu;
+pub mod sim;
+pub mod wait;
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server under test to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
