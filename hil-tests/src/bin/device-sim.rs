@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use firmware::buffer::OverflowPolicy;
+use hil_tests::acker::Acker;
+use hil_tests::mosquitto::Mosquitto;
 use hil_tests::sim::{self, SimConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -59,6 +61,10 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Start a private mosquitto on a free port plus the test acker and publish there
+    /// (a self-contained run until the edge agent is the gateway; --broker is ignored).
+    #[arg(long)]
+    with_broker: bool,
 }
 
 fn main() -> ExitCode {
@@ -70,8 +76,25 @@ fn main() -> ExitCode {
         eprintln!("device-sim: --batch must be 1..=64, --rate > 0 and --devices > 0");
         return ExitCode::from(2);
     }
+    // Kept alive for the whole run; dropped (stopped) on return.
+    let mut local = None;
+    let broker = if a.with_broker {
+        match start_local_broker() {
+            Ok((addr, m, acker)) => {
+                eprintln!("device-sim: private mosquitto and test acker on {addr}");
+                local = Some((m, acker));
+                addr
+            }
+            Err(e) => {
+                eprintln!("device-sim: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        a.broker
+    };
     let cfg = SimConfig {
-        broker: a.broker,
+        broker,
         devices: a.devices,
         rate: a.rate,
         batch: a.batch,
@@ -132,6 +155,7 @@ fn main() -> ExitCode {
             report.acked() as f64 / report.elapsed.as_secs_f64().max(1e-9),
         );
     }
+    drop(local);
     if report.lossless() {
         ExitCode::SUCCESS
     } else {
@@ -142,4 +166,10 @@ fn main() -> ExitCode {
         );
         ExitCode::FAILURE
     }
+}
+
+fn start_local_broker() -> anyhow::Result<(String, Mosquitto, Acker)> {
+    let m = Mosquitto::start()?;
+    let acker = Acker::start("127.0.0.1", m.port())?;
+    Ok((m.addr(), m, acker))
 }

@@ -9,7 +9,7 @@
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `id` | device id (MQTT client id and topic level; `firmware::mqtt::Config::new` checks it) | `qemu-1` |
-//! | `boot` | boot id: a number, or `time` for the host's clock in seconds | FNV-1a hash of `id` |
+//! | `boot` | boot id: a number, or `time` for the host's clock in seconds | hash of `id` and the host clock |
 //! | `n` | readings to generate before exiting once none is left unacknowledged (see `main`); `0` = run forever | 100 |
 //! | `rate` | readings per second (1..=1000) | 50 |
 //! | `batch` | most readings per publish (1..=64, clamped to what the TX buffer holds) | 8 |
@@ -18,8 +18,9 @@
 //! | `timeout` | a broker request unanswered this long ends the session, ms | 3000 |
 //! | `full` | when the buffer is full: `wait` = the simulated sensor holds its samples and catches up later (nothing is lost), `drop` = sample anyway and let the buffer drop the oldest | `wait` |
 //!
-//! The default boot id is deterministic so that a rerun of a test sees the same identities;
-//! a test that models a reset without persisted state passes a new `boot=` (or `boot=time`).
+//! This image keeps no state across resets, so by default every boot gets a new boot id (the
+//! device id hashed with the host clock): a gateway that remembers earlier runs must not take a
+//! rerun's readings for duplicates. A test that wants fixed identities passes `boot=<n>`.
 
 /// Parsed run parameters.
 pub struct Params<'a> {
@@ -80,7 +81,7 @@ pub fn parse(line: &str) -> Result<Params<'_>, &'static str> {
             _ => return Err("unknown argument"),
         }
     }
-    p.boot = boot.unwrap_or_else(|| fnv1a(p.id));
+    p.boot = boot.unwrap_or_else(|| fnv1a(p.id) ^ crate::host::time_s().wrapping_mul(0x9e37_79b9));
     Ok(p)
 }
 
