@@ -116,6 +116,10 @@ pub async fn run(
     opts.set_clean_session(true);
     opts.set_max_packet_size(64 * 1024, 64 * 1024);
     let (client, mut events) = AsyncClient::new(opts, 100_000);
+    // Acks are tiny: without NODELAY, Nagle holds each one back for a delayed ACK (~40 ms).
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {

@@ -28,7 +28,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n\
                  max_queued_messages 100000\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n"
             ),
         )?;
