@@ -49,6 +49,30 @@ impl<S: Storage> Buffer<S> {
         Buffer { slots, head: 0, len: 0, low_seq: next_seq, send_seq: next_seq, policy, dropped: 0 }
     }
 
+    /// A buffer holding `readings`, numbered `first_seq, first_seq + 1, ...`, none of them sent
+    /// yet: the unacknowledged readings a reset interrupted, restored from flash.
+    ///
+    /// If there are more readings than slots, the oldest are dropped (counted, whatever the
+    /// policy) and the newest kept; either way the next pushed reading gets the number after the
+    /// last restored one, so no sequence number is used twice.
+    pub fn restore(
+        slots: S,
+        policy: OverflowPolicy,
+        first_seq: u64,
+        readings: impl IntoIterator<Item = Reading>,
+    ) -> Self {
+        let mut b = Buffer::new(slots, OverflowPolicy::DropOldest, first_seq);
+        for reading in readings {
+            if b.push(reading).is_err() {
+                // No slots at all: the reading is gone (counted by `push`), its number stays used.
+                b.low_seq += 1;
+                b.send_seq = b.low_seq;
+            }
+        }
+        b.policy = policy;
+        b
+    }
+
     /// How many readings fit.
     pub fn capacity(&self) -> usize {
         self.slots.as_ref().len()
@@ -279,6 +303,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn restore_numbers_readings_from_first_seq_and_keeps_the_newest() {
+        let b = Buffer::restore(std::vec![Reading::default(); 4], OverflowPolicy::RefuseNewest, 10, (0..3).map(r));
+        assert_eq!((b.low_seq(), b.send_seq(), b.next_seq(), b.dropped()), (10, 10, 13, 0));
+        assert_eq!(b.policy(), OverflowPolicy::RefuseNewest);
+        assert_eq!(b.peek_unsent(8).1, &[r(0), r(1), r(2)]);
+
+        // More readings than slots: the oldest go (counted), numbering is unchanged.
+        let b = Buffer::restore([Reading::default(); 2], OverflowPolicy::RefuseNewest, 10, (0..5).map(r));
+        assert_eq!((b.low_seq(), b.next_seq(), b.dropped()), (13, 15, 3));
+        assert_eq!((b.get(13), b.get(14)), (Some(&r(3)), Some(&r(4))));
+
+        // No slots: nothing is kept, but the numbers stay used.
+        let mut b = Buffer::restore([] as [Reading; 0], OverflowPolicy::DropOldest, 10, (0..2).map(r));
+        assert_eq!((b.low_seq(), b.next_seq(), b.dropped(), b.len()), (12, 12, 2, 0));
+        assert_eq!(b.push(r(9)), Err(Error::BufferFull));
+
+        // Nothing to restore is an empty buffer resuming at `first_seq`.
+        let mut b = Buffer::restore([Reading::default(); 2], OverflowPolicy::DropOldest, 7, []);
+        assert_eq!(b.push(r(0)), Ok(7));
     }
 
     #[test]

@@ -170,7 +170,14 @@ pub struct Uplink<S: Storage, const TX: usize> {
 impl<S: Storage, const TX: usize> Uplink<S, TX> {
     /// A new, disconnected uplink whose first reading gets sequence `next_seq` (0 for a fresh
     /// boot; the restored counter after a reset with persisted state).
-    pub fn new(mut cfg: Config, storage: S, policy: OverflowPolicy, next_seq: u64, now: u64) -> Self {
+    pub fn new(cfg: Config, storage: S, policy: OverflowPolicy, next_seq: u64, now: u64) -> Self {
+        Self::with_buffer(cfg, Buffer::new(storage, policy, next_seq), now)
+    }
+
+    /// A new, disconnected uplink around `buffer`, typically one [`Buffer::restore`]d from flash
+    /// after a reset: its readings go out again on the first session under their old sequence
+    /// numbers (flagged and counted as resends, since they may have been sent before the reset).
+    pub fn with_buffer(mut cfg: Config, buffer: Buffer<S>, now: u64) -> Self {
         let fit = TX.saturating_sub(PUBLISH_OVERHEAD) / MAX_READING_ENCODED;
         cfg.batch_max = cfg.batch_max.clamp(1, fit.clamp(1, wire::MAX_BATCH_READINGS));
         cfg.max_in_flight = cfg.max_in_flight.max(1);
@@ -193,7 +200,8 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
         });
         Uplink {
             backoff_ms: cfg.reconnect_min_ms,
-            buffer: Buffer::new(storage, policy, next_seq),
+            sent_high: buffer.next_seq(),
+            buffer,
             cfg,
             data_topic,
             ack_topic,
@@ -215,7 +223,6 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
             unsent_since: None,
             status_due_at: now,
             counters: Counters::default(),
-            sent_high: next_seq,
             rng: seed | 1,
             connected_once: false,
             started_at: now,
@@ -385,8 +392,7 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
 
     fn process_rx(&mut self, now: u64) -> Result<(), Error> {
         let mut start = 0;
-        loop {
-            let Some(total) = codec::frame_len(&self.rx[start..self.rx_len])? else { break };
+        while let Some(total) = codec::frame_len(&self.rx[start..self.rx_len])? {
             if total > RX_CAPACITY {
                 // Skip a packet we cannot hold: drop what we have of it, skip the rest.
                 let have = self.rx_len - start;
