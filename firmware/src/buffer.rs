@@ -46,7 +46,15 @@ pub struct Buffer<S: Storage> {
 impl<S: Storage> Buffer<S> {
     /// An empty buffer whose first reading will get sequence number `next_seq`.
     pub fn new(slots: S, policy: OverflowPolicy, next_seq: u64) -> Self {
-        Buffer { slots, head: 0, len: 0, low_seq: next_seq, send_seq: next_seq, policy, dropped: 0 }
+        Buffer {
+            slots,
+            head: 0,
+            len: 0,
+            low_seq: next_seq,
+            send_seq: next_seq,
+            policy,
+            dropped: 0,
+        }
     }
 
     /// A buffer holding `readings`, numbered `first_seq, first_seq + 1, ...`, none of them sent
@@ -212,7 +220,11 @@ mod tests {
     use std::collections::VecDeque;
 
     fn r(v: u64) -> Reading {
-        Reading { channel: 0, timestamp_ms: v, value: v as f32 }
+        Reading {
+            channel: 0,
+            timestamp_ms: v,
+            value: v as f32,
+        }
     }
 
     #[derive(Debug, Clone)]
@@ -307,13 +319,26 @@ mod tests {
 
     #[test]
     fn restore_numbers_readings_from_first_seq_and_keeps_the_newest() {
-        let b = Buffer::restore(std::vec![Reading::default(); 4], OverflowPolicy::RefuseNewest, 10, (0..3).map(r));
-        assert_eq!((b.low_seq(), b.send_seq(), b.next_seq(), b.dropped()), (10, 10, 13, 0));
+        let b = Buffer::restore(
+            std::vec![Reading::default(); 4],
+            OverflowPolicy::RefuseNewest,
+            10,
+            (0..3).map(r),
+        );
+        assert_eq!(
+            (b.low_seq(), b.send_seq(), b.next_seq(), b.dropped()),
+            (10, 10, 13, 0)
+        );
         assert_eq!(b.policy(), OverflowPolicy::RefuseNewest);
         assert_eq!(b.peek_unsent(8).1, &[r(0), r(1), r(2)]);
 
         // More readings than slots: the oldest go (counted), numbering is unchanged.
-        let b = Buffer::restore([Reading::default(); 2], OverflowPolicy::RefuseNewest, 10, (0..5).map(r));
+        let b = Buffer::restore(
+            [Reading::default(); 2],
+            OverflowPolicy::RefuseNewest,
+            10,
+            (0..5).map(r),
+        );
         assert_eq!((b.low_seq(), b.next_seq(), b.dropped()), (13, 15, 3));
         assert_eq!((b.get(13), b.get(14)), (Some(&r(3)), Some(&r(4))));
 

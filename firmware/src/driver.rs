@@ -2,7 +2,7 @@
 //!
 //! - [`service`]: blocking `embedded-io` (`Read + Write + ReadReady`), for a bare-metal main loop
 //!   over a UART. It never blocks on reads, so the loop can keep sampling.
-//! - [`run`] (feature `async`): `embedded-io-async` with any [`DelayNs`], for async runtimes on
+//! - [`run`] (feature `async`): `embedded-io-async` with any `DelayNs`, for async runtimes on
 //!   an MCU (embassy) or a host (tokio through `embedded-io-adapters`).
 
 use crate::buffer::Storage;
@@ -21,7 +21,11 @@ pub trait Link: embedded_io::Read + embedded_io::Write + embedded_io::ReadReady 
 /// Does everything the uplink can do at `now` without waiting for input, and returns the time
 /// (ms) by which it should be called again at the latest. Call it again sooner whenever bytes
 /// may have arrived or a reading was pushed.
-pub fn service<S: Storage, const TX: usize, L: Link>(uplink: &mut Uplink<S, TX>, link: &mut L, now: u64) -> u64 {
+pub fn service<S: Storage, const TX: usize, L: Link>(
+    uplink: &mut Uplink<S, TX>,
+    link: &mut L,
+    now: u64,
+) -> u64 {
     let mut buf = [0u8; 64];
     loop {
         match uplink.poll(now) {
@@ -119,13 +123,15 @@ mod asynch {
                 },
                 Action::Transmit => {
                     let ok = match conn.as_mut() {
-                        Some(c) => match select(c.write(uplink.transmit()), delay.delay_ms(ms(stall))).await {
-                            Either::First(Ok(n)) if n > 0 => {
-                                uplink.consume_tx(n);
-                                true
+                        Some(c) => {
+                            match select(c.write(uplink.transmit()), delay.delay_ms(ms(stall))).await {
+                                Either::First(Ok(n)) if n > 0 => {
+                                    uplink.consume_tx(n);
+                                    true
+                                }
+                                _ => false,
                             }
-                            _ => false,
-                        },
+                        }
                         None => false,
                     };
                     if !ok {

@@ -180,10 +180,9 @@ enum Fault {
 fn fault<E>(e: &sequential_storage::Error<E>) -> Fault {
     use sequential_storage::Error as E;
     match e {
-        E::Corrupted { .. }
-        | E::LogicBug { .. }
-        | E::BufferTooSmall(_)
-        | E::SerializationError(_) => Fault::Corrupt,
+        E::Corrupted { .. } | E::LogicBug { .. } | E::BufferTooSmall(_) | E::SerializationError(_) => {
+            Fault::Corrupt
+        }
         _ => Fault::Io,
     }
 }
@@ -252,20 +251,12 @@ impl<F: MultiwriteNorFlash> Journal<F> {
 
     fn queue_storage(&mut self) -> Result<Queue<'_, F>, Error> {
         let config = QueueConfig::try_new(self.queue.clone()).map_err(|_| Error::Storage)?;
-        Ok(QueueStorage::new(
-            &mut self.flash,
-            config,
-            Cache::new_uncached(),
-        ))
+        Ok(QueueStorage::new(&mut self.flash, config, Cache::new_uncached()))
     }
 
     fn counter_storage(&mut self) -> Result<CounterMap<'_, F>, Error> {
         let config = MapConfig::try_new(self.counter.clone()).map_err(|_| Error::Storage)?;
-        Ok(MapStorage::new(
-            &mut self.flash,
-            config,
-            Cache::new_uncached(),
-        ))
+        Ok(MapStorage::new(&mut self.flash, config, Cache::new_uncached()))
     }
 
     /// Reads back the state a reset left: the boot to continue, the next sequence number and
@@ -275,11 +266,7 @@ impl<F: MultiwriteNorFlash> Journal<F> {
     /// On fresh flash, or flash whose contents cannot be trusted, it erases both ranges and
     /// starts a new boot with `fresh_boot_id` (changed if it equals the untrusted stored one)
     /// at seq 0. It returns [`Error::Storage`] only if the flash itself fails; call it again.
-    pub async fn restore(
-        &mut self,
-        fresh_boot_id: u32,
-        out: &mut [Reading],
-    ) -> Result<Restored, Error> {
+    pub async fn restore(&mut self, fresh_boot_id: u32, out: &mut [Reading]) -> Result<Restored, Error> {
         self.state = None;
         let mut buf = ItemBuf::new();
         let stored = match self
@@ -308,9 +295,9 @@ impl<F: MultiwriteNorFlash> Journal<F> {
                 return self.start_fresh(boot_id).await;
             }
         };
-        let next_seq = scan.highest.map_or(counter.next_seq, |h| {
-            counter.next_seq.max(h.saturating_add(1))
-        });
+        let next_seq = scan
+            .highest
+            .map_or(counter.next_seq, |h| counter.next_seq.max(h.saturating_add(1)));
         let mut discarded = scan.discarded;
         let first_seq = match scan.run {
             // The run ends exactly where numbering resumes: restore it.
@@ -351,18 +338,9 @@ impl<F: MultiwriteNorFlash> Journal<F> {
     /// Erases everything and stores a new boot at seq 0. The counter range is erased first, so
     /// a power loss anywhere in here leaves "no counter": the next restore starts fresh again.
     async fn start_fresh(&mut self, boot_id: u32) -> Result<Restored, Error> {
-        self.counter_storage()?
-            .erase_all()
-            .await
-            .map_err(storage_err)?;
-        self.queue_storage()?
-            .erase_all()
-            .await
-            .map_err(storage_err)?;
-        let counter = Counter {
-            boot_id,
-            next_seq: 0,
-        };
+        self.counter_storage()?.erase_all().await.map_err(storage_err)?;
+        self.queue_storage()?.erase_all().await.map_err(storage_err)?;
+        let counter = Counter { boot_id, next_seq: 0 };
         let mut buf = ItemBuf::new();
         self.counter_storage()?
             .store_item(&mut buf.0, &COUNTER_KEY, &counter)
@@ -467,8 +445,7 @@ impl<F: MultiwriteNorFlash> Journal<F> {
         let state = *self.state.as_ref().ok_or(Error::Storage)?;
         let empties = state.newest.is_none_or(|newest| newest < low_seq);
         if empties {
-            self.store_counter(state.boot_id, low_seq.max(state.high))
-                .await?;
+            self.store_counter(state.boot_id, low_seq.max(state.high)).await?;
         }
         if state.oldest.is_none_or(|oldest| oldest >= low_seq) {
             return Ok(());
@@ -512,10 +489,7 @@ impl<F: MultiwriteNorFlash> Journal<F> {
     async fn heal(&mut self, next_seq: u64) -> Result<(), Error> {
         let state = self.state.ok_or(Error::Storage)?;
         self.store_counter(state.boot_id, next_seq).await?;
-        self.queue_storage()?
-            .erase_all()
-            .await
-            .map_err(storage_err)?;
+        self.queue_storage()?.erase_all().await.map_err(storage_err)?;
         if let Some(s) = self.state.as_mut() {
             s.newest = None;
             s.oldest = None;
@@ -541,11 +515,7 @@ impl<F: MultiwriteNorFlash> Journal<F> {
     }
 
     /// [`Journal::restore`] for callers without an executor (busy-polls the flash futures).
-    pub fn restore_blocking(
-        &mut self,
-        fresh_boot_id: u32,
-        out: &mut [Reading],
-    ) -> Result<Restored, Error> {
+    pub fn restore_blocking(&mut self, fresh_boot_id: u32, out: &mut [Reading]) -> Result<Restored, Error> {
         embassy_futures::block_on(self.restore(fresh_boot_id, out))
     }
 
@@ -624,9 +594,7 @@ impl<'a> Value<'a> for Counter {
     }
 
     fn deserialize_from(buffer: &'a [u8]) -> Result<(Self, usize), SerializationError> {
-        let b: &[u8; COUNTER_LEN] = buffer
-            .try_into()
-            .map_err(|_| SerializationError::InvalidFormat)?;
+        let b: &[u8; COUNTER_LEN] = buffer.try_into().map_err(|_| SerializationError::InvalidFormat)?;
         if b[0] != COUNTER_TAG {
             return Err(SerializationError::InvalidFormat);
         }
@@ -677,10 +645,7 @@ mod tests {
         };
         let mut buf = [0; 32];
         let n = c.serialize_into(&mut buf).unwrap();
-        assert_eq!(
-            Counter::deserialize_from(&buf[..n]).unwrap(),
-            (c, COUNTER_LEN)
-        );
+        assert_eq!(Counter::deserialize_from(&buf[..n]).unwrap(), (c, COUNTER_LEN));
         assert!(Counter::deserialize_from(&buf[..n - 1]).is_err());
         buf[0] = 9;
         assert!(Counter::deserialize_from(&buf[..n]).is_err());

@@ -32,7 +32,9 @@ pub struct Outcome {
 impl Stream {
     /// State for a boot first seen with this batch's `low_seq`.
     pub fn start(low_seq: u64) -> Self {
-        Stream { next_expected: low_seq }
+        Stream {
+            next_expected: low_seq,
+        }
     }
 
     /// State restored from a stored "next expected" sequence number.
@@ -57,15 +59,27 @@ impl Stream {
         self.next_expected += gap;
         let expected = self.next_expected;
         if first_seq > expected {
-            return Outcome { new: 0..0, gap, out_of_order: true };
+            return Outcome {
+                new: 0..0,
+                gap,
+                out_of_order: true,
+            };
         }
         let end = first_seq.saturating_add(len as u64);
         if end <= expected {
-            return Outcome { new: 0..0, gap, out_of_order: false };
+            return Outcome {
+                new: 0..0,
+                gap,
+                out_of_order: false,
+            };
         }
         let skip = (expected - first_seq) as usize;
         self.next_expected = end;
-        Outcome { new: skip..len, gap, out_of_order: false }
+        Outcome {
+            new: skip..len,
+            gap,
+            out_of_order: false,
+        }
     }
 }
 

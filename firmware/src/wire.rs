@@ -236,8 +236,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn reading() -> impl Strategy<Value = Reading> {
-        (any::<u16>(), any::<u64>(), any::<f32>()).prop_map(|(channel, timestamp_ms, value)| {
-            Reading { channel, timestamp_ms, value }
+        (any::<u16>(), any::<u64>(), any::<f32>()).prop_map(|(channel, timestamp_ms, value)| Reading {
+            channel,
+            timestamp_ms,
+            value,
         })
     }
 
@@ -361,7 +363,11 @@ mod tests {
 
     #[test]
     fn maximal_values_fit_the_documented_bounds() {
-        let r = Reading { channel: u16::MAX, timestamp_ms: u64::MAX, value: f32::MAX };
+        let r = Reading {
+            channel: u16::MAX,
+            timestamp_ms: u64::MAX,
+            value: f32::MAX,
+        };
         let id = String::try_from("x".repeat(MAX_DEVICE_ID).as_str()).unwrap();
         let b = Batch {
             device_id: id.clone(),
@@ -390,14 +396,20 @@ mod tests {
         };
         let mut buf = [0u8; MAX_STATUS_ENCODED];
         assert_eq!(encode(&s, &mut buf).unwrap().len(), MAX_STATUS_ENCODED);
-        let a = Ack { boot_id: u32::MAX, up_to_seq: u64::MAX };
+        let a = Ack {
+            boot_id: u32::MAX,
+            up_to_seq: u64::MAX,
+        };
         let mut buf = [0u8; MAX_ACK_ENCODED];
         assert_eq!(encode(&a, &mut buf).unwrap().len(), MAX_ACK_ENCODED);
     }
 
     #[test]
     fn rejects_wrong_version_trailing_bytes_and_oversized_lengths() {
-        let a = Ack { boot_id: 7, up_to_seq: 9 };
+        let a = Ack {
+            boot_id: 7,
+            up_to_seq: 9,
+        };
         let mut buf = [0u8; 32];
         let n = encode(&a, &mut buf).unwrap().len();
         buf[0] = 99;

@@ -254,9 +254,7 @@ fn restored_map(r: &Restored, out: &[Reading]) -> BTreeMap<u64, Reading> {
 fn fresh_flash_starts_a_new_boot_and_a_restart_resumes_it() {
     let mut flash = new_flash::<4, 256>();
     let mut out = [Reading::default(); 16];
-    let r = journal(&mut flash)
-        .restore_blocking(BOOT, &mut out)
-        .unwrap();
+    let r = journal(&mut flash).restore_blocking(BOOT, &mut out).unwrap();
     assert_eq!(
         r,
         Restored {
@@ -304,10 +302,7 @@ fn an_empty_queue_still_restores_the_counter() {
     }
     drop(j);
     let r = journal(&mut flash).restore_blocking(1, &mut out).unwrap();
-    assert_eq!(
-        (r.boot_id, r.first_seq, r.next_seq, r.len()),
-        (BOOT, 40, 40, 0)
-    );
+    assert_eq!((r.boot_id, r.first_seq, r.next_seq, r.len()), (BOOT, 40, 40, 0));
     assert_eq!(flash.set_bits, 0);
 }
 
@@ -315,10 +310,7 @@ fn an_empty_queue_still_restores_the_counter() {
 fn record_and_release_need_a_restore_and_rising_seqs() {
     let mut flash = new_flash::<4, 256>();
     let mut j = journal(&mut flash);
-    assert_eq!(
-        j.record_blocking(0, &reading(0)),
-        Err(firmware::Error::Storage)
-    );
+    assert_eq!(j.record_blocking(0, &reading(0)), Err(firmware::Error::Storage));
     assert_eq!(j.release_below_blocking(0), Err(firmware::Error::Storage));
     j.restore_blocking(BOOT, &mut []).unwrap();
     j.record_blocking(0, &reading(0)).unwrap();
@@ -333,10 +325,7 @@ fn record_and_release_need_a_restore_and_rising_seqs() {
 #[test]
 fn bad_layouts_are_refused() {
     let mut flash = new_flash::<4, 256>();
-    assert!(
-        Journal::new(&mut flash, 0..512, 256..768).is_err(),
-        "overlapping"
-    );
+    assert!(Journal::new(&mut flash, 0..512, 256..768).is_err(), "overlapping");
     assert!(
         Journal::new(&mut flash, 0..256, 512..1024).is_err(),
         "one-page queue"
@@ -383,11 +372,7 @@ fn capacity_holds_without_dropping_and_overflow_drops_the_oldest() {
     drop(j);
     let r = journal(&mut flash).restore_blocking(1, &mut out).unwrap();
     assert_eq!(r.next_seq, 10 + cap + 20);
-    assert!(
-        r.len() as u64 >= cap,
-        "at least capacity kept, got {}",
-        r.len()
-    );
+    assert!(r.len() as u64 >= cap, "at least capacity kept, got {}", r.len());
     assert!(r.first_seq > 10, "the oldest were dropped");
     for (seq, got) in restored_map(&r, &out) {
         assert_eq!(key(&got), key(&reading(seq)));
@@ -492,9 +477,7 @@ fn a_foreign_item_in_the_queue_is_skipped() {
     let mut q = QueueStorage::new(&mut flash, QueueConfig::new(queue), Cache::new_uncached());
     embassy_futures::block_on(q.push(&[7; 100], false)).unwrap();
     drop(q);
-    let r = journal(&mut flash)
-        .restore_blocking(BOOT, &mut out)
-        .unwrap();
+    let r = journal(&mut flash).restore_blocking(BOOT, &mut out).unwrap();
     assert_eq!((r.boot_id, r.resumed, r.next_seq), (BOOT + 1, false, 0));
 }
 
@@ -523,10 +506,7 @@ fn a_rotten_counter_starts_a_new_boot_from_scratch() {
     );
     // The old readings are gone for good, and the new boot is what resumes.
     let r = journal(&mut flash).restore_blocking(78, &mut out).unwrap();
-    assert_eq!(
-        (r.boot_id, r.resumed, r.first_seq, r.next_seq),
-        (77, true, 0, 0)
-    );
+    assert_eq!((r.boot_id, r.resumed, r.first_seq, r.next_seq), (77, true, 0, 0));
 }
 
 proptest! {
@@ -617,9 +597,7 @@ fn model_run<const W: usize, const PAGE: usize>(ops: &[Op]) -> Result<(), TestCa
     let mut flash = new_flash::<W, PAGE>();
     let limit = journal(&mut flash).capacity();
     let mut out = vec![Reading::default(); limit + 8];
-    let r = journal(&mut flash)
-        .restore_blocking(BOOT, &mut out)
-        .unwrap();
+    let r = journal(&mut flash).restore_blocking(BOOT, &mut out).unwrap();
     prop_assert_eq!((r.boot_id, r.resumed), (BOOT, false));
 
     let mut model: VecDeque<(u64, Reading)> = VecDeque::new();
@@ -745,11 +723,7 @@ impl Truth {
     ) -> Result<(), TestCaseError> {
         // (d) consecutive seqs is `restored_map`'s shape check; and nothing had to be thrown away.
         let got = restored_map(r, out);
-        prop_assert_eq!(
-            r.discarded,
-            0,
-            "a power loss never leaves entries to discard"
-        );
+        prop_assert_eq!(r.discarded, 0, "a power loss never leaves entries to discard");
         match self.boot {
             // The counter survives: same boot, resumed.
             Some(boot) => prop_assert_eq!((r.boot_id, r.resumed), (boot, true)),
@@ -979,10 +953,7 @@ fn power_loss_at_every_word_of_a_fixed_workload() {
         let s = s.borrow();
         assert_eq!(s.crashes, total);
         assert!(
-            s.resurrected > 0
-                && s.release_partial > 0
-                && s.torn_record_kept > 0
-                && s.torn_record_lost > 0,
+            s.resurrected > 0 && s.release_partial > 0 && s.torn_record_kept > 0 && s.torn_record_lost > 0,
             "{s:?}"
         );
     });
@@ -1018,19 +989,12 @@ fn restored_readings_go_out_again_under_their_old_seqs() {
         Uplink::with_buffer(Config::new("dev-1", r.boot_id).unwrap(), buffer, 0);
 
     let batch = first_batch(&mut up);
-    assert_eq!(
-        (batch.boot_id, batch.first_seq, batch.low_seq),
-        (BOOT, 2, 2)
-    );
+    assert_eq!((batch.boot_id, batch.first_seq, batch.low_seq), (BOOT, 2, 2));
     assert_eq!(
         batch.readings.iter().map(key).collect::<Vec<_>>(),
         (2..6).map(|i| key(&reading(i))).collect::<Vec<_>>()
     );
-    assert_eq!(
-        up.counters().resent,
-        4,
-        "restored readings count as resends"
-    );
+    assert_eq!(up.counters().resent, 4, "restored readings count as resends");
     // New readings continue the numbering, and the journal takes them.
     let seq = up.push(reading(6), 100).unwrap();
     assert_eq!(seq, 6);
@@ -1051,10 +1015,7 @@ fn first_batch(up: &mut Uplink<Vec<Reading>, 1024>) -> Batch {
                     8 => up.on_received(&[0x90, 0x03, bytes[2], bytes[3], 0x01], now),
                     3 => {
                         let Ok(Packet::Publish {
-                            topic,
-                            pid,
-                            payload,
-                            ..
+                            topic, pid, payload, ..
                         }) = codec::parse(&bytes)
                         else {
                             panic!("bad publish")

@@ -143,9 +143,7 @@ fn batches(sent: &[Sent]) -> Vec<(Batch, bool, u16)> {
                 dup,
                 pid,
                 ..
-            } if topic == "sensors/dev-1" => {
-                Some((wire::decode_batch(payload).unwrap(), *dup, pid.unwrap()))
-            }
+            } if topic == "sensors/dev-1" => Some((wire::decode_batch(payload).unwrap(), *dup, pid.unwrap())),
             _ => None,
         })
         .collect()
@@ -267,10 +265,7 @@ fn lost_connection_mid_publish_resends_everything_unacked() {
     let Action::Wait(retry_at) = u.poll(2) else {
         panic!()
     };
-    assert!(
-        (51..=101).contains(&retry_at),
-        "jittered backoff {retry_at}"
-    );
+    assert!((51..=101).contains(&retry_at), "jittered backoff {retry_at}");
     let (_, sent) = establish_with(&mut u, retry_at);
     let b = batches(&sent);
     let seqs: Vec<u64> = b
@@ -298,10 +293,7 @@ fn no_ack_progress_means_go_back_n_resend() {
     assert_eq!(a, Action::Wait(1_000));
     let (sent, _) = run(&mut u, 1_000);
     let b = batches(&sent);
-    assert_eq!(
-        (b[0].0.first_seq, b[0].0.readings.len(), b[0].1),
-        (0, 4, true)
-    );
+    assert_eq!((b[0].0.first_seq, b[0].0.readings.len(), b[0].1), (0, 4, true));
 }
 
 #[test]
@@ -314,14 +306,10 @@ fn connack_refusal_closes_and_backs_off() {
     assert_eq!(u.poll(1), Action::Close);
     assert_eq!(u.last_error(), Some(Error::Refused(5)));
     assert!(!u.is_online());
-    let Action::Wait(t1) = u.poll(1) else {
-        panic!()
-    };
+    let Action::Wait(t1) = u.poll(1) else { panic!() };
     assert_eq!(u.poll(t1), Action::Connect);
     u.on_connect_failed(t1);
-    let Action::Wait(t2) = u.poll(t1) else {
-        panic!()
-    };
+    let Action::Wait(t2) = u.poll(t1) else { panic!() };
     assert!(t2 - t1 >= 100, "backoff grows: {t1} -> {t2}");
 }
 

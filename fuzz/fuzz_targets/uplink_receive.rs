@@ -13,13 +13,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let chunk = usize::from(chunk).max(1);
     let cfg = Config::new("fuzz", 1).unwrap();
-    let mut u: Uplink<[Reading; 8], 512> = Uplink::new(
-        cfg,
-        [Reading::default(); 8],
-        OverflowPolicy::DropOldest,
-        0,
-        0,
-    );
+    let mut u: Uplink<[Reading; 8], 512> =
+        Uplink::new(cfg, [Reading::default(); 8], OverflowPolicy::DropOldest, 0, 0);
     assert_eq!(u.poll(0), Action::Connect);
     u.on_connected(0);
     for i in 0..4 {

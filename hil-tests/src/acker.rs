@@ -154,8 +154,7 @@ pub async fn run(
                             } else {
                                 log.duplicates += b.readings.len() as u64 - new;
                             }
-                            log.seqs
-                                .extend(o.new.clone().map(|i| b.first_seq + i as u64));
+                            log.seqs.extend(o.new.clone().map(|i| b.first_seq + i as u64));
                             if let Some(up_to_seq) = log.stream.ack_up_to() {
                                 let mut buf = [0u8; wire::MAX_ACK_ENCODED];
                                 if let Ok(bytes) = wire::encode(

@@ -23,8 +23,7 @@ impl Mosquitto {
 
     /// Starts mosquitto on `port` (used to restart a broker where clients expect it).
     pub fn start_on(port: u16) -> anyhow::Result<Self> {
-        let conf =
-            std::env::temp_dir().join(format!("hil-mosquitto-{}-{port}.conf", std::process::id()));
+        let conf = std::env::temp_dir().join(format!("hil-mosquitto-{}-{port}.conf", std::process::id()));
         std::fs::write(
             &conf,
             format!(
@@ -32,9 +31,8 @@ impl Mosquitto {
                  max_queued_messages 100000\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n"
             ),
         )?;
-        let bin = which("mosquitto").context(
-            "mosquitto is not installed: run the README's test command (it installs `mosquitto`)",
-        )?;
+        let bin = which("mosquitto")
+            .context("mosquitto is not installed: run the README's test command (it installs `mosquitto`)")?;
         let child = Command::new(bin)
             .arg("-c")
             .arg(&conf)

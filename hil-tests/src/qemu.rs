@@ -45,7 +45,11 @@ impl Qemu {
     /// given `key=value` arguments on the semihosting command line. QEMU runs under `timeout`.
     pub fn start(port: u16, args: &[String], timeout: Duration) -> anyhow::Result<Self> {
         let image = lm3s6965_image()?;
-        let reconnect = if qemu_major()? >= 9 { "reconnect-ms=1000" } else { "reconnect=1" };
+        let reconnect = if qemu_major()? >= 9 {
+            "reconnect-ms=1000"
+        } else {
+            "reconnect=1"
+        };
         let mut semihosting = String::from("enable=on,target=native,arg=qemu-lm3s6965");
         for a in args {
             anyhow::ensure!(!a.contains(','), "semihosting args cannot contain commas: {a}");
@@ -58,7 +62,9 @@ impl Qemu {
             .args(["-display", "none", "-monitor", "none", "-nographic"])
             .args(["-semihosting-config", &semihosting])
             .arg("-chardev")
-            .arg(format!("socket,id=uart0,host=127.0.0.1,port={port},{reconnect},nodelay=on"))
+            .arg(format!(
+                "socket,id=uart0,host=127.0.0.1,port={port},{reconnect},nodelay=on"
+            ))
             .args(["-serial", "chardev:uart0"])
             .arg("-kernel")
             .arg(&image)
@@ -72,7 +78,9 @@ impl Qemu {
 
     /// Waits for QEMU to exit (the image exits through semihosting) within `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        crate::wait::until(timeout, "the firmware under QEMU to exit", || self.child.try_wait().ok().flatten())
+        crate::wait::until(timeout, "the firmware under QEMU to exit", || {
+            self.child.try_wait().ok().flatten()
+        })
     }
 }
 

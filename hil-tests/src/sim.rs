@@ -213,8 +213,7 @@ async fn device(
 ) -> anyhow::Result<DeviceReport> {
     tokio::time::sleep(start_delay).await;
     let id = format!("{}{}", cfg.id_prefix, index);
-    let mut ucfg =
-        Config::new(&id, boot_id).map_err(|e| anyhow::anyhow!("device id {id:?}: {e}"))?;
+    let mut ucfg = Config::new(&id, boot_id).map_err(|e| anyhow::anyhow!("device id {id:?}: {e}"))?;
     ucfg.batch_max = cfg.batch.clamp(1, firmware::wire::MAX_BATCH_READINGS);
     let period_ms = 1000.0 / cfg.rate.max(0.001);
     // A batch waits at most as long as it takes to fill, so batching never adds more latency
@@ -272,8 +271,7 @@ async fn device(
             if made < target && now < stop_at_ms {
                 return Some(next_at as u64);
             }
-            let deadline =
-                *drain_deadline.get_or_insert(now + cfg.drain_timeout.as_millis() as u64);
+            let deadline = *drain_deadline.get_or_insert(now + cfg.drain_timeout.as_millis() as u64);
             if u.buffer().is_empty() || now >= deadline {
                 return None;
             }

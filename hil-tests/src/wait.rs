@@ -3,11 +3,7 @@
 use std::time::{Duration, Instant};
 
 /// Polls `cond` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
-pub fn until<T>(
-    timeout: Duration,
-    what: &str,
-    mut cond: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
+pub fn until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = cond() {

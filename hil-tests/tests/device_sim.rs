@@ -48,9 +48,7 @@ fn assert_exactly_once_in_order(acker: &Acker, prefix: &str, devices: usize, n: 
 async fn every_reading_is_acked_once_through_mosquitto() {
     let broker = Mosquitto::start().unwrap();
     let acker = Acker::start("127.0.0.1", broker.port()).unwrap();
-    let report = sim::run(cfg(broker.addr(), 20, 150, "plain-"))
-        .await
-        .unwrap();
+    let report = sim::run(cfg(broker.addr(), 20, 150, "plain-")).await.unwrap();
     assert!(report.lossless(), "{}", report.to_json());
     assert_eq!(report.acked(), 20 * 150);
     assert_eq!(report.resent(), 0, "no resends on a healthy link");

@@ -13,21 +13,37 @@ use hil_tests::wait;
 const RUN: Duration = Duration::from_secs(120);
 
 fn args(id: &str, n: u64) -> Vec<String> {
-    [format!("id={id}"), format!("n={n}"), "rate=100".into(), "batch=8".into(), "keepalive=2".into()]
-        .into_iter()
-        .chain(["resend=1000".into(), "timeout=2000".into()])
-        .collect()
+    [
+        format!("id={id}"),
+        format!("n={n}"),
+        "rate=100".into(),
+        "batch=8".into(),
+        "keepalive=2".into(),
+    ]
+    .into_iter()
+    .chain(["resend=1000".into(), "timeout=2000".into()])
+    .collect()
 }
 
 fn received(acker: &Acker, id: &str) -> u64 {
-    acker.stats().boots.iter().filter(|((d, _), _)| d == id).map(|(_, b)| b.received).sum()
+    acker
+        .stats()
+        .boots
+        .iter()
+        .filter(|((d, _), _)| d == id)
+        .map(|(_, b)| b.received)
+        .sum()
 }
 
 fn assert_exactly_once_in_order(acker: &Acker, id: &str, n: u64) {
     let st = acker.stats();
     let boots: Vec<_> = st.boots.iter().filter(|((d, _), _)| d == id).collect();
     assert_eq!(boots.len(), 1, "one boot");
-    assert_eq!(boots[0].1.seqs, (0..n).collect::<Vec<_>>(), "every reading once, in order");
+    assert_eq!(
+        boots[0].1.seqs,
+        (0..n).collect::<Vec<_>>(),
+        "every reading once, in order"
+    );
     assert_eq!(boots[0].1.gaps, 0);
 }
 
@@ -41,11 +57,20 @@ fn firmware_publishes_through_mosquitto_and_exits_zero_once_all_acked() {
     assert_exactly_once_in_order(&acker, "qemu-plain", 300);
     // QEMU exited without DISCONNECT, so the broker publishes the device's last will.
     let will = wait::until(Duration::from_secs(30), "the last will (status offline)", || {
-        acker.stats().statuses.get("qemu-plain").filter(|s| !s.online).cloned()
+        acker
+            .stats()
+            .statuses
+            .get("qemu-plain")
+            .filter(|s| !s.online)
+            .cloned()
     })
     .unwrap();
     assert_eq!(will.buffer_capacity, 64);
-    assert!(acker.stats().boots.keys().any(|(d, b)| d == "qemu-plain" && *b == will.boot_id));
+    assert!(acker
+        .stats()
+        .boots
+        .keys()
+        .any(|(d, b)| d == "qemu-plain" && *b == will.boot_id));
 }
 
 #[test]
@@ -67,7 +92,10 @@ fn firmware_survives_cut_links_and_resends() {
     assert_exactly_once_in_order(&acker, "qemu-cut", 400);
     let st = acker.stats();
     let s = st.statuses.get("qemu-cut").expect("status");
-    assert!(s.counters.reconnects >= 1, "the device counted its reconnects: {s:?}");
+    assert!(
+        s.counters.reconnects >= 1,
+        "the device counted its reconnects: {s:?}"
+    );
 }
 
 #[test]
@@ -96,7 +124,9 @@ fn image_fits_the_flash_and_ram_targets() {
     let elf = object::File::parse(&*bytes).unwrap();
     let (mut flash, mut ram) = (0u64, 0u64);
     for s in elf.sections() {
-        let SectionFlags::Elf { sh_flags } = s.flags() else { continue };
+        let SectionFlags::Elf { sh_flags } = s.flags() else {
+            continue;
+        };
         if sh_flags & u64::from(object::elf::SHF_ALLOC) == 0 {
             continue;
         }
@@ -115,5 +145,8 @@ fn image_fits_the_flash_and_ram_targets() {
     let buffer = 64 * std::mem::size_of::<firmware::wire::Reading>() as u64;
     println!("flash {flash} B, static RAM {ram} B (buffer {buffer} B)");
     assert!(flash <= 24 * 1024, "flash {flash} B exceeds 24 KiB");
-    assert!(ram <= 4 * 1024 + buffer, "static RAM {ram} B exceeds 4 KiB + buffer {buffer} B");
+    assert!(
+        ram <= 4 * 1024 + buffer,
+        "static RAM {ram} B exceeds 4 KiB + buffer {buffer} B"
+    );
 }

@@ -82,7 +82,10 @@ struct Writer<'b> {
 impl Writer<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let end = self.pos.checked_add(bytes.len()).ok_or(Error::BufferTooSmall)?;
-        self.buf.get_mut(self.pos..end).ok_or(Error::BufferTooSmall)?.copy_from_slice(bytes);
+        self.buf
+            .get_mut(self.pos..end)
+            .ok_or(Error::BufferTooSmall)?
+            .copy_from_slice(bytes);
         self.pos = end;
         Ok(())
     }
@@ -253,18 +256,25 @@ pub fn encode_publish(
     payload: &[u8],
 ) -> Result<core::ops::Range<usize>, Error> {
     encode_publish_with(buf, topic, pid, retain, false, |out| {
-        out.get_mut(..payload.len()).ok_or(Error::BufferTooSmall)?.copy_from_slice(payload);
+        out.get_mut(..payload.len())
+            .ok_or(Error::BufferTooSmall)?
+            .copy_from_slice(payload);
         Ok(payload.len())
     })
 }
 
 /// Encodes SUBSCRIBE for one topic filter; returns the packet length.
 pub fn encode_subscribe(buf: &mut [u8], pid: u16, filter: &str, qos: u8) -> Result<usize, Error> {
-    packet(buf, (kind::SUBSCRIBE << 4) | 0x02, 2 + 2 + filter.len() + 1, |w| {
-        w.u16(pid)?;
-        w.bin(filter.as_bytes())?;
-        w.u8(qos & 3)
-    })
+    packet(
+        buf,
+        (kind::SUBSCRIBE << 4) | 0x02,
+        2 + 2 + filter.len() + 1,
+        |w| {
+            w.u16(pid)?;
+            w.bin(filter.as_bytes())?;
+            w.u8(qos & 3)
+        },
+    )
 }
 
 /// Encodes PUBACK; returns the packet length.
@@ -326,7 +336,9 @@ pub fn parse(frame: &[u8]) -> Result<Packet<'_>, Error> {
     }
     let first = frame[0];
     let header_len = (1..=4).find(|i| frame[*i] & 0x80 == 0).ok_or(Error::Protocol)? + 1;
-    let mut r = Reader { buf: &frame[header_len..] };
+    let mut r = Reader {
+        buf: &frame[header_len..],
+    };
     let (ty, flags) = (first >> 4, first & 0x0f);
     let packet = match ty {
         kind::CONNACK if flags == 0 => {
@@ -334,7 +346,10 @@ pub fn parse(frame: &[u8]) -> Result<Packet<'_>, Error> {
             if ack & 0xfe != 0 {
                 return Err(Error::Protocol);
             }
-            Packet::ConnAck { session_present: ack & 1 == 1, code: r.u8()? }
+            Packet::ConnAck {
+                session_present: ack & 1 == 1,
+                code: r.u8()?,
+            }
         }
         kind::PUBLISH => {
             let qos = (flags >> 1) & 3;
@@ -346,7 +361,13 @@ pub fn parse(frame: &[u8]) -> Result<Packet<'_>, Error> {
             let pid = if qos > 0 { Some(r.u16()?) } else { None };
             let payload = r.buf;
             r.buf = &[];
-            Packet::Publish { topic, pid, qos, retain: flags & 1 == 1, payload }
+            Packet::Publish {
+                topic,
+                pid,
+                qos,
+                retain: flags & 1 == 1,
+                payload,
+            }
         }
         kind::PUBACK if flags == 0 => Packet::PubAck { pid: r.u16()? },
         kind::SUBACK if flags == 0 => {
@@ -356,9 +377,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet<'_>, Error> {
             Packet::SubAck { pid, code }
         }
         kind::PINGRESP if flags == 0 => Packet::PingResp,
-        kind::CONNACK | kind::PUBACK | kind::SUBACK | kind::PINGRESP | 0 => {
-            return Err(Error::Protocol)
-        }
+        kind::CONNACK | kind::PUBACK | kind::SUBACK | kind::PINGRESP | 0 => return Err(Error::Protocol),
         other => {
             r.buf = &[];
             Packet::Other(other)
@@ -389,15 +408,48 @@ mod tests {
                 client_id: "dev1",
                 keep_alive_s: 60,
                 clean_session: true,
-                will: Some(Will { topic: "w", payload: b"x", qos: 1, retain: true }),
+                will: Some(Will {
+                    topic: "w",
+                    payload: b"x",
+                    qos: 1,
+                    retain: true,
+                }),
                 username: Some("u"),
                 password: Some(b"p"),
             },
         )
         .unwrap();
         let want: &[u8] = &[
-            0x10, 28, 0, 4, b'M', b'Q', b'T', b'T', 4, 0b1110_1110, 0, 60, 0, 4, b'd', b'e', b'v',
-            b'1', 0, 1, b'w', 0, 1, b'x', 0, 1, b'u', 0, 1, b'p',
+            0x10,
+            28,
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            4,
+            0b1110_1110,
+            0,
+            60,
+            0,
+            4,
+            b'd',
+            b'e',
+            b'v',
+            b'1',
+            0,
+            1,
+            b'w',
+            0,
+            1,
+            b'x',
+            0,
+            1,
+            b'u',
+            0,
+            1,
+            b'p',
         ];
         assert_eq!(&buf[..n], want);
     }
@@ -408,7 +460,13 @@ mod tests {
         let mut buf = [0u8; 400];
         let range = encode_publish(&mut buf, "sensors/a", Some(9), true, &payload).unwrap();
         match one(&buf[range]).unwrap() {
-            Packet::Publish { topic, pid, qos, retain, payload: p } => {
+            Packet::Publish {
+                topic,
+                pid,
+                qos,
+                retain,
+                payload: p,
+            } => {
                 assert_eq!((topic, pid, qos, retain), ("sensors/a", Some(9), 1, true));
                 assert_eq!(p, &payload[..]);
             }
@@ -418,9 +476,18 @@ mod tests {
 
     #[test]
     fn small_packets_and_errors() {
-        assert_eq!(one(&[0x20, 2, 0, 5]), Ok(Packet::ConnAck { session_present: false, code: 5 }));
+        assert_eq!(
+            one(&[0x20, 2, 0, 5]),
+            Ok(Packet::ConnAck {
+                session_present: false,
+                code: 5
+            })
+        );
         assert_eq!(one(&[0x40, 2, 1, 2]), Ok(Packet::PubAck { pid: 258 }));
-        assert_eq!(one(&[0x90, 3, 0, 1, 0x80]), Ok(Packet::SubAck { pid: 1, code: 0x80 }));
+        assert_eq!(
+            one(&[0x90, 3, 0, 1, 0x80]),
+            Ok(Packet::SubAck { pid: 1, code: 0x80 })
+        );
         assert_eq!(one(&[0xd0, 0]), Ok(Packet::PingResp));
         assert_eq!(one(&[0x40, 3, 1, 2, 3]), Err(Error::Protocol), "trailing byte");
         assert_eq!(one(&[0x36, 0]), Err(Error::Protocol), "QoS 3");

@@ -1,7 +1,7 @@
 //! The device's MQTT uplink as a sans-I/O state machine.
 //!
 //! The uplink owns the [`Buffer`] of unacknowledged readings and speaks MQTT 3.1.1 through the
-//! [codec](super::codec). It never touches a socket or a clock: the driver feeds it bytes and
+//! [`super::codec`]. It never touches a socket or a clock: the driver feeds it bytes and
 //! the current time in milliseconds and does what [`Uplink::poll`] asks:
 //!
 //! ```text
@@ -186,7 +186,9 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
         let mut ack_topic = String::new();
         let mut status_topic = String::new();
         // Capacities are sized for the longest id, so these cannot fail.
-        let _ = data_topic.push_str("sensors/").and_then(|_| data_topic.push_str(id));
+        let _ = data_topic
+            .push_str("sensors/")
+            .and_then(|_| data_topic.push_str(id));
         let _ = ack_topic
             .push_str("devices/")
             .and_then(|_| ack_topic.push_str(id))
@@ -242,7 +244,10 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
 
     /// Running totals, with the buffer's overflow count.
     pub fn counters(&self) -> Counters {
-        Counters { dropped_overflow: self.buffer.dropped(), ..self.counters }
+        Counters {
+            dropped_overflow: self.buffer.dropped(),
+            ..self.counters
+        }
     }
 
     /// Whether the session is up (subscribed to acks, publishing).
@@ -283,12 +288,15 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
                 return Action::Close;
             }
             State::Down { retry_at } => {
-                return if now >= retry_at { Action::Connect } else { Action::Wait(retry_at) };
+                return if now >= retry_at {
+                    Action::Connect
+                } else {
+                    Action::Wait(retry_at)
+                };
             }
             _ => {}
         }
-        if self.outstanding > 0
-            && now.saturating_sub(self.outstanding_since) >= self.cfg.response_timeout_ms
+        if self.outstanding > 0 && now.saturating_sub(self.outstanding_since) >= self.cfg.response_timeout_ms
         {
             self.fail(Error::Timeout);
             self.go_down(now);
@@ -450,7 +458,9 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
                 self.status_due_at = now;
             }
             Packet::PubAck { .. } | Packet::PingResp => self.answered(now),
-            Packet::Publish { topic, pid, payload, .. } => {
+            Packet::Publish {
+                topic, pid, payload, ..
+            } => {
                 if let Some(pid) = pid {
                     self.pending_pubacks.push(pid).map_err(|_| Error::Protocol)?;
                 }
@@ -505,7 +515,9 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
         self.rng ^= self.rng << 5;
         let half = self.backoff_ms / 2;
         let delay = (half + u64::from(self.rng) % (half + 1)).max(1);
-        self.state = State::Down { retry_at: now + delay };
+        self.state = State::Down {
+            retry_at: now + delay,
+        };
         self.backoff_ms = (self.backoff_ms * 2).min(self.cfg.reconnect_max_ms).max(1);
         self.tx_start = 0;
         self.tx_end = 0;
@@ -560,9 +572,14 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
             self.status_due_at = now + self.cfg.status_interval_ms;
             let status = self.status(now, true);
             let pid = self.pid();
-            let r = codec::encode_publish_with(&mut self.tx, &self.status_topic, Some(pid), true, false, |out| {
-                wire::encode(&status, out).map(|b| b.len())
-            })?;
+            let r = codec::encode_publish_with(
+                &mut self.tx,
+                &self.status_topic,
+                Some(pid),
+                true,
+                false,
+                |out| wire::encode(&status, out).map(|b| b.len()),
+            )?;
             (self.tx_start, self.tx_end) = (r.start, r.end);
             return self.sent(now, true);
         }
@@ -579,9 +596,14 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
             };
             let pid = self.next_pid.wrapping_add(1).max(1);
             let resend = first_seq < self.sent_high;
-            let r = codec::encode_publish_with(&mut self.tx, &self.data_topic, Some(pid), false, resend, |out| {
-                wire::encode(&batch, out).map(|b| b.len())
-            })?;
+            let r = codec::encode_publish_with(
+                &mut self.tx,
+                &self.data_topic,
+                Some(pid),
+                false,
+                resend,
+                |out| wire::encode(&batch, out).map(|b| b.len()),
+            )?;
             self.next_pid = pid;
             (self.tx_start, self.tx_end) = (r.start, r.end);
             self.buffer.mark_sent(n);

@@ -46,7 +46,7 @@ struct Args {
     /// What a full buffer does.
     #[arg(long, value_enum, default_value = "drop-oldest")]
     policy: Policy,
-    /// Device ids are <prefix><index>.
+    /// Device ids are the prefix followed by the device index.
     #[arg(long, default_value = "sim-")]
     id_prefix: String,
     /// Seconds to wait for the last acks after sampling stops.
@@ -69,10 +69,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    if !(1..=firmware::wire::MAX_BATCH_READINGS).contains(&a.batch)
-        || a.rate <= 0.0
-        || a.devices == 0
-    {
+    if !(1..=firmware::wire::MAX_BATCH_READINGS).contains(&a.batch) || a.rate <= 0.0 || a.devices == 0 {
         eprintln!("device-sim: --batch must be 1..=64, --rate > 0 and --devices > 0");
         return ExitCode::from(2);
     }
@@ -99,11 +96,7 @@ fn main() -> ExitCode {
         rate: a.rate,
         batch: a.batch,
         duration: a.duration.map(Duration::from_secs_f64),
-        readings: a.readings.or(if a.duration.is_none() {
-            Some(100)
-        } else {
-            None
-        }),
+        readings: a.readings.or(if a.duration.is_none() { Some(100) } else { None }),
         buffer: a.buffer,
         policy: match a.policy {
             Policy::DropOldest => OverflowPolicy::DropOldest,

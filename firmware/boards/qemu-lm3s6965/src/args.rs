@@ -64,9 +64,7 @@ pub fn parse(line: &str) -> Result<Params<'_>, &'static str> {
             "n" => p.n = num(value, 0, u32::MAX).ok_or("bad n")?,
             "rate" => p.rate = num(value, 1, 1_000).ok_or("bad rate (1..=1000)")?,
             "batch" => p.batch = num(value, 1, 64).ok_or("bad batch (1..=64)")?,
-            "keepalive" => {
-                p.keepalive = num(value, 0, u32::from(u16::MAX)).ok_or("bad keepalive")?
-            }
+            "keepalive" => p.keepalive = num(value, 0, u32::from(u16::MAX)).ok_or("bad keepalive")?,
             "resend" => p.resend_ms = num(value, 1, u32::MAX).ok_or("bad resend")?,
             "timeout" => p.timeout_ms = num(value, 1, u32::MAX).ok_or("bad timeout")?,
             "full" => {
@@ -91,7 +89,6 @@ fn num(s: &str, min: u32, max: u32) -> Option<u32> {
 
 /// FNV-1a, 32 bit: a stable, well-spread boot id per device id.
 fn fnv1a(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    s.bytes()
+        .fold(0x811c_9dc5, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
