@@ -136,10 +136,8 @@ fn image_fits_the_flash_and_ram_targets() {
             ram += s.size();
         }
         // .data occupies flash too (its initial image); .bss/.uninit do not.
-        if !in_ram || name == ".data" {
-            if s.kind() != object::SectionKind::UninitializedData {
-                flash += s.size();
-            }
+        if (!in_ram || name == ".data") && s.kind() != object::SectionKind::UninitializedData {
+            flash += s.size();
         }
     }
     let buffer = 64 * std::mem::size_of::<firmware::wire::Reading>() as u64;
