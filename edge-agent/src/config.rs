@@ -1,0 +1,238 @@
+//! The agent's configuration: embedded defaults < `edge.toml` < `EDGE_*` environment < flags.
+//!
+//! ```toml
+//! data_dir = "./data/edge"          # redb log, gateway id
+//! gateway_id = "gw-1"               # optional: generated once and kept in the data dir
+//!
+//! [mqtt]
+//! listen = "127.0.0.1:1883"
+//! max_connections = 10000
+//! max_payload_bytes = 65536         # larger publishes are refused by the broker
+//!
+//! [admin]
+//! listen = "127.0.0.1:8081"         # /health /metrics /api/log /api/devices
+//!
+//! [ingest]
+//! max_batch_records = 65536         # group commit: at most this many records ...
+//! max_batch_bytes = 16777216        # ... or bytes of payload ...
+//! linger_ms = 2                     # ... gathered for at most this long after the first
+//!
+//! [topics.telemetry]                # also: topics.device-status, topics.dead-letter
+//! partitions = 6
+//! retention_ms = 604800000          # 7 days; omit for no age limit
+//! retention_bytes = 1073741824      # per partition; omit for no size limit
+//! ```
+//! Unknown keys are an error, so a typo does not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::log::TopicSpec;
+
+/// Telemetry topic: one record per reading, keyed by device id.
+pub const TELEMETRY: &str = "telemetry";
+/// Device births and last wills, keyed by device id, compacted.
+pub const DEVICE_STATUS: &str = "device-status";
+/// Payloads that failed validation, with the reason in a header.
+pub const DEAD_LETTER: &str = "dead-letter";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the log and the gateway id live.
+    pub data_dir: PathBuf,
+    /// Gateway id; generated and persisted when absent.
+    pub gateway_id: Option<String>,
+    /// MQTT listener.
+    pub mqtt: MqttConfig,
+    /// Admin HTTP listener.
+    pub admin: AdminConfig,
+    /// Group commit bounds.
+    pub ingest: IngestConfig,
+    /// Per-topic settings, by topic name.
+    pub topics: BTreeMap<String, TopicConfig>,
+}
+
+/// MQTT listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Most concurrent MQTT connections.
+    pub max_connections: usize,
+    /// Largest publish payload accepted, bytes.
+    pub max_payload_bytes: usize,
+}
+
+/// Admin HTTP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// Group commit bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most records per commit.
+    pub max_batch_records: usize,
+    /// Most payload bytes per commit.
+    pub max_batch_bytes: usize,
+    /// Longest wait for more messages after the first of a commit, ms.
+    pub linger_ms: u64,
+}
+
+/// Settings of one topic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Partition count (fixed at creation).
+    pub partitions: Option<u32>,
+    /// Age limit, ms.
+    pub retention_ms: Option<u64>,
+    /// Size limit per partition, bytes.
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data/edge"),
+            gateway_id: None,
+            mqtt: MqttConfig::default(),
+            admin: AdminConfig::default(),
+            ingest: IngestConfig::default(),
+            topics: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_connections: 10_000,
+            max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch_records: 65_536,
+            max_batch_bytes: 16 << 20,
+            linger_ms: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values a parser cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ingest.max_batch_records > 0,
+            "ingest.max_batch_records must be > 0"
+        );
+        anyhow::ensure!(
+            self.ingest.max_batch_bytes > 0,
+            "ingest.max_batch_bytes must be > 0"
+        );
+        anyhow::ensure!(
+            self.mqtt.max_payload_bytes >= 64,
+            "mqtt.max_payload_bytes must be >= 64"
+        );
+        for name in self.topics.keys() {
+            anyhow::ensure!(
+                [TELEMETRY, DEVICE_STATUS, DEAD_LETTER].contains(&name.as_str()),
+                "unknown topic {name:?} (known: {TELEMETRY}, {DEVICE_STATUS}, {DEAD_LETTER})"
+            );
+        }
+        for spec in self.topic_specs() {
+            spec.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The three topics with their effective settings.
+    pub fn topic_specs(&self) -> Vec<TopicSpec> {
+        let week = 7 * 24 * 3600 * 1000;
+        let defaults = [
+            TopicSpec {
+                retention_ms: Some(week),
+                ..TopicSpec::new(TELEMETRY, 6)
+            },
+            TopicSpec {
+                compact: true,
+                ..TopicSpec::new(DEVICE_STATUS, 1)
+            },
+            TopicSpec {
+                retention_ms: Some(week),
+                ..TopicSpec::new(DEAD_LETTER, 1)
+            },
+        ];
+        defaults
+            .into_iter()
+            .map(|mut spec| {
+                if let Some(t) = self.topics.get(&spec.name) {
+                    spec.partitions = t.partitions.unwrap_or(spec.partitions);
+                    spec.retention_ms = t.retention_ms.or(spec.retention_ms);
+                    spec.retention_bytes = t.retention_bytes.or(spec.retention_bytes);
+                }
+                spec
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.mqtt.listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8081");
+        let c = Config::from_toml("[topics.telemetry]\npartitions = 3\nretention_bytes = 1000\n").unwrap();
+        let t = &c.topic_specs()[0];
+        assert_eq!((t.partitions, t.retention_bytes), (3, Some(1000)));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(Config::from_toml("[mqtt]\nlisten_addr = \"x\"\n").is_err());
+        assert!(Config::from_toml("[topics.telemtry]\npartitions = 3\n").is_err());
+        assert!(Config::from_toml("[topics.telemetry]\npartitions = 0\n").is_err());
+        assert!(Config::from_toml("[mqtt]\nlisten = \"nonsense\"\n").is_err());
+    }
+}

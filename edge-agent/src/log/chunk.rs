@@ -1,0 +1,247 @@
+//! The byte format of a chunk: the records of one append to one partition.
+//!
+//! ```text
+//! chunk   := version:u8(=1) min_ts:i64le max_ts:i64le count:varint last_delta:varint record*
+//! record  := offset_delta:varint ts_delta:varint key value headers
+//! key     := 0 | (len+1):varint bytes          (0 = no key)
+//! value   := len:varint bytes
+//! headers := count:varint (name_len:varint name value_len:varint value)*
+//! ```
+//! `offset_delta` is the record's offset minus the chunk's base offset (its key in the store);
+//! deltas rise strictly (compaction leaves holes). `ts_delta` is the timestamp minus `min_ts`.
+//! The header (`count`, `last_delta`, `min_ts`, `max_ts`) lets retention and stats work without
+//! decoding records. Decoding checks every length against the bytes left; counts are capped
+//! by the bytes left too, so a damaged chunk cannot make the decoder allocate wildly.
+
+use super::{LogError, NewRecord, Record};
+
+const VERSION: u8 = 1;
+const HEADER_MIN: usize = 1 + 8 + 8 + 1 + 1;
+
+/// Chunk facts readable without decoding records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// Records in the chunk.
+    pub count: u64,
+    /// Offset of the last record minus the base offset.
+    pub last_delta: u64,
+    /// Oldest timestamp.
+    pub min_ts: i64,
+    /// Newest timestamp.
+    pub max_ts: i64,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, LogError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&b, rest) = self.0.split_first().ok_or_else(|| corrupt("varint truncated"))?;
+            self.0 = rest;
+            if i == 9 && b > 1 {
+                return Err(corrupt("varint overflow"));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt("varint too long"))
+    }
+    fn bytes(&mut self, n: u64) -> Result<&'a [u8], LogError> {
+        let n = usize::try_from(n).map_err(|_| corrupt("length"))?;
+        if n > self.0.len() {
+            return Err(corrupt("length past end"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn i64(&mut self) -> Result<i64, LogError> {
+        let b = self.bytes(8)?;
+        Ok(i64::from_le_bytes(b.try_into().map_err(|_| corrupt("i64"))?))
+    }
+}
+
+fn corrupt(what: &str) -> LogError {
+    LogError::Corrupt(format!("chunk: {what}"))
+}
+
+/// Encodes records at `base + deltas[i]` (deltas strictly rising).
+pub fn encode<'a, I>(records: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = (u64, &'a NewRecord)> + Clone,
+{
+    let (mut min_ts, mut max_ts, mut count, mut last) = (i64::MAX, i64::MIN, 0u64, 0u64);
+    let mut size = HEADER_MIN + 16;
+    for (d, r) in records.clone() {
+        min_ts = min_ts.min(r.timestamp_ms);
+        max_ts = max_ts.max(r.timestamp_ms);
+        count += 1;
+        last = d;
+        size += 24 + r.value.len() + r.key.as_ref().map_or(0, Vec::len);
+    }
+    if count == 0 {
+        (min_ts, max_ts) = (0, 0);
+    }
+    let mut out = Vec::with_capacity(size);
+    out.push(VERSION);
+    out.extend_from_slice(&min_ts.to_le_bytes());
+    out.extend_from_slice(&max_ts.to_le_bytes());
+    put_varint(&mut out, count);
+    put_varint(&mut out, last);
+    for (d, r) in records {
+        put_varint(&mut out, d);
+        put_varint(&mut out, r.timestamp_ms.wrapping_sub(min_ts) as u64);
+        match &r.key {
+            None => put_varint(&mut out, 0),
+            Some(k) => {
+                put_varint(&mut out, k.len() as u64 + 1);
+                out.extend_from_slice(k);
+            }
+        }
+        put_varint(&mut out, r.value.len() as u64);
+        out.extend_from_slice(&r.value);
+        put_varint(&mut out, r.headers.len() as u64);
+        for (name, v) in &r.headers {
+            put_varint(&mut out, name.len() as u64);
+            out.extend_from_slice(name.as_bytes());
+            put_varint(&mut out, v.len() as u64);
+            out.extend_from_slice(v);
+        }
+    }
+    out
+}
+
+/// Reads the chunk header.
+pub fn header(bytes: &[u8]) -> Result<ChunkHeader, LogError> {
+    read_header(&mut Reader(bytes))
+}
+
+fn read_header(r: &mut Reader<'_>) -> Result<ChunkHeader, LogError> {
+    if r.bytes(1)?[0] != VERSION {
+        return Err(corrupt("unknown version"));
+    }
+    let min_ts = r.i64()?;
+    let max_ts = r.i64()?;
+    let count = r.varint()?;
+    let last_delta = r.varint()?;
+    Ok(ChunkHeader {
+        count,
+        last_delta,
+        min_ts,
+        max_ts,
+    })
+}
+
+/// Decodes the records of a chunk stored at `base`, skipping those below `from`.
+pub fn decode(base: u64, bytes: &[u8], from: u64, out: &mut Vec<Record>, max: usize) -> Result<(), LogError> {
+    let mut r = Reader(bytes);
+    let h = read_header(&mut r)?;
+    // Each record takes at least 4 bytes; a count beyond that is damage, not a reason to loop.
+    if h.count > (r.0.len() as u64) / 4 + 1 {
+        return Err(corrupt("count larger than the chunk"));
+    }
+    for _ in 0..h.count {
+        if out.len() >= max {
+            return Ok(());
+        }
+        let offset = base
+            .checked_add(r.varint()?)
+            .ok_or_else(|| corrupt("offset overflow"))?;
+        let ts = h.min_ts.wrapping_add(r.varint()? as i64);
+        let key = match r.varint()? {
+            0 => None,
+            n => Some(r.bytes(n - 1)?.to_vec()),
+        };
+        let value_len = r.varint()?;
+        let value = r.bytes(value_len)?;
+        let nh = r.varint()?;
+        if nh > r.0.len() as u64 / 2 {
+            return Err(corrupt("header count larger than the chunk"));
+        }
+        let mut headers = Vec::with_capacity(nh as usize);
+        for _ in 0..nh {
+            let nl = r.varint()?;
+            let name = std::str::from_utf8(r.bytes(nl)?).map_err(|_| corrupt("header name utf8"))?;
+            let vl = r.varint()?;
+            headers.push((name.to_string(), r.bytes(vl)?.to_vec()));
+        }
+        if offset >= from {
+            out.push(Record {
+                offset,
+                timestamp_ms: ts,
+                key,
+                value: value.to_vec(),
+                headers,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Offset of the first record in a chunk stored at `base` (compaction may have removed the
+/// chunk's first records, so the base alone is not enough). `None` for an empty chunk.
+pub fn first_offset(base: u64, bytes: &[u8]) -> Result<Option<u64>, LogError> {
+    let mut one = Vec::with_capacity(1);
+    decode(base, bytes, 0, &mut one, 1)?;
+    Ok(one.first().map(|r| r.offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rec() -> impl Strategy<Value = NewRecord> {
+        (
+            any::<i64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+            proptest::collection::vec(any::<u8>(), 0..32),
+            proptest::collection::vec(("[a-z]{0,6}", proptest::collection::vec(any::<u8>(), 0..6)), 0..3),
+        )
+            .prop_map(|(timestamp_ms, key, value, headers)| NewRecord {
+                timestamp_ms,
+                key,
+                value,
+                headers,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(records in proptest::collection::vec(rec(), 0..20), base in 0u64..1_000_000, skip in 0usize..4) {
+            let with_offsets: Vec<(u64, &NewRecord)> =
+                records.iter().enumerate().map(|(i, r)| ((i * (skip + 1)) as u64, r)).collect();
+            let bytes = encode(with_offsets.iter().copied());
+            let h = header(&bytes).unwrap();
+            prop_assert_eq!(h.count, records.len() as u64);
+            let mut out = Vec::new();
+            decode(base, &bytes, 0, &mut out, usize::MAX).unwrap();
+            prop_assert_eq!(out.len(), records.len());
+            for ((d, r), got) in with_offsets.iter().zip(&out) {
+                prop_assert_eq!(got.offset, base + d);
+                prop_assert_eq!(got.timestamp_ms, r.timestamp_ms);
+                prop_assert_eq!(&got.key, &r.key);
+                prop_assert_eq!(&got.value, &r.value);
+                prop_assert_eq!(&got.headers, &r.headers);
+            }
+        }
+
+        #[test]
+        fn damaged_chunks_error_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut out = Vec::new();
+            let _ = header(&bytes);
+            let _ = decode(0, &bytes, 0, &mut out, usize::MAX);
+        }
+    }
+}
