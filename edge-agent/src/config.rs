@@ -13,7 +13,7 @@
 //! listen = "127.0.0.1:8081"         # /health /metrics /api/log /api/devices
 //!
 //! [ingest]
-//! max_batch_records = 65536         # group commit: at most this many records ...
+//! max_batch_publishes = 65536       # group commit: at most this many publishes ...
 //! max_batch_bytes = 16777216        # ... or bytes of payload ...
 //! linger_ms = 2                     # ... gathered for at most this long after the first
 //!
@@ -81,8 +81,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Most records per commit.
-    pub max_batch_records: usize,
+    /// Most MQTT publishes per commit.
+    pub max_batch_publishes: usize,
     /// Most payload bytes per commit.
     pub max_batch_bytes: usize,
     /// Longest wait for more messages after the first of a commit, ms.
@@ -135,7 +135,7 @@ impl Default for AdminConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            max_batch_records: 65_536,
+            max_batch_publishes: 65_536,
             max_batch_bytes: 16 << 20,
             linger_ms: 2,
         }
@@ -160,8 +160,8 @@ impl Config {
     /// Checks values a parser cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.ingest.max_batch_records > 0,
-            "ingest.max_batch_records must be > 0"
+            self.ingest.max_batch_publishes > 0,
+            "ingest.max_batch_publishes must be > 0"
         );
         anyhow::ensure!(
             self.ingest.max_batch_bytes > 0,

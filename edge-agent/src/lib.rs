@@ -9,8 +9,34 @@
 //! - [`log`] — the partitioned log: the [`log::LogStore`] trait, its redb store and in-memory
 //!   twin, the chunk format, retention and compaction, and the conformance suite.
 //! - [`partitioner`] — Kafka's murmur2 partitioner (device → partition, same as the cloud).
+//! - [`broker`] — the embedded rumqttd and the link the pipeline reads.
+//! - [`ingest`] — decode, validate, dedup, group commit, then ack (sans-I/O besides the store).
+//! - [`agent`] — `edge-agent run`: threads, housekeeping, graceful shutdown.
+//! - [`admin`] — the admin HTTP API; [`metrics`] its counters; [`devices`] the device registry;
+//!   [`render`] records as JSON.
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod agent;
+pub mod broker;
 pub mod config;
+pub mod devices;
+pub mod ingest;
 pub mod log;
+pub mod metrics;
 pub mod partitioner;
+pub mod render;
+
+/// A random-enough `u64` for ids (time, process and address-space entropy through SipHash);
+/// not for cryptography.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

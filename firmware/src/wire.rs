@@ -11,6 +11,7 @@
 //! | [`Batch`] | `sensors/<device>` (QoS 1) | [`MAX_BATCH_ENCODED`] |
 //! | [`DeviceStatus`] | `devices/<device>/status` (QoS 1, retained; also the last will) | [`MAX_STATUS_ENCODED`] |
 //! | [`Ack`] | `devices/<device>/ack` | [`MAX_ACK_ENCODED`] |
+//! | [`ReadingRecord`] | value of a `telemetry` log record (key = device id) | [`MAX_READING_RECORD_ENCODED`] |
 //!
 //! # Decoding untrusted bytes
 //! [`decode`] never panics and never allocates: strings and sequences land in fixed-capacity
@@ -171,6 +172,22 @@ pub struct Ack {
     /// Highest acknowledged sequence number (cumulative).
     pub up_to_seq: u64,
 }
+
+/// One reading as stored: the value of a `telemetry` record at the edge and in the cloud. The
+/// record's key is the device id; together they carry the reading's identity
+/// `(device_id, boot_id, seq)` end to end.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReadingRecord {
+    /// Boot the reading was taken in.
+    pub boot_id: u32,
+    /// Its sequence number within the boot.
+    pub seq: u64,
+    /// The reading.
+    pub reading: Reading,
+}
+
+/// Upper bound of an encoded [`ReadingRecord`]: 33 bytes.
+pub const MAX_READING_RECORD_ENCODED: usize = 1 + 5 + 10 + MAX_READING_ENCODED;
 
 /// Whether `id` may be used as a device id: 1..=32 bytes of `[A-Za-z0-9_.-]`, so it is a
 /// single, wildcard-free MQTT topic level.

@@ -212,7 +212,7 @@ pub struct RetentionReport {
 }
 
 /// The log store. Implementations are internally synchronised.
-pub trait LogStore: Send + Sync + 'static {
+pub trait LogStore: Send + Sync + std::fmt::Debug + 'static {
     /// Creates the topic if missing; an existing topic keeps its partition count (a different
     /// count is an error) and takes the new retention and compaction settings.
     fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), LogError>;

@@ -1,0 +1,194 @@
+//! The admin HTTP API: `/health`, `/metrics` (Prometheus text), `/api/log`,
+//! `/api/log/records`, `/api/devices`.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::devices::Registry;
+use crate::log::LogStore;
+use crate::metrics::{get as read, Metrics};
+
+/// What the handlers see.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The log.
+    pub store: Arc<dyn LogStore>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Devices.
+    pub devices: Arc<Mutex<Registry>>,
+    /// This gateway's id.
+    pub gateway_id: String,
+    /// Process start.
+    pub started: Instant,
+}
+
+/// The router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/log", get(log))
+        .route("/api/log/records", get(records))
+        .route("/api/devices", get(devices))
+        .with_state(state)
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn health(State(s): State<Arc<AdminState>>) -> Response {
+    let degraded = read(&s.metrics.degraded) == 1;
+    let body = Json(json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "gateway_id": s.gateway_id,
+        "uptime_s": s.started.elapsed().as_secs(),
+    }));
+    let code = if degraded {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, body).into_response()
+}
+
+/// Per-partition and per-device gauges for `/metrics`.
+fn gauges(s: &AdminState) -> Result<String, crate::log::LogError> {
+    let mut out = String::new();
+    let names = [
+        ("edge_partition_first_offset", "Lowest offset stored"),
+        ("edge_partition_next_offset", "Offset the next record gets"),
+        ("edge_partition_records", "Records stored"),
+        ("edge_partition_bytes", "Bytes stored"),
+    ];
+    let mut rows = Vec::new();
+    for t in s.store.topics()? {
+        for p in 0..t.partitions {
+            rows.push((t.name.clone(), p, s.store.partition_stats(&t.name, p)?));
+        }
+    }
+    for (i, (name, help)) in names.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (topic, p, st) in &rows {
+            let v = [st.first_offset, st.next_offset, st.records, st.bytes][i];
+            let _ = writeln!(out, "{name}{{topic=\"{topic}\",partition=\"{p}\"}} {v}");
+        }
+    }
+    let reg = s.devices.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = writeln!(
+        out,
+        "# HELP edge_devices_connected Devices whose last status is online\n# TYPE edge_devices_connected gauge\nedge_devices_connected {}",
+        reg.online()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP edge_devices_known Devices seen since start\n# TYPE edge_devices_known gauge\nedge_devices_known {}",
+        reg.all().len()
+    );
+    Ok(out)
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let state = s.clone();
+    match tokio::task::spawn_blocking(move || gauges(&state)).await {
+        Ok(Ok(extra)) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            s.metrics.render(&extra),
+        )
+            .into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// The log's topics and partitions.
+pub fn log_json(store: &dyn LogStore) -> Result<serde_json::Value, crate::log::LogError> {
+    let mut topics = Vec::new();
+    for t in store.topics()? {
+        let mut parts = Vec::new();
+        for p in 0..t.partitions {
+            let st = store.partition_stats(&t.name, p)?;
+            parts.push(json!({
+                "partition": p,
+                "first_offset": st.first_offset,
+                "next_offset": st.next_offset,
+                "records": st.records,
+                "bytes": st.bytes,
+            }));
+        }
+        topics.push(json!({
+            "name": t.name,
+            "retention_ms": t.retention_ms,
+            "retention_bytes": t.retention_bytes,
+            "compact": t.compact,
+            "partitions": parts,
+        }));
+    }
+    Ok(json!({ "topics": topics }))
+}
+
+async fn log(State(s): State<Arc<AdminState>>) -> Response {
+    match tokio::task::spawn_blocking(move || log_json(&*s.store)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// Query of `/api/log/records`.
+#[derive(Debug, Deserialize)]
+pub struct RecordsQuery {
+    topic: String,
+    #[serde(default)]
+    partition: u32,
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+async fn records(State(s): State<Arc<AdminState>>, Query(q): Query<RecordsQuery>) -> Response {
+    let limit = q.limit.min(10_000);
+    let res = tokio::task::spawn_blocking(move || {
+        s.store
+            .read(&q.topic, q.partition, q.from, limit, 64 << 20)
+            .map(|rs| (q.topic, rs))
+    })
+    .await;
+    match res {
+        Ok(Ok((topic, rs))) => Json(
+            rs.iter()
+                .map(|r| crate::render::record(&topic, r))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Ok(Err(
+            e @ (crate::log::LogError::UnknownTopic(_) | crate::log::LogError::UnknownPartition { .. }),
+        )) => (StatusCode::NOT_FOUND, Json(json!({ "error": e.to_string() }))).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn devices(State(s): State<Arc<AdminState>>) -> Response {
+    let reg = s.devices.lock().unwrap_or_else(|e| e.into_inner());
+    Json(json!({ "devices": reg.all() })).into_response()
+}

@@ -1,0 +1,178 @@
+//! The embedded MQTT broker (rumqttd 0.20) and the local link the ingest pipeline reads.
+//!
+//! Pitfalls of rumqttd 0.20 this module handles (see the issue notes and the crate source):
+//! - the router pauses a local link whose buffer fills and sends `Notification::Unschedule`;
+//!   unless answered with exactly one `ready()`, the link stalls for good;
+//! - a link that falls behind the in-memory filter log is silently moved to its head: we watch
+//!   the delivery cursor (it rises by one per message within a filter) and count the jumps;
+//!   devices re-send what was skipped because nothing is acked before it is on disk;
+//! - `start()` only logs a bind failure, so we bind the port ourselves first to fail loudly;
+//! - there is no shutdown: the agent stops taking messages from the link and exits.
+//!
+//! Memory: every subscription filter gets its own in-memory log in rumqttd. Telemetry filters
+//! get a 4 × 4 MiB window (about half a second at a million readings per second); each
+//! device's ack filter gets 2 × 1 KiB, since acks are cumulative and only the newest matters.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+use anyhow::Context;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::{Broker, ConnectionSettings, Notification, RouterConfig, SegmentConfig, ServerSettings};
+use tracing::{error, warn};
+
+use crate::config::MqttConfig;
+use crate::ingest::Publish;
+use crate::metrics::{add, Metrics};
+
+/// Filters the ingest link subscribes to.
+pub const FILTERS: [&str; 2] = ["sensors/+", "devices/+/status"];
+
+fn rumqttd_config(cfg: &MqttConfig) -> rumqttd::Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        // rumqttd compares the whole remaining length (topic + payload + header fields).
+        max_payload_size: cfg.max_payload_bytes + 256,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: false,
+    };
+    let server = ServerSettings {
+        name: "mqtt-v4".into(),
+        listen: cfg.listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let small = SegmentConfig {
+        max_segment_size: 1024,
+        max_segment_count: 2,
+    };
+    let router = RouterConfig {
+        max_connections: cfg.max_connections + 16,
+        max_outgoing_packet_count: 1000,
+        max_segment_size: 4 << 20,
+        max_segment_count: 4,
+        custom_segment: Some(HashMap::from([("devices/+/ack".to_string(), small)])),
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("v4".to_string(), server)])),
+        ..Default::default()
+    }
+}
+
+/// A running broker: the link used to publish acks, and the listening address.
+pub struct Mqtt {
+    /// Publishes acks (QoS 0 from the link; devices receive them at their subscription QoS).
+    pub tx: LinkTx,
+    rx: Option<LinkRx>,
+}
+
+impl std::fmt::Debug for Mqtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mqtt").finish_non_exhaustive()
+    }
+}
+
+impl Mqtt {
+    /// Starts rumqttd on `cfg.listen` and subscribes the ingest link.
+    pub fn start(cfg: &MqttConfig) -> anyhow::Result<Self> {
+        // rumqttd logs a bind failure and carries on; find out ourselves.
+        drop(TcpListener::bind(cfg.listen).with_context(|| format!("MQTT listen address {}", cfg.listen))?);
+        let mut broker = Broker::new(rumqttd_config(cfg));
+        // An unguessable client id: a remote client with the same id would take the link over.
+        let id = format!("edge-agent-ingest-{:016x}", crate::random_u64());
+        let (mut tx, rx) = broker
+            .link(&id)
+            .map_err(|e| anyhow::anyhow!("rumqttd link: {e:?}"))?;
+        for f in FILTERS {
+            tx.subscribe(f)
+                .map_err(|e| anyhow::anyhow!("rumqttd subscribe {f}: {e:?}"))?;
+        }
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                if let Err(e) = broker.start() {
+                    error!(error = ?e, "rumqttd stopped");
+                }
+            })
+            .context("starting the rumqttd thread")?;
+        wait_listening(cfg.listen)?;
+        Ok(Mqtt { tx, rx: Some(rx) })
+    }
+
+    /// Starts the thread that moves publishes from the link into `out`.
+    pub fn spawn_reader(&mut self, out: SyncSender<Publish>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+        let rx = self.rx.take().context("reader already started")?;
+        std::thread::Builder::new()
+            .name("mqtt-link".into())
+            .spawn(move || read_link(rx, out, metrics))
+            .context("starting the link reader")?;
+        Ok(())
+    }
+}
+
+fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "rumqttd did not start listening on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn read_link(mut rx: LinkRx, out: SyncSender<Publish>, metrics: Arc<Metrics>) {
+    // Last delivery cursor per filter (telemetry vs status), to detect skipped messages.
+    let mut last: [Option<u64>; 2] = [None, None];
+    loop {
+        match rx.recv() {
+            Ok(Some(Notification::Forward(f))) => {
+                let Ok(topic) = std::str::from_utf8(&f.publish.topic) else {
+                    continue;
+                };
+                let filter = usize::from(!topic.starts_with("sensors/"));
+                if let Some((_, offset)) = f.cursor {
+                    if let Some(prev) = last[filter] {
+                        if offset > prev + 1 {
+                            let lost = offset - prev - 1;
+                            add(&metrics.cursor_jumps, lost);
+                            warn!(
+                                filter = FILTERS[filter],
+                                lost, "rumqttd skipped messages for the ingest link; devices will re-send"
+                            );
+                        }
+                    }
+                    last[filter] = Some(offset);
+                }
+                let p = Publish {
+                    topic: topic.to_string(),
+                    payload: f.publish.payload.to_vec(),
+                };
+                if out.send(p).is_err() {
+                    return; // the ingest loop is gone: shutting down
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if let Err(e) = rx.ready() {
+                    error!(error = ?e, "rumqttd link could not be resumed");
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = ?e, "rumqttd link closed");
+                return;
+            }
+        }
+    }
+}
