@@ -30,7 +30,9 @@ use crate::metrics::{add, Metrics};
 /// Filters the ingest link subscribes to.
 pub const FILTERS: [&str; 2] = ["sensors/+", "devices/+/status"];
 
-fn rumqttd_config(cfg: &MqttConfig) -> rumqttd::Config {
+/// The rumqttd configuration the agent runs with (also used by `ingest-bench` for bare rumqttd,
+/// so the peer is sized exactly like the agent's broker).
+pub fn rumqttd_config(cfg: &MqttConfig) -> rumqttd::Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         // rumqttd compares the whole remaining length (topic + payload + header fields).

@@ -45,6 +45,10 @@ pub struct AckOut {
     pub payload: Vec<u8>,
 }
 
+/// Dead letters stored per MQTT topic per second; beyond that they are only counted, so one
+/// client flooding garbage cannot fill the log or slow the commits of everyone else.
+pub const DEAD_LETTERS_PER_TOPIC_PER_S: u32 = 20;
+
 /// Timestamps below this (2000-01-01) are device uptimes, not wall-clock times.
 const EPOCH_2000_MS: u64 = 946_684_800_000;
 
@@ -58,6 +62,8 @@ pub struct Ingest<S: LogStore> {
     streams: HashMap<(String, u32), Stream>,
     devices: Arc<Mutex<Registry>>,
     metrics: Arc<Metrics>,
+    /// Dead letters stored this second, per topic: (second, count).
+    dead_budget: HashMap<String, (i64, u32)>,
 }
 
 /// What a batch adds before it is committed.
@@ -89,6 +95,7 @@ impl<S: LogStore> Ingest<S> {
             streams: HashMap::new(),
             devices,
             metrics,
+            dead_budget: HashMap::new(),
         }
     }
 
@@ -123,8 +130,22 @@ impl<S: LogStore> Ingest<S> {
             out_of_order: 0,
         };
         let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let second = now_ms.div_euclid(1000);
+        if self.dead_budget.len() > 10_000 {
+            self.dead_budget.retain(|_, (s, _)| *s == second);
+        }
+        let mut suppressed = 0;
         for p in batch {
             if let Err(reason) = self.one(p, now_ms, &mut st, &mut devices) {
+                let budget = self.dead_budget.entry(p.topic.clone()).or_insert((second, 0));
+                if budget.0 != second {
+                    *budget = (second, 0);
+                }
+                if budget.1 >= DEAD_LETTERS_PER_TOPIC_PER_S {
+                    suppressed += 1;
+                    continue;
+                }
+                budget.1 += 1;
                 debug!(topic = %p.topic, %reason, "dead letter");
                 st.dead.push(NewRecord {
                     timestamp_ms: now_ms,
@@ -197,6 +218,7 @@ impl<S: LogStore> Ingest<S> {
         add(&self.metrics.readings, st.readings);
         add(&self.metrics.duplicates, st.duplicates);
         add(&self.metrics.dead_letters, dead);
+        add(&self.metrics.dead_letters_suppressed, suppressed);
         add(&self.metrics.device_dropped, st.gaps);
         add(&self.metrics.lag_detected, st.out_of_order);
         self.streams.extend(st.streams);

@@ -10,6 +10,15 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// An `f32` as the shortest decimal that reads back to it (21.947092, not 21.947092056274414).
+fn shortest(v: f32) -> Value {
+    format!("{v}")
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -26,7 +35,7 @@ pub fn record(topic: &str, r: &Record) -> Value {
                 "seq": rr.seq,
                 "channel": rr.reading.channel,
                 "reading_timestamp_ms": rr.reading.timestamp_ms,
-                "value": rr.reading.value,
+                "value": shortest(rr.reading.value),
             }),
             Err(e) => json!({ "undecodable": e.to_string(), "value_hex": hex(&r.value) }),
         },

@@ -277,3 +277,25 @@ fn a_failing_disk_stops_acks_and_recovery_needs_no_restart() {
         vec![0, 1, 2, 3, 4]
     );
 }
+
+#[test]
+fn a_garbage_flood_is_stored_up_to_a_budget_and_counted_beyond() {
+    let (store, mut ingest, m) = setup();
+    let flood: Vec<Publish> = (0..500)
+        .map(|_| Publish {
+            topic: "sensors/bad".into(),
+            payload: vec![0xEE; 10],
+        })
+        .collect();
+    let mut all = flood.clone();
+    all.push(batch("good", 1, 0, 0, 1));
+    let out = ingest.process(&all, 5_000).unwrap();
+    assert_eq!(acks(&out).len(), 1, "the good device is acked");
+    let budget = u64::from(edge_agent::ingest::DEAD_LETTERS_PER_TOPIC_PER_S);
+    assert_eq!(get(&m.dead_letters), budget);
+    assert_eq!(get(&m.dead_letters_suppressed), 500 - budget);
+    assert_eq!(store.partition_stats(DEAD_LETTER, 0).unwrap().records, budget);
+    // A new second, a new budget.
+    ingest.process(&flood[..1], 6_000).unwrap();
+    assert_eq!(get(&m.dead_letters), budget + 1);
+}

@@ -389,3 +389,18 @@ fn overflow_while_offline_is_counted_and_reported_in_status() {
         "low_seq tells the gateway 0..6 are gone"
     );
 }
+
+/// Regression: PUBACKs for QoS 1 ack publishes went out last-in-first-out, and rumqttd drops
+/// a client that acknowledges out of order (seen as reconnect storms under load).
+#[test]
+fn pubacks_go_out_in_the_order_the_publishes_came() {
+    let mut u = uplink(8);
+    establish(&mut u, 0);
+    let mut stream = Vec::new();
+    for pid in [5, 6, 7] {
+        stream.extend(ack_publish(7, 0, Some(pid)));
+    }
+    u.on_received(&stream, 1);
+    let (sent, _) = run(&mut u, 1);
+    assert_eq!(sent, vec![Sent::PubAck(5), Sent::PubAck(6), Sent::PubAck(7)]);
+}

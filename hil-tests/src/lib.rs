@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`sim`] — `device-sim`'s engine: many virtual devices, each running the real firmware
 //!   library ([`firmware::mqtt::Uplink`] through its async driver) over a tokio TCP socket.
+//! - [`agent`] — runs the edge agent binary as a process (start, kill -9, SIGTERM, metrics).
 //! - [`acker`] — a stand-in for the gateway's Ack path until the edge agent exists: subscribes
 //!   to `sensors/+` (rumqttc), applies [`firmware::receiver::Stream`] per device boot, and
 //!   publishes cumulative Acks. It never stores anything, so its Ack means "received", not
@@ -13,6 +14,7 @@
 //! - [`wait`] — wait for a condition with a deadline (never sleep-and-hope).
 
 pub mod acker;
+pub mod agent;
 pub mod mosquitto;
 pub mod proxy;
 pub mod qemu;

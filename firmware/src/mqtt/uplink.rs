@@ -17,7 +17,7 @@
 //!
 //! # Session
 //! CONNECT (clean session, last will = this device's [`DeviceStatus`] with `online = false`,
-//! retained, on `devices/<id>/status`) → CONNACK → SUBSCRIBE `devices/<id>/ack` (QoS 1) →
+//! retained, on `devices/<id>/status`) → CONNACK → SUBSCRIBE `devices/<id>/ack` (QoS 0) →
 //! SUBACK → birth status (retained) → batches of readings (QoS 1) on `sensors/<id>`.
 //!
 //! # Reliability
@@ -547,14 +547,19 @@ impl<S: Storage, const TX: usize> Uplink<S, TX> {
 
     /// Encodes the next packet into the empty transmit buffer; `Ok(false)` when none is due.
     fn next_packet(&mut self, now: u64) -> Result<bool, Error> {
-        if let Some(pid) = self.pending_pubacks.pop() {
+        // PUBACKs go out in the order the publishes came: brokers (rumqttd among them) drop a
+        // client that acknowledges out of order.
+        if !self.pending_pubacks.is_empty() {
+            let pid = self.pending_pubacks.remove(0);
             self.tx_end = codec::encode_puback(&mut self.tx, pid)?;
             return self.sent(now, false);
         }
         match self.state {
             State::Subscribing { sent: false } => {
                 self.subscribe_pid = self.pid();
-                self.tx_end = codec::encode_subscribe(&mut self.tx, self.subscribe_pid, &self.ack_topic, 1)?;
+                // QoS 0: acks are cumulative and a lost one is repaired by the resend timer, so
+                // QoS 1 would only add PUBACK traffic and a per-client inflight limit.
+                self.tx_end = codec::encode_subscribe(&mut self.tx, self.subscribe_pid, &self.ack_topic, 0)?;
                 self.state = State::Subscribing { sent: true };
                 return self.sent(now, true);
             }

@@ -1,0 +1,142 @@
+//! Running the edge agent as a real process: start, wait until healthy, kill -9, SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// An `edge-agent run` process. Dropping it kills the process.
+#[derive(Debug)]
+pub struct EdgeAgent {
+    bin: PathBuf,
+    child: Option<Child>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// MQTT port.
+    pub mqtt_port: u16,
+    /// Admin HTTP port.
+    pub admin_port: u16,
+}
+
+impl EdgeAgent {
+    /// Starts the agent binary `bin` on free ports with a fresh data dir under the temp dir.
+    pub fn start(bin: &Path) -> anyhow::Result<Self> {
+        let data_dir = std::env::temp_dir().join(format!(
+            "edge-e2e-{}-{:x}",
+            std::process::id(),
+            crate::free_port()
+        ));
+        Self::start_with(bin, &data_dir, crate::free_port(), crate::free_port())
+    }
+
+    /// Starts the agent on the given data dir and ports (a restart after a crash).
+    pub fn start_with(bin: &Path, data_dir: &Path, mqtt_port: u16, admin_port: u16) -> anyhow::Result<Self> {
+        let mut a = EdgeAgent {
+            bin: bin.to_path_buf(),
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            mqtt_port,
+            admin_port,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(&self.bin)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--mqtt-listen")
+            .arg(format!("127.0.0.1:{}", self.mqtt_port))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
+            .env("EDGE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        let port = self.admin_port;
+        crate::wait::until(Duration::from_secs(20), "the edge agent to be healthy", || {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("edge agent exited during start: {st}");
+            }
+            http_get(port, "/health").ok().filter(|(code, _)| *code == 200)
+        })?;
+        Ok(())
+    }
+
+    /// `127.0.0.1:<mqtt port>`.
+    pub fn mqtt_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.mqtt_port)
+    }
+
+    /// kill -9, as a crash or power cut would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again on the same data dir and ports.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut c = self.child.take().context("agent not running")?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        crate::wait::until(timeout, "the edge agent to exit after SIGTERM", || {
+            c.try_wait().ok().flatten()
+        })
+    }
+
+    /// A GET on the admin API: (status, body).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.admin_port, path)
+    }
+
+    /// A counter or gauge from `/metrics` (the first sample of that name).
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("metric {name} not found"))
+    }
+}
+
+impl Drop for EdgeAgent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body). Enough for the admin API.
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
+    Ok((code, body.to_string()))
+}
