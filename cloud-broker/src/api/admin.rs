@@ -1,0 +1,266 @@
+//! Metadata, CreateTopics, DeleteTopics, InitProducerId, DescribeConfigs.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::oneshot;
+
+use super::Broker;
+use crate::errors::Code;
+use crate::state::Command;
+use crate::storage::TopicConfig;
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+/// Asks the writer to create a topic and waits for the answer.
+pub async fn create(b: &Broker, name: &str, partitions: u32, config: TopicConfig) -> Code {
+    let (tx, rx) = oneshot::channel();
+    if !b.writer.send(Command::CreateTopic {
+        name: name.into(),
+        partitions,
+        config,
+        reply: tx,
+    }) {
+        return Code::KafkaStorageError;
+    }
+    rx.await.unwrap_or(Code::KafkaStorageError)
+}
+
+/// Metadata: our one broker, and the topics asked for (all when `topics` is null).
+pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> MetadataResponse {
+    let me = BrokerId(b.cfg.node_id);
+    let (host, port) = b.cfg.advertised();
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(me)
+        .with_host(s(&host))
+        .with_port(port)
+        .with_rack(None);
+    let names: Vec<Result<String, uuid::Uuid>> = match &r.topics {
+        None => b.catalog.all().iter().map(|t| Ok(t.meta.name.clone())).collect(),
+        Some(ts) => ts
+            .iter()
+            .map(|t| t.name.as_ref().map(|n| n.0.to_string()).ok_or(t.topic_id))
+            .collect(),
+    };
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        let name = match name {
+            Ok(n) => n,
+            Err(id) => match b
+                .catalog
+                .all()
+                .iter()
+                .find(|t| uuid::Uuid::from_bytes(t.meta.uuid) == id)
+            {
+                Some(t) => t.meta.name.clone(),
+                None => {
+                    topics.push(
+                        MetadataResponseTopic::default()
+                            .with_topic_id(id)
+                            .with_error_code(100),
+                    );
+                    continue;
+                }
+            },
+        };
+        if b.catalog.topic(&name).is_none() && b.cfg.auto_create_topics && r.allow_auto_topic_creation {
+            let _ = create(b, &name, b.cfg.default_partitions, TopicConfig::default()).await;
+        }
+        let t = match b.catalog.topic(&name) {
+            Some(t) => t,
+            None => {
+                let code = if crate::state::valid_topic_name(&name) {
+                    Code::UnknownTopicOrPartition
+                } else {
+                    Code::InvalidTopicException
+                };
+                topics.push(
+                    MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(s(&name))))
+                        .with_error_code(code.code()),
+                );
+                continue;
+            }
+        };
+        let partitions = (0..t.meta.partitions as i32)
+            .map(|p| {
+                MetadataResponsePartition::default()
+                    .with_partition_index(p)
+                    .with_leader_id(me)
+                    .with_leader_epoch(0)
+                    .with_replica_nodes(vec![me])
+                    .with_isr_nodes(vec![me])
+            })
+            .collect();
+        let mut topic = MetadataResponseTopic::default()
+            .with_name(Some(TopicName(s(&name))))
+            .with_partitions(partitions);
+        if version >= 10 {
+            topic = topic.with_topic_id(uuid::Uuid::from_bytes(t.meta.uuid));
+        }
+        topics.push(topic);
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(s(&b.cluster_id)))
+        .with_controller_id(me)
+        .with_topics(topics)
+}
+
+fn parse_configs(configs: &[create_topics_request::CreatableTopicConfig]) -> Result<TopicConfig, String> {
+    let mut c = TopicConfig::default();
+    for cfg in configs {
+        let v = cfg.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        match cfg.name.as_str() {
+            "retention.ms" => {
+                c.retention_ms =
+                    Some(v.parse().map_err(|_| format!("retention.ms {v:?}"))?).filter(|x: &i64| *x >= 0)
+            }
+            "retention.bytes" => {
+                c.retention_bytes =
+                    Some(v.parse().map_err(|_| format!("retention.bytes {v:?}"))?).filter(|x: &i64| *x >= 0)
+            }
+            "cleanup.policy" => match v.as_str() {
+                "delete" => c.compact = false,
+                "compact" | "compact,delete" | "delete,compact" => c.compact = true,
+                _ => return Err(format!("cleanup.policy {v:?}")),
+            },
+            _ => {} // other configs are accepted and ignored
+        }
+    }
+    Ok(c)
+}
+
+/// CreateTopics.
+pub async fn create_topics(b: &Arc<Broker>, r: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(r.topics.len());
+    for t in r.topics {
+        let name = t.name.0.to_string();
+        let partitions = if t.num_partitions == -1 {
+            b.cfg.default_partitions as i32
+        } else {
+            t.num_partitions
+        };
+        let mut res = CreatableTopicResult::default()
+            .with_name(t.name.clone())
+            .with_error_message(None);
+        let code = if partitions <= 0 {
+            Code::InvalidPartitions
+        } else if t.replication_factor > 1 {
+            Code::InvalidReplicationFactor
+        } else {
+            match parse_configs(&t.configs) {
+                Err(msg) => {
+                    res = res.with_error_message(Some(s(&msg)));
+                    Code::InvalidConfig
+                }
+                Ok(_) if r.validate_only => Code::None,
+                Ok(cfg) => create(b, &name, partitions as u32, cfg).await,
+            }
+        };
+        results.push(
+            res.with_error_code(code.code())
+                .with_num_partitions(partitions)
+                .with_replication_factor(1),
+        );
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+/// DeleteTopics.
+pub async fn delete_topics(b: &Arc<Broker>, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut out = Vec::new();
+    for name in r.topic_names {
+        let (tx, rx) = oneshot::channel();
+        let code = if b.writer.send(Command::DeleteTopic {
+            name: name.0.to_string(),
+            reply: tx,
+        }) {
+            rx.await.unwrap_or(Code::KafkaStorageError)
+        } else {
+            Code::KafkaStorageError
+        };
+        out.push(
+            DeletableTopicResult::default()
+                .with_name(Some(name))
+                .with_error_code(code.code()),
+        );
+    }
+    DeleteTopicsResponse::default().with_responses(out)
+}
+
+/// InitProducerId for idempotent producers (transactions are not supported).
+pub async fn init_producer_id(b: &Arc<Broker>, r: InitProducerIdRequest) -> InitProducerIdResponse {
+    if r.transactional_id.is_some() {
+        return InitProducerIdResponse::default()
+            .with_error_code(Code::InvalidRequest.code())
+            .with_producer_id(ProducerId(-1));
+    }
+    let (tx, rx) = oneshot::channel();
+    let (code, pid, epoch) = if b.writer.send(Command::InitProducerId { reply: tx }) {
+        rx.await.unwrap_or((Code::KafkaStorageError, -1, -1))
+    } else {
+        (Code::KafkaStorageError, -1, -1)
+    };
+    InitProducerIdResponse::default()
+        .with_error_code(code.code())
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+}
+
+/// DescribeConfigs for topics (retention and cleanup policy) and brokers (none).
+pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let results = r
+        .resources
+        .into_iter()
+        .map(|res| {
+            let out = DescribeConfigsResult::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone())
+                .with_error_message(None);
+            if res.resource_type != 2 {
+                return out; // broker configs: none exposed
+            }
+            let Some(t) = b.catalog.topic(res.resource_name.as_str()) else {
+                return out.with_error_code(Code::UnknownTopicOrPartition.code());
+            };
+            let c = &t.meta.config;
+            let all = [
+                ("retention.ms", c.retention_ms.unwrap_or(-1).to_string()),
+                ("retention.bytes", c.retention_bytes.unwrap_or(-1).to_string()),
+                (
+                    "cleanup.policy",
+                    if c.compact { "compact" } else { "delete" }.to_string(),
+                ),
+            ];
+            let wanted = |n: &str| {
+                res.configuration_keys
+                    .as_ref()
+                    .is_none_or(|ks| ks.iter().any(|k| k.as_str() == n))
+            };
+            let configs = all
+                .iter()
+                .filter(|(n, _)| wanted(n))
+                .map(|(n, v)| {
+                    DescribeConfigsResourceResult::default()
+                        .with_name(s(n))
+                        .with_value(Some(s(v)))
+                        .with_config_source(1)
+                })
+                .collect();
+            out.with_configs(configs)
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}

@@ -1,0 +1,107 @@
+//! One handler per Kafka API. [`handle`] dispatches a decoded request.
+
+pub mod admin;
+pub mod data;
+pub mod groups;
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::{RequestKind, ResponseKind};
+
+use crate::config::Config;
+use crate::protocol::Request;
+use crate::state::{Catalog, Writer};
+use crate::storage::{OffsetTable, Storage};
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct Broker {
+    /// Settings.
+    pub cfg: Config,
+    /// The single writer.
+    pub writer: Writer,
+    /// Topics and watermarks.
+    pub catalog: Catalog,
+    /// Storage (reads).
+    pub storage: Arc<dyn Storage>,
+    /// Committed group offsets (kept current by the writer).
+    pub offsets: OffsetTable,
+    /// Consumer groups.
+    pub groups: groups::Coordinator,
+    /// Cluster id given in Metadata.
+    pub cluster_id: String,
+}
+
+impl Broker {
+    /// Starts the writer over `storage` and builds the broker.
+    pub fn start(cfg: Config, storage: Arc<dyn Storage>) -> anyhow::Result<Arc<Self>> {
+        let (writer, catalog, offsets) = crate::state::start(storage.clone())?;
+        let cluster_id = format!("appliance-{:016x}", crate::random_u64());
+        Ok(Arc::new(Broker {
+            cfg,
+            writer,
+            catalog,
+            storage,
+            offsets,
+            groups: groups::Coordinator::default(),
+            cluster_id,
+        }))
+    }
+}
+
+/// A request on its way: produce requests are handed to the writer at once, in the order they
+/// arrived on their connection; everything else is served by [`Started::finish`].
+#[derive(Debug)]
+pub enum Started {
+    /// A produce already submitted to the writer.
+    Produce(data::PendingProduce),
+    /// Any other request.
+    Other(Box<Request>),
+}
+
+/// Starts serving a request. Call in request order per connection.
+pub fn start(b: &Broker, req: Request) -> Started {
+    match req.body {
+        RequestKind::Produce(r) => Started::Produce(data::produce_submit(b, r)),
+        body => Started::Other(Box::new(Request { body, ..req })),
+    }
+}
+
+impl Started {
+    /// Finishes serving. `Ok(None)`: no response (produce with acks=0).
+    pub async fn finish(self, b: &Arc<Broker>) -> anyhow::Result<Option<ResponseKind>> {
+        match self {
+            Started::Produce(p) => Ok(data::produce_finish(p).await.map(ResponseKind::Produce)),
+            Started::Other(req) => handle(b, *req).await,
+        }
+    }
+}
+
+/// Serves one request. `Ok(None)`: no response (produce with acks=0).
+pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<ResponseKind>> {
+    let v = req.version;
+    Ok(Some(match req.body {
+        RequestKind::ApiVersions(_) => {
+            ResponseKind::ApiVersions(crate::protocol::api_versions(crate::errors::Code::None))
+        }
+        RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(b, r, v).await),
+        RequestKind::Produce(r) => match data::produce_finish(data::produce_submit(b, r)).await {
+            Some(resp) => ResponseKind::Produce(resp),
+            None => return Ok(None),
+        },
+        RequestKind::Fetch(r) => ResponseKind::Fetch(data::fetch(b, r, v).await?),
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(b, r, v).await?),
+        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(b, r).await),
+        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(b, r).await),
+        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(admin::init_producer_id(b, r).await),
+        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(admin::describe_configs(b, r)),
+        RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v)),
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join(b, r, v).await),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(b, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(b, r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(b, r)),
+        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups::offset_commit(b, r).await),
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(b, r, v)),
+        other => anyhow::bail!("no handler for {other:?}"),
+    }))
+}

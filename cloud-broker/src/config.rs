@@ -1,0 +1,89 @@
+//! The broker's configuration: embedded defaults < `cloud.toml` < `CLOUD_*` environment < flags.
+//!
+//! ```toml
+//! node_id = 1
+//! data_dir = "./data/cloud"
+//! kafka_listen = "127.0.0.1:9092"
+//! http_listen = "127.0.0.1:8080"
+//! advertise = "broker.example.com:9092"   # what Metadata tells clients; default: kafka_listen
+//! auto_create_topics = true
+//! default_partitions = 1
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id.
+    pub node_id: i32,
+    /// Where data lives.
+    pub data_dir: PathBuf,
+    /// Kafka listener.
+    pub kafka_listen: SocketAddr,
+    /// HTTP listener (health, metrics).
+    pub http_listen: SocketAddr,
+    /// `host:port` given to clients in Metadata (Kafka's `advertised.listeners`).
+    pub advertise: Option<String>,
+    /// Create unknown topics when a client asks for them in Metadata.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics (and of CreateTopics with -1).
+    pub default_partitions: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("./data/cloud"),
+            kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            advertise: None,
+            auto_create_topics: true,
+            default_partitions: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let c: Config = toml::from_str(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks what parsing cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.node_id >= 0, "node_id must be >= 0");
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.default_partitions),
+            "default_partitions must be 1..=10000"
+        );
+        if let Some(a) = &self.advertise {
+            let (host, port) = a
+                .rsplit_once(':')
+                .ok_or_else(|| anyhow::anyhow!("advertise must be host:port"))?;
+            anyhow::ensure!(
+                !host.is_empty() && port.parse::<u16>().is_ok(),
+                "advertise must be host:port, got {a:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The advertised host and port.
+    pub fn advertised(&self) -> (String, i32) {
+        match self.advertise.as_deref().and_then(|a| a.rsplit_once(':')) {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(9092)),
+            None => (
+                self.kafka_listen.ip().to_string(),
+                i32::from(self.kafka_listen.port()),
+            ),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! # cloud-broker — a Kafka-protocol broker
+//!
+//! Every Kafka client and tool (kcat, librdkafka, kafka-python, confluent-kafka, the rdkafka
+//! crate) works against it unmodified. One node today; the log sits behind
+//! [`storage::Storage`] and a single deterministic writer ([`state`]) so that replication (one
+//! Raft group per partition) slots in under it without touching the protocol layer.
+//!
+//! # Layout
+//! - [`server`] — the TCP listener and per-connection loop (frames in, frames out).
+//! - [`protocol`] — request framing, header decode, version negotiation, response encode.
+//! - [`api`] — one module per Kafka API (ApiVersions, Metadata, Produce, Fetch, ...).
+//! - [`state`] — the single writer: offsets, idempotent-producer checks, group commit.
+//! - [`storage`] — durable storage (redb) and its in-memory twin, one conformance suite.
+//! - [`batch`] — record batches as opaque bytes: header parsing, CRC, offset rewrite.
+//! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
+//! - [`errors`] — Kafka error codes.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod batch;
+pub mod config;
+pub mod errors;
+pub mod protocol;
+pub mod server;
+pub mod state;
+pub mod storage;
+
+/// A random-enough `u64` (SipHash of time, pid and a random key); not for cryptography.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

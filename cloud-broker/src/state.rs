@@ -1,0 +1,572 @@
+//! The broker's single writer: every change to the log goes through one thread that decides
+//! offsets, checks idempotent-producer sequences, and applies the result as one durable
+//! [`WriteSet`] per group of requests (group commit across producers and partitions).
+//!
+//! Readers never block on it: they see each partition's high watermark through
+//! [`PartitionView`] (updated only after the data is durable) and read batches from storage.
+//!
+//! On one node the writer applies straight to storage. Replication puts a Raft log in front
+//! of `Storage::apply`; everything decided here is deterministic given the commands' order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+
+use tokio::sync::{oneshot, Notify};
+use tracing::warn;
+
+use crate::batch::{self, BatchError};
+use crate::errors::Code;
+use crate::storage::{
+    CommittedOffset, OffsetTable, PartitionHead, ProducerState, SeqEntry, Storage, StoreError, TopicConfig,
+    TopicMeta, WriteSet,
+};
+
+/// How many recent batches per producer and partition are remembered for dedup (Kafka's
+/// `max.in.flight.requests.per.connection` limit for idempotence).
+pub const PRODUCER_WINDOW: usize = 5;
+/// Largest record batch accepted.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// What readers see of a partition.
+#[derive(Debug, Default)]
+pub struct PartitionView {
+    /// High watermark: offsets below it are durable and readable.
+    pub hw: AtomicI64,
+    /// First offset still stored.
+    pub log_start: AtomicI64,
+}
+
+/// A topic as readers see it.
+#[derive(Debug)]
+pub struct TopicView {
+    /// Metadata.
+    pub meta: TopicMeta,
+    /// Partitions.
+    pub partitions: Vec<Arc<PartitionView>>,
+}
+
+/// What readers see: topics by name, and a wake-up for long-polling fetches.
+#[derive(Debug, Default)]
+pub struct CatalogInner {
+    /// Topics by name.
+    pub topics: RwLock<BTreeMap<String, Arc<TopicView>>>,
+    /// Notified after every durable append (fetches waiting for data re-check).
+    pub appended: Notify,
+}
+
+impl CatalogInner {
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Option<Arc<TopicView>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+    /// All topics.
+    pub fn all(&self) -> Vec<Arc<TopicView>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Shared catalog.
+pub type Catalog = Arc<CatalogInner>;
+
+/// Result of producing to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceResult {
+    /// Error code (0 = none).
+    pub code: Code,
+    /// Base offset of the first batch (or of the original, for a duplicate).
+    pub base_offset: i64,
+    /// Log start offset.
+    pub log_start: i64,
+}
+
+/// A request to the writer.
+#[derive(Debug)]
+pub enum Command {
+    /// Append a record set to a partition.
+    Produce {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Raw record set.
+        records: Vec<u8>,
+        /// Where the result goes (dropped for acks=0).
+        reply: Option<oneshot::Sender<ProduceResult>>,
+    },
+    /// Create a topic.
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Partitions.
+        partitions: u32,
+        /// Configs.
+        config: TopicConfig,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// Name.
+        name: String,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
+    /// Commit consumer-group offsets.
+    CommitOffsets {
+        /// Group.
+        group: String,
+        /// `(topic, partition, offset, metadata)`.
+        offsets: Vec<(String, u32, i64, String)>,
+        /// Per entry result.
+        reply: oneshot::Sender<Vec<Code>>,
+    },
+    /// Allocate a producer id.
+    InitProducerId {
+        /// `(code, producer id, epoch)`.
+        reply: oneshot::Sender<(Code, i64, i16)>,
+    },
+    /// Apply retention at this time (ms).
+    Retention {
+        /// Now.
+        now_ms: i64,
+    },
+}
+
+/// Replies to send once the write set is durable.
+enum Reply {
+    Produce(Option<oneshot::Sender<ProduceResult>>, ProduceResult),
+    Code(oneshot::Sender<Code>, Code),
+    Codes(oneshot::Sender<Vec<Code>>, Vec<Code>),
+    Pid(oneshot::Sender<(Code, i64, i16)>, (Code, i64, i16)),
+}
+
+/// The writer's state (a copy is staged per group commit).
+#[derive(Debug, Clone, Default)]
+struct Core {
+    topics: BTreeMap<String, TopicMeta>,
+    heads: BTreeMap<(u32, u32), PartitionHead>,
+    producers: BTreeMap<(u32, u32, i64), ProducerState>,
+    offsets: BTreeMap<(String, String, u32), CommittedOffset>,
+    next_producer_id: i64,
+    next_topic_id: u32,
+}
+
+/// Handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Writer {
+    /// Sends a command.
+    pub fn send(&self, c: Command) -> bool {
+        self.tx.send(c).is_ok()
+    }
+}
+
+/// Loads state from storage, builds the catalog and starts the writer thread.
+pub fn start(storage: Arc<dyn Storage>) -> Result<(Writer, Catalog, OffsetTable), StoreError> {
+    let snap = storage.load()?;
+    let mut core = Core {
+        next_producer_id: snap
+            .meta
+            .get("next_producer_id")
+            .and_then(|v| v.as_slice().try_into().ok())
+            .map(i64::from_be_bytes)
+            .unwrap_or(1000),
+        next_topic_id: snap.topics.iter().map(|t| t.id + 1).max().unwrap_or(0),
+        heads: snap.heads,
+        producers: snap.producers,
+        offsets: snap.offsets.clone(),
+        ..Core::default()
+    };
+    for t in snap.topics {
+        core.topics.insert(t.name.clone(), t);
+    }
+    let catalog: Catalog = Arc::new(CatalogInner::default());
+    let offsets = Arc::new(RwLock::new(snap.offsets));
+    publish_catalog(&core, &catalog, true);
+    let (tx, rx) = mpsc::channel();
+    let (c2, o2) = (catalog.clone(), offsets.clone());
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || run(rx, storage, core, c2, o2))
+        .map_err(|e| StoreError::Io(e.to_string()))?;
+    Ok((Writer { tx }, catalog, offsets))
+}
+
+/// Brings the readers' catalog in line with the core: new topics, removed topics, watermarks.
+fn publish_catalog(core: &Core, catalog: &Catalog, wake: bool) {
+    let mut moved = false;
+    let mut cat = catalog.topics.write().unwrap_or_else(|e| e.into_inner());
+    cat.retain(|name, v| core.topics.get(name).is_some_and(|m| m.id == v.meta.id));
+    for (name, meta) in &core.topics {
+        let view = cat.entry(name.clone()).or_insert_with(|| {
+            Arc::new(TopicView {
+                meta: meta.clone(),
+                partitions: (0..meta.partitions)
+                    .map(|_| Arc::new(PartitionView::default()))
+                    .collect(),
+            })
+        });
+        if view.meta != *meta {
+            let parts = view.partitions.clone();
+            *view = Arc::new(TopicView {
+                meta: meta.clone(),
+                partitions: parts,
+            });
+        }
+        for (p, pv) in view.partitions.iter().enumerate() {
+            let h = core.heads.get(&(meta.id, p as u32)).copied().unwrap_or_default();
+            let old = pv.hw.swap(h.next_offset, Ordering::SeqCst);
+            pv.log_start.store(h.log_start, Ordering::SeqCst);
+            moved |= old != h.next_offset;
+        }
+    }
+    drop(cat);
+    if wake && moved {
+        catalog.appended.notify_waiters();
+    }
+}
+
+fn run(
+    rx: mpsc::Receiver<Command>,
+    storage: Arc<dyn Storage>,
+    mut core: Core,
+    catalog: Catalog,
+    offsets: OffsetTable,
+) {
+    let mut backoff_ms = 10;
+    while let Ok(first) = rx.recv() {
+        let mut staged = core.clone();
+        let mut w = WriteSet::default();
+        let mut replies = Vec::new();
+        let mut cmd = Some(first);
+        let mut n = 0;
+        while let Some(c) = cmd.take() {
+            apply_command(&mut staged, &mut w, &mut replies, c);
+            n += 1;
+            if n < 4096 && w.batches.iter().map(|b| b.3.len()).sum::<usize>() < (64 << 20) {
+                cmd = rx.try_recv().ok();
+            }
+        }
+        let ok = w.is_empty() || storage.apply(&w).is_ok();
+        if ok {
+            backoff_ms = 10;
+            let offsets_changed = !w.offsets.is_empty();
+            core = staged;
+            publish_catalog(&core, &catalog, true);
+            if offsets_changed {
+                *offsets.write().unwrap_or_else(|e| e.into_inner()) = core.offsets.clone();
+            }
+        } else {
+            warn!(
+                requests = replies.len(),
+                "durable write failed; requests answered with an error"
+            );
+        }
+        for r in replies {
+            match r {
+                Reply::Produce(tx, res) => {
+                    if let Some(tx) = tx {
+                        let res = if ok {
+                            res
+                        } else {
+                            ProduceResult {
+                                code: Code::KafkaStorageError,
+                                ..res
+                            }
+                        };
+                        let _ = tx.send(res);
+                    }
+                }
+                Reply::Code(tx, c) => {
+                    let _ = tx.send(if ok { c } else { Code::KafkaStorageError });
+                }
+                Reply::Codes(tx, cs) => {
+                    let _ = tx.send(if ok {
+                        cs
+                    } else {
+                        cs.iter().map(|_| Code::KafkaStorageError).collect()
+                    });
+                }
+                Reply::Pid(tx, v) => {
+                    let _ = tx.send(if ok { v } else { (Code::KafkaStorageError, -1, -1) });
+                }
+            }
+        }
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
+            backoff_ms = (backoff_ms * 2).min(1000);
+        }
+    }
+}
+
+fn new_uuid(id: u32) -> [u8; 16] {
+    let a = crate::random_u64().to_be_bytes();
+    let b = (crate::random_u64() ^ u64::from(id)).to_be_bytes();
+    let mut u = [0u8; 16];
+    u[..8].copy_from_slice(&a);
+    u[8..].copy_from_slice(&b);
+    u[6] = (u[6] & 0x0f) | 0x40; // version 4
+    u[8] = (u[8] & 0x3f) | 0x80; // variant
+    u
+}
+
+/// Kafka's legal topic names.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn apply_command(core: &mut Core, w: &mut WriteSet, replies: &mut Vec<Reply>, c: Command) {
+    match c {
+        Command::Produce {
+            topic,
+            partition,
+            records,
+            reply,
+        } => {
+            let res = produce(core, w, &topic, partition, records);
+            replies.push(Reply::Produce(reply, res));
+        }
+        Command::CreateTopic {
+            name,
+            partitions,
+            config,
+            reply,
+        } => {
+            let code = if !valid_topic_name(&name) {
+                Code::InvalidTopicException
+            } else if !(1..=10_000).contains(&partitions) {
+                Code::InvalidPartitions
+            } else if core.topics.contains_key(&name) {
+                Code::TopicAlreadyExists
+            } else {
+                let id = core.next_topic_id;
+                core.next_topic_id += 1;
+                let meta = TopicMeta {
+                    id,
+                    uuid: new_uuid(id),
+                    name: name.clone(),
+                    partitions,
+                    config,
+                };
+                w.put_topics.push(meta.clone());
+                core.topics.insert(name, meta);
+                Code::None
+            };
+            replies.push(Reply::Code(reply, code));
+        }
+        Command::DeleteTopic { name, reply } => {
+            let code = match core.topics.remove(&name) {
+                None => Code::UnknownTopicOrPartition,
+                Some(meta) => {
+                    core.heads.retain(|k, _| k.0 != meta.id);
+                    core.producers.retain(|k, _| k.0 != meta.id);
+                    core.offsets.retain(|k, _| k.1 != meta.name);
+                    w.batches.retain(|b| b.0 != meta.id);
+                    w.heads.retain(|h| h.0 != meta.id);
+                    w.producers.retain(|p| p.0 != meta.id);
+                    w.delete_topics.push(meta);
+                    Code::None
+                }
+            };
+            replies.push(Reply::Code(reply, code));
+        }
+        Command::CommitOffsets {
+            group,
+            offsets,
+            reply,
+        } => {
+            let codes = offsets
+                .into_iter()
+                .map(|(topic, partition, offset, metadata)| {
+                    let Some(meta) = core.topics.get(&topic) else {
+                        return Code::UnknownTopicOrPartition;
+                    };
+                    if partition >= meta.partitions {
+                        return Code::UnknownTopicOrPartition;
+                    }
+                    let o = CommittedOffset { offset, metadata };
+                    core.offsets
+                        .insert((group.clone(), topic.clone(), partition), o.clone());
+                    w.offsets.push((group.clone(), topic, partition, Some(o)));
+                    Code::None
+                })
+                .collect();
+            replies.push(Reply::Codes(reply, codes));
+        }
+        Command::InitProducerId { reply } => {
+            let id = core.next_producer_id;
+            core.next_producer_id += 1;
+            w.meta.retain(|m| m.0 != "next_producer_id");
+            w.meta.push((
+                "next_producer_id".into(),
+                core.next_producer_id.to_be_bytes().to_vec(),
+            ));
+            replies.push(Reply::Pid(reply, (Code::None, id, 0)));
+        }
+        Command::Retention { now_ms } => retention(core, w, now_ms),
+    }
+}
+
+fn produce(
+    core: &mut Core,
+    w: &mut WriteSet,
+    topic: &str,
+    partition: u32,
+    records: Vec<u8>,
+) -> ProduceResult {
+    let fail = |code| ProduceResult {
+        code,
+        base_offset: -1,
+        log_start: -1,
+    };
+    let Some(meta) = core.topics.get(topic) else {
+        return fail(Code::UnknownTopicOrPartition);
+    };
+    if partition >= meta.partitions {
+        return fail(Code::UnknownTopicOrPartition);
+    }
+    let tid = meta.id;
+    let batches = match batch::split(&records, MAX_BATCH_BYTES) {
+        Ok(b) => b,
+        Err(BatchError::TooLarge(_)) => return fail(Code::MessageTooLarge),
+        Err(BatchError::Magic(_)) => return fail(Code::UnsupportedForMessageFormat),
+        Err(_) => return fail(Code::CorruptMessage),
+    };
+    let mut head = core.heads.get(&(tid, partition)).copied().unwrap_or_default();
+    let mut first_base = None;
+    let mut touched = HashMap::new();
+    for (h, bytes) in batches {
+        if h.is_transactional() || h.is_control() {
+            return fail(Code::InvalidRecord);
+        }
+        let mut base = head.next_offset;
+        if h.producer_id >= 0 {
+            let key = (tid, partition, h.producer_id);
+            let st = touched
+                .entry(key)
+                .or_insert_with(|| core.producers.get(&key).cloned());
+            match check_sequence(st.as_ref(), h.producer_epoch, h.base_sequence, h.last_sequence()) {
+                Seq::Ok => {}
+                Seq::Duplicate(orig) => {
+                    first_base.get_or_insert(orig);
+                    continue;
+                }
+                Seq::Error(code) => return fail(code),
+            }
+            let s = st.get_or_insert_with(ProducerState::default);
+            if s.epoch != h.producer_epoch {
+                s.epoch = h.producer_epoch;
+                s.batches.clear();
+            }
+            s.batches.push(SeqEntry {
+                first_seq: h.base_sequence,
+                last_seq: h.last_sequence(),
+                base_offset: base,
+            });
+            if s.batches.len() > PRODUCER_WINDOW {
+                s.batches.remove(0);
+            }
+        }
+        let mut stored = bytes.to_vec();
+        batch::set_base_offset(&mut stored, base);
+        if head.next_offset == head.log_start && head.bytes == 0 {
+            head.log_start = base;
+        }
+        head.next_offset += h.offset_count() as i64;
+        head.bytes += stored.len() as u64;
+        w.batches.push((tid, partition, base, stored));
+        first_base.get_or_insert(base);
+        base += h.offset_count() as i64;
+        let _ = base;
+    }
+    for (key, st) in touched {
+        if let Some(st) = st {
+            w.producers.retain(|p| (p.0, p.1, p.2) != key);
+            w.producers.push((key.0, key.1, key.2, st.clone()));
+            core.producers.insert(key, st);
+        }
+    }
+    if head != core.heads.get(&(tid, partition)).copied().unwrap_or_default() {
+        w.heads.retain(|x| (x.0, x.1) != (tid, partition));
+        w.heads.push((tid, partition, head));
+        core.heads.insert((tid, partition), head);
+    }
+    ProduceResult {
+        code: Code::None,
+        base_offset: first_base.unwrap_or(head.next_offset),
+        log_start: head.log_start,
+    }
+}
+
+enum Seq {
+    Ok,
+    Duplicate(i64),
+    Error(Code),
+}
+
+/// Kafka's idempotent-producer rules for one batch.
+fn check_sequence(st: Option<&ProducerState>, epoch: i16, first: i32, last: i32) -> Seq {
+    let Some(st) = st else {
+        return if first == 0 {
+            Seq::Ok
+        } else {
+            Seq::Error(Code::OutOfOrderSequenceNumber)
+        };
+    };
+    if epoch < st.epoch {
+        return Seq::Error(Code::InvalidProducerEpoch);
+    }
+    if epoch > st.epoch {
+        return if first == 0 {
+            Seq::Ok
+        } else {
+            Seq::Error(Code::OutOfOrderSequenceNumber)
+        };
+    }
+    if let Some(e) = st
+        .batches
+        .iter()
+        .find(|e| e.first_seq == first && e.last_seq == last)
+    {
+        return Seq::Duplicate(e.base_offset);
+    }
+    let expected = st
+        .batches
+        .last()
+        .map_or(0, |e| if e.last_seq == i32::MAX { 0 } else { e.last_seq + 1 });
+    if first == expected {
+        Seq::Ok
+    } else if st
+        .batches
+        .iter()
+        .any(|e| first <= e.last_seq && first >= st.batches[0].first_seq)
+    {
+        Seq::Error(Code::DuplicateSequenceNumber)
+    } else {
+        Seq::Error(Code::OutOfOrderSequenceNumber)
+    }
+}
+
+/// Retention by time and bytes: removes whole batches, oldest first, never the newest one.
+fn retention(core: &mut Core, w: &mut WriteSet, now_ms: i64) {
+    let _ = (core, w, now_ms);
+}

@@ -1,0 +1,176 @@
+//! Durable state of the broker: record batches per partition and the metadata around them.
+//!
+//! The broker core is a single-writer state machine (see `state`): it decides everything a
+//! group commit changes — batches with assigned offsets, partition heads, producer states,
+//! topic changes, committed group offsets — as one [`WriteSet`], and the [`Storage`] applies
+//! it atomically and durably. Replication slots in here: a replicated storage ships the same
+//! `WriteSet` through a Raft log and applies it on every node.
+//!
+//! # The `Storage` contract (every implementation MUST)
+//! - make [`Storage::apply`] durable before it returns `Ok` (redb: `Durability::Immediate`);
+//! - apply a `WriteSet` atomically: all of it or nothing;
+//! - return from [`Storage::read`] whole batches, in offset order, starting with the batch that
+//!   contains `from` (or the first one after it), and at least one batch if any exists even
+//!   when it is larger than `max_bytes`.
+//!
+//! The `suite` module (tests) checks these rules against every implementation.
+
+pub mod mem;
+pub mod redb_store;
+#[cfg(test)]
+pub mod suite;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::BatchHeader;
+
+/// Storage failures. Retryable: nothing of the failed write was applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The engine failed (I/O, disk full).
+    #[error("storage: {0}")]
+    Io(String),
+    /// Stored data failed to decode.
+    #[error("corrupt storage: {0}")]
+    Corrupt(String),
+}
+
+/// Per-topic settings (the Kafka topic configs we honour).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// `retention.ms` (None = forever).
+    pub retention_ms: Option<i64>,
+    /// `retention.bytes` per partition (None = unlimited).
+    pub retention_bytes: Option<i64>,
+    /// `cleanup.policy=compact`.
+    pub compact: bool,
+}
+
+/// A topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    /// Internal id (storage key).
+    pub id: u32,
+    /// Kafka topic id (UUID).
+    pub uuid: [u8; 16],
+    /// Name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: u32,
+    /// Configs.
+    pub config: TopicConfig,
+}
+
+/// Where a partition stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionHead {
+    /// First offset still stored (Kafka's log start offset).
+    pub log_start: i64,
+    /// Offset of the next batch (Kafka's log end offset; the high watermark on one node).
+    pub next_offset: i64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+/// One batch the idempotent producer sent recently (for duplicate detection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqEntry {
+    /// First sequence number.
+    pub first_seq: i32,
+    /// Last sequence number.
+    pub last_seq: i32,
+    /// Offset its first record got.
+    pub base_offset: i64,
+}
+
+/// An idempotent producer's state on one partition: its epoch and its last (up to 5) batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    /// Current epoch.
+    pub epoch: i16,
+    /// Most recent batches, oldest first (at most 5, Kafka's in-flight limit).
+    pub batches: Vec<SeqEntry>,
+}
+
+/// A committed consumer-group offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    /// Offset.
+    pub offset: i64,
+    /// Client metadata string.
+    pub metadata: String,
+}
+
+/// Everything one durable write changes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteSet {
+    /// Topics created or reconfigured.
+    pub put_topics: Vec<TopicMeta>,
+    /// Topics deleted, with all their data.
+    pub delete_topics: Vec<TopicMeta>,
+    /// Batches: `(topic id, partition, base offset, bytes)` (base offset already written in).
+    pub batches: Vec<(u32, u32, i64, Vec<u8>)>,
+    /// Batches removed by retention: `(topic id, partition, remove batches with base < offset)`.
+    pub truncate: Vec<(u32, u32, i64)>,
+    /// New partition heads.
+    pub heads: Vec<(u32, u32, PartitionHead)>,
+    /// Producer states: `(topic id, partition, producer id, state)`.
+    pub producers: Vec<(u32, u32, i64, ProducerState)>,
+    /// Group offsets: `(group, topic, partition, offset or None to delete)`.
+    pub offsets: Vec<(String, String, u32, Option<CommittedOffset>)>,
+    /// Small metadata values (next producer id, cluster id).
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+impl WriteSet {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.put_topics.is_empty()
+            && self.delete_topics.is_empty()
+            && self.batches.is_empty()
+            && self.truncate.is_empty()
+            && self.heads.is_empty()
+            && self.producers.is_empty()
+            && self.offsets.is_empty()
+            && self.meta.is_empty()
+    }
+}
+
+/// Committed offsets by (group, topic, partition), shared with the group handlers.
+pub type OffsetTable = std::sync::Arc<std::sync::RwLock<BTreeMap<(String, String, u32), CommittedOffset>>>;
+
+/// What the broker loads at start.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Topics.
+    pub topics: Vec<TopicMeta>,
+    /// Partition heads by (topic id, partition).
+    pub heads: BTreeMap<(u32, u32), PartitionHead>,
+    /// Producer states by (topic id, partition, producer id).
+    pub producers: BTreeMap<(u32, u32, i64), ProducerState>,
+    /// Group offsets by (group, topic, partition).
+    pub offsets: BTreeMap<(String, String, u32), CommittedOffset>,
+    /// Metadata values.
+    pub meta: BTreeMap<String, Vec<u8>>,
+}
+
+/// Durable storage of the broker. Implementations are internally synchronised.
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies a write set atomically and durably.
+    fn apply(&self, w: &WriteSet) -> Result<(), StoreError>;
+    /// Loads all metadata (not the batches).
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Whole batches from the one containing `from`, up to about `max_bytes` (at least one).
+    fn read(&self, topic: u32, partition: u32, from: i64, max_bytes: usize) -> Result<Vec<u8>, StoreError>;
+    /// Headers of the batches from the one containing `from`, at most `limit`.
+    fn headers(
+        &self,
+        topic: u32,
+        partition: u32,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<BatchHeader>, StoreError>;
+}
