@@ -27,6 +27,8 @@ use crate::storage::{
 pub const PRODUCER_WINDOW: usize = 5;
 /// Largest record batch accepted.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Most records in one batch (a compressed batch could otherwise claim any count).
+pub const MAX_BATCH_RECORDS: i32 = 1_000_000;
 
 /// What readers see of a partition.
 #[derive(Debug, Default)]
@@ -254,7 +256,7 @@ fn run(
         let mut cmd = Some(first);
         let mut n = 0;
         while let Some(c) = cmd.take() {
-            apply_command(&mut staged, &mut w, &mut replies, c);
+            apply_command(&mut staged, &mut w, &mut replies, c, &*storage);
             n += 1;
             if n < 4096 && w.batches.iter().map(|b| b.3.len()).sum::<usize>() < (64 << 20) {
                 cmd = rx.try_recv().ok();
@@ -334,7 +336,7 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn apply_command(core: &mut Core, w: &mut WriteSet, replies: &mut Vec<Reply>, c: Command) {
+fn apply_command(core: &mut Core, w: &mut WriteSet, replies: &mut Vec<Reply>, c: Command, storage: &dyn Storage) {
     match c {
         Command::Produce {
             topic,
@@ -422,7 +424,11 @@ fn apply_command(core: &mut Core, w: &mut WriteSet, replies: &mut Vec<Reply>, c:
             ));
             replies.push(Reply::Pid(reply, (Code::None, id, 0)));
         }
-        Command::Retention { now_ms } => retention(core, w, now_ms),
+        Command::Retention { now_ms } => {
+            if let Err(e) = retention(core, w, now_ms, storage) {
+                warn!(error = %e, "retention pass failed");
+            }
+        }
     }
 }
 
@@ -455,7 +461,12 @@ fn produce(
     let mut first_base = None;
     let mut touched = HashMap::new();
     for (h, bytes) in batches {
-        if h.is_transactional() || h.is_control() {
+        // Producers write dense batches; a count the header cannot back is refused here so that
+        // nothing downstream (compaction, timestamp lookups) sizes work by an unchecked count.
+        if h.is_transactional() || h.is_control() || h.record_count < 1
+            || h.record_count > MAX_BATCH_RECORDS
+            || h.last_offset_delta != h.record_count - 1
+        {
             return fail(Code::InvalidRecord);
         }
         let mut base = head.next_offset;
@@ -566,7 +577,154 @@ fn check_sequence(st: Option<&ProducerState>, epoch: i16, first: i32, last: i32)
     }
 }
 
-/// Retention by time and bytes: removes whole batches, oldest first, never the newest one.
-fn retention(core: &mut Core, w: &mut WriteSet, now_ms: i64) {
-    let _ = (core, w, now_ms);
+/// Retention by time and bytes: removes whole batches, oldest first, never the newest one
+/// (so a partition's offsets stay visible). Reads batch headers only.
+fn retention(core: &mut Core, w: &mut WriteSet, now_ms: i64, storage: &dyn Storage) -> Result<(), StoreError> {
+    let topics: Vec<TopicMeta> = core.topics.values().cloned().collect();
+    for t in topics {
+        let (max_age, max_bytes) = (t.config.retention_ms, t.config.retention_bytes);
+        if max_age.is_none() && max_bytes.is_none() {
+            continue;
+        }
+        for p in 0..t.partitions {
+            let Some(mut head) = core.heads.get(&(t.id, p)).copied() else { continue };
+            let mut bytes = head.bytes;
+            let mut new_start = None;
+            let mut from = head.log_start;
+            'scan: loop {
+                let headers = storage.headers(t.id, p, from, 1024)?;
+                let n = headers.len();
+                for (i, h) in headers.iter().enumerate() {
+                    let newest = h.last_offset() + 1 >= head.next_offset;
+                    let expired = max_age.is_some_and(|age| h.max_timestamp < now_ms.saturating_sub(age));
+                    let over = max_bytes.is_some_and(|max| bytes > max as u64);
+                    if newest || !(expired || over) {
+                        break 'scan;
+                    }
+                    bytes -= (h.size as u64).min(bytes);
+                    new_start = Some(h.last_offset() + 1);
+                    if i + 1 == n {
+                        from = h.last_offset() + 1;
+                    }
+                }
+                if n < 1024 {
+                    break;
+                }
+            }
+            if let Some(start) = new_start {
+                w.truncate.push((t.id, p, start));
+                head.log_start = start;
+                head.bytes = bytes;
+                w.heads.retain(|x| (x.0, x.1) != (t.id, p));
+                w.heads.push((t.id, p, head));
+                core.heads.insert((t.id, p), head);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::tests::make_batch;
+    use crate::storage::mem::MemStorage;
+
+    fn call<T>(w: &Writer, f: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
+        let (tx, rx) = oneshot::channel();
+        assert!(w.send(f(tx)));
+        rx.blocking_recv().unwrap()
+    }
+
+    fn produce(w: &Writer, topic: &str, records: Vec<u8>) -> ProduceResult {
+        call(w, |tx| Command::Produce { topic: topic.into(), partition: 0, records, reply: Some(tx) })
+    }
+
+    fn started() -> (Writer, Catalog, Arc<MemStorage>) {
+        let storage = Arc::new(MemStorage::new());
+        let (w, c, _) = start(storage.clone()).unwrap();
+        (w, c, storage)
+    }
+
+    #[test]
+    fn offsets_are_dense_and_watermarks_move_after_the_write() {
+        let (w, cat, _) = started();
+        let code = call(&w, |tx| Command::CreateTopic { name: "t".into(), partitions: 1, config: TopicConfig::default(), reply: tx });
+        assert_eq!(code, Code::None);
+        assert_eq!(produce(&w, "t", make_batch(3, -1, -1, -1, 10)).base_offset, 0);
+        assert_eq!(produce(&w, "t", make_batch(2, -1, -1, -1, 20)).base_offset, 3);
+        assert_eq!(cat.topic("t").unwrap().partitions[0].hw.load(Ordering::SeqCst), 5);
+        assert_eq!(produce(&w, "nope", make_batch(1, -1, -1, -1, 0)).code, Code::UnknownTopicOrPartition);
+        assert_eq!(produce(&w, "t", vec![1, 2, 3]).code, Code::CorruptMessage);
+    }
+
+    #[test]
+    fn idempotent_producer_dedups_orders_and_fences() {
+        let (w, _, _) = started();
+        call(&w, |tx| Command::CreateTopic { name: "t".into(), partitions: 1, config: TopicConfig::default(), reply: tx });
+        let (code, pid, epoch) = call(&w, |tx| Command::InitProducerId { reply: tx });
+        assert_eq!((code, epoch), (Code::None, 0));
+        assert_eq!(produce(&w, "t", make_batch(3, pid, 0, 0, 1)).base_offset, 0);
+        // A retry of the same batch: success with the original offset, nothing appended.
+        let dup = produce(&w, "t", make_batch(3, pid, 0, 0, 1));
+        assert_eq!((dup.code, dup.base_offset), (Code::None, 0));
+        assert_eq!(produce(&w, "t", make_batch(2, pid, 0, 3, 1)).base_offset, 3);
+        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 9, 1)).code, Code::OutOfOrderSequenceNumber);
+        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 1, 1)).code, Code::DuplicateSequenceNumber);
+        // A new epoch starts at sequence 0 and fences the old one.
+        assert_eq!(produce(&w, "t", make_batch(1, pid, 1, 0, 1)).base_offset, 5);
+        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 5, 1)).code, Code::InvalidProducerEpoch);
+        // A producer id unknown on this partition must start at 0.
+        assert_eq!(produce(&w, "t", make_batch(1, pid + 1, 0, 7, 1)).code, Code::OutOfOrderSequenceNumber);
+    }
+
+    #[test]
+    fn producer_state_survives_a_restart() {
+        let storage = Arc::new(MemStorage::new());
+        let pid;
+        {
+            let (w, _, _) = start(storage.clone()).unwrap();
+            call(&w, |tx| Command::CreateTopic { name: "t".into(), partitions: 1, config: TopicConfig::default(), reply: tx });
+            pid = call(&w, |tx| Command::InitProducerId { reply: tx }).1;
+            produce(&w, "t", make_batch(2, pid, 0, 0, 1));
+        }
+        let (w, _, _) = start(storage).unwrap();
+        let dup = produce(&w, "t", make_batch(2, pid, 0, 0, 1));
+        assert_eq!((dup.code, dup.base_offset), (Code::None, 0), "a retry after a restart is still a duplicate");
+        assert_ne!(call(&w, |tx| Command::InitProducerId { reply: tx }).1, pid, "producer ids are not reused");
+    }
+
+    #[test]
+    fn retention_drops_old_batches_but_never_the_newest() {
+        let (w, cat, storage) = started();
+        let config = TopicConfig { retention_ms: Some(1_000), retention_bytes: None, compact: false };
+        call(&w, |tx| Command::CreateTopic { name: "r".into(), partitions: 1, config, reply: tx });
+        for ts in [100, 200, 5_000, 9_000] {
+            produce(&w, "r", make_batch(2, -1, -1, -1, ts));
+        }
+        let pv = cat.topic("r").unwrap().partitions[0].clone();
+        assert!(w.send(Command::Retention { now_ms: 5_500 }));
+        produce(&w, "r", make_batch(1, -1, -1, -1, 9_500)); // a round trip: the retention write is done
+        assert_eq!(pv.log_start.load(Ordering::SeqCst), 4, "the two batches older than 1 s are gone");
+        let tid = cat.topic("r").unwrap().meta.id;
+        assert_eq!(storage.headers(tid, 0, 0, 10).unwrap()[0].base_offset, 4);
+        assert!(w.send(Command::Retention { now_ms: 1_000_000 }));
+        produce(&w, "other-topic-missing", make_batch(1, -1, -1, -1, 0));
+        assert_eq!(pv.log_start.load(Ordering::SeqCst), 8, "everything but the newest batch");
+        assert_eq!(pv.hw.load(Ordering::SeqCst), 9);
+    }
+
+    #[test]
+    fn retention_by_bytes() {
+        let (w, cat, _) = started();
+        let one = make_batch(1, -1, -1, -1, 0).len() as i64;
+        let config = TopicConfig { retention_ms: None, retention_bytes: Some(one * 2), compact: false };
+        call(&w, |tx| Command::CreateTopic { name: "b".into(), partitions: 1, config, reply: tx });
+        for _ in 0..5 {
+            produce(&w, "b", make_batch(1, -1, -1, -1, 0));
+        }
+        assert!(w.send(Command::Retention { now_ms: 0 }));
+        produce(&w, "none", make_batch(1, -1, -1, -1, 0));
+        assert_eq!(cat.topic("b").unwrap().partitions[0].log_start.load(Ordering::SeqCst), 3);
+    }
 }
