@@ -14,8 +14,10 @@
 //! - [`batch`] — record batches as opaque bytes: header parsing, CRC, offset rewrite.
 //! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
 //! - [`errors`] — Kafka error codes.
+//! - [`alloc`] — the global allocator that keeps hostile array counts from aborting the process.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod api;
 pub mod batch;
 pub mod config;

@@ -11,6 +11,9 @@ use cloud_broker::config::Config;
 use cloud_broker::storage::redb_store::RedbStorage;
 use tracing::info;
 
+#[global_allocator]
+static ALLOC: cloud_broker::alloc::LazyHuge = cloud_broker::alloc::LazyHuge;
+
 /// A Kafka-wire-protocol broker: kcat, librdkafka, kafka-python and confluent-kafka work
 /// against it unmodified.
 #[derive(Debug, Parser)]

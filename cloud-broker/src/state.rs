@@ -336,7 +336,13 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn apply_command(core: &mut Core, w: &mut WriteSet, replies: &mut Vec<Reply>, c: Command, storage: &dyn Storage) {
+fn apply_command(
+    core: &mut Core,
+    w: &mut WriteSet,
+    replies: &mut Vec<Reply>,
+    c: Command,
+    storage: &dyn Storage,
+) {
     match c {
         Command::Produce {
             topic,
@@ -463,7 +469,9 @@ fn produce(
     for (h, bytes) in batches {
         // Producers write dense batches; a count the header cannot back is refused here so that
         // nothing downstream (compaction, timestamp lookups) sizes work by an unchecked count.
-        if h.is_transactional() || h.is_control() || h.record_count < 1
+        if h.is_transactional()
+            || h.is_control()
+            || h.record_count < 1
             || h.record_count > MAX_BATCH_RECORDS
             || h.last_offset_delta != h.record_count - 1
         {
@@ -579,7 +587,12 @@ fn check_sequence(st: Option<&ProducerState>, epoch: i16, first: i32, last: i32)
 
 /// Retention by time and bytes: removes whole batches, oldest first, never the newest one
 /// (so a partition's offsets stay visible). Reads batch headers only.
-fn retention(core: &mut Core, w: &mut WriteSet, now_ms: i64, storage: &dyn Storage) -> Result<(), StoreError> {
+fn retention(
+    core: &mut Core,
+    w: &mut WriteSet,
+    now_ms: i64,
+    storage: &dyn Storage,
+) -> Result<(), StoreError> {
     let topics: Vec<TopicMeta> = core.topics.values().cloned().collect();
     for t in topics {
         let (max_age, max_bytes) = (t.config.retention_ms, t.config.retention_bytes);
@@ -587,7 +600,9 @@ fn retention(core: &mut Core, w: &mut WriteSet, now_ms: i64, storage: &dyn Stora
             continue;
         }
         for p in 0..t.partitions {
-            let Some(mut head) = core.heads.get(&(t.id, p)).copied() else { continue };
+            let Some(mut head) = core.heads.get(&(t.id, p)).copied() else {
+                continue;
+            };
             let mut bytes = head.bytes;
             let mut new_start = None;
             let mut from = head.log_start;
@@ -637,7 +652,12 @@ mod tests {
     }
 
     fn produce(w: &Writer, topic: &str, records: Vec<u8>) -> ProduceResult {
-        call(w, |tx| Command::Produce { topic: topic.into(), partition: 0, records, reply: Some(tx) })
+        call(w, |tx| Command::Produce {
+            topic: topic.into(),
+            partition: 0,
+            records,
+            reply: Some(tx),
+        })
     }
 
     fn started() -> (Writer, Catalog, Arc<MemStorage>) {
@@ -649,19 +669,32 @@ mod tests {
     #[test]
     fn offsets_are_dense_and_watermarks_move_after_the_write() {
         let (w, cat, _) = started();
-        let code = call(&w, |tx| Command::CreateTopic { name: "t".into(), partitions: 1, config: TopicConfig::default(), reply: tx });
+        let code = call(&w, |tx| Command::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            config: TopicConfig::default(),
+            reply: tx,
+        });
         assert_eq!(code, Code::None);
         assert_eq!(produce(&w, "t", make_batch(3, -1, -1, -1, 10)).base_offset, 0);
         assert_eq!(produce(&w, "t", make_batch(2, -1, -1, -1, 20)).base_offset, 3);
         assert_eq!(cat.topic("t").unwrap().partitions[0].hw.load(Ordering::SeqCst), 5);
-        assert_eq!(produce(&w, "nope", make_batch(1, -1, -1, -1, 0)).code, Code::UnknownTopicOrPartition);
+        assert_eq!(
+            produce(&w, "nope", make_batch(1, -1, -1, -1, 0)).code,
+            Code::UnknownTopicOrPartition
+        );
         assert_eq!(produce(&w, "t", vec![1, 2, 3]).code, Code::CorruptMessage);
     }
 
     #[test]
     fn idempotent_producer_dedups_orders_and_fences() {
         let (w, _, _) = started();
-        call(&w, |tx| Command::CreateTopic { name: "t".into(), partitions: 1, config: TopicConfig::default(), reply: tx });
+        call(&w, |tx| Command::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            config: TopicConfig::default(),
+            reply: tx,
+        });
         let (code, pid, epoch) = call(&w, |tx| Command::InitProducerId { reply: tx });
         assert_eq!((code, epoch), (Code::None, 0));
         assert_eq!(produce(&w, "t", make_batch(3, pid, 0, 0, 1)).base_offset, 0);
@@ -669,13 +702,25 @@ mod tests {
         let dup = produce(&w, "t", make_batch(3, pid, 0, 0, 1));
         assert_eq!((dup.code, dup.base_offset), (Code::None, 0));
         assert_eq!(produce(&w, "t", make_batch(2, pid, 0, 3, 1)).base_offset, 3);
-        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 9, 1)).code, Code::OutOfOrderSequenceNumber);
-        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 1, 1)).code, Code::DuplicateSequenceNumber);
+        assert_eq!(
+            produce(&w, "t", make_batch(1, pid, 0, 9, 1)).code,
+            Code::OutOfOrderSequenceNumber
+        );
+        assert_eq!(
+            produce(&w, "t", make_batch(1, pid, 0, 1, 1)).code,
+            Code::DuplicateSequenceNumber
+        );
         // A new epoch starts at sequence 0 and fences the old one.
         assert_eq!(produce(&w, "t", make_batch(1, pid, 1, 0, 1)).base_offset, 5);
-        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 5, 1)).code, Code::InvalidProducerEpoch);
+        assert_eq!(
+            produce(&w, "t", make_batch(1, pid, 0, 5, 1)).code,
+            Code::InvalidProducerEpoch
+        );
         // A producer id unknown on this partition must start at 0.
-        assert_eq!(produce(&w, "t", make_batch(1, pid + 1, 0, 7, 1)).code, Code::OutOfOrderSequenceNumber);
+        assert_eq!(
+            produce(&w, "t", make_batch(1, pid + 1, 0, 7, 1)).code,
+            Code::OutOfOrderSequenceNumber
+        );
     }
 
     #[test]
@@ -684,33 +729,63 @@ mod tests {
         let pid;
         {
             let (w, _, _) = start(storage.clone()).unwrap();
-            call(&w, |tx| Command::CreateTopic { name: "t".into(), partitions: 1, config: TopicConfig::default(), reply: tx });
+            call(&w, |tx| Command::CreateTopic {
+                name: "t".into(),
+                partitions: 1,
+                config: TopicConfig::default(),
+                reply: tx,
+            });
             pid = call(&w, |tx| Command::InitProducerId { reply: tx }).1;
             produce(&w, "t", make_batch(2, pid, 0, 0, 1));
         }
         let (w, _, _) = start(storage).unwrap();
         let dup = produce(&w, "t", make_batch(2, pid, 0, 0, 1));
-        assert_eq!((dup.code, dup.base_offset), (Code::None, 0), "a retry after a restart is still a duplicate");
-        assert_ne!(call(&w, |tx| Command::InitProducerId { reply: tx }).1, pid, "producer ids are not reused");
+        assert_eq!(
+            (dup.code, dup.base_offset),
+            (Code::None, 0),
+            "a retry after a restart is still a duplicate"
+        );
+        assert_ne!(
+            call(&w, |tx| Command::InitProducerId { reply: tx }).1,
+            pid,
+            "producer ids are not reused"
+        );
     }
 
     #[test]
     fn retention_drops_old_batches_but_never_the_newest() {
         let (w, cat, storage) = started();
-        let config = TopicConfig { retention_ms: Some(1_000), retention_bytes: None, compact: false };
-        call(&w, |tx| Command::CreateTopic { name: "r".into(), partitions: 1, config, reply: tx });
+        let config = TopicConfig {
+            retention_ms: Some(1_000),
+            retention_bytes: None,
+            compact: false,
+        };
+        call(&w, |tx| Command::CreateTopic {
+            name: "r".into(),
+            partitions: 1,
+            config,
+            reply: tx,
+        });
         for ts in [100, 200, 5_000, 9_000] {
             produce(&w, "r", make_batch(2, -1, -1, -1, ts));
         }
         let pv = cat.topic("r").unwrap().partitions[0].clone();
         assert!(w.send(Command::Retention { now_ms: 5_500 }));
         produce(&w, "r", make_batch(1, -1, -1, -1, 9_500)); // a round trip: the retention write is done
-        assert_eq!(pv.log_start.load(Ordering::SeqCst), 4, "the two batches older than 1 s are gone");
+        assert_eq!(
+            pv.log_start.load(Ordering::SeqCst),
+            4,
+            "the two batches older than 1 s are gone"
+        );
         let tid = cat.topic("r").unwrap().meta.id;
         assert_eq!(storage.headers(tid, 0, 0, 10).unwrap()[0].base_offset, 4);
         assert!(w.send(Command::Retention { now_ms: 1_000_000 }));
         produce(&w, "other-topic-missing", make_batch(1, -1, -1, -1, 0));
-        assert_eq!(pv.log_start.load(Ordering::SeqCst), 8, "everything but the newest batch");
+        assert_eq!(
+            pv.log_start.load(Ordering::SeqCst),
+            8,
+            "everything but the newest batch"
+        );
         assert_eq!(pv.hw.load(Ordering::SeqCst), 9);
     }
 
@@ -718,13 +793,27 @@ mod tests {
     fn retention_by_bytes() {
         let (w, cat, _) = started();
         let one = make_batch(1, -1, -1, -1, 0).len() as i64;
-        let config = TopicConfig { retention_ms: None, retention_bytes: Some(one * 2), compact: false };
-        call(&w, |tx| Command::CreateTopic { name: "b".into(), partitions: 1, config, reply: tx });
+        let config = TopicConfig {
+            retention_ms: None,
+            retention_bytes: Some(one * 2),
+            compact: false,
+        };
+        call(&w, |tx| Command::CreateTopic {
+            name: "b".into(),
+            partitions: 1,
+            config,
+            reply: tx,
+        });
         for _ in 0..5 {
             produce(&w, "b", make_batch(1, -1, -1, -1, 0));
         }
         assert!(w.send(Command::Retention { now_ms: 0 }));
         produce(&w, "none", make_batch(1, -1, -1, -1, 0));
-        assert_eq!(cat.topic("b").unwrap().partitions[0].log_start.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            cat.topic("b").unwrap().partitions[0]
+                .log_start
+                .load(Ordering::SeqCst),
+            3
+        );
     }
 }

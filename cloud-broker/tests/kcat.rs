@@ -2,73 +2,21 @@
 //! produced and consumed byte-identically, consuming from a timestamp, topics kept across a
 //! restart, and a consumer group.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A broker process, killed on drop.
-struct Broker {
-    child: Option<Child>,
-    port: u16,
-    http: u16,
-    dir: PathBuf,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port(), free_port())
-    }
-
-    fn start_on(dir: &Path, port: u16, http: u16) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_cloud-broker"))
-            .args(["run", "--kafka-listen", &format!("127.0.0.1:{port}"), "--http-listen", &format!("127.0.0.1:{http}")])
-            .arg("--data-dir")
-            .arg(dir)
-            .env("CLOUD_LOG", "warn")
-            .spawn()
-            .unwrap();
-        let b = Broker { child: Some(child), port, http, dir: dir.to_path_buf() };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "broker did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cloud-kcat-{tag}-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{tempdir, Broker};
 
 fn kcat(args: &[&str], stdin: Option<&[u8]>) -> String {
     let mut c = Command::new("kcat")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -77,32 +25,81 @@ fn kcat(args: &[&str], stdin: Option<&[u8]>) -> String {
         c.stdin.take().unwrap().write_all(data).unwrap();
     }
     let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "kcat {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kcat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
 fn kcat_lists_produces_and_consumes_100k_lines_byte_identically() {
-    let dir = tempdir("100k");
+    let dir = tempdir("kcat-100k");
     let mut b = Broker::start(&dir);
     let addr = b.addr();
     let meta = kcat(&["-b", &addr, "-L"], None);
-    assert!(meta.contains("1 brokers:") && meta.contains(&format!("broker 1 at {addr}")), "{meta}");
-    let lines: String = (0..100_000).map(|i| format!("reading {i} value {}\n", i * 7 % 1000)).collect();
+    assert!(
+        meta.contains("1 brokers:") && meta.contains(&format!("broker 1 at {addr}")),
+        "{meta}"
+    );
+    let lines: String = (0..100_000)
+        .map(|i| format!("reading {i} value {}\n", i * 7 % 1000))
+        .collect();
     let file = dir.join("lines.txt");
     std::fs::write(&file, &lines).unwrap();
-    kcat(&["-b", &addr, "-P", "-t", "readings", "-X", "acks=all", "-l", file.to_str().unwrap()], None);
+    kcat(
+        &[
+            "-b",
+            &addr,
+            "-P",
+            "-t",
+            "readings",
+            "-X",
+            "acks=all",
+            "-l",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
     let out = kcat(&["-b", &addr, "-C", "-t", "readings", "-e", "-q"], None);
-    assert!(out == lines, "consumed {} bytes, produced {}", out.len(), lines.len());
+    assert!(
+        out == lines,
+        "consumed {} bytes, produced {}",
+        out.len(),
+        lines.len()
+    );
     let meta = kcat(&["-b", &addr, "-L", "-t", "readings"], None);
     assert!(meta.contains("topic \"readings\" with 1 partitions"), "{meta}");
     // Consuming from a timestamp: only what was produced after it.
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 1;
-    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() <= ts {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 1;
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        <= ts
+    {
         std::thread::yield_now();
     }
     kcat(&["-b", &addr, "-P", "-t", "readings"], Some(b"late-1\nlate-2\n"));
-    let late = kcat(&["-b", &addr, "-C", "-t", "readings", "-o", &format!("s@{ts}"), "-e", "-q"], None);
+    let late = kcat(
+        &[
+            "-b",
+            &addr,
+            "-C",
+            "-t",
+            "readings",
+            "-o",
+            &format!("s@{ts}"),
+            "-e",
+            "-q",
+        ],
+        None,
+    );
     assert_eq!(late, "late-1\nlate-2\n");
     // Everything survives a kill -9 (every produce above was acknowledged, acks=all).
     let (port, http) = (b.port, b.http);
@@ -115,18 +112,44 @@ fn kcat_lists_produces_and_consumes_100k_lines_byte_identically() {
 
 #[test]
 fn kcat_consumer_group_reads_and_commits() {
-    let dir = tempdir("group");
+    let dir = tempdir("kcat-group");
     let b = Broker::start(&dir);
     let addr = b.addr();
     let data: String = (0..50).map(|i| format!("m{i}\n")).collect();
     kcat(&["-b", &addr, "-P", "-t", "g-topic"], Some(data.as_bytes()));
     // A balanced consumer (JoinGroup/SyncGroup/Heartbeat/OffsetCommit) reads everything.
-    let out = kcat(&["-b", &addr, "-G", "group-a", "g-topic", "-e", "-q", "-X", "auto.offset.reset=earliest"], None);
+    let out = kcat(
+        &[
+            "-b",
+            &addr,
+            "-G",
+            "group-a",
+            "g-topic",
+            "-e",
+            "-q",
+            "-X",
+            "auto.offset.reset=earliest",
+        ],
+        None,
+    );
     assert_eq!(out, data);
     // Its offsets were committed: the same group reading again finds nothing new.
     let more: String = (50..60).map(|i| format!("m{i}\n")).collect();
     kcat(&["-b", &addr, "-P", "-t", "g-topic"], Some(more.as_bytes()));
-    let out = kcat(&["-b", &addr, "-G", "group-a", "g-topic", "-e", "-q", "-X", "auto.offset.reset=earliest"], None);
+    let out = kcat(
+        &[
+            "-b",
+            &addr,
+            "-G",
+            "group-a",
+            "g-topic",
+            "-e",
+            "-q",
+            "-X",
+            "auto.offset.reset=earliest",
+        ],
+        None,
+    );
     assert_eq!(out, more);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -219,6 +219,11 @@ pub async fn init_producer_id(b: &Arc<Broker>, r: InitProducerIdRequest) -> Init
         .with_producer_epoch(epoch)
 }
 
+/// `DYNAMIC_TOPIC_CONFIG`: set on the topic (CreateTopics configs).
+const CONFIG_SOURCE_TOPIC: i8 = 1;
+/// `DEFAULT_CONFIG`: nobody set it.
+const CONFIG_SOURCE_DEFAULT: i8 = 5;
+
 /// DescribeConfigs for topics (retention and cleanup policy) and brokers (none).
 pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let results = r
@@ -236,12 +241,24 @@ pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeC
                 return out.with_error_code(Code::UnknownTopicOrPartition.code());
             };
             let c = &t.meta.config;
+            // `(name, value, set on the topic)`: a value nobody set is the default, and clients
+            // (kafka-python's default `modified` filter, kafka-configs) tell the two apart by
+            // the config source.
             let all = [
-                ("retention.ms", c.retention_ms.unwrap_or(-1).to_string()),
-                ("retention.bytes", c.retention_bytes.unwrap_or(-1).to_string()),
+                (
+                    "retention.ms",
+                    c.retention_ms.unwrap_or(-1).to_string(),
+                    c.retention_ms.is_some(),
+                ),
+                (
+                    "retention.bytes",
+                    c.retention_bytes.unwrap_or(-1).to_string(),
+                    c.retention_bytes.is_some(),
+                ),
                 (
                     "cleanup.policy",
                     if c.compact { "compact" } else { "delete" }.to_string(),
+                    c.compact,
                 ),
             ];
             let wanted = |n: &str| {
@@ -251,12 +268,16 @@ pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeC
             };
             let configs = all
                 .iter()
-                .filter(|(n, _)| wanted(n))
-                .map(|(n, v)| {
+                .filter(|(n, _, _)| wanted(n))
+                .map(|(n, v, set)| {
                     DescribeConfigsResourceResult::default()
                         .with_name(s(n))
                         .with_value(Some(s(v)))
-                        .with_config_source(1)
+                        .with_config_source(if *set {
+                            CONFIG_SOURCE_TOPIC
+                        } else {
+                            CONFIG_SOURCE_DEFAULT
+                        })
                 })
                 .collect();
             out.with_configs(configs)

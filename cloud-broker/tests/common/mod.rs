@@ -1,0 +1,98 @@
+//! Shared by the client tests: the broker binary as a child process on free ports, killed on
+//! drop, and temporary data directories.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory under the system temp dir, named after the test.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "cloud-broker-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A broker process, killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    /// Kafka port.
+    pub port: u16,
+    /// HTTP port.
+    pub http: u16,
+    /// Data directory.
+    pub dir: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker on free ports over `dir`.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, free_port(), free_port())
+    }
+
+    /// Starts a broker on these ports over `dir` and waits until it accepts connections.
+    pub fn start_on(dir: &Path, port: u16, http: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_cloud-broker"))
+            .args(["run", "--kafka-listen", &format!("127.0.0.1:{port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("CLOUD_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let mut b = Broker {
+            child: Some(child),
+            port,
+            http,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = b.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("broker exited before listening on {port}: {status}");
+            }
+            assert!(Instant::now() < deadline, "broker did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        b
+    }
+
+    /// `host:port` of the Kafka listener.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        *self = Broker::start_on(&self.dir.clone(), self.port, self.http);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
