@@ -423,14 +423,21 @@ struct SmallDisk(PathBuf);
 
 impl SmallDisk {
     fn mount(mib: u32) -> Self {
-        let dir = std::env::temp_dir().join(format!("edge-small-disk-{}-{}", std::process::id(), hil_tests::free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "edge-small-disk-{}-{}",
+            std::process::id(),
+            hil_tests::free_port()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let st = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
             .arg(&dir)
             .status()
             .expect("running mount");
-        assert!(st.success(), "mounting a tmpfs failed: this test needs root (the README's test command runs as root)");
+        assert!(
+            st.success(),
+            "mounting a tmpfs failed: this test needs root (the README's test command runs as root)"
+        );
         SmallDisk(dir)
     }
 }
@@ -446,12 +453,16 @@ impl Drop for SmallDisk {
 async fn a_full_disk_stops_acks_and_the_agent_recovers_by_itself() {
     let disk = SmallDisk::mount(24);
     let data = disk.0.join("edge");
-    let mut agent = EdgeAgent::start_with(&bin(), &data, hil_tests::free_port(), hil_tests::free_port()).unwrap();
+    let mut agent =
+        EdgeAgent::start_with(&bin(), &data, hil_tests::free_port(), hil_tests::free_port()).unwrap();
     let mut cfg = sim_cfg(agent.mqtt_addr(), 5, 1_000, "disk-");
     cfg.rate = 50.0; // 20 s of sampling; the buffer (1024) holds the whole run
     let run = tokio::spawn(sim::run(cfg));
     wait::until_async(Duration::from_secs(30), "ingest before the disk fills", || {
-        agent.metric("edge_readings_ingested_total").ok().filter(|n| *n >= 500.0)
+        agent
+            .metric("edge_readings_ingested_total")
+            .ok()
+            .filter(|n| *n >= 500.0)
     })
     .await
     .unwrap();
@@ -471,7 +482,10 @@ async fn a_full_disk_stops_acks_and_the_agent_recovers_by_itself() {
     // fails. (That no ack goes out for a failed commit is checked by the ingest unit tests;
     // here acks for readings committed earlier may legitimately be repeated.)
     wait::until_async(Duration::from_secs(60), "failing commits", || {
-        agent.metric("edge_commit_errors_total").ok().filter(|n| *n >= 3.0)
+        agent
+            .metric("edge_commit_errors_total")
+            .ok()
+            .filter(|n| *n >= 3.0)
     })
     .await
     .unwrap();
