@@ -110,6 +110,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 if last_retention.elapsed() >= Duration::from_secs(30) {
                     last_retention = Instant::now();
                     ticker.writer.send(cloud_broker::state::Command::Retention { now_ms: cloud_broker::now_ms() });
+                    ticker.writer.send(cloud_broker::state::Command::Compact);
                 }
             }
         });

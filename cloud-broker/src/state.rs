@@ -137,6 +137,8 @@ pub enum Command {
         /// `(code, producer id, epoch)`.
         reply: oneshot::Sender<(Code, i64, i16)>,
     },
+    /// Compact every `cleanup.policy=compact` topic (latest record per key).
+    Compact,
     /// Apply retention at this time (ms).
     Retention {
         /// Now.
@@ -430,6 +432,11 @@ fn apply_command(
             ));
             replies.push(Reply::Pid(reply, (Code::None, id, 0)));
         }
+        Command::Compact => {
+            if let Err(e) = compact(core, w, storage) {
+                warn!(error = %e, "compaction pass failed");
+            }
+        }
         Command::Retention { now_ms } => {
             if let Err(e) = retention(core, w, now_ms, storage) {
                 warn!(error = %e, "retention pass failed");
@@ -583,6 +590,102 @@ fn check_sequence(st: Option<&ProducerState>, epoch: i16, first: i32, last: i32)
     } else {
         Seq::Error(Code::OutOfOrderSequenceNumber)
     }
+}
+
+/// Compaction of `cleanup.policy=compact` topics: every record whose key appears again later
+/// in the partition is dropped; keyless records stay; the newest batch is left alone (it is
+/// where producers append). Batches that lose records are rewritten (uncompressed, offsets
+/// kept, so offsets become sparse as in Kafka) under the offset of their first kept record.
+fn compact(core: &mut Core, w: &mut WriteSet, storage: &dyn Storage) -> Result<(), StoreError> {
+    use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+    let topics: Vec<TopicMeta> = core
+        .topics
+        .values()
+        .filter(|t| t.config.compact)
+        .cloned()
+        .collect();
+    for t in topics {
+        for p in 0..t.partitions {
+            let Some(mut head) = core.heads.get(&(t.id, p)).copied() else {
+                continue;
+            };
+            let raw = storage.read(t.id, p, head.log_start, usize::MAX)?;
+            let mut decoded = Vec::new();
+            for (h, bytes) in batch::iter(&raw) {
+                let mut b = bytes::Bytes::copy_from_slice(bytes);
+                let set = RecordBatchDecoder::decode(&mut b)
+                    .map_err(|e| StoreError::Corrupt(format!("batch at {}: {e:#}", h.base_offset)))?;
+                decoded.push((h, set.records));
+            }
+            let Some(newest) = decoded.len().checked_sub(1) else {
+                continue;
+            };
+            let mut latest: HashMap<bytes::Bytes, i64> = HashMap::new();
+            for (_, recs) in &decoded {
+                for r in recs {
+                    if let Some(k) = &r.key {
+                        latest.insert(k.clone(), r.offset);
+                    }
+                }
+            }
+            for (h, recs) in decoded.into_iter().take(newest) {
+                let before = recs.len();
+                let mut kept: Vec<_> = recs
+                    .into_iter()
+                    .filter(|r| r.key.as_ref().is_none_or(|k| latest.get(k) == Some(&r.offset)))
+                    .collect();
+                if kept.len() == before {
+                    continue;
+                }
+                w.remove_batches.push((t.id, p, h.base_offset));
+                head.bytes -= (h.size as u64).min(head.bytes);
+                let Some(first) = kept.first().map(|r| r.offset) else {
+                    continue;
+                };
+                for r in &mut kept {
+                    r.producer_id = -1;
+                    r.producer_epoch = -1;
+                    r.transactional = false;
+                    r.sequence = (r.offset - first) as i32;
+                }
+                let mut out = bytes::BytesMut::new();
+                RecordBatchEncoder::encode(
+                    &mut out,
+                    &kept,
+                    &RecordEncodeOptions {
+                        version: 2,
+                        compression: Compression::None,
+                    },
+                )
+                .map_err(|e| StoreError::Corrupt(format!("re-encoding a compacted batch: {e:#}")))?;
+                head.bytes += out.len() as u64;
+                w.batches.push((t.id, p, first, out.to_vec()));
+            }
+            // The log start moves past batches that compaction emptied entirely.
+            let removed: std::collections::HashSet<i64> = w
+                .remove_batches
+                .iter()
+                .filter(|k| (k.0, k.1) == (t.id, p))
+                .map(|k| k.2)
+                .collect();
+            let rewritten: Vec<i64> = w
+                .batches
+                .iter()
+                .filter(|b| (b.0, b.1) == (t.id, p))
+                .map(|b| b.2)
+                .collect();
+            let first_left = batch::iter(&raw)
+                .map(|(h, _)| h.base_offset)
+                .filter(|b| !removed.contains(b))
+                .chain(rewritten)
+                .min();
+            head.log_start = first_left.unwrap_or(head.next_offset).max(head.log_start);
+            w.heads.retain(|x| (x.0, x.1) != (t.id, p));
+            w.heads.push((t.id, p, head));
+            core.heads.insert((t.id, p), head);
+        }
+    }
+    Ok(())
 }
 
 /// Retention by time and bytes: removes whole batches, oldest first, never the newest one
@@ -787,6 +890,101 @@ mod tests {
             "everything but the newest batch"
         );
         assert_eq!(pv.hw.load(Ordering::SeqCst), 9);
+    }
+
+    #[test]
+    fn compaction_keeps_the_latest_record_per_key() {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let (w, cat, storage) = started();
+        let config = TopicConfig {
+            compact: true,
+            ..TopicConfig::default()
+        };
+        call(&w, |tx| Command::CreateTopic {
+            name: "c".into(),
+            partitions: 1,
+            config,
+            reply: tx,
+        });
+        let rec = |k: Option<&'static str>, v: &'static str| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1,
+            key: k.map(|k| bytes::Bytes::from_static(k.as_bytes())),
+            value: Some(bytes::Bytes::from_static(v.as_bytes())),
+            headers: Default::default(),
+        };
+        let encode = |recs: Vec<Record>, compression| {
+            let recs: Vec<Record> = recs
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut r)| {
+                    r.offset = i as i64;
+                    r.sequence = i as i32;
+                    r
+                })
+                .collect();
+            let mut out = bytes::BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut out,
+                &recs,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression,
+                },
+            )
+            .unwrap();
+            out.to_vec()
+        };
+        produce(
+            &w,
+            "c",
+            encode(
+                vec![rec(Some("a"), "a1"), rec(Some("b"), "b1"), rec(None, "n1")],
+                Compression::Lz4,
+            ),
+        );
+        produce(&w, "c", encode(vec![rec(Some("a"), "a2")], Compression::None));
+        produce(
+            &w,
+            "c",
+            encode(
+                vec![rec(Some("b"), "b2"), rec(Some("a"), "a3")],
+                Compression::None,
+            ),
+        );
+        assert!(w.send(Command::Compact));
+        produce(&w, "none", make_batch(1, -1, -1, -1, 0));
+        let tid = cat.topic("c").unwrap().meta.id;
+        let mut raw = bytes::Bytes::from(storage.read(tid, 0, 0, usize::MAX).unwrap());
+        let mut got = Vec::new();
+        while !raw.is_empty() {
+            for r in RecordBatchDecoder::decode(&mut raw).unwrap().records {
+                got.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                (2, "n1".to_string()),
+                (4, "b2".to_string()),
+                (5, "a3".to_string())
+            ]
+        );
+        let pv = &cat.topic("c").unwrap().partitions[0];
+        assert_eq!(
+            (pv.log_start.load(Ordering::SeqCst), pv.hw.load(Ordering::SeqCst)),
+            (2, 6)
+        );
     }
 
     #[test]

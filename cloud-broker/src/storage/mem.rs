@@ -39,6 +39,9 @@ impl Storage for MemStorage {
             snap.topics.retain(|x| x.id != t.id);
             snap.topics.push(t.clone());
         }
+        for k in &w.remove_batches {
+            batches.remove(k);
+        }
         for (t, p, base, bytes) in &w.batches {
             batches.insert((*t, *p, *base), bytes.clone());
         }

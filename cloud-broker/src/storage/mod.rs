@@ -115,6 +115,9 @@ pub struct WriteSet {
     pub batches: Vec<(u32, u32, i64, Vec<u8>)>,
     /// Batches removed by retention: `(topic id, partition, remove batches with base < offset)`.
     pub truncate: Vec<(u32, u32, i64)>,
+    /// Single batches removed (compaction rewrites): `(topic id, partition, base offset)`.
+    /// Applied before `batches`, so a rewrite can remove a batch and insert its replacement.
+    pub remove_batches: Vec<(u32, u32, i64)>,
     /// New partition heads.
     pub heads: Vec<(u32, u32, PartitionHead)>,
     /// Producer states: `(topic id, partition, producer id, state)`.
@@ -132,6 +135,7 @@ impl WriteSet {
             && self.delete_topics.is_empty()
             && self.batches.is_empty()
             && self.truncate.is_empty()
+            && self.remove_batches.is_empty()
             && self.heads.is_empty()
             && self.producers.is_empty()
             && self.offsets.is_empty()

@@ -132,6 +132,9 @@ impl Storage for RedbStorage {
                 for t in &w.put_topics {
                     topics.insert(t.id, json(t)?.as_slice()).map_err(io)?;
                 }
+                for k in &w.remove_batches {
+                    batches.remove(*k).map_err(io)?;
+                }
                 for (t, p, base, bytes) in &w.batches {
                     batches.insert((*t, *p, *base), bytes.as_slice()).map_err(io)?;
                 }

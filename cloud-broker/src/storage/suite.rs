@@ -144,6 +144,21 @@ fn truncate_and_delete(s: &impl Storage) {
             .collect::<Vec<_>>(),
         vec![1]
     );
+    // A rewrite: remove one batch and put its replacement under a new base, in one write.
+    let w = WriteSet {
+        remove_batches: vec![(3, 0, 1)],
+        batches: vec![(3, 0, 2, stored(1, 2, 3))],
+        ..WriteSet::default()
+    };
+    s.apply(&w).unwrap();
+    assert_eq!(
+        s.headers(3, 0, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|h| h.base_offset)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
     let mut w = WriteSet::default();
     w.delete_topics.push(topic(3, "x"));
     s.apply(&w).unwrap();
