@@ -35,6 +35,7 @@ pub enum Code {
     GroupIdNotFound = 69,
     MemberIdRequired = 79,
     InvalidRecord = 87,
+    UnknownTopicId = 100,
 }
 
 impl Code {

@@ -21,6 +21,8 @@ pub const MAX_FRAME: usize = 100 * 1024 * 1024;
 /// `(api, min, max)` versions served. Each range lies inside what kafka-protocol decodes and
 /// covers both Debian's kcat (librdkafka 2.0.2: Metadata ≤ 4, Fetch ≥ 4, Produce ≥ 3) and
 /// current clients. Capping Produce and Fetch at 9 / 12 keeps topic ids out of the data path.
+/// The rest reach Kafka 3.0's maximums: ListOffsets v7 makes kafka-python take us for 3.0, and
+/// a kafka-python with `api_version` pinned at or below that uses 3.0's versions unasked.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
@@ -28,16 +30,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 1, 12),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 2, 8),
-    (ApiKey::FindCoordinator, 0, 2),
-    (ApiKey::JoinGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 3),
-    (ApiKey::LeaveGroup, 0, 1),
-    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::CreateTopics, 2, 5),
-    (ApiKey::DeleteTopics, 1, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
-    (ApiKey::DescribeConfigs, 1, 2),
+    (ApiKey::DescribeConfigs, 1, 4),
 ];
 
 /// The served version range of an API.

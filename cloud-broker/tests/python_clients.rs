@@ -1,15 +1,18 @@
 //! The broker with real Python Kafka clients, from `.venv/` (made by `scripts/setup` from
-//! `tests/python/requirements.txt`): kafka-python's admin client, an acks=all producer, a
-//! three-member consumer group that rebalances when a member leaves and resumes from its
-//! committed offsets after the broker is killed (SIGKILL) and restarted; confluent-kafka's
-//! idempotent producers with lz4 and zstd and a consumer that reads every record exactly once.
-//! The scenarios live in `tests/python/*.py`; each exits non-zero saying what did not match.
+//! `tests/python/requirements.txt`): kafka-python's admin client; an acks=all producer; a
+//! consumer group that splits its partitions, rebalances when a member leaves and when one is
+//! killed mid-rebalance, and resumes from its committed offsets after the broker is killed
+//! (SIGKILL) and restarted; kafka-python with `api_version` pinned to older releases;
+//! confluent-kafka's idempotent producers with lz4 and zstd, through a broker kill, and a
+//! consumer that reads every record exactly once. The scenarios live in `tests/python/*.py`;
+//! each exits non-zero saying what did not match.
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{tempdir, Broker};
@@ -29,6 +32,12 @@ fn python() -> PathBuf {
 
 /// Runs `tests/python/<script>` with `args`; panics with its output unless it exits 0.
 fn run_script(script: &str, args: &[&str]) -> String {
+    run_script_with(script, args, |_| None)
+}
+
+/// Like [`run_script`], calling `on_line` with every line the script prints; what it returns
+/// is written to the script's stdin as a line.
+fn run_script_with(script: &str, args: &[&str], mut on_line: impl FnMut(&str) -> Option<String>) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
@@ -37,42 +46,60 @@ fn run_script(script: &str, args: &[&str]) -> String {
         .args(args)
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    // Drained on threads so that a chatty script cannot block on a full pipe.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let mut stdin = child.stdin.take().unwrap();
+    // Both pipes are drained on threads so that a chatty script cannot block on a full pipe.
+    let (tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
     let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
+    let mut out = String::new();
+    let mut timed_out = false;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+                if let Some(reply) = on_line(&line) {
+                    let _ = writeln!(stdin, "{reply}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    match status {
-        Some(s) if s.success() => {
-            eprint!("{out}");
-            out
-        }
-        Some(s) => panic!("{script} {args:?} failed ({s}):\n{out}{err}"),
-        None => panic!("{script} {args:?} still running after {SCRIPT_TIMEOUT:?}; killed:\n{out}{err}"),
     }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let err = err.join().unwrap();
+    if timed_out {
+        panic!("{script} {args:?} still running after {SCRIPT_TIMEOUT:?}; killed:\n{out}{err}");
+    }
+    assert!(
+        status.success(),
+        "{script} {args:?} failed ({status}):\n{out}{err}"
+    );
+    eprint!("{out}");
+    out
 }
 
 #[test]
@@ -93,6 +120,27 @@ fn kafka_python_admin_creates_describes_and_deletes_a_topic() {
         ],
     );
     assert!(out.contains("kp_admin: ok"), "{out}");
+    drop(b);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn kafka_python_with_api_version_pinned_from_2_0_to_3_0() {
+    let dir = tempdir("py-pinned");
+    let b = Broker::start(&dir);
+    let out = run_script(
+        "kp_pinned.py",
+        &[
+            "--bootstrap",
+            &b.addr(),
+            "--api-versions",
+            "2.0",
+            "2.4",
+            "2.8",
+            "3.0",
+        ],
+    );
+    assert_eq!(out.matches("kp_pinned: ok").count(), 4, "{out}");
     drop(b);
     std::fs::remove_dir_all(dir).ok();
 }
@@ -129,22 +177,38 @@ fn kafka_python_group_splits_rebalances_and_resumes_from_commits_after_kill9() {
 }
 
 #[test]
-fn confluent_kafka_idempotent_lz4_and_zstd_producers_read_exactly_once() {
+fn confluent_kafka_idempotent_lz4_and_zstd_producers_read_exactly_once_across_a_kill9() {
     let dir = tempdir("py-confluent");
-    let b = Broker::start(&dir);
-    let out = run_script(
+    let mut b = Broker::start(&dir);
+    let addr = b.addr();
+    let mut restarts = 0;
+    let out = run_script_with(
         "ck_idempotent.py",
         &[
             "--bootstrap",
-            &b.addr(),
+            &addr,
             "--topic",
             "uplink",
             "--partitions",
             "3",
             "--count",
             "5000",
+            "--restart-midway",
         ],
+        |line| match line {
+            "kill-now" => {
+                b.kill9();
+                Some("killed".into())
+            }
+            "start-now" => {
+                b.restart();
+                restarts += 1;
+                Some("restarted".into())
+            }
+            _ => None,
+        },
     );
+    assert_eq!(restarts, 1, "{out}");
     assert!(out.contains("ck_idempotent: ok"), "{out}");
     drop(b);
     std::fs::remove_dir_all(dir).ok();

@@ -68,7 +68,7 @@ pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> Meta
                     topics.push(
                         MetadataResponseTopic::default()
                             .with_topic_id(id)
-                            .with_error_code(100),
+                            .with_error_code(Code::UnknownTopicId.code()),
                     );
                     continue;
                 }
@@ -169,6 +169,11 @@ pub async fn create_topics(b: &Arc<Broker>, r: CreateTopicsRequest) -> CreateTop
                 Ok(cfg) => create(b, &name, partitions as u32, cfg).await,
             }
         };
+        if code == Code::None && !r.validate_only {
+            if let Some(t) = b.catalog.topic(&name) {
+                res = res.with_topic_id(uuid::Uuid::from_bytes(t.meta.uuid)); // v7+
+            }
+        }
         results.push(
             res.with_error_code(code.code())
                 .with_num_partitions(partitions)
@@ -178,22 +183,46 @@ pub async fn create_topics(b: &Arc<Broker>, r: CreateTopicsRequest) -> CreateTop
     CreateTopicsResponse::default().with_topics(results)
 }
 
-/// DeleteTopics.
+/// DeleteTopics: by name (v1–5), or by name or topic id (v6+).
 pub async fn delete_topics(b: &Arc<Broker>, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let wanted: Vec<(Option<TopicName>, uuid::Uuid)> = if r.topics.is_empty() {
+        r.topic_names
+            .into_iter()
+            .map(|n| (Some(n), uuid::Uuid::nil()))
+            .collect()
+    } else {
+        r.topics.into_iter().map(|t| (t.name, t.topic_id)).collect()
+    };
     let mut out = Vec::new();
-    for name in r.topic_names {
-        let (tx, rx) = oneshot::channel();
-        let code = if b.writer.send(Command::DeleteTopic {
-            name: name.0.to_string(),
-            reply: tx,
-        }) {
-            rx.await.unwrap_or(Code::KafkaStorageError)
-        } else {
-            Code::KafkaStorageError
+    for (name, id) in wanted {
+        let topic = match &name {
+            Some(n) => b.catalog.topic(n.as_str()),
+            None => b
+                .catalog
+                .all()
+                .into_iter()
+                .find(|t| uuid::Uuid::from_bytes(t.meta.uuid) == id),
+        };
+        let code = match (&name, &topic) {
+            (None, None) => Code::UnknownTopicId,
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                let name = topic.as_ref().map_or_else(
+                    || name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                    |t| t.meta.name.clone(),
+                );
+                if b.writer.send(Command::DeleteTopic { name, reply: tx }) {
+                    rx.await.unwrap_or(Code::KafkaStorageError)
+                } else {
+                    Code::KafkaStorageError
+                }
+            }
         };
         out.push(
             DeletableTopicResult::default()
-                .with_name(Some(name))
+                .with_name(name.or_else(|| topic.as_ref().map(|t| TopicName(s(&t.meta.name)))))
+                .with_topic_id(topic.as_ref().map_or(id, |t| uuid::Uuid::from_bytes(t.meta.uuid)))
+                .with_error_message(None)
                 .with_error_code(code.code()),
         );
     }
@@ -223,6 +252,10 @@ pub async fn init_producer_id(b: &Arc<Broker>, r: InitProducerIdRequest) -> Init
 const CONFIG_SOURCE_TOPIC: i8 = 1;
 /// `DEFAULT_CONFIG`: nobody set it.
 const CONFIG_SOURCE_DEFAULT: i8 = 5;
+/// Config types (DescribeConfigs v3+).
+const CONFIG_TYPE_LONG: i8 = 5;
+/// A comma-separated list.
+const CONFIG_TYPE_LIST: i8 = 7;
 
 /// DescribeConfigs for topics (retention and cleanup policy) and brokers (none).
 pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
@@ -241,24 +274,27 @@ pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeC
                 return out.with_error_code(Code::UnknownTopicOrPartition.code());
             };
             let c = &t.meta.config;
-            // `(name, value, set on the topic)`: a value nobody set is the default, and clients
-            // (kafka-python's default `modified` filter, kafka-configs) tell the two apart by
-            // the config source.
+            // `(name, value, set on the topic, type)`: a value nobody set is the default, and
+            // clients (kafka-python's default `modified` filter, kafka-configs) tell the two
+            // apart by the config source.
             let all = [
                 (
                     "retention.ms",
                     c.retention_ms.unwrap_or(-1).to_string(),
                     c.retention_ms.is_some(),
+                    CONFIG_TYPE_LONG,
                 ),
                 (
                     "retention.bytes",
                     c.retention_bytes.unwrap_or(-1).to_string(),
                     c.retention_bytes.is_some(),
+                    CONFIG_TYPE_LONG,
                 ),
                 (
                     "cleanup.policy",
                     if c.compact { "compact" } else { "delete" }.to_string(),
                     c.compact,
+                    CONFIG_TYPE_LIST,
                 ),
             ];
             let wanted = |n: &str| {
@@ -268,11 +304,12 @@ pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeC
             };
             let configs = all
                 .iter()
-                .filter(|(n, _, _)| wanted(n))
-                .map(|(n, v, set)| {
+                .filter(|(n, _, _, _)| wanted(n))
+                .map(|(n, v, set, ty)| {
                     DescribeConfigsResourceResult::default()
                         .with_name(s(n))
                         .with_value(Some(s(v)))
+                        .with_config_type(*ty) // v3+
                         .with_config_source(if *set {
                             CONFIG_SOURCE_TOPIC
                         } else {

@@ -210,7 +210,10 @@ impl Coordinator {
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
-            if !expired.is_empty() && g.state != State::PreparingRebalance {
+            // Also mid-rebalance (Kafka does the same): a member that died without LeaveGroup
+            // is dropped after its session timeout, not after the rebalance timeout (the
+            // client's max.poll.interval.ms, 5 minutes by default) that the others wait for.
+            if !expired.is_empty() {
                 for id in &expired {
                     g.members.remove(id);
                 }
@@ -251,15 +254,27 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-/// FindCoordinator: always this node.
-pub fn find_coordinator(
-    b: &Arc<Broker>,
-    _r: FindCoordinatorRequest,
-    version: i16,
-) -> FindCoordinatorResponse {
+/// FindCoordinator: always this node (v4+: for each key asked, in a list).
+pub fn find_coordinator(b: &Arc<Broker>, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let (host, port) = b.cfg.advertised();
+    let me = BrokerId(b.cfg.node_id);
+    if version >= 4 {
+        let coordinators = r
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                find_coordinator_response::Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(me)
+                    .with_host(s(&host))
+                    .with_port(port)
+                    .with_error_message(None)
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
     let mut r = FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(b.cfg.node_id))
+        .with_node_id(me)
         .with_host(s(&host))
         .with_port(port);
     if version >= 1 {
@@ -281,6 +296,7 @@ pub async fn join(b: &Arc<Broker>, r: JoinGroupRequest, version: i16) -> JoinGro
     if group.is_empty() {
         return fail(Code::InvalidGroupId, "");
     }
+    let protocol_type = r.protocol_type.clone();
     if !(1_000..=300_000).contains(&r.session_timeout_ms) {
         return fail(Code::InvalidSessionTimeout, &r.member_id);
     }
@@ -336,6 +352,7 @@ pub async fn join(b: &Arc<Broker>, r: JoinGroupRequest, version: i16) -> JoinGro
         Ok(j) => JoinGroupResponse::default()
             .with_error_code(j.code.code())
             .with_generation_id(j.generation)
+            .with_protocol_type(Some(protocol_type))
             .with_protocol_name(Some(s(&j.protocol)))
             .with_leader(s(&j.leader))
             .with_member_id(s(&j.member_id))
@@ -353,10 +370,12 @@ pub async fn join(b: &Arc<Broker>, r: JoinGroupRequest, version: i16) -> JoinGro
     }
 }
 
-/// SyncGroup: the leader brings the assignments; everyone gets theirs.
+/// SyncGroup: the leader brings the assignments; everyone gets theirs (v5+: with the group's
+/// protocol type and name, which clients check).
 pub async fn sync(b: &Arc<Broker>, r: SyncGroupRequest) -> SyncGroupResponse {
     let fail = |c: Code| SyncGroupResponse::default().with_error_code(c.code());
     let (tx, rx) = oneshot::channel();
+    let ok;
     {
         let mut groups = b.groups.lock();
         let Some(g) = groups.get_mut(r.group_id.as_str()) else {
@@ -369,11 +388,19 @@ pub async fn sync(b: &Arc<Broker>, r: SyncGroupRequest) -> SyncGroupResponse {
         if r.generation_id != g.generation {
             return fail(Code::IllegalGeneration);
         }
+        let (protocol_type, protocol) = (s(&g.protocol_type), s(&g.protocol));
+        ok = move |code: Code, a: Bytes| {
+            SyncGroupResponse::default()
+                .with_error_code(code.code())
+                .with_protocol_type(Some(protocol_type))
+                .with_protocol_name(Some(protocol))
+                .with_assignment(a)
+        };
         match g.state {
             State::PreparingRebalance | State::Empty => return fail(Code::RebalanceInProgress),
             State::Stable => {
                 let a = g.assignments.get(&member).cloned().unwrap_or_default();
-                return SyncGroupResponse::default().with_assignment(a);
+                return ok(Code::None, a);
             }
             State::CompletingRebalance => {}
         }
@@ -391,16 +418,14 @@ pub async fn sync(b: &Arc<Broker>, r: SyncGroupRequest) -> SyncGroupResponse {
                 }
             }
             let a = g.assignments.get(&member).cloned().unwrap_or_default();
-            return SyncGroupResponse::default().with_assignment(a);
+            return ok(Code::None, a);
         }
         if let Some(m) = g.members.get_mut(&member) {
             m.syncing = Some(tx);
         }
     }
     match rx.await {
-        Ok((code, a)) => SyncGroupResponse::default()
-            .with_error_code(code.code())
-            .with_assignment(a),
+        Ok((code, a)) => ok(code, a),
         Err(_) => fail(Code::RebalanceInProgress),
     }
 }
@@ -427,25 +452,51 @@ pub fn heartbeat(b: &Arc<Broker>, r: HeartbeatRequest) -> HeartbeatResponse {
     HeartbeatResponse::default().with_error_code(code.code())
 }
 
-/// LeaveGroup (v0–1: one member).
+/// LeaveGroup: one member (v0–2) or a list of them (v3+, each with its own result).
 pub fn leave(b: &Arc<Broker>, r: LeaveGroupRequest) -> LeaveGroupResponse {
+    let batch = !r.members.is_empty();
+    let ids: Vec<StrBytes> = if batch {
+        r.members.iter().map(|m| m.member_id.clone()).collect()
+    } else {
+        vec![r.member_id.clone()]
+    };
     let mut groups = b.groups.lock();
-    let code = match groups.get_mut(r.group_id.as_str()) {
-        None => Code::UnknownMemberId,
-        Some(g) => match g.members.remove(r.member_id.as_str()) {
-            None => Code::UnknownMemberId,
-            Some(_) => {
+    let codes: Vec<Code> = match groups.get_mut(r.group_id.as_str()) {
+        None => vec![Code::UnknownMemberId; ids.len()],
+        Some(g) => {
+            let codes: Vec<Code> = ids
+                .iter()
+                .map(|id| match g.members.remove(id.as_str()) {
+                    Some(_) => Code::None,
+                    None => Code::UnknownMemberId,
+                })
+                .collect();
+            if codes.contains(&Code::None) {
                 if g.members.is_empty() {
                     g.state = State::Empty;
                 } else {
                     g.prepare_rebalance(Instant::now(), Duration::ZERO);
                     g.maybe_complete(Instant::now());
                 }
-                Code::None
             }
-        },
+            codes
+        }
     };
-    LeaveGroupResponse::default().with_error_code(code.code())
+    if !batch {
+        return LeaveGroupResponse::default().with_error_code(codes[0].code());
+    }
+    let members = r
+        .members
+        .into_iter()
+        .zip(codes)
+        .map(|(m, c)| {
+            leave_group_response::MemberResponse::default()
+                .with_member_id(m.member_id)
+                .with_group_instance_id(m.group_instance_id)
+                .with_error_code(c.code())
+        })
+        .collect();
+    LeaveGroupResponse::default().with_members(members)
 }
 
 /// OffsetCommit: checks the member and generation, then commits durably.
@@ -598,4 +649,50 @@ pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> Off
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(now: Instant, joined: Option<oneshot::Sender<JoinResult>>) -> Member {
+        Member {
+            session_timeout: Duration::from_secs(6),
+            rebalance_timeout: Duration::from_secs(60),
+            protocols: vec![("range".into(), Bytes::new())],
+            last_heartbeat: now,
+            joined,
+            syncing: None,
+        }
+    }
+
+    /// Regression: a member killed without LeaveGroup while a rebalance was starting held the
+    /// group until the rebalance timeout (kafka-python and librdkafka: 5 minutes), because
+    /// session expiry was skipped in `PreparingRebalance`.
+    #[test]
+    fn a_member_dead_mid_rebalance_is_dropped_at_its_session_timeout() {
+        let c = Coordinator::default();
+        let t0 = Instant::now();
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut groups = c.lock();
+            let g = groups.entry("g".into()).or_insert_with(Group::new);
+            g.state = State::Stable;
+            g.generation = 1;
+            g.members.insert("dead".into(), member(t0, None));
+            g.members.insert("live".into(), member(t0, Some(tx))); // rejoined, awaiting the result
+            g.prepare_rebalance(t0, Duration::ZERO);
+        }
+        c.tick(t0 + Duration::from_secs(5));
+        assert!(
+            rx.try_recv().is_err(),
+            "completed before the dead member's session ran out"
+        );
+        c.tick(t0 + Duration::from_secs(7));
+        let j = rx.try_recv().expect("rebalance completed at the session timeout");
+        assert_eq!((j.generation, j.leader.as_str(), j.members.len()), (2, "live", 1));
+        let groups = c.lock();
+        assert_eq!(groups["g"].members.keys().collect::<Vec<_>>(), ["live"]);
+        assert_eq!(groups["g"].state, State::CompletingRebalance);
+    }
 }

@@ -35,8 +35,8 @@ pub struct Broker {
 impl Broker {
     /// Starts the writer over `storage` and builds the broker.
     pub fn start(cfg: Config, storage: Arc<dyn Storage>) -> anyhow::Result<Arc<Self>> {
+        let cluster_id = cluster_id(&*storage)?;
         let (writer, catalog, offsets) = crate::state::start(storage.clone())?;
-        let cluster_id = format!("appliance-{:016x}", crate::random_u64());
         Ok(Arc::new(Broker {
             cfg,
             writer,
@@ -47,6 +47,23 @@ impl Broker {
             cluster_id,
         }))
     }
+}
+
+/// The cluster id, made on first start and kept in storage: clients (librdkafka) take a new
+/// cluster id after a restart for a different cluster. Called before the writer starts, so the
+/// write does not race it.
+fn cluster_id(storage: &dyn Storage) -> Result<String, crate::storage::StoreError> {
+    const KEY: &str = "cluster_id";
+    if let Some(id) = storage.load()?.meta.get(KEY) {
+        return Ok(String::from_utf8_lossy(id).into_owned());
+    }
+    let id = format!("appliance-{:016x}", crate::random_u64());
+    let w = crate::storage::WriteSet {
+        meta: vec![(KEY.into(), id.clone().into_bytes())],
+        ..Default::default()
+    };
+    storage.apply(&w)?;
+    Ok(id)
 }
 
 /// A request on its way: produce requests are handed to the writer at once, in the order they
@@ -104,4 +121,21 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(b, r, v)),
         other => anyhow::bail!("no handler for {other:?}"),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::mem::MemStorage;
+
+    /// Regression: the cluster id was new on every start, and librdkafka warned after each
+    /// restart that the broker "reports different ClusterId ... than previously known".
+    #[test]
+    fn the_cluster_id_survives_a_restart() {
+        let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+        let first = cluster_id(&*storage).unwrap();
+        assert!(first.starts_with("appliance-"), "{first}");
+        assert_eq!(cluster_id(&*storage).unwrap(), first);
+        assert_ne!(cluster_id(&MemStorage::new()).unwrap(), first);
+    }
 }

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """kafka-python's admin client against the broker: CreateTopics with partitions and a
-`retention.ms` config, DescribeConfigs showing it, a second create refused, DeleteTopics, and
-the topic gone from Metadata afterwards. Exits non-zero with a message on the first mismatch."""
+`retention.ms` config (and the topic id in the answer), DescribeConfigs showing it, a second
+create refused, DeleteTopics by name and by topic id, and the topics gone from Metadata. Exits non-zero with a message on the first mismatch."""
 import argparse
 import sys
 import time
+import uuid
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicIdError
 
 
 def fail(msg):
@@ -28,14 +29,18 @@ def main():
     if a.topic in admin.list_topics():
         fail(f"topic {a.topic} exists before it was created")
     # raise_errors (the default) turns a topic error into an exception.
-    admin.create_topics(
+    created = admin.create_topics(
         {a.topic: {"num_partitions": a.partitions, "replication_factor": 1,
                    "configs": {"retention.ms": str(a.retention_ms)}}}
-    )
+    )["topics"][0]
+    if created.get("num_partitions") != a.partitions:
+        fail(f"CreateTopics answered {created}")
 
     meta = admin.describe_topics([a.topic])
     if len(meta) != 1 or meta[0]["error_code"] != 0:
         fail(f"describe_topics: {meta}")
+    if str(created.get("topic_id")) != str(meta[0]["topic_id"]) or meta[0]["topic_id"] is None:
+        fail(f"topic id from CreateTopics {created.get('topic_id')}, from Metadata {meta[0]['topic_id']}")
     parts = sorted(p["partition_index"] for p in meta[0]["partitions"])
     if parts != list(range(a.partitions)):
         fail(f"partitions {parts}, expected 0..{a.partitions - 1}")
@@ -72,6 +77,17 @@ def main():
         if time.monotonic() > deadline:
             fail("topic still listed 10 s after DeleteTopics")
         time.sleep(0.05)
+    # By topic id (DeleteTopics v6): a known one goes, an unknown one is an error.
+    other = admin.create_topics({a.topic + "-by-id": {"num_partitions": 1, "replication_factor": 1}})["topics"][0]
+    admin.delete_topics([uuid.UUID(str(other["topic_id"]))])
+    if a.topic + "-by-id" in admin.list_topics():
+        fail("topic still listed after DeleteTopics by its id")
+    try:
+        admin.delete_topics([uuid.uuid4()])
+    except UnknownTopicIdError:
+        pass
+    else:
+        fail("DeleteTopics of an unknown topic id succeeded")
     admin.close()
     print(f"kp_admin: ok: created {a.topic} with {a.partitions} partitions and retention.ms={a.retention_ms}, deleted it")
 

@@ -4,13 +4,17 @@ Rust test kills and restarts the broker between them):
 
   group    create the topic; three members (threads) join and split its partitions; records
            produced with acks='all' are consumed exactly once and committed; one member
-           leaves, the other two take over its partitions and consume what comes next.
+           leaves, the other two take over its partitions and consume what comes next; a
+           member in a child process is killed (SIGKILL) as another joins, and the group
+           drops it after its session timeout and goes on.
   produce  produce --count more records with acks='all' (prefix --prefix).
   resume   a fresh consumer in the same group starts at the committed offsets and reads
            exactly the records of --expect PREFIX:COUNT (nothing committed before, nothing twice).
+  member   (used by `group`) one member until killed, printing its assignments.
 
 Each phase exits non-zero with a message saying what did not match."""
 import argparse
+import subprocess
 import sys
 import threading
 import time
@@ -41,15 +45,15 @@ def consumer_config(a, client_id):
         auto_offset_reset="earliest",
         session_timeout_ms=6000,
         heartbeat_interval_ms=300,
-        max_poll_interval_ms=30000,
+        max_poll_interval_ms=60000,  # the rebalance timeout
         request_timeout_ms=10000,
     )
 
 
 def produce(a, prefix, count):
     """Sends `count` keyed records with acks='all'; returns {partition: records sent}."""
-    producer = KafkaProducer(
-bootstrap_servers=a.bootstrap, acks="all", linger_ms=5)
+    # kafka-python 3 makes an acks='all' producer idempotent by default.
+    producer = KafkaProducer(bootstrap_servers=a.bootstrap, acks="all", linger_ms=5)
     futures = [
         producer.send(a.topic, key=f"key-{i % 97}".encode(), value=f"{prefix}-{i}".encode()) for i in range(count)
     ]
@@ -74,11 +78,10 @@ class Member(threading.Thread):
     """One group member: polls, records what it read and from which partitions it owned,
     commits synchronously after every non-empty poll."""
 
-    def __init__(self, a, name, log, lock):
+    def __init__(self, a, name, log, lock, on_assign=None):
         super().__init__(daemon=True, name=name)
-        self.a, self.log, self.lock = a, log, lock
+        self.a, self.log, self.lock, self.on_assign = a, log, lock, on_assign
         self.assignment = frozenset()
-        self.history = []  # every distinct assignment, in order
         self.error = None
         self.stop = threading.Event()
         self.closed = threading.Event()
@@ -93,7 +96,8 @@ class Member(threading.Thread):
                 with self.lock:
                     if owned != self.assignment:
                         self.assignment = owned
-                        self.history.append(owned)
+                        if self.on_assign:
+                            self.on_assign(owned)
                     for tp, records in batches.items():
                         for r in records:
                             if tp.partition not in owned:
@@ -108,86 +112,158 @@ class Member(threading.Thread):
             self.closed.set()
 
 
+class ChildMember:
+    """A member in a child process (`kp_group.py member`), so that it can be killed with
+    SIGKILL: no LeaveGroup, no more heartbeats. It prints its assignments; we follow them."""
+
+    def __init__(self, a, name):
+        self.name, self.assignment, self.error, self.reads = name, frozenset(), None, 0
+        args = [sys.executable, __file__, "member", "--bootstrap", a.bootstrap, "--topic", a.topic]
+        args += ["--group", a.group, "--partitions", str(a.partitions)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self):
+        for line in self.proc.stdout:
+            kind, _, rest = line.strip().partition(" ")
+            if kind == "assigned":
+                self.assignment = frozenset(int(p) for p in rest.split(",") if p)
+            elif kind == "read":
+                self.reads += 1
+            elif kind == "error":
+                self.error = rest
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def phase_member(a):
+    """Runs one member until killed, printing `assigned P,P,...` on every change."""
+    lock = threading.Lock()
+    log = []
+
+    def on_assign(owned):
+        print("assigned " + ",".join(map(str, sorted(owned))), flush=True)
+
+    m = Member(a, "child", log, lock, on_assign)
+    m.start()
+    seen = 0
+    while not m.closed.wait(0.05):
+        with lock:
+            for _ in log[seen:]:
+                print("read", flush=True)
+            seen = len(log)
+    print(f"error {m.error}", flush=True)
+
+
 def phase_group(a):
     admin = KafkaAdminClient(bootstrap_servers=a.bootstrap, request_timeout_ms=10000)
     admin.create_topics({a.topic: {"num_partitions": a.partitions, "replication_factor": 1}})
     all_parts = frozenset(range(a.partitions))
+    tps = [TopicPartition(a.topic, p) for p in sorted(all_parts)]
+    fresh = admin.list_group_offsets({a.group: tps})[a.group]
+    if sorted(fresh) != tps or any(om.offset != -1 for om in fresh.values()):
+        fail(f"OffsetFetch for a group that never committed: {fresh}, expected offset -1 for each partition")
     lock = threading.Lock()
-    log = []
-    members = [Member(a, f"member-{n}", log, lock) for n in range(3)]
-    for m in members:
+    log, everyone = [], []
+    produced, expected = {}, set()
+
+    def member(name):
+        m = Member(a, name, log, lock)
+        everyone.append(m)
         m.start()
+        return m
 
     def state():
         with lock:
-            errs = [m.error for m in members if m.error]
-            return f"assignments {[sorted(m.assignment) for m in members]}, {len(log)} records read, errors {errs}"
+            errs = [m.error for m in everyone if m.error]
+            owned = {m.name: sorted(m.assignment) for m in everyone}
+            return f"assignments {owned}, {len(log)} records read, errors {errs}"
 
     def split_among(ms):
         with lock:
-            if any(m.error for m in members):
+            if any(m.error for m in everyone):
                 fail(state())
             owned = [m.assignment for m in ms]
             return all(owned) and sum(len(o) for o in owned) == len(all_parts) and frozenset().union(*owned) == all_parts
 
-    # 1. Three members split the partitions (each owns some, none shared, all owned).
-    wait_for("three members to split the partitions", lambda: split_among(members), 30, state)
-    before = {m.name: m.assignment for m in members}
+    def owners(ms):
+        with lock:
+            return {m.name: m.assignment for m in ms}
 
-    # 2. Records produced now are read once each, by the member owning their partition.
-    sent = produce(a, "r1", a.count)
-    expected = {f"r1-{i}" for i in range(a.count)}
-    wait_for(f"{a.count} records read", lambda: len(log) >= a.count, 30, state)
-    wait_for("offsets committed", lambda: committed_offsets(admin, a) == sent, 30,
-             lambda: f"committed {committed_offsets(admin, a)}, produced {sent}")
-    with lock:
-        values = [v for (_, _, _, v) in log]
-        readers = {name for (name, _, _, _) in log}
-    if len(values) != a.count or set(values) != expected:
-        fail(f"round 1: read {len(values)} records ({len(set(values))} distinct), expected {a.count}")
-    if readers != {m.name for m in members}:
-        fail(f"round 1: only {sorted(readers)} read anything")
+    def round_of(prefix, readers):
+        """Produces --count records; each must be read once, by one of `readers`, and committed."""
+        for p, n in produce(a, prefix, a.count).items():
+            produced[p] = produced.get(p, 0) + n
+        expected.update(f"{prefix}-{i}" for i in range(a.count))
+        wait_for(f"{len(expected)} records read", lambda: len(log) >= len(expected), 30, state)
+        wait_for("offsets committed", lambda: committed_offsets(admin, a) == produced, 30,
+                 lambda: f"committed {committed_offsets(admin, a)}, produced {produced}")
+        with lock:
+            values = [v for (_, _, _, v) in log]
+            this = [(name, p) for (name, p, _, v) in log if v.startswith(prefix + "-")]
+        if len(values) != len(expected) or set(values) != expected:
+            dup = len(values) - len(set(values))
+            fail(f"round {prefix}: read {len(values)} records, {dup} of them twice, expected {len(expected)}")
+        names = {n for n, _ in this}
+        if names != {m.name for m in readers}:
+            fail(f"round {prefix}: read by {sorted(names)}, expected each of {sorted(m.name for m in readers)}")
+        return this
 
-    # 3. One member leaves; the other two take over its partitions.
-    leaver, stay = members[2], members[:2]
-    orphaned = leaver.assignment
-    leaver.stop.set()
-    wait_for("the leaving member to close", leaver.closed.is_set, 30, state)
-    wait_for("the two remaining members to own every partition", lambda: split_among(stay), 30, state)
-    with lock:
-        after = {m.name: m.assignment for m in stay}
-    if not any(after[m.name] > before[m.name] for m in stay):
-        fail(f"no remaining member gained partitions: before {before}, after {after}")
-    if not orphaned <= frozenset().union(*after.values()):
-        fail(f"partitions {sorted(orphaned)} of the member that left are not owned: {after}")
+    # 1. Three members split the partitions (each owns some, none shared, all owned); records
+    #    produced with acks='all' are read once each, by the member owning their partition.
+    a_, b_, c_ = member("member-a"), member("member-b"), member("member-c")
+    wait_for("three members to split the partitions", lambda: split_among([a_, b_, c_]), 30, state)
+    first = owners([a_, b_, c_])
+    round_of("r1", [a_, b_, c_])
 
-    # 4. What comes next is read by the remaining two, from where the leaver committed.
-    sent2 = produce(a, "r2", a.count)
-    total = {p: sent.get(p, 0) + sent2.get(p, 0) for p in all_parts}
-    total = {p: n for p, n in total.items() if n}
-    wait_for(f"{2 * a.count} records read", lambda: len(log) >= 2 * a.count, 30, state)
-    wait_for("offsets committed", lambda: committed_offsets(admin, a) == total, 30,
-             lambda: f"committed {committed_offsets(admin, a)}, produced {total}")
-    with lock:
-        round2 = [(name, p, v) for (name, p, _, v) in log if v.startswith("r2-")]
-        values = [v for (_, _, _, v) in log]
-    if len(values) != 2 * a.count or set(values) != expected | {f"r2-{i}" for i in range(a.count)}:
-        dup = len(values) - len(set(values))
-        fail(f"after the rebalance: read {len(values)} records, {dup} of them twice, expected {2 * a.count}")
-    if any(name == leaver.name for (name, _, _) in round2):
-        fail("the member that left read records after leaving")
-    if not any(p in orphaned for (_, p, _) in round2):
-        fail(f"no round-2 record landed on the orphaned partitions {sorted(orphaned)}: pick more records")
-    for m in stay:
+    # 2. One member leaves (LeaveGroup); the other two take over its partitions and read what
+    #    comes next from where it committed.
+    orphaned = c_.assignment
+    c_.stop.set()
+    wait_for("the leaving member to close", c_.closed.is_set, 30, state)
+    wait_for("the two remaining members to own every partition", lambda: split_among([a_, b_]), 30, state)
+    second = owners([a_, b_])
+    if not any(second[m.name] > first[m.name] for m in (a_, b_)):
+        fail(f"no remaining member gained partitions: before {first}, after {second}")
+    r2 = round_of("r2", [a_, b_])
+    if not any(p in orphaned for (_, p) in r2):
+        fail(f"no round-2 record landed on the partitions {sorted(orphaned)} of the leaver: produce more")
+
+    # 3. A member in a child process joins, then dies by SIGKILL (no LeaveGroup) just as a new
+    #    member joins. The dead one must be dropped when its session times out (6 s), even in
+    #    the middle of that rebalance, not only when the rebalance times out (60 s).
+    child = ChildMember(a, "member-x")
+    everyone.append(child)
+    wait_for("a child-process member to get partitions", lambda: split_among([a_, b_, child]), 30, state)
+    third = owners([a_, b_, child])
+    child.kill9()
+    killed_at = time.monotonic()
+    d_ = member("member-d")
+    wait_for("the group to drop the killed member and split among the rest",
+             lambda: split_among([a_, b_, d_]), 20, state)
+    took = time.monotonic() - killed_at
+    if child.reads:
+        fail(f"the child member read {child.reads} records, though all were committed before it joined")
+    fourth = owners([a_, b_, d_])
+    round_of("r3", [a_, b_, d_])
+
+    for m in (a_, b_, d_):
         m.stop.set()
-    for m in stay:
+    for m in (a_, b_, d_):
         wait_for(f"{m.name} to close", m.closed.is_set, 30, state)
-    if any(m.error for m in members):
+    if any(m.error for m in everyone):
         fail(state())
     admin.close()
+
+    def show(o):
+        return sorted(sorted(v) for v in o.values())
+
     print(
-        f"kp_group: ok: 3 members split {a.partitions} partitions {sorted(map(sorted, before.values()))}; "
-        f"after one left: {sorted(map(sorted, after.values()))}; {2 * a.count} records read once each"
+        f"kp_group: ok: {a.partitions} partitions split {show(first)}; after a LeaveGroup {show(second)}; "
+        f"with a child member {show(third)}; {took:.1f} s after its SIGKILL {show(fourth)}; "
+        f"{len(expected)} records read once each"
     )
 
 
@@ -243,7 +319,7 @@ def phase_resume(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["group", "produce", "resume"])
+    ap.add_argument("phase", choices=["group", "produce", "resume", "member"])
     ap.add_argument("--bootstrap", required=True, help="HOST:PORT")
     ap.add_argument("--topic", default="kp-group")
     ap.add_argument("--group", default="kp-group")
@@ -252,7 +328,8 @@ def main():
     ap.add_argument("--prefix", default="r3", help="produce: value prefix")
     ap.add_argument("--expect", nargs="*", default=[], help="resume: PREFIX:COUNT of the records to read")
     a = ap.parse_args()
-    {"group": phase_group, "produce": phase_produce, "resume": phase_resume}[a.phase](a)
+    phases = {"group": phase_group, "produce": phase_produce, "resume": phase_resume, "member": phase_member}
+    phases[a.phase](a)
 
 
 if __name__ == "__main__":
