@@ -473,6 +473,9 @@ fn produce(
     let mut head = core.heads.get(&(tid, partition)).copied().unwrap_or_default();
     let mut first_base = None;
     let mut touched = HashMap::new();
+    // Nothing reaches the write set until every batch of the record set is accepted: a refusal
+    // part-way must not leave batches at offsets the head never took.
+    let mut accepted = Vec::new();
     for (h, bytes) in batches {
         // Producers write dense batches; a count the header cannot back is refused here so that
         // nothing downstream (compaction, timestamp lookups) sizes work by an unchecked count.
@@ -484,7 +487,7 @@ fn produce(
         {
             return fail(Code::InvalidRecord);
         }
-        let mut base = head.next_offset;
+        let base = head.next_offset;
         if h.producer_id >= 0 {
             let key = (tid, partition, h.producer_id);
             let st = touched
@@ -519,11 +522,10 @@ fn produce(
         }
         head.next_offset += h.offset_count() as i64;
         head.bytes += stored.len() as u64;
-        w.batches.push((tid, partition, base, stored));
+        accepted.push((tid, partition, base, stored));
         first_base.get_or_insert(base);
-        base += h.offset_count() as i64;
-        let _ = base;
     }
+    w.batches.extend(accepted);
     for (key, st) in touched {
         if let Some(st) = st {
             w.producers.retain(|p| (p.0, p.1, p.2) != key);
@@ -824,6 +826,45 @@ mod tests {
             produce(&w, "t", make_batch(1, pid + 1, 0, 7, 1)).code,
             Code::OutOfOrderSequenceNumber
         );
+    }
+
+    /// Regression: a record set whose third batch was refused left its first two batches in
+    /// the write set at offsets the partition head never took, so the next produce reused those
+    /// offsets and readers saw overlapping batches.
+    #[test]
+    fn a_refused_record_set_writes_nothing() {
+        let (w, cat, storage) = started();
+        call(&w, |tx| Command::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            config: TopicConfig::default(),
+            reply: tx,
+        });
+        let mut set = make_batch(1, -1, -1, -1, 1);
+        set.extend(make_batch(1, -1, -1, -1, 2));
+        // A batch whose offset span its record count cannot back: refused.
+        let mut sparse = make_batch(2, -1, -1, -1, 3);
+        sparse[23..27].copy_from_slice(&5i32.to_be_bytes());
+        let crc = crc32c::crc32c(&sparse[21..]);
+        sparse[17..21].copy_from_slice(&crc.to_be_bytes());
+        set.extend(sparse);
+        assert_eq!(produce(&w, "t", set).code, Code::InvalidRecord);
+        let pid = call(&w, |tx| Command::InitProducerId { reply: tx }).1;
+        let mut set = make_batch(2, pid, 0, 0, 4);
+        set.extend(make_batch(1, pid, 0, 7, 5)); // a sequence gap: refused
+        assert_eq!(produce(&w, "t", set).code, Code::OutOfOrderSequenceNumber);
+        let ok = produce(&w, "t", make_batch(3, -1, -1, -1, 6));
+        assert_eq!((ok.code, ok.base_offset), (Code::None, 0));
+        let tid = cat.topic("t").unwrap().meta.id;
+        let stored: Vec<(i64, i32)> = storage
+            .headers(tid, 0, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|h| (h.base_offset, h.record_count))
+            .collect();
+        assert_eq!(stored, vec![(0, 3)], "only the accepted batch is stored");
+        // The producer's refused batch left no state: it starts again at sequence 0.
+        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 0, 7)).base_offset, 3);
     }
 
     #[test]
