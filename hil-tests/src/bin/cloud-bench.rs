@@ -15,8 +15,9 @@
 //!   a publish once it is written to the stream's file, and fsyncs on a timer (every 2 min);
 //!   the cloud broker answers only after an fsync'd commit.
 //!
-//! Both are started by this program on free loopback ports and killed when it ends (also on
-//! Ctrl-C). They run one after the other, never at the same time.
+//! Both are started by this program on free loopback ports and killed when their phases end
+//! (also on Ctrl-C); they run one after the other, never at the same time. Their data
+//! directories are removed when the program ends.
 //!
 //! # Phases, per system
 //! 1. **Peak produce**: as fast as acknowledgements come back, with at most `--*-inflight`
@@ -29,8 +30,8 @@
 //!    assigned every partition; a JetStream pull consumer with `AckPolicy::None`, the analogue
 //!    of a Kafka consumer that does not commit per record).
 //!
-//! CPU time of each process and thread (from `/proc`) is taken over the peak window, so a run
-//! says where the two cores went.
+//! CPU time of each process and thread (from `/proc`) is taken over each phase's window after
+//! its warm-up, so a run says where the two cores went.
 
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
@@ -132,13 +133,14 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let root = cli.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dirs = Dirs::default();
     let mut systems = serde_json::Map::new();
     if cli.system != Which::Nats {
-        let r = bench_kafka(cli, &root).await.context("cloud-broker")?;
+        let r = bench_kafka(cli, &root, &dirs).await.context("cloud-broker")?;
         systems.insert("cloud-broker".into(), r);
     }
     if cli.system != Which::Kafka {
-        let r = bench_jetstream(cli, &root).await.context("jetstream")?;
+        let r = bench_jetstream(cli, &root, &dirs).await.context("jetstream")?;
         systems.insert("jetstream".into(), r);
     }
     let systems = Value::Object(systems);
@@ -290,28 +292,6 @@ async fn drive<S: Sink>(
     })
 }
 
-type Ticks = BTreeMap<String, BTreeMap<String, u64>>;
-
-/// CPU per process and thread name between two samples, in % of one core (threads under
-/// 0.5 % left out).
-fn cpu_percent(before: &Ticks, after: &Ticks, secs: f64) -> BTreeMap<String, BTreeMap<String, f64>> {
-    after
-        .iter()
-        .map(|(proc_name, threads)| {
-            let b = before.get(proc_name);
-            let pct = threads
-                .iter()
-                .map(|(t, v)| {
-                    let v0 = b.and_then(|m| m.get(t)).copied().unwrap_or(0);
-                    (t.clone(), v.saturating_sub(v0) as f64 / CLK_TCK / secs * 100.0)
-                })
-                .filter(|(_, p)| *p >= 0.5)
-                .collect();
-            (proc_name.clone(), pct)
-        })
-        .collect()
-}
-
 /// Runs one produce phase: `secs` seconds, as fast as possible or at `rate` records/s; CPU of
 /// `pids` is sampled over the window after the warm-up.
 trait Phases {
@@ -323,7 +303,7 @@ trait Phases {
     ) -> impl Future<Output = anyhow::Result<Load>> + Send;
 }
 
-/// The async driver over a [`Sink`] (JetStream).
+/// The async driver over a [`Sink`].
 struct AsyncDriver<S> {
     sink: Arc<S>,
     partitions: u32,
@@ -349,7 +329,7 @@ impl<S: Sink> Phases for AsyncDriver<S> {
     }
 }
 
-/// The two produce phases and their JSON.
+/// The two produce phases and their JSON, and how many records they wrote.
 async fn produce_phases<P: Phases>(
     cli: &Cli,
     driver: &P,
@@ -365,7 +345,7 @@ async fn produce_phases<P: Phases>(
         );
     }
     let half = peak.rate / 2.0;
-    let lat = driver.phase(cli.latency_seconds, Some(half), &[]).await?;
+    let lat = driver.phase(cli.latency_seconds, Some(half), pids).await?;
     if lat.failed > 0 {
         bail!(
             "latency phase: {} of {} records failed ({})",
@@ -395,6 +375,7 @@ async fn produce_phases<P: Phases>(
         "p99_ms": pct(0.99).map(round2),
         "p999_ms": pct(0.999).map(round2),
         "max_ms": l.last().map(|&v| round2(v as f64 / 1000.0)),
+        "cpu_percent_of_a_core": lat.cpu,
     });
     Ok((peak_json, lat_json, peak.acked + lat.acked))
 }
@@ -404,6 +385,39 @@ fn round2(v: f64) -> f64 {
 }
 
 // --- the cloud broker through rdkafka ---------------------------------------------------------
+
+/// rdkafka's FutureProducer as a [`Sink`]: one delivery future per record.
+struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+impl Sink for KafkaSink {
+    async fn send(&self, partition: u32) -> anyhow::Result<Ack> {
+        loop {
+            let rec = FutureRecord::<(), [u8]>::to(&self.topic)
+                .partition(partition as i32)
+                .payload(&self.payload);
+            let err = match self.producer.send_result(rec) {
+                Ok(f) => {
+                    return Ok(Box::pin(async move {
+                        match f.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err((e, _))) => Err(e.into()),
+                            Err(_) => Err(anyhow!("producer dropped")),
+                        }
+                    }))
+                }
+                Err((e, _)) => e,
+            };
+            if err != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+                return Err(err.into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
 
 /// Delivery reports of the Kafka producer: counts, and latencies while a rate-limited phase
 /// records them. The opaque of a record is when it was due, in µs since `base`.
@@ -442,39 +456,6 @@ impl ProducerContext for KafkaCtx {
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert_with(|| e.to_string());
             }
-        }
-    }
-}
-
-/// rdkafka's FutureProducer as a [`Sink`]: one delivery future per record.
-struct KafkaSink {
-    producer: FutureProducer,
-    topic: String,
-    payload: Vec<u8>,
-}
-
-impl Sink for KafkaSink {
-    async fn send(&self, partition: u32) -> anyhow::Result<Ack> {
-        loop {
-            let rec = FutureRecord::<(), [u8]>::to(&self.topic)
-                .partition(partition as i32)
-                .payload(&self.payload);
-            let err = match self.producer.send_result(rec) {
-                Ok(f) => {
-                    return Ok(Box::pin(async move {
-                        match f.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(e.into()),
-                            Err(_) => Err(anyhow!("producer dropped")),
-                        }
-                    }))
-                }
-                Err((e, _)) => e,
-            };
-            if err != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
-                return Err(err.into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 }
@@ -586,9 +567,9 @@ fn kafka_phase(
     })
 }
 
-async fn bench_kafka(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
+async fn bench_kafka(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<Value> {
     let port = free_port()?;
-    let dir = fresh_dir(root, "cloud-broker")?;
+    let dir = dirs.fresh(root, "cloud-broker")?;
     let broker = Proc::spawn(
         "cloud-broker",
         Command::new(&cli.broker_bin)
@@ -597,7 +578,6 @@ async fn bench_kafka(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             .arg("--data-dir")
             .arg(&dir)
             .env("CLOUD_LOG", "warn"),
-        dir,
         port,
     )?;
     let addr = format!("127.0.0.1:{port}");
@@ -740,9 +720,9 @@ impl Sink for NatsSink {
     }
 }
 
-async fn bench_jetstream(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
+async fn bench_jetstream(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<Value> {
     let port = free_port()?;
-    let dir = fresh_dir(root, "jetstream")?;
+    let dir = dirs.fresh(root, "jetstream")?;
     let server = Proc::spawn(
         "nats-server",
         Command::new(&cli.nats_server)
@@ -750,7 +730,6 @@ async fn bench_jetstream(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
-        dir,
         port,
     )?;
     let client = async_nats::ConnectOptions::new()
@@ -774,24 +753,21 @@ async fn bench_jetstream(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     let stream = loop {
         match js.create_stream(config.clone()).await {
             Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => return Err(e).context("creating the stream"),
         }
     };
-    let sink = Arc::new(NatsSink {
+    let sink = NatsSink {
         js: js.clone(),
         subjects,
         payload: bytes::Bytes::from(payload(cli.record_bytes)),
-    });
-    let pids = [("nats-server", server.pid()), ("cloud-bench", std::process::id())];
+    };
     let driver = AsyncDriver {
-        sink,
+        sink: Arc::new(sink),
         partitions: cli.partitions,
         inflight: cli.nats_inflight,
     };
+    let pids = [("nats-server", server.pid()), ("cloud-bench", std::process::id())];
     let (peak, latency, written) = produce_phases(cli, &driver, &pids).await?;
 
     let total = stream.get_info().await?.state.messages;
@@ -830,19 +806,45 @@ async fn bench_jetstream(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
 
 // --- processes, ports, /proc -------------------------------------------------------------------
 
-/// A server process and its data directory, both gone on drop.
+/// A server process, killed on drop.
 struct Proc {
     child: Child,
-    dir: PathBuf,
+}
+
+/// Data directories, removed when the run ends: not between the two systems, since deleting
+/// gigabytes (with `discard` on the file system) loads the disk while the next one is measured.
+#[derive(Default)]
+struct Dirs(Mutex<Vec<PathBuf>>);
+
+impl Dirs {
+    /// A fresh directory under `root`, removed with the others.
+    fn fresh(&self, root: &Path, tag: &str) -> anyhow::Result<PathBuf> {
+        let d = root.join(format!(
+            "cloud-bench-{tag}-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(d.clone());
+        Ok(d)
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for d in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, dir: PathBuf, port: u16) -> anyhow::Result<Proc> {
+    fn spawn(name: &str, cmd: &mut Command, port: u16) -> anyhow::Result<Proc> {
         let child = cmd
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        let mut p = Proc { child, dir };
+        let mut p = Proc { child };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = p.child.try_wait()? {
@@ -865,7 +867,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -873,33 +874,49 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn fresh_dir(root: &Path, tag: &str) -> anyhow::Result<PathBuf> {
-    let d = root.join(format!(
-        "cloud-bench-{tag}-{}-{}",
-        std::process::id(),
-        free_port()?
-    ));
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    Ok(d)
-}
-
 /// 100 printable bytes (or `n`), the same for both systems.
 fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
+/// CPU ticks (user + system) per process, per thread: `tid -> (thread name, ticks)`.
+type Ticks = BTreeMap<String, BTreeMap<u32, (String, u64)>>;
+
+/// CPU per process and thread name between two samples, in % of one core (threads under
+/// 0.5 % left out). Threads are matched by id: a thread that started in between counts from
+/// zero, one that ended is not seen (tokio's blocking threads come and go).
+fn cpu_percent(before: &Ticks, after: &Ticks, secs: f64) -> BTreeMap<String, BTreeMap<String, f64>> {
+    after
+        .iter()
+        .map(|(proc_name, threads)| {
+            let b = before.get(proc_name);
+            let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+            for (tid, (name, v)) in threads {
+                let v0 = b.and_then(|m| m.get(tid)).map_or(0, |x| x.1);
+                *by_name.entry(name.clone()).or_default() +=
+                    v.saturating_sub(v0) as f64 / CLK_TCK / secs * 100.0;
+            }
+            by_name.retain(|_, p| *p >= 0.5);
+            (proc_name.clone(), by_name)
+        })
+        .collect()
+}
+
 /// Linux's `USER_HZ` (the unit of `/proc/*/stat` times); 100 on every mainstream kernel.
 const CLK_TCK: f64 = 100.0;
 
-/// CPU ticks (user + system) per process, summed per thread name.
+/// CPU ticks of every thread of `pids`.
 fn cpu_ticks(pids: &[(&str, u32)]) -> Ticks {
     let mut out = BTreeMap::new();
     for &(name, pid) in pids {
-        let mut threads: BTreeMap<String, u64> = BTreeMap::new();
+        let mut threads = BTreeMap::new();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
             let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
                 continue;
             };
@@ -911,7 +928,7 @@ fn cpu_ticks(pids: &[(&str, u32)]) -> Ticks {
             let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
             let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
                 + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            *threads.entry(comm).or_default() += ticks;
+            threads.insert(tid, (comm, ticks));
         }
         out.insert(name.to_string(), threads);
     }
@@ -977,8 +994,13 @@ fn print_table(r: &Value) {
     row("  max ms", &["latency", "max_ms"], false);
     row("consume, records/s", &["consume", "records_per_s"], true);
     row("consume, MB/s", &["consume", "mb_per_s"], true);
-    for sys in ["cloud-broker", "jetstream"] {
-        if let Some(cpu) = s[sys]["produce_peak"]["cpu_percent_of_a_core"].as_object() {
+    for (sys, phase) in [
+        ("cloud-broker", "produce_peak"),
+        ("cloud-broker", "latency"),
+        ("jetstream", "produce_peak"),
+        ("jetstream", "latency"),
+    ] {
+        if let Some(cpu) = s[sys][phase]["cpu_percent_of_a_core"].as_object() {
             for (proc_name, threads) in cpu {
                 let list: Vec<String> = threads
                     .as_object()
@@ -986,7 +1008,8 @@ fn print_table(r: &Value) {
                     .flatten()
                     .map(|(t, v)| format!("{t} {:.0}%", v.as_f64().unwrap_or(0.0)))
                     .collect();
-                println!("cpu at peak ({sys} run), {proc_name}: {}", list.join(", "));
+                let at = if phase == "latency" { "half peak" } else { "peak" };
+                println!("cpu at {at} ({sys} run), {proc_name}: {}", list.join(", "));
             }
         }
     }
