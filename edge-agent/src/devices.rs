@@ -40,10 +40,7 @@ pub struct Registry {
 impl Registry {
     /// The entry for `id`, created on first sight.
     pub fn entry(&mut self, id: &str) -> &mut DeviceInfo {
-        if !self.devices.contains_key(id) {
-            self.devices.insert(id.to_string(), DeviceInfo::default());
-        }
-        self.devices.get_mut(id).expect("inserted above")
+        self.devices.entry(id.to_owned()).or_default()
     }
 
     /// Applies a status message.
