@@ -10,24 +10,33 @@
 //! the records at the tail of the cloud partitions) and marks them acknowledged
 //! ([`Tracker::reconcile`]). So nothing that reached the cloud is sent twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Delivery state of one edge partition.
+///
+/// Every outstanding offset (sent and unacknowledged, or acknowledged above a gap) carries the
+/// **epoch** it was sent in: a numbered snapshot of how far each cloud partition had been
+/// acknowledged at that moment. A record sent in epoch `e` lands in the cloud after every
+/// offset of that snapshot, so a reconciliation scan that starts at the snapshot of the
+/// oldest outstanding epoch finds every record that may be in the cloud beyond the
+/// checkpoint ([`Tracker::min_epoch`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tracker {
-    /// Every offset below this is acknowledged by the cloud.
+    /// Every offset below this is acknowledged by the cloud (or skipped: removed from the
+    /// edge log before it was sent).
     next_unacked: u64,
-    /// Sent, not yet acknowledged.
-    in_flight: BTreeSet<u64>,
-    /// Acknowledged, above a gap.
-    acked_above: BTreeSet<u64>,
+    /// Sent, not yet acknowledged: offset → epoch.
+    in_flight: BTreeMap<u64, u64>,
+    /// Acknowledged, above a gap: offset → epoch.
+    acked_above: BTreeMap<u64, u64>,
     /// Failed sends waiting to be retried, in order.
     retry: BTreeSet<u64>,
+    /// Ranges `start → end` no longer in the edge log, above the checkpoint.
+    skipped: BTreeMap<u64, u64>,
 }
 
 impl Tracker {
-    /// A tracker resuming after `checkpoint` (the next offset to forward), e.g. read from the
-    /// edge log's metadata.
+    /// A tracker resuming at `next_unacked` (the checkpoint read from the edge log's metadata).
     pub fn resume(next_unacked: u64) -> Self {
         Tracker {
             next_unacked,
@@ -45,39 +54,40 @@ impl Tracker {
         self.in_flight.len()
     }
 
-    /// Whether `offset` still has to be sent (not in flight, not acknowledged).
+    /// Whether `offset` still has to be sent (not in flight, not acknowledged, not skipped).
     pub fn needs_send(&self, offset: u64) -> bool {
         offset >= self.next_unacked
-            && !self.in_flight.contains(&offset)
-            && !self.acked_above.contains(&offset)
+            && !self.in_flight.contains_key(&offset)
+            && !self.acked_above.contains_key(&offset)
+            && self
+                .skipped
+                .range(..=offset)
+                .next_back()
+                .is_none_or(|(_, &end)| offset >= end)
     }
 
-    /// Records a send.
-    pub fn sent(&mut self, offset: u64) {
+    /// Records a send made in `epoch`.
+    pub fn sent(&mut self, offset: u64, epoch: u64) {
         if offset >= self.next_unacked {
             self.retry.remove(&offset);
-            self.in_flight.insert(offset);
+            self.in_flight.insert(offset, epoch);
         }
     }
 
     /// Records a successful delivery report; returns whether the checkpoint moved.
     pub fn acked(&mut self, offset: u64) -> bool {
-        self.in_flight.remove(&offset);
+        let epoch = self.in_flight.remove(&offset);
         self.retry.remove(&offset);
         if offset < self.next_unacked {
             return false;
         }
-        self.acked_above.insert(offset);
-        let before = self.next_unacked;
-        while self.acked_above.remove(&self.next_unacked) {
-            self.next_unacked += 1;
-        }
-        self.next_unacked != before
+        self.acked_above.insert(offset, epoch.unwrap_or(0));
+        self.advance()
     }
 
     /// Records a failed delivery: the offset must be sent again.
     pub fn failed(&mut self, offset: u64) {
-        if self.in_flight.remove(&offset) && offset >= self.next_unacked {
+        if self.in_flight.remove(&offset).is_some() && offset >= self.next_unacked {
             self.retry.insert(offset);
         }
     }
@@ -87,15 +97,66 @@ impl Tracker {
         self.retry.first().copied()
     }
 
+    /// Marks `start..end` as gone from the edge log (quota, retention, compaction) and returns
+    /// how many of those offsets had never been sent — records the cloud will never see.
+    pub fn skip(&mut self, start: u64, end: u64) -> u64 {
+        let start = start.max(self.next_unacked);
+        if end <= start {
+            return 0;
+        }
+        let sent = self.in_flight.range(start..end).count() + self.acked_above.range(start..end).count();
+        let unsent = end - start - sent as u64;
+        for o in self.retry.range(start..end).copied().collect::<Vec<_>>() {
+            self.retry.remove(&o);
+        }
+        self.skipped.insert(start, end);
+        self.advance();
+        unsent
+    }
+
     /// After a restart: `present` are edge offsets of this partition (any order, any
-    /// duplicates) found in the cloud; those at or above the checkpoint count as acknowledged.
-    pub fn reconcile(&mut self, present: impl IntoIterator<Item = u64>) {
+    /// duplicates) found in the cloud by a scan that started at the snapshot of `epoch`;
+    /// those at or above the checkpoint count as acknowledged.
+    pub fn reconcile(&mut self, present: impl IntoIterator<Item = u64>, epoch: u64) {
         for o in present {
             if o >= self.next_unacked {
                 self.in_flight.remove(&o);
-                self.acked(o);
+                self.acked_above.insert(o, epoch);
             }
         }
+        self.advance();
+    }
+
+    /// The oldest epoch of any outstanding offset; `None` when nothing is outstanding.
+    pub fn min_epoch(&self) -> Option<u64> {
+        self.in_flight
+            .values()
+            .chain(self.acked_above.values())
+            .min()
+            .copied()
+    }
+
+    fn advance(&mut self) -> bool {
+        let before = self.next_unacked;
+        loop {
+            if self.acked_above.remove(&self.next_unacked).is_some() {
+                self.next_unacked += 1;
+                continue;
+            }
+            if let Some((&start, &end)) = self.skipped.range(..=self.next_unacked).next_back() {
+                self.skipped.remove(&start);
+                if end > self.next_unacked {
+                    // Anything still recorded inside a skipped range is settled with it.
+                    let n = self.next_unacked;
+                    self.in_flight.retain(|&o, _| o < n || o >= end);
+                    self.acked_above.retain(|&o, _| o < n || o >= end);
+                    self.next_unacked = end;
+                }
+                continue;
+            }
+            break;
+        }
+        self.next_unacked != before
     }
 }
 
@@ -108,7 +169,7 @@ mod tests {
     fn the_checkpoint_moves_only_over_a_contiguous_prefix() {
         let mut t = Tracker::resume(10);
         for o in 10..15 {
-            t.sent(o);
+            t.sent(o, 0);
         }
         assert!(!t.acked(12));
         assert!(!t.acked(11));
@@ -119,7 +180,7 @@ mod tests {
         assert_eq!(t.next_retry(), Some(13));
         assert!(t.needs_send(13));
         assert!(!t.needs_send(14), "still in flight");
-        t.sent(13);
+        t.sent(13, 0);
         assert!(!t.acked(14));
         assert!(t.acked(13));
         assert_eq!((t.checkpoint(), t.in_flight()), (15, 0));
@@ -129,13 +190,36 @@ mod tests {
     #[test]
     fn reconcile_skips_what_the_cloud_already_has() {
         let mut t = Tracker::resume(100);
-        t.reconcile([100, 101, 103, 99, 101]);
+        t.reconcile([100, 101, 103, 99, 101], 0);
         assert_eq!(t.checkpoint(), 102);
         assert!(t.needs_send(102));
         assert!(!t.needs_send(103), "already in the cloud");
-        t.sent(102);
+        t.sent(102, 0);
         t.acked(102);
         assert_eq!(t.checkpoint(), 104);
+    }
+
+    #[test]
+    fn skipped_ranges_count_only_what_was_never_sent() {
+        let mut t = Tracker::resume(0);
+        t.sent(0, 1);
+        t.sent(5, 2); // a live record sent ahead
+        assert_eq!(t.min_epoch(), Some(1));
+        // Offsets 2..8 vanished from the edge log before the drain reached them.
+        assert_eq!(t.skip(2, 8), 5, "5 was sent, 2,3,4,6,7 never were");
+        assert!(!t.needs_send(3));
+        assert!(t.needs_send(1));
+        t.sent(1, 3);
+        t.acked(0);
+        assert_eq!(t.checkpoint(), 1);
+        t.acked(1);
+        assert_eq!(
+            t.checkpoint(),
+            8,
+            "the skipped range and the one inside it are settled"
+        );
+        assert_eq!((t.in_flight(), t.min_epoch()), (0, None));
+        assert_eq!(t.skip(3, 6), 0, "below the checkpoint: nothing");
     }
 
     proptest! {
@@ -148,7 +232,7 @@ mod tests {
             fail_mask in proptest::collection::vec(any::<bool>(), 60),
         ) {
             let mut t = Tracker::resume(0);
-            for o in 0..n { t.sent(o); }
+            for o in 0..n { t.sent(o, 0); }
             let mut acked = std::collections::BTreeSet::new();
             let mut pending: Vec<u64> = (0..n).collect();
             for (step, idx) in order.iter().enumerate() {
@@ -157,7 +241,7 @@ mod tests {
                 let o = pending[i];
                 if fail_mask[(o as usize + step) % 60] && step % 3 == 0 {
                     t.failed(o);
-                    t.sent(o); // retried at once
+                    t.sent(o, 0); // retried at once
                 } else {
                     pending.remove(i);
                     t.acked(o);

@@ -1,11 +1,31 @@
 //! # bridge — edge log to cloud, exactly once per `(gateway, partition, offset)`
 //!
-//! Hop 3 of the appliance's guarantee. The edge agent hosts this library in-process.
+//! Hop 3 of the appliance's guarantee. The edge agent hosts this library in-process: it reads
+//! the agent's redb log through [`source::EdgeLog`] and produces to any Kafka-compatible
+//! cluster with librdkafka (idempotent producer, acks=all).
 //!
 //! # Layout
+//! - [`config`] — the `[bridge]` section: bootstrap servers, topic mapping, batching,
+//!   compression, bandwidth cap, backlog quota, librdkafka pass-through.
 //! - [`checkpoint`] — per edge partition: which offsets are in flight, which the cloud
 //!   acknowledged, and the checkpoint (the end of the contiguous acknowledged prefix), plus
 //!   reconciliation after a crash (skip what the cloud already has).
+//! - [`run`] — the forwarding loop: reconcile, live-first drain, heartbeat, quota, replay.
+//! - [`state`] — what is persisted in the edge log; [`status`] — what is reported.
+//!
+//! # Cloud records
+//! Key = the edge key (the device id, so the cloud's murmur2 partitioner agrees with the edge),
+//! value unchanged, timestamp = edge ingest time, headers = the edge record's headers plus
+//! `gateway`, `edge-topic`, `edge-partition`, `edge-offset` (and `replay` on replays).
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod config;
+pub mod run;
+pub mod source;
+pub mod state;
+pub mod status;
+
+pub use config::BridgeConfig;
+pub use run::{Bridge, ReplayStart};
+pub use source::{EdgeLog, EdgePartition, EdgeRecord, EdgeTopic};

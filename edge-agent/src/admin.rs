@@ -1,5 +1,7 @@
 //! The admin HTTP API: `/health`, `/metrics` (Prometheus text), `/api/log`,
-//! `/api/log/records`, `/api/devices`.
+//! `/api/log/records`, `/api/devices`, and with the bridge on: `/api/bridge` (status),
+//! `POST /api/replay?topic=T[&partition=P](&from_offset=N|&since_ms=MS)` and
+//! `/api/replay/{id}` (progress).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,8 @@ pub struct AdminState {
     pub gateway_id: String,
     /// Process start.
     pub started: Instant,
+    /// The hosted bridge, when forwarding is on.
+    pub bridge: Option<Arc<bridge::Bridge>>,
 }
 
 /// The router.
@@ -40,6 +44,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/log", get(log))
         .route("/api/log/records", get(records))
         .route("/api/devices", get(devices))
+        .route("/api/bridge", get(bridge_status))
+        .route("/api/replay", axum::routing::post(replay))
+        .route("/api/replay/{id}", get(replay_status))
         .with_state(state)
 }
 
@@ -105,10 +112,12 @@ fn gauges(s: &AdminState) -> Result<String, crate::log::LogError> {
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     let state = s.clone();
     match tokio::task::spawn_blocking(move || gauges(&state)).await {
-        Ok(Ok(extra)) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            s.metrics.render(&extra),
-        )
+        Ok(Ok(mut extra)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+            if let Some(b) = &s.bridge {
+                extra.push_str(&b.status().render_prometheus());
+            }
+            s.metrics.render(&extra)
+        })
             .into_response(),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
@@ -191,4 +200,68 @@ async fn records(State(s): State<Arc<AdminState>>, Query(q): Query<RecordsQuery>
 async fn devices(State(s): State<Arc<AdminState>>) -> Response {
     let reg = s.devices.lock().unwrap_or_else(|e| e.into_inner());
     Json(json!({ "devices": reg.all() })).into_response()
+}
+
+fn no_bridge() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "the bridge is off (start the agent with --cloud or a [bridge] section)" })),
+    )
+        .into_response()
+}
+
+async fn bridge_status(State(s): State<Arc<AdminState>>) -> Response {
+    match &s.bridge {
+        Some(b) => Json(b.status()).into_response(),
+        None => no_bridge(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplayQuery {
+    topic: String,
+    partition: Option<u32>,
+    from_offset: Option<u64>,
+    since_ms: Option<u64>,
+}
+
+async fn replay(State(s): State<Arc<AdminState>>, Query(q): Query<ReplayQuery>) -> Response {
+    let Some(b) = s.bridge.clone() else {
+        return no_bridge();
+    };
+    let start = match (q.from_offset, q.since_ms) {
+        (Some(o), None) => bridge::ReplayStart::Offset(o),
+        (None, Some(ms)) => bridge::ReplayStart::SinceMs(ms),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": "give exactly one of from_offset and since_ms" })),
+            )
+                .into_response()
+        }
+    };
+    match tokio::task::spawn_blocking(move || b.replay(&q.topic, q.partition, start)).await {
+        Ok(Ok(st)) => Json(st).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("{e:#}") })),
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn replay_status(
+    State(s): State<Arc<AdminState>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Response {
+    let Some(b) = &s.bridge else { return no_bridge() };
+    match b.replay_status(id) {
+        Some(st) => Json(st).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no replay job {id}") })),
+        )
+            .into_response(),
+    }
 }

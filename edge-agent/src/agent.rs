@@ -27,6 +27,10 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn rdkafka_version() -> String {
+    bridge::run::librdkafka_version()
+}
+
 /// The log file inside a data dir.
 pub fn log_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("log.redb")
@@ -77,6 +81,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     preload_devices(&*store, &mut registry)?;
     let devices = Arc::new(Mutex::new(registry));
     let telemetry_partitions = cfg.topic_specs()[0].partitions;
+    let bridge = match &cfg.bridge {
+        Some(b) => Some(Arc::new(bridge::Bridge::start(
+            b.clone(),
+            Arc::new(crate::forward::Forwarded(store.clone())),
+            &gateway_id,
+            vec![
+                ("edge-agent".into(), env!("CARGO_PKG_VERSION").into()),
+                ("librdkafka".into(), rdkafka_version()),
+            ],
+        )?)),
+        None => None,
+    };
 
     let mut mqtt = Mqtt::start(&cfg.mqtt)?;
     // The hand-over between the link reader and the ingest thread. Its slots are allocated up
@@ -116,6 +132,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         devices,
         gateway_id: gateway_id.clone(),
         started: Instant::now(),
+        bridge: bridge.clone(),
     });
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
@@ -126,6 +143,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             mqtt = %cfg.mqtt.listen,
             admin = %cfg.admin.listen,
             data_dir = %cfg.data_dir.display(),
+            cloud = %cfg.bridge.as_ref().map_or("(bridge off)", |b| b.bootstrap.as_str()),
             "edge agent running"
         );
         let server = axum::serve(listener, admin::router(admin_state));
@@ -139,6 +157,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     ingest_thread
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
+    if let Some(b) = &bridge {
+        // What was committed last gets a few seconds to reach the cloud; the rest follows
+        // from the checkpoint at the next start.
+        b.shutdown();
+    }
     info!("stopped");
     Ok(())
 }

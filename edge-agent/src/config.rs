@@ -17,6 +17,10 @@
 //! max_batch_bytes = 16777216        # ... or bytes of payload ...
 //! linger_ms = 2                     # ... gathered for at most this long after the first
 //!
+//! [bridge]                          # forward the log to a Kafka-compatible cloud (optional;
+//! bootstrap = "cloud:9092"          # `run --cloud HOST:PORT` enables it with defaults). All
+//!                                   # keys: see the bridge crate's `config` module / README.
+//!
 //! [topics.telemetry]                # also: topics.device-status, topics.dead-letter
 //! partitions = 6
 //! retention_ms = 604800000          # 7 days; omit for no age limit
@@ -55,6 +59,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Per-topic settings, by topic name.
     pub topics: BTreeMap<String, TopicConfig>,
+    /// Forwarding to the cloud; off when absent.
+    pub bridge: Option<bridge::BridgeConfig>,
 }
 
 /// MQTT listener settings.
@@ -110,6 +116,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             ingest: IngestConfig::default(),
             topics: BTreeMap::new(),
+            bridge: None,
         }
     }
 }
@@ -180,6 +187,9 @@ impl Config {
         for spec in self.topic_specs() {
             spec.validate()?;
         }
+        if let Some(b) = &self.bridge {
+            b.validate()?;
+        }
         Ok(())
     }
 
@@ -226,6 +236,12 @@ mod tests {
         let c = Config::from_toml("[topics.telemetry]\npartitions = 3\nretention_bytes = 1000\n").unwrap();
         let t = &c.topic_specs()[0];
         assert_eq!((t.partitions, t.retention_bytes), (3, Some(1000)));
+        assert!(c.bridge.is_none());
+        let c = Config::from_toml("[bridge]\nbootstrap = \"h:1\"\n[bridge.topics]\ntelemetry = \"t2\"\n")
+            .unwrap();
+        let b = c.bridge.unwrap();
+        assert_eq!((b.bootstrap.as_str(), b.linger_ms), ("h:1", 5));
+        assert_eq!(b.mapping()[0], ("telemetry".to_string(), "t2".to_string()));
     }
 
     #[test]
@@ -234,5 +250,7 @@ mod tests {
         assert!(Config::from_toml("[topics.telemtry]\npartitions = 3\n").is_err());
         assert!(Config::from_toml("[topics.telemetry]\npartitions = 0\n").is_err());
         assert!(Config::from_toml("[mqtt]\nlisten = \"nonsense\"\n").is_err());
+        assert!(Config::from_toml("[bridge]\nbootstrap = \"h:1\"\ncompression = \"gzip2\"\n").is_err());
+        assert!(Config::from_toml("[bridge]\nbootstrap = \"h:1\"\nlinger = 5\n").is_err());
     }
 }

@@ -12,6 +12,7 @@
 //! - [`broker`] — the embedded rumqttd and the link the pipeline reads.
 //! - [`ingest`] — decode, validate, dedup, group commit, then ack (sans-I/O besides the store).
 //! - [`agent`] — `edge-agent run`: threads, housekeeping, graceful shutdown.
+//! - [`forward`] — the log as the hosted bridge (the `bridge` crate) reads it.
 //! - [`admin`] — the admin HTTP API; [`metrics`] its counters; [`devices`] the device registry;
 //!   [`render`] records as JSON.
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod broker;
 pub mod config;
 pub mod devices;
+pub mod forward;
 pub mod ingest;
 pub mod log;
 pub mod metrics;

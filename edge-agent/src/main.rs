@@ -23,6 +23,9 @@ struct Cli {
 enum Cmd {
     /// Run the agent (MQTT broker, ingest, admin HTTP) until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Re-send a range of the log to the cloud through the running agent's bridge; the
+    /// records carry a `replay` header. Shows progress (rate, ETA) until the cloud has it all.
+    Replay(ReplayArgs),
     /// Inspect the log, of a stopped agent (its data dir) or a running one (its admin API).
     Log {
         #[command(subcommand)]
@@ -56,6 +59,52 @@ struct RunArgs {
     /// Partitions of the telemetry topic (fixed when the log is created) [default: 6].
     #[arg(long, env = "EDGE_TELEMETRY_PARTITIONS")]
     telemetry_partitions: Option<u32>,
+    /// Forward the log to this Kafka-compatible cloud (bootstrap `HOST:PORT[,HOST:PORT]`):
+    /// enables the bridge with defaults, or overrides `[bridge] bootstrap`.
+    #[arg(long, env = "EDGE_CLOUD")]
+    cloud: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("start").required(true).args(["from_offset", "since"])))]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Edge topic (telemetry, device-status, dead-letter).
+    #[arg(long)]
+    topic: String,
+    /// One partition [default: all].
+    #[arg(long)]
+    partition: Option<u32>,
+    /// From this offset to the current end.
+    #[arg(long)]
+    from_offset: Option<u64>,
+    /// From records this old to the current end: `90s`, `15m`, `2h`, `3d`.
+    #[arg(long, value_parser = parse_duration_ms)]
+    since: Option<u64>,
+    /// Return once queued instead of following progress.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// `90s`, `15m`, `2h`, `3d`, `500ms` or plain seconds → milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 90s, 15m, 2h, 3d)"))?;
+    let mult = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("duration {s:?} too large"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,9 +184,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Some(p) = a.telemetry_partitions {
                 cfg.topics.entry("telemetry".into()).or_default().partitions = Some(p);
             }
+            if let Some(c) = a.cloud {
+                cfg.bridge.get_or_insert_with(Default::default).bootstrap = c;
+            }
             cfg.validate()?;
             agent::run(cfg)
         }
+        Cmd::Replay(a) => replay(a),
         Cmd::Log {
             cmd: LogCmd::Stats { common, json },
         } => {
@@ -223,15 +276,95 @@ fn print_stats(v: &serde_json::Value) {
     }
 }
 
+fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let cfg = load(&a.common)?;
+    let mut path = format!("/api/replay?topic={}", a.topic);
+    if let Some(p) = a.partition {
+        path += &format!("&partition={p}");
+    }
+    match (a.from_offset, a.since) {
+        (Some(o), _) => path += &format!("&from_offset={o}"),
+        (None, Some(ms)) => path += &format!("&since_ms={ms}"),
+        (None, None) => unreachable!("clap requires one"),
+    }
+    let st = http_json(cfg.admin.listen, "POST", &path)
+        .context("replay goes through the running agent's bridge")?;
+    let id = st["id"].as_u64().context("no job id in the agent's answer")?;
+    eprintln!("replay job {id}: {} records of {} queued", st["total"], a.topic);
+    if a.no_wait {
+        return Ok(());
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    loop {
+        let st = http_json(cfg.admin.listen, "GET", &format!("/api/replay/{id}"))?;
+        let (total, acked, failed) = (
+            st["total"].as_u64().unwrap_or(0),
+            st["acked"].as_u64().unwrap_or(0),
+            st["failed"].as_u64().unwrap_or(0),
+        );
+        let elapsed = st["elapsed_s"].as_f64().unwrap_or(0.0).max(0.001);
+        let rate = acked as f64 / elapsed;
+        let eta = if rate > 0.0 {
+            total.saturating_sub(acked) as f64 / rate
+        } else {
+            f64::INFINITY
+        };
+        let done = st["done"].as_bool().unwrap_or(false);
+        let frac = if total == 0 {
+            1.0
+        } else {
+            acked as f64 / total as f64
+        };
+        if tty {
+            let width = 30;
+            let filled = ((frac * width as f64) as usize).min(width);
+            eprint!(
+                "\r[{}{}] {:>5.1}% {acked}/{total} {rate:>9.0} rec/s ETA {}   ",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                frac * 100.0,
+                if eta.is_finite() {
+                    format!("{eta:.0}s")
+                } else {
+                    "?".into()
+                }
+            );
+            let _ = std::io::stderr().flush();
+        } else if done || last_line.elapsed() >= std::time::Duration::from_secs(2) {
+            last_line = std::time::Instant::now();
+            eprintln!(
+                "replay {id}: {acked}/{total} acknowledged ({:.1}%), {rate:.0} records/s",
+                frac * 100.0
+            );
+        }
+        if done {
+            if tty {
+                eprintln!();
+            }
+            anyhow::ensure!(failed == 0, "replay {id}: {failed} records failed");
+            println!("replay {id}: {acked} records re-sent and acknowledged in {elapsed:.1} s");
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// A GET against the running agent's admin API (plain HTTP/1.1 on loopback).
 fn http_get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    http_json(addr, "GET", path)
+}
+
+/// A request without a body against the running agent's admin API.
+fn http_json(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)
-        .with_context(|| format!("the log is in use but no agent answers on {addr} (pass --admin-listen)"))?;
+        .with_context(|| format!("no agent answers on {addr} (pass --admin-listen)"))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -243,7 +376,11 @@ fn http_get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<serde
     } else {
         body.to_string()
     };
-    anyhow::ensure!(status == "200", "admin API {path}: HTTP {status}: {body}");
+    anyhow::ensure!(
+        status == "200",
+        "admin API {path}: HTTP {status}: {}",
+        body.trim()
+    );
     Ok(serde_json::from_str(&body)?)
 }
 

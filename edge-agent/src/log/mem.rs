@@ -204,6 +204,39 @@ impl LogStore for MemLog {
         Ok(total)
     }
 
+    fn truncate(&self, topic: &str, partition: u32, below: u64) -> Result<RetentionReport, LogError> {
+        self.check_writable()?;
+        let mut inner = self.lock();
+        let spec = inner
+            .topics
+            .get(topic)
+            .ok_or_else(|| LogError::UnknownTopic(topic.into()))?;
+        if partition >= spec.partitions {
+            return Err(LogError::UnknownPartition {
+                topic: topic.into(),
+                partition,
+            });
+        }
+        let Some(part) = inner.parts.get_mut(&(topic.to_string(), partition)) else {
+            return Ok(RetentionReport::default());
+        };
+        let infos = part.chunks.iter().map(|(b, bytes)| {
+            Ok(ChunkInfo {
+                base: *b,
+                header: chunk::header(bytes)?,
+                bytes: bytes.len() as u64,
+            })
+        });
+        let (drop, report) = policy::truncate(below, infos)?;
+        for b in drop {
+            part.chunks.remove(&b);
+        }
+        part.stats.records -= report.records.min(part.stats.records);
+        part.stats.bytes -= report.bytes.min(part.stats.bytes);
+        part.stats.first_offset = first_offset(&part.chunks, part.stats.next_offset)?;
+        Ok(report)
+    }
+
     fn compact(&self, topic: &str) -> Result<u64, LogError> {
         self.check_writable()?;
         let mut inner = self.lock();

@@ -238,6 +238,9 @@ pub trait LogStore: Send + Sync + std::fmt::Debug + 'static {
     fn stream_state(&self, device: &str, boot: u32) -> Result<Option<u64>, LogError>;
     /// Applies every topic's retention at time `now_ms`.
     fn apply_retention(&self, now_ms: i64) -> Result<RetentionReport, LogError>;
+    /// Removes the oldest chunks of a partition whose records all lie below `below` (the
+    /// bridge's disk quota for unforwarded data). Offsets are never reused afterwards.
+    fn truncate(&self, topic: &str, partition: u32, below: u64) -> Result<RetentionReport, LogError>;
     /// Compacts a topic: keeps only the latest record per key (records without a key stay).
     /// The newest chunk of each partition is left as is. Returns records removed.
     fn compact(&self, topic: &str) -> Result<u64, LogError>;

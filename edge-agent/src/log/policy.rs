@@ -58,6 +58,28 @@ where
     Ok((out, report))
 }
 
+/// Which chunks a truncation below `below` removes: every chunk, oldest first, whose records
+/// all lie below `below` (a disk quota making room; unlike retention the newest chunk may go).
+/// `chunks` is read only as far as something is removed, plus one.
+pub fn truncate<I>(below: u64, chunks: I) -> Result<(Vec<u64>, RetentionReport), LogError>
+where
+    I: IntoIterator<Item = Result<ChunkInfo, LogError>>,
+{
+    let mut out = Vec::new();
+    let mut report = RetentionReport::default();
+    for c in chunks {
+        let c = c?;
+        if c.base.saturating_add(c.header.last_delta) >= below {
+            break;
+        }
+        out.push(c.base);
+        report.chunks += 1;
+        report.records += c.header.count;
+        report.bytes += c.bytes;
+    }
+    Ok((out, report))
+}
+
 /// A chunk rewrite decided by compaction.
 #[derive(Debug)]
 pub struct Rewrite {

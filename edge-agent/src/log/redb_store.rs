@@ -450,6 +450,42 @@ impl LogStore for RedbLog {
         Ok(total)
     }
 
+    fn truncate(&self, topic: &str, partition: u32, below: u64) -> Result<RetentionReport, LogError> {
+        let id = self.topic_partition(topic, partition)?.id;
+        self.write(|tx| {
+            let mut parts = tx.open_table(PARTS).map_err(storage)?;
+            let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
+            let mut stats = get_part(&parts, id, partition)?;
+            let (drop, report) = {
+                let infos = chunks
+                    .range((id, partition, 0)..=(id, partition, u64::MAX))
+                    .map_err(storage)?
+                    .map(|e| {
+                        let (k, v) = e.map_err(storage)?;
+                        Ok(ChunkInfo {
+                            base: k.value().2,
+                            header: chunk::header(v.value())?,
+                            bytes: v.value().len() as u64,
+                        })
+                    });
+                policy::truncate(below, infos)?
+            };
+            let Some(&last) = drop.last() else {
+                return Ok(report);
+            };
+            chunks
+                .retain_in((id, partition, 0)..=(id, partition, last), |_, _| false)
+                .map_err(storage)?;
+            stats.records -= report.records.min(stats.records);
+            stats.bytes -= report.bytes.min(stats.bytes);
+            stats.first_offset = first_stored(&chunks, id, partition, stats.next_offset)?;
+            parts
+                .insert((id, partition), parts_encode(&stats).as_slice())
+                .map_err(storage)?;
+            Ok(report)
+        })
+    }
+
     fn compact(&self, topic: &str) -> Result<u64, LogError> {
         let row = self.topic(topic)?;
         let mut removed = 0;

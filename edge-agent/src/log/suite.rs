@@ -35,6 +35,37 @@ pub fn test_all<S: LogStore>(make: impl Fn() -> S) {
     retention_by_bytes(&make());
     retention_by_age(&make());
     compaction(&make());
+    truncation(&make());
+}
+
+fn truncation(s: &impl LogStore) {
+    s.ensure_topic(&TopicSpec::new("q", 2)).unwrap();
+    for i in 0..5 {
+        // Chunks of two records: offsets 0-1, 2-3, ... 8-9.
+        s.append(&one("q", 0, vec![rec(i, None, "a"), rec(i, None, "b")]))
+            .unwrap();
+    }
+    assert_eq!(s.truncate("q", 0, 0).unwrap().records, 0);
+    // A chunk straddling `below` stays whole.
+    let rep = s.truncate("q", 0, 5).unwrap();
+    assert_eq!((rep.chunks, rep.records), (2, 4));
+    let st = s.partition_stats("q", 0).unwrap();
+    assert_eq!((st.first_offset, st.next_offset, st.records), (4, 10, 6));
+    assert_eq!(values(s, "q", 0, 0)[0].0, 4);
+    // Everything may go, the newest chunk too; offsets are not reused.
+    assert_eq!(s.truncate("q", 0, u64::MAX).unwrap().records, 6);
+    let st = s.partition_stats("q", 0).unwrap();
+    assert_eq!(
+        (st.first_offset, st.next_offset, st.records, st.bytes),
+        (10, 10, 0, 0)
+    );
+    assert_eq!(s.append(&one("q", 0, vec![rec(9, None, "c")])).unwrap(), vec![10]);
+    assert_eq!(
+        s.partition_stats("q", 1).unwrap().records,
+        0,
+        "other partitions untouched"
+    );
+    assert!(s.truncate("q", 2, 1).is_err());
 }
 
 fn values(s: &impl LogStore, t: &str, p: u32, from: u64) -> Vec<(u64, String)> {

@@ -1,0 +1,1265 @@
+//! The forwarding loop: one thread, one librdkafka producer per session.
+//!
+//! # A session
+//! 1. **Reconcile.** A consumer reads, for every cloud partition of the mapped topics, from the
+//!    scan offset saved with the checkpoints to the high watermark, and collects the
+//!    `(edge topic, edge partition, edge offset)` headers of this gateway's records. Offsets at
+//!    or above a checkpoint found there are marked acknowledged, so a crash never duplicates.
+//! 2. **Forward.** Per edge partition a *drain cursor* reads from the checkpoint in offset
+//!    order and hands records to the idempotent producer (acks=all, infinite message timeout:
+//!    librdkafka retries through outages without reordering), at most `max_in_flight` at a
+//!    time. Delivery reports advance each partition's [`Tracker`]; its checkpoint, the drop
+//!    counters and the scan offsets are persisted a few times a second.
+//! 3. A fatal producer error or a failed delivery ends the session; the next one reconciles
+//!    again and resends from the checkpoint, after a capped exponential backoff.
+//!
+//! # Live first, per-device order kept
+//! When a partition is more than `live_first_threshold` records behind (after an outage, or a
+//! restart with a backlog), it enters *live-first* mode. The records from the drain cursor
+//! to the end of the log at that moment are the backlog; a scan notes, per key (device), the
+//! last backlog offset. A *tail cursor* then forwards every newly ingested record at once —
+//! unless its device still has unsent records in the backlog, in which case the record waits
+//! for the drain cursor (and extends that device's backlog). A device's records therefore
+//! reach the cloud in edge-offset order (the same key maps to the same cloud partition and
+//! the idempotent producer keeps send order), while devices that are caught up — new devices,
+//! devices that were quiet during the outage, and every device once its own backlog is sent —
+//! see live latency. The drain uses what the window and the bandwidth cap leave (live data
+//! may use the whole window, the drain 90 % of it; live data is always charged to the cap
+//! first). A device whose backlog is being drained waits for it: per-device order is the
+//! stronger promise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::checkpoint::Tracker;
+use crate::config::BridgeConfig;
+use crate::source::{EdgeLog, EdgePartition, EdgeRecord};
+use crate::state::{key, SourceState, State};
+use crate::status::{ReplayStatus, SourceStatus, Status};
+
+/// Header names the bridge adds to every forwarded record.
+pub mod headers {
+    /// The gateway's id.
+    pub const GATEWAY: &str = "gateway";
+    /// The edge topic.
+    pub const EDGE_TOPIC: &str = "edge-topic";
+    /// The edge partition, decimal.
+    pub const EDGE_PARTITION: &str = "edge-partition";
+    /// The edge offset, decimal.
+    pub const EDGE_OFFSET: &str = "edge-offset";
+    /// Present on records re-sent by a replay job; the value is the job id.
+    pub const REPLAY: &str = "replay";
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The linked librdkafka's version, e.g. `2.12.1`.
+pub fn librdkafka_version() -> String {
+    rdkafka::util::get_rdkafka_version().1
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStart {
+    /// From this edge offset (or the first one still stored).
+    Offset(u64),
+    /// From the first record at most this many milliseconds old.
+    SinceMs(u64),
+}
+
+/// What a delivery report is about.
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    Record { src: usize, offset: u64 },
+    Replay { job: u64 },
+    Heartbeat,
+}
+
+#[derive(Debug)]
+struct Report {
+    tag: Tag,
+    result: Result<(String, i32, i64), KafkaError>,
+}
+
+/// Collects delivery reports; the loop drains them after each `poll`.
+#[derive(Debug, Default)]
+struct Ctx {
+    reports: Mutex<Vec<Report>>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(%error, reason, "librdkafka");
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Box<Tag>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
+        let result = match result {
+            Ok(m) => Ok((m.topic().to_string(), m.partition(), m.offset())),
+            Err((e, _)) => Err(e.clone()),
+        };
+        self.reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Report { tag: *tag, result });
+    }
+}
+
+/// Live-first state of a partition (see the module docs).
+#[derive(Debug)]
+struct Live {
+    /// Next offset the tail cursor reads.
+    tail: u64,
+    /// End of the backlog when live-first began.
+    region_end: u64,
+    /// Next offset the backlog scan reads.
+    scan: u64,
+    scanned: bool,
+    /// Device key → last offset of that device not yet sent by the drain.
+    backlog: HashMap<Vec<u8>, u64>,
+}
+
+#[derive(Debug)]
+struct Source {
+    topic: String,
+    partition: u32,
+    cloud_topic: String,
+    compacted: bool,
+    tracker: Tracker,
+    drain: u64,
+    live: Option<Live>,
+    info: EdgePartition,
+    oldest_age_ms: u64,
+    dropped: u64,
+    rejected: u64,
+    sent: u64,
+    acked: u64,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    topic: String,
+    cloud_topic: String,
+    /// (partition, cursor, end)
+    ranges: Vec<(u32, u64, u64)>,
+    total: u64,
+    sent: u64,
+    acked: u64,
+    failed: u64,
+    started: Instant,
+}
+
+impl Job {
+    fn status(&self) -> ReplayStatus {
+        let exhausted = self.ranges.iter().all(|(_, c, e)| c >= e);
+        let done = exhausted && self.acked + self.failed >= self.sent;
+        ReplayStatus {
+            id: self.id,
+            topic: self.topic.clone(),
+            total: if exhausted {
+                self.sent
+            } else {
+                self.total.max(self.sent)
+            },
+            sent: self.sent,
+            acked: self.acked,
+            failed: self.failed,
+            done,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The running bridge, owned by the agent.
+#[derive(Debug)]
+pub struct Bridge {
+    status: Arc<Mutex<Status>>,
+    stop: Arc<AtomicBool>,
+    inbox: Arc<Mutex<Vec<Job>>>,
+    next_job: AtomicU64,
+    log: Arc<dyn EdgeLog>,
+    mapping: Vec<(String, String)>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Bridge {
+    /// Starts the bridge thread. `versions` go into the heartbeat (e.g. the agent's version).
+    pub fn start(
+        cfg: BridgeConfig,
+        log: Arc<dyn EdgeLog>,
+        gateway_id: &str,
+        versions: Vec<(String, String)>,
+    ) -> anyhow::Result<Bridge> {
+        cfg.validate()?;
+        let state = match log.load_state()? {
+            Some(b) => State::decode(&b).context("the bridge state in the edge log is damaged")?,
+            None => State::default(),
+        };
+        let topics = log.topics()?;
+        let mapping = cfg.mapping();
+        let mut sources = Vec::new();
+        for (edge, cloud) in &mapping {
+            let Some(t) = topics.iter().find(|t| &t.name == edge) else {
+                continue;
+            };
+            for p in 0..t.partitions {
+                let saved = state.sources.get(&key(edge, p)).copied().unwrap_or_default();
+                sources.push(Source {
+                    topic: edge.clone(),
+                    partition: p,
+                    cloud_topic: cloud.clone(),
+                    compacted: t.compacted,
+                    tracker: Tracker::resume(saved.checkpoint),
+                    drain: saved.checkpoint,
+                    live: None,
+                    info: EdgePartition::default(),
+                    oldest_age_ms: 0,
+                    dropped: saved.dropped,
+                    rejected: saved.rejected,
+                    sent: 0,
+                    acked: 0,
+                });
+            }
+        }
+        let status = Arc::new(Mutex::new(Status {
+            gateway_id: gateway_id.into(),
+            bootstrap: cfg.bootstrap.clone(),
+            ..Status::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let engine = Engine {
+            tokens: cfg.max_bytes_per_sec.map_or(0.0, |c| c as f64),
+            cfg,
+            log: log.clone(),
+            gateway_id: gateway_id.into(),
+            versions,
+            started: Instant::now(),
+            sources,
+            state,
+            epochs: BTreeMap::new(),
+            epoch: 0,
+            acked_hw: BTreeMap::new(),
+            hw_changed: false,
+            last_epoch: Instant::now(),
+            in_flight: 0,
+            refilled: Instant::now(),
+            jobs: Vec::new(),
+            inbox: inbox.clone(),
+            hb_in_flight: false,
+            next_hb: Instant::now(),
+            status: status.clone(),
+            stop: stop.clone(),
+            dirty: true,
+            counters: Status::default(),
+            session_up: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("bridge".into())
+            .spawn(move || engine.run())?;
+        Ok(Bridge {
+            status,
+            stop,
+            inbox,
+            next_job: AtomicU64::new(1),
+            log,
+            mapping,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The latest status snapshot (refreshed a few times a second).
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Queues a replay of `topic` (one partition or all) from `start` to the current end of
+    /// the log; records carry a `replay` header. Returns the job's first status.
+    pub fn replay(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        start: ReplayStart,
+    ) -> anyhow::Result<ReplayStatus> {
+        let (_, cloud_topic) = self
+            .mapping
+            .iter()
+            .find(|(e, _)| e == topic)
+            .ok_or_else(|| anyhow::anyhow!("topic {topic:?} is not forwarded to the cloud"))?;
+        let t = self
+            .log
+            .topics()?
+            .into_iter()
+            .find(|t| t.name == topic)
+            .ok_or_else(|| anyhow::anyhow!("unknown topic {topic:?}"))?;
+        let parts: Vec<u32> = match partition {
+            Some(p) if p < t.partitions => vec![p],
+            Some(p) => anyhow::bail!("topic {topic:?} has partitions 0..{}, not {p}", t.partitions),
+            None => (0..t.partitions).collect(),
+        };
+        let mut ranges = Vec::new();
+        let mut total = 0;
+        for p in parts {
+            let info = self.log.partition(topic, p)?;
+            let from = match start {
+                ReplayStart::Offset(o) => o.max(info.first_offset),
+                ReplayStart::SinceMs(ms) => {
+                    offset_at(&*self.log, topic, p, info, now_ms().saturating_sub(ms as i64))?
+                }
+            };
+            let end = info.next_offset;
+            total += end.saturating_sub(from);
+            ranges.push((p, from, end));
+        }
+        let job = Job {
+            id: self.next_job.fetch_add(1, Ordering::Relaxed),
+            topic: topic.into(),
+            cloud_topic: cloud_topic.clone(),
+            ranges,
+            total,
+            sent: 0,
+            acked: 0,
+            failed: 0,
+            started: Instant::now(),
+        };
+        let status = job.status();
+        info!(job = job.id, topic, total, "replay queued");
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(job);
+        Ok(status)
+    }
+
+    /// A replay job's status.
+    pub fn replay_status(&self, id: u64) -> Option<ReplayStatus> {
+        let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(j) = inbox.iter().find(|j| j.id == id) {
+            return Some(j.status());
+        }
+        self.status().replays.into_iter().find(|r| r.id == id)
+    }
+
+    /// Stops: waits up to a few seconds for what is in flight, persists the checkpoints.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The first offset of a partition whose record is at most `ts` old (binary search; edge
+/// timestamps are ingest times and rise with offsets).
+fn offset_at(log: &dyn EdgeLog, topic: &str, p: u32, info: EdgePartition, ts: i64) -> anyhow::Result<u64> {
+    let (mut lo, mut hi) = (info.first_offset, info.next_offset);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match log.read(topic, p, mid, 1, usize::MAX)?.first() {
+            Some(r) if r.timestamp_ms < ts => lo = r.offset + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+struct Engine {
+    cfg: BridgeConfig,
+    log: Arc<dyn EdgeLog>,
+    gateway_id: String,
+    versions: Vec<(String, String)>,
+    started: Instant,
+    sources: Vec<Source>,
+    state: State,
+    /// Epoch → acknowledged high watermark per cloud `topic/partition` when it began.
+    epochs: BTreeMap<u64, BTreeMap<String, i64>>,
+    epoch: u64,
+    acked_hw: BTreeMap<String, i64>,
+    hw_changed: bool,
+    last_epoch: Instant,
+    /// Records handed to librdkafka, not yet reported (all kinds).
+    in_flight: usize,
+    tokens: f64,
+    refilled: Instant,
+    jobs: Vec<Job>,
+    inbox: Arc<Mutex<Vec<Job>>>,
+    hb_in_flight: bool,
+    next_hb: Instant,
+    status: Arc<Mutex<Status>>,
+    stop: Arc<AtomicBool>,
+    dirty: bool,
+    counters: Status,
+    session_up: bool,
+}
+
+type KafkaProducer = BaseProducer<Ctx>;
+
+enum Sent {
+    Ok,
+    Full,
+}
+
+impl Engine {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn run(mut self) {
+        let mut backoff = Duration::from_millis(500);
+        while !self.stopping() {
+            let acked_before = self.counters.heartbeats + self.sources.iter().map(|s| s.acked).sum::<u64>();
+            match self.session() {
+                Ok(()) => break,
+                Err(e) => {
+                    self.session_up = false;
+                    self.counters.errors += 1;
+                    let acked_after =
+                        self.counters.heartbeats + self.sources.iter().map(|s| s.acked).sum::<u64>();
+                    if acked_after > acked_before {
+                        backoff = Duration::from_millis(500);
+                    }
+                    warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "bridge session ended");
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until && !self.stopping() {
+                        self.housekeeping(None);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        self.persist();
+        self.publish_status();
+        info!("bridge stopped");
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.cfg.bootstrap)
+            .set("client.id", format!("edge-bridge-{}", self.gateway_id))
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "10000")
+            .set("socket.keepalive.enable", "true")
+            .set("log_level", "3");
+        for (k, v) in &self.cfg.librdkafka {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn producer(&self) -> anyhow::Result<KafkaProducer> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.cfg.bootstrap)
+            .set("client.id", format!("edge-bridge-{}", self.gateway_id))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Retry through any outage: idempotence keeps the order, the window bounds memory.
+            .set("message.timeout.ms", "0")
+            .set("partitioner", "murmur2_random")
+            .set("compression.type", self.cfg.compression.as_str())
+            .set("linger.ms", self.cfg.linger_ms.to_string())
+            .set("batch.num.messages", self.cfg.batch_size.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                (self.cfg.max_in_flight + 1_000).min(2_000_000).to_string(),
+            )
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "10000")
+            .set("socket.keepalive.enable", "true")
+            .set("log_level", "3");
+        for (k, v) in &self.cfg.librdkafka {
+            c.set(k, v);
+        }
+        c.create_with_context(Ctx::default())
+            .context("creating the Kafka producer")
+    }
+
+    fn session(&mut self) -> anyhow::Result<()> {
+        self.counters.sessions += 1;
+        // Whatever happened before, trust only the checkpoints and the cloud.
+        self.persist();
+        for s in &mut self.sources {
+            s.tracker = Tracker::resume(s.tracker.checkpoint());
+            s.drain = s.tracker.checkpoint();
+            s.live = None;
+        }
+        self.in_flight = 0;
+        self.hb_in_flight = false;
+        self.housekeeping(None);
+        self.ensure_cloud_topics()?;
+        self.reconcile()?;
+        let producer = self.producer()?;
+        self.session_up = true;
+        self.persist();
+        info!(bootstrap = %self.cfg.bootstrap, "bridge session started");
+        let mut last_house = Instant::now();
+        loop {
+            if self.stopping() {
+                let _ = producer.flush(Duration::from_secs(5));
+                self.reports(&producer)?;
+                return Ok(());
+            }
+            self.refill();
+            let mut sent = 0;
+            sent += self.live(&producer)?;
+            sent += self.drain(&producer)?;
+            sent += self.replays(&producer)?;
+            producer.poll(if sent > 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(5)
+            });
+            self.reports(&producer)?;
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                anyhow::bail!("fatal producer error {code:?}: {reason}");
+            }
+            if last_house.elapsed() >= Duration::from_millis(200) {
+                last_house = Instant::now();
+                self.housekeeping(Some(&producer));
+            }
+        }
+    }
+
+    /// Creates missing cloud topics with the edge topic's partition count, so the cloud's
+    /// murmur2 partitioner puts a device in the partition of the same number as at the edge.
+    fn ensure_cloud_topics(&mut self) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = self
+            .client_config()
+            .create()
+            .context("creating the Kafka admin client")?;
+        let mut wanted: BTreeMap<String, u32> = BTreeMap::new();
+        for s in &self.sources {
+            let n = wanted.entry(s.cloud_topic.clone()).or_insert(0);
+            *n = (*n).max(s.partition + 1);
+        }
+        wanted.insert(self.cfg.heartbeat_topic.clone(), 1);
+        let md = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .context("cloud metadata")?;
+        let mut missing = Vec::new();
+        for (topic, parts) in &wanted {
+            match md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+            {
+                Some(t) if t.partitions().len() as u32 != *parts && topic != &self.cfg.heartbeat_topic => {
+                    warn!(
+                        topic = %topic,
+                        cloud_partitions = t.partitions().len(),
+                        edge_partitions = parts,
+                        "cloud topic's partition count differs from the edge's: a device still maps to one cloud partition, just not the same number"
+                    )
+                }
+                Some(_) => {}
+                None => missing.push(NewTopic::new(topic, *parts as i32, TopicReplication::Fixed(-1))),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = futures::executor::block_on(admin.create_topics(&missing, &opts))
+            .context("creating cloud topics")?;
+        for r in results {
+            match r {
+                Ok(t) => info!(topic = %t, "created cloud topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // A cluster that forbids it may still auto-create or have the topic made by hand.
+                Err((t, e)) => warn!(topic = %t, error = %e, "could not create cloud topic"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the cloud tail for this gateway's records beyond the checkpoints.
+    fn reconcile(&mut self) -> anyhow::Result<()> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", format!("edge-bridge-reconcile-{}", self.gateway_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .context("creating the reconcile consumer")?;
+        let timeout = Duration::from_secs(10);
+        let mut cloud_topics: Vec<&str> = self.sources.iter().map(|s| s.cloud_topic.as_str()).collect();
+        cloud_topics.sort_unstable();
+        cloud_topics.dedup();
+        let mut tpl = TopicPartitionList::new();
+        let mut targets: HashMap<String, i64> = HashMap::new();
+        let (mut first, mut high) = (BTreeMap::new(), BTreeMap::new());
+        for ct in cloud_topics {
+            let md = consumer
+                .fetch_metadata(Some(ct), timeout)
+                .with_context(|| format!("cloud metadata of {ct}"))?;
+            let Some(t) = md.topics().first() else { continue };
+            if t.error().is_some() {
+                continue; // not there yet: nothing of ours in it
+            }
+            for p in t.partitions() {
+                let (lo, hi) = consumer
+                    .fetch_watermarks(ct, p.id(), timeout)
+                    .with_context(|| format!("cloud watermarks of {ct}/{}", p.id()))?;
+                let k = key(ct, p.id());
+                let start = self.state.scan_from.get(&k).copied().unwrap_or(lo).clamp(lo, hi);
+                first.insert(k.clone(), start);
+                high.insert(k.clone(), hi);
+                if start < hi {
+                    tpl.add_partition_offset(ct, p.id(), Offset::Offset(start))?;
+                    targets.insert(k, hi);
+                }
+            }
+        }
+        let mut present: Vec<Vec<u64>> = vec![Vec::new(); self.sources.len()];
+        let (mut scanned, mut found) = (0u64, 0u64);
+        if !targets.is_empty() {
+            consumer.assign(&tpl)?;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !targets.is_empty() {
+                anyhow::ensure!(!self.stopping(), "stopping");
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "reconcile did not reach the cloud's end in 300 s"
+                );
+                let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let m = m.context("reading the cloud tail")?;
+                scanned += 1;
+                let k = key(m.topic(), m.partition());
+                if targets.get(&k).is_some_and(|&hw| m.offset() + 1 >= hw) {
+                    targets.remove(&k);
+                }
+                if let Some((src, offset)) = self.ours(&m) {
+                    present[src].push(offset);
+                    found += 1;
+                }
+            }
+        }
+        drop(consumer);
+        for (s, p) in self.sources.iter_mut().zip(present) {
+            s.tracker.reconcile(p, 0);
+            s.drain = s.tracker.checkpoint();
+        }
+        self.epochs.clear();
+        self.epochs.insert(0, first);
+        self.epochs.insert(1, high.clone());
+        self.epoch = 1;
+        self.acked_hw = high;
+        self.last_epoch = Instant::now();
+        info!(scanned, already_in_cloud = found, "reconciled with the cloud");
+        Ok(())
+    }
+
+    /// `(source index, edge offset)` of a cloud record this gateway forwarded (not a replay).
+    fn ours<M: Message>(&self, m: &M) -> Option<(usize, u64)> {
+        let h = m.headers()?;
+        let (mut gw, mut topic, mut part, mut off, mut replay) = (None, None, None, None, false);
+        for Header { key, value } in h.iter() {
+            let v = value.unwrap_or_default();
+            match key {
+                headers::GATEWAY => gw = Some(v),
+                headers::EDGE_TOPIC => topic = Some(v),
+                headers::EDGE_PARTITION => part = std::str::from_utf8(v).ok()?.parse::<u32>().ok(),
+                headers::EDGE_OFFSET => off = std::str::from_utf8(v).ok()?.parse::<u64>().ok(),
+                headers::REPLAY => replay = true,
+                _ => {}
+            }
+        }
+        if replay || gw? != self.gateway_id.as_bytes() {
+            return None;
+        }
+        let (topic, part, off) = (topic?, part?, off?);
+        let src = self
+            .sources
+            .iter()
+            .position(|s| s.topic.as_bytes() == topic && s.partition == part)?;
+        Some((src, off))
+    }
+
+    fn refill(&mut self) {
+        if let Some(cap) = self.cfg.max_bytes_per_sec {
+            let cap = cap as f64;
+            let dt = self.refilled.elapsed().as_secs_f64();
+            self.refilled = Instant::now();
+            self.tokens = (self.tokens + dt * cap).min(cap);
+        }
+    }
+
+    fn capped(&self) -> bool {
+        self.cfg.max_bytes_per_sec.is_some() && self.tokens <= 0.0
+    }
+
+    fn send(
+        &mut self,
+        producer: &KafkaProducer,
+        cloud_topic: &str,
+        tag: Tag,
+        r: &EdgeRecord,
+        edge: (&str, u32),
+        replay: Option<u64>,
+    ) -> anyhow::Result<Sent> {
+        let mut h = OwnedHeaders::new_with_capacity(r.headers.len() + 5);
+        let mut bytes = r.value.len() + r.key.as_ref().map_or(0, Vec::len);
+        for (k, v) in &r.headers {
+            bytes += k.len() + v.len();
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let part = edge.1.to_string();
+        let off = r.offset.to_string();
+        let job = replay.map(|j| j.to_string());
+        let mut ours = vec![
+            (headers::GATEWAY, self.gateway_id.as_bytes()),
+            (headers::EDGE_TOPIC, edge.0.as_bytes()),
+            (headers::EDGE_PARTITION, part.as_bytes()),
+            (headers::EDGE_OFFSET, off.as_bytes()),
+        ];
+        if let Some(j) = &job {
+            ours.push((headers::REPLAY, j.as_bytes()));
+        }
+        for (k, v) in ours {
+            bytes += k.len() + v.len();
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec = BaseRecord::with_opaque_to(cloud_topic, Box::new(tag))
+            .payload(&r.value)
+            .timestamp(r.timestamp_ms)
+            .headers(h);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        match producer.send(rec) {
+            Ok(()) => {
+                self.in_flight += 1;
+                self.counters.sent_bytes += bytes as u64;
+                if self.cfg.max_bytes_per_sec.is_some() {
+                    self.tokens -= bytes as f64;
+                }
+                Ok(Sent::Ok)
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(Sent::Full),
+            Err((e, _)) => {
+                if let Tag::Record { src, offset } = tag {
+                    // Refused locally for good (e.g. larger than message.max.bytes).
+                    let s = &mut self.sources[src];
+                    error!(topic = %s.topic, partition = s.partition, offset, error = %e, "record refused by the producer; counted as rejected");
+                    s.rejected += 1;
+                    s.tracker.sent(offset, self.epoch);
+                    s.tracker.acked(offset);
+                    self.dirty = true;
+                    Ok(Sent::Ok)
+                } else {
+                    Err(anyhow::anyhow!("producing: {e}"))
+                }
+            }
+        }
+    }
+
+    /// Tail cursors of partitions in live-first mode.
+    fn live(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
+        let mut sent = 0;
+        for i in 0..self.sources.len() {
+            let s = &mut self.sources[i];
+            let Some(live) = &mut s.live else { continue };
+            if s.drain >= live.tail {
+                info!(topic = %s.topic, partition = s.partition, "backlog drained; live-first mode off");
+                s.live = None;
+                continue;
+            }
+            if !live.scanned {
+                let from = live.scan.max(s.drain);
+                let recs = if from < live.region_end {
+                    self.log.read(&s.topic, s.partition, from, 20_000, 16 << 20)?
+                } else {
+                    Vec::new()
+                };
+                if recs.is_empty() {
+                    live.scanned = true;
+                }
+                for r in recs {
+                    if r.offset >= live.region_end {
+                        live.scanned = true;
+                        break;
+                    }
+                    live.backlog.insert(r.key.unwrap_or_default(), r.offset);
+                    live.scan = r.offset + 1;
+                }
+                continue;
+            }
+            if self.in_flight >= self.cfg.max_in_flight {
+                continue;
+            }
+            let room = self.cfg.max_in_flight - self.in_flight;
+            let (topic, cloud, p) = (s.topic.clone(), s.cloud_topic.clone(), s.partition);
+            let recs = self.log.read(&topic, p, live.tail, room.min(2_000), 4 << 20)?;
+            for r in recs {
+                let s = &mut self.sources[i];
+                let Some(live) = &mut s.live else { break };
+                if r.offset < live.tail {
+                    continue;
+                }
+                let k = r.key.clone().unwrap_or_default();
+                if live.backlog.get(&k).is_some_and(|&o| o >= s.drain) {
+                    live.backlog.insert(k, r.offset);
+                } else if s.tracker.needs_send(r.offset) {
+                    if let Sent::Full = self.send(
+                        producer,
+                        &cloud,
+                        Tag::Record {
+                            src: i,
+                            offset: r.offset,
+                        },
+                        &r,
+                        (&topic, p),
+                        None,
+                    )? {
+                        break;
+                    }
+                    let s = &mut self.sources[i];
+                    s.tracker.sent(r.offset, self.epoch);
+                    s.sent += 1;
+                    sent += 1;
+                }
+                if let Some(live) = &mut self.sources[i].live {
+                    live.tail = r.offset + 1;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Drain cursors, round robin, within 90 % of the window and the bandwidth cap.
+    fn drain(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
+        let limit = (self.cfg.max_in_flight * 9 / 10).max(1);
+        let mut sent = 0;
+        for i in 0..self.sources.len() {
+            if self.in_flight >= limit || self.capped() {
+                break;
+            }
+            let room = limit - self.in_flight;
+            let s = &self.sources[i];
+            let (topic, cloud, p, from) = (s.topic.clone(), s.cloud_topic.clone(), s.partition, s.drain);
+            let recs = self.log.read(&topic, p, from, room.min(5_000), 4 << 20)?;
+            let gap_end = match recs.first() {
+                Some(r) => r.offset,
+                // Nothing at or after `from`: if records were expected, they are gone.
+                None if from < self.sources[i].info.next_offset => {
+                    let info = self.log.partition(&topic, p)?;
+                    info.first_offset.min(info.next_offset)
+                }
+                None => from,
+            };
+            if gap_end > from {
+                self.skip(i, from, gap_end);
+            }
+            for r in recs {
+                let s = &self.sources[i];
+                if s.tracker.needs_send(r.offset) {
+                    if self.capped() {
+                        break;
+                    }
+                    if let Sent::Full = self.send(
+                        producer,
+                        &cloud,
+                        Tag::Record {
+                            src: i,
+                            offset: r.offset,
+                        },
+                        &r,
+                        (&topic, p),
+                        None,
+                    )? {
+                        break;
+                    }
+                    let s = &mut self.sources[i];
+                    s.tracker.sent(r.offset, self.epoch);
+                    s.sent += 1;
+                    sent += 1;
+                }
+                self.sources[i].drain = r.offset + 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Offsets `from..to` are gone from the edge log before the drain reached them.
+    fn skip(&mut self, i: usize, from: u64, to: u64) {
+        let s = &mut self.sources[i];
+        let unsent = s.tracker.skip(from, to);
+        s.drain = to;
+        if unsent > 0 && !s.compacted {
+            s.dropped += unsent;
+            error!(
+                topic = %s.topic,
+                partition = s.partition,
+                from,
+                to,
+                records = unsent,
+                dropped_total = s.dropped,
+                "records removed from the edge log before they reached the cloud (disk quota or retention)"
+            );
+        }
+        self.dirty = true;
+    }
+
+    fn replays(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
+        let inbox = self.inbox.clone();
+        let mut queued = inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if !queued.is_empty() {
+            self.jobs.append(&mut queued);
+            self.publish_status(); // before the inbox unlocks: the job is always visible
+        }
+        drop(queued);
+        let limit = (self.cfg.max_in_flight * 9 / 10).max(1);
+        let mut sent = 0;
+        for j in 0..self.jobs.len() {
+            for r in 0..self.jobs[j].ranges.len() {
+                let (p, cursor, end) = self.jobs[j].ranges[r];
+                if cursor >= end || self.in_flight >= limit || self.capped() {
+                    continue;
+                }
+                let room = (limit - self.in_flight).min(5_000);
+                let (id, topic, cloud) = (
+                    self.jobs[j].id,
+                    self.jobs[j].topic.clone(),
+                    self.jobs[j].cloud_topic.clone(),
+                );
+                let recs = self.log.read(&topic, p, cursor, room, 4 << 20)?;
+                if recs.is_empty() {
+                    self.jobs[j].ranges[r].1 = end;
+                }
+                for rec in recs {
+                    if rec.offset >= end {
+                        self.jobs[j].ranges[r].1 = end;
+                        break;
+                    }
+                    if let Sent::Full = self.send(
+                        producer,
+                        &cloud,
+                        Tag::Replay { job: id },
+                        &rec,
+                        (&topic, p),
+                        Some(id),
+                    )? {
+                        break;
+                    }
+                    self.jobs[j].sent += 1;
+                    self.jobs[j].ranges[r].1 = rec.offset + 1;
+                    sent += 1;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    fn reports(&mut self, producer: &KafkaProducer) -> anyhow::Result<()> {
+        let reports = std::mem::take(
+            &mut *producer
+                .context()
+                .reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut failure = None;
+        for rep in reports {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            match (rep.tag, rep.result) {
+                (Tag::Record { src, offset }, Ok((topic, p, o))) => {
+                    let s = &mut self.sources[src];
+                    s.tracker.acked(offset);
+                    s.acked += 1;
+                    let hw = self.acked_hw.entry(key(&topic, p)).or_insert(0);
+                    if o + 1 > *hw {
+                        *hw = o + 1;
+                        self.hw_changed = true;
+                    }
+                    self.counters.last_ack_ms = now_ms();
+                    self.dirty = true;
+                }
+                (Tag::Record { src, offset }, Err(e)) => {
+                    let s = &mut self.sources[src];
+                    if permanent(&e) {
+                        error!(topic = %s.topic, partition = s.partition, offset, error = %e, "the cloud refused a record for good; counted as rejected");
+                        s.rejected += 1;
+                        s.tracker.acked(offset);
+                        self.dirty = true;
+                    } else {
+                        s.tracker.failed(offset);
+                        self.counters.errors += 1;
+                        failure.get_or_insert(e);
+                    }
+                }
+                (Tag::Replay { job }, res) => {
+                    if let Some(j) = self.jobs.iter_mut().find(|j| j.id == job) {
+                        match res {
+                            Ok(_) => j.acked += 1,
+                            Err(_) => j.failed += 1,
+                        }
+                    }
+                }
+                (Tag::Heartbeat, res) => {
+                    self.hb_in_flight = false;
+                    match res {
+                        Ok(_) => self.counters.heartbeats += 1,
+                        Err(e) => debug!(error = %e, "heartbeat not delivered"),
+                    }
+                }
+            }
+        }
+        if self.hw_changed && self.last_epoch.elapsed() >= Duration::from_millis(100) {
+            self.epoch += 1;
+            self.epochs.insert(self.epoch, self.acked_hw.clone());
+            self.hw_changed = false;
+            self.last_epoch = Instant::now();
+        }
+        if let Some(e) = failure {
+            anyhow::bail!("delivery failed: {e}; resending from the checkpoint after reconciling");
+        }
+        Ok(())
+    }
+
+    /// Stats, quota, persistence, status and heartbeat; runs with or without a session.
+    fn housekeeping(&mut self, producer: Option<&KafkaProducer>) {
+        let now = now_ms();
+        let check_age = self.next_hb <= Instant::now() || producer.is_none();
+        for s in &mut self.sources {
+            match self.log.partition(&s.topic, s.partition) {
+                Ok(info) => s.info = info,
+                Err(e) => {
+                    warn!(topic = %s.topic, partition = s.partition, error = %e, "reading partition stats")
+                }
+            }
+            let cp = s.tracker.checkpoint();
+            if check_age {
+                s.oldest_age_ms = match self.log.read(&s.topic, s.partition, cp, 1, usize::MAX) {
+                    Ok(r) => r.first().map_or(0, |r| (now - r.timestamp_ms).max(0) as u64),
+                    Err(_) => s.oldest_age_ms,
+                };
+            }
+            if producer.is_some()
+                && s.live.is_none()
+                && s.info.next_offset.saturating_sub(s.drain) > self.cfg.live_first_threshold
+            {
+                info!(topic = %s.topic, partition = s.partition, backlog = s.info.next_offset - s.drain, "backlog: live-first mode on");
+                s.live = Some(Live {
+                    tail: s.info.next_offset,
+                    region_end: s.info.next_offset,
+                    scan: s.drain,
+                    scanned: false,
+                    backlog: HashMap::new(),
+                });
+            }
+        }
+        self.enforce_quota();
+        if self.dirty {
+            self.persist();
+        }
+        if let Some(p) = producer {
+            if !self.hb_in_flight && self.next_hb <= Instant::now() {
+                self.heartbeat(p);
+            }
+        }
+        self.publish_status();
+    }
+
+    /// Unforwarded bytes still on disk, estimated from the partition's average record size.
+    fn unforwarded(s: &Source) -> (u64, u64) {
+        let from = s.tracker.checkpoint().max(s.info.first_offset);
+        let records = s.info.next_offset.saturating_sub(from);
+        let bytes = if s.info.records == 0 {
+            0
+        } else {
+            (s.info.bytes as u128 * records.min(s.info.records) as u128 / s.info.records as u128) as u64
+        };
+        (records, bytes)
+    }
+
+    fn enforce_quota(&mut self) {
+        let Some(quota) = self.cfg.backlog_quota_bytes else {
+            return;
+        };
+        for _ in 0..8 {
+            let per: Vec<u64> = self
+                .sources
+                .iter()
+                .map(|s| if s.compacted { 0 } else { Self::unforwarded(s).1 })
+                .collect();
+            let total: u64 = per.iter().sum();
+            if total <= quota {
+                return;
+            }
+            let Some((i, _)) = per.iter().enumerate().max_by_key(|(_, b)| **b) else {
+                return;
+            };
+            let s = &self.sources[i];
+            let avg = (s.info.bytes / s.info.records.max(1)).max(1);
+            let n = (total - quota).div_ceil(avg);
+            let below = s.tracker.checkpoint().max(s.info.first_offset) + n;
+            match self.log.truncate(&s.topic, s.partition, below) {
+                Ok(0) => return, // only a chunk straddling the limit is left
+                Ok(removed) => {
+                    warn!(topic = %s.topic, partition = s.partition, removed, quota, "backlog over the disk quota: oldest records removed");
+                }
+                Err(e) => {
+                    warn!(error = %e, "enforcing the backlog quota");
+                    return;
+                }
+            }
+            let s = &mut self.sources[i];
+            if let Ok(info) = self.log.partition(&s.topic, s.partition) {
+                s.info = info;
+            }
+        }
+    }
+
+    fn persist(&mut self) {
+        for s in &self.sources {
+            self.state.sources.insert(
+                key(&s.topic, s.partition),
+                SourceState {
+                    checkpoint: s.tracker.checkpoint(),
+                    dropped: s.dropped,
+                    rejected: s.rejected,
+                },
+            );
+        }
+        if !self.epochs.is_empty() {
+            let min = self.sources.iter().filter_map(|s| s.tracker.min_epoch()).min();
+            let snapshot = match min {
+                Some(e) => self.epochs.range(..=e).next_back().map(|(_, v)| v.clone()),
+                None => Some(self.acked_hw.clone()),
+            };
+            if let Some(snap) = snapshot {
+                for (k, v) in snap {
+                    self.state.scan_from.insert(k, v);
+                }
+            }
+            if let Some(e) = min {
+                // Older snapshots can never be needed again.
+                self.epochs = self.epochs.split_off(&e);
+            }
+        }
+        match self.log.save_state(&self.state.encode()) {
+            Ok(()) => self.dirty = false,
+            Err(e) => warn!(error = %e, "saving the bridge checkpoints"),
+        }
+    }
+
+    fn heartbeat(&mut self, producer: &KafkaProducer) {
+        self.next_hb = Instant::now() + Duration::from_millis(self.cfg.heartbeat_interval_ms);
+        let status = self.snapshot();
+        let body = serde_json::json!({
+            "gateway_id": self.gateway_id,
+            "timestamp_ms": now_ms(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "versions": self.versions.iter().cloned().collect::<BTreeMap<_, _>>(),
+            "last_ack_ms": status.last_ack_ms,
+            "partitions": status.sources.iter().map(|s| serde_json::json!({
+                "topic": s.topic,
+                "partition": s.partition,
+                "checkpoint": s.checkpoint,
+                "backlog_records": s.backlog_records,
+                "backlog_bytes": s.backlog_bytes,
+                "oldest_age_ms": s.oldest_age_ms,
+                "dropped": s.dropped,
+                "rejected": s.rejected,
+            })).collect::<Vec<_>>(),
+        });
+        let payload = body.to_string();
+        let rec = BaseRecord::with_opaque_to(&self.cfg.heartbeat_topic, Box::new(Tag::Heartbeat))
+            .key(self.gateway_id.as_str())
+            .payload(payload.as_str());
+        if producer.send(rec).is_ok() {
+            self.in_flight += 1;
+            self.hb_in_flight = true;
+        }
+    }
+
+    fn snapshot(&self) -> Status {
+        let mut st = Status {
+            gateway_id: self.gateway_id.clone(),
+            bootstrap: self.cfg.bootstrap.clone(),
+            connected: self.session_up
+                && (self.in_flight == 0 || now_ms() - self.counters.last_ack_ms < 10_000),
+            ..self.counters.clone()
+        };
+        st.sources = self
+            .sources
+            .iter()
+            .map(|s| {
+                let (records, bytes) = Self::unforwarded(s);
+                SourceStatus {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    cloud_topic: s.cloud_topic.clone(),
+                    checkpoint: s.tracker.checkpoint(),
+                    next_offset: s.info.next_offset,
+                    backlog_records: records,
+                    backlog_bytes: bytes,
+                    oldest_age_ms: if records == 0 { 0 } else { s.oldest_age_ms },
+                    dropped: s.dropped,
+                    rejected: s.rejected,
+                    sent: s.sent,
+                    acked: s.acked,
+                    live_first: s.live.is_some(),
+                }
+            })
+            .collect();
+        st.replays = self.jobs.iter().map(Job::status).collect();
+        st.scan_from = self.state.scan_from.clone();
+        st
+    }
+
+    fn publish_status(&mut self) {
+        let st = self.snapshot();
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = st;
+        // Finished jobs stay visible for a while, then go.
+        self.jobs
+            .retain(|j| !(j.status().done && j.started.elapsed() > Duration::from_secs(3600)));
+    }
+}
+
+/// Errors no retry can fix: the record is counted as rejected.
+fn permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+        )
+    )
+}

@@ -1,0 +1,66 @@
+//! What the bridge needs from the edge log. The edge agent implements [`EdgeLog`] over its
+//! redb store (the bridge cannot depend on the agent: the agent hosts the bridge).
+
+/// A record read from the edge log, as the cloud will receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRecord {
+    /// Offset in its edge partition.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch (becomes the cloud record's timestamp).
+    pub timestamp_ms: i64,
+    /// Key (the device id for telemetry and device status).
+    pub key: Option<Vec<u8>>,
+    /// Value, forwarded unchanged.
+    pub value: Vec<u8>,
+    /// Headers: the edge record's own plus any the log adds (e.g. the reading's boot and seq).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Where an edge partition stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgePartition {
+    /// Lowest offset still stored (equals `next_offset` when empty).
+    pub first_offset: u64,
+    /// Offset the next record will get.
+    pub next_offset: u64,
+    /// Records stored.
+    pub records: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+/// An edge topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeTopic {
+    /// Name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: u32,
+    /// Compacted topics lose superseded records by design: gaps there are not drops.
+    pub compacted: bool,
+}
+
+/// The edge log as the bridge uses it. Implementations are internally synchronised.
+pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
+    /// All topics.
+    fn topics(&self) -> anyhow::Result<Vec<EdgeTopic>>;
+    /// Up to `max_records` records from the first stored offset `>= from`, stopping near
+    /// `max_bytes` of values (at least one record when any exists).
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<EdgeRecord>>;
+    /// Offsets and size of a partition.
+    fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition>;
+    /// Removes whole chunks whose records all lie below `below` (the disk quota); returns
+    /// records removed.
+    fn truncate(&self, topic: &str, partition: u32, below: u64) -> anyhow::Result<u64>;
+    /// The bridge's persisted state (checkpoints, cloud scan offsets, drop counts).
+    fn load_state(&self) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Stores the bridge's state durably.
+    fn save_state(&self, state: &[u8]) -> anyhow::Result<()>;
+}

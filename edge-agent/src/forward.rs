@@ -1,0 +1,89 @@
+//! The edge log as the bridge sees it ([`bridge::EdgeLog`] over a [`LogStore`]).
+//!
+//! Telemetry records get two more headers on the way out, `boot` and `seq` (decimal), read
+//! from the stored reading, so a cloud consumer can check a device's sequence without
+//! decoding values.
+
+use std::sync::Arc;
+
+use bridge::{EdgeLog, EdgePartition, EdgeRecord, EdgeTopic};
+use firmware::wire::ReadingRecord;
+
+use crate::config::TELEMETRY;
+use crate::log::LogStore;
+
+/// Meta key of the bridge's state.
+const STATE_KEY: &str = "bridge.state";
+
+/// Adapter from the agent's log store to the bridge.
+#[derive(Debug)]
+pub struct Forwarded(pub Arc<dyn LogStore>);
+
+impl EdgeLog for Forwarded {
+    fn topics(&self) -> anyhow::Result<Vec<EdgeTopic>> {
+        Ok(self
+            .0
+            .topics()?
+            .into_iter()
+            .map(|t| EdgeTopic {
+                name: t.name,
+                partitions: t.partitions,
+                compacted: t.compact,
+            })
+            .collect())
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<EdgeRecord>> {
+        let telemetry = topic == TELEMETRY;
+        Ok(self
+            .0
+            .read(topic, partition, from, max_records, max_bytes)?
+            .into_iter()
+            .map(|r| {
+                let mut headers = r.headers;
+                if telemetry {
+                    if let Ok(rec) = firmware::wire::decode::<ReadingRecord>(&r.value) {
+                        headers.push(("boot".into(), rec.boot_id.to_string().into_bytes()));
+                        headers.push(("seq".into(), rec.seq.to_string().into_bytes()));
+                    }
+                }
+                EdgeRecord {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key,
+                    value: r.value,
+                    headers,
+                }
+            })
+            .collect())
+    }
+
+    fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition> {
+        let s = self.0.partition_stats(topic, partition)?;
+        Ok(EdgePartition {
+            first_offset: s.first_offset,
+            next_offset: s.next_offset,
+            records: s.records,
+            bytes: s.bytes,
+        })
+    }
+
+    fn truncate(&self, topic: &str, partition: u32, below: u64) -> anyhow::Result<u64> {
+        Ok(self.0.truncate(topic, partition, below)?.records)
+    }
+
+    fn load_state(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.0.meta(STATE_KEY)?)
+    }
+
+    fn save_state(&self, state: &[u8]) -> anyhow::Result<()> {
+        Ok(self.0.set_meta(STATE_KEY, state)?)
+    }
+}
