@@ -14,12 +14,14 @@
 //! - [`batch`] — record batches as opaque bytes: header parsing, CRC, offset rewrite.
 //! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
 //! - [`errors`] — Kafka error codes.
+//! - [`cli`] — the command line (`cloud-broker run`).
 //! - [`alloc`] — the global allocator that keeps hostile array counts from aborting the process.
 #![warn(missing_docs)]
 
 pub mod alloc;
 pub mod api;
 pub mod batch;
+pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod protocol;

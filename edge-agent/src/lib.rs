@@ -13,6 +13,7 @@
 //! - [`ingest`] — decode, validate, dedup, group commit, then ack (sans-I/O besides the store).
 //! - [`agent`] — `edge-agent run`: threads, housekeeping, graceful shutdown.
 //! - [`forward`] — the log as the hosted bridge (the `bridge` crate) reads it.
+//! - [`cli`] — the command line (`run`, `replay`, `log stats`, `log tail`).
 //! - [`admin`] — the admin HTTP API; [`metrics`] its counters; [`devices`] the device registry;
 //!   [`render`] records as JSON.
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@
 pub mod admin;
 pub mod agent;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod forward;

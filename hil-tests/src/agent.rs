@@ -12,6 +12,10 @@ use anyhow::Context;
 #[derive(Debug)]
 pub struct EdgeAgent {
     bin: PathBuf,
+    /// Arguments before `run` (e.g. `edge-agent` for the multi-call `demo` binary).
+    pre_args: Vec<String>,
+    /// Arguments after the standard ones (e.g. `--cloud HOST:PORT`).
+    extra_args: Vec<String>,
     child: Option<Child>,
     /// Data directory.
     pub data_dir: PathBuf,
@@ -34,8 +38,22 @@ impl EdgeAgent {
 
     /// Starts the agent on the given data dir and ports (a restart after a crash).
     pub fn start_with(bin: &Path, data_dir: &Path, mqtt_port: u16, admin_port: u16) -> anyhow::Result<Self> {
+        Self::launch(bin, &[], data_dir, mqtt_port, admin_port, &[])
+    }
+
+    /// Starts `bin <pre_args> run --data-dir .. --mqtt-listen .. --admin-listen .. <extra_args>`.
+    pub fn launch(
+        bin: &Path,
+        pre_args: &[&str],
+        data_dir: &Path,
+        mqtt_port: u16,
+        admin_port: u16,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut a = EdgeAgent {
             bin: bin.to_path_buf(),
+            pre_args: pre_args.iter().map(|s| s.to_string()).collect(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             data_dir: data_dir.to_path_buf(),
             mqtt_port,
@@ -47,6 +65,7 @@ impl EdgeAgent {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new(&self.bin)
+            .args(&self.pre_args)
             .arg("run")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -54,6 +73,7 @@ impl EdgeAgent {
             .arg(format!("127.0.0.1:{}", self.mqtt_port))
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", self.admin_port))
+            .args(&self.extra_args)
             .env("EDGE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -74,6 +94,13 @@ impl EdgeAgent {
     /// `127.0.0.1:<mqtt port>`.
     pub fn mqtt_addr(&self) -> String {
         format!("127.0.0.1:{}", self.mqtt_port)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// kill -9, as a crash or power cut would.

@@ -4,6 +4,7 @@
 //! - [`sim`] — `device-sim`'s engine: many virtual devices, each running the real firmware
 //!   library ([`firmware::mqtt::Uplink`] through its async driver) over a tokio TCP socket.
 //! - [`agent`] — runs the edge agent binary as a process (start, kill -9, SIGTERM, metrics).
+//! - [`cloud`] — runs the cloud broker as a process (start, stop, kill -9, restart).
 //! - [`acker`] — a stand-in for the gateway's Ack path until the edge agent exists: subscribes
 //!   to `sensors/+` (rumqttc), applies [`firmware::receiver::Stream`] per device boot, and
 //!   publishes cumulative Acks. It never stores anything, so its Ack means "received", not
@@ -15,6 +16,7 @@
 
 pub mod acker;
 pub mod agent;
+pub mod cloud;
 pub mod mosquitto;
 pub mod proxy;
 pub mod qemu;

@@ -1,0 +1,401 @@
+//! The `edge-agent` command line (the binary is a one-line wrapper; the `demo` binary runs
+//! it as a subcommand of itself).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::agent;
+use crate::config::Config;
+use crate::log::redb_store::RedbLog;
+use crate::log::{LogError, LogStore};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// The gateway: devices publish readings over MQTT; every reading lands in a durable,
+/// partitioned log on disk, and only then is the device told it may forget it.
+#[derive(Debug, Parser)]
+#[command(name = "edge-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the agent (MQTT broker, ingest, admin HTTP) until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Re-send a range of the log to the cloud through the running agent's bridge; the
+    /// records carry a `replay` header. Shows progress (rate, ETA) until the cloud has it all.
+    Replay(ReplayArgs),
+    /// Inspect the log, of a stopped agent (its data dir) or a running one (its admin API).
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Configuration file (TOML). Without one, embedded defaults apply.
+    #[arg(long, env = "EDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (log and gateway id) [default: ./data/edge].
+    #[arg(long, env = "EDGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Admin HTTP address [default: 127.0.0.1:8081].
+    #[arg(long, env = "EDGE_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// MQTT listen address [default: 127.0.0.1:1883].
+    #[arg(long, env = "EDGE_MQTT_LISTEN")]
+    mqtt_listen: Option<std::net::SocketAddr>,
+    /// Gateway id [default: generated once, kept in the data dir].
+    #[arg(long, env = "EDGE_GATEWAY_ID")]
+    gateway_id: Option<String>,
+    /// Partitions of the telemetry topic (fixed when the log is created) [default: 6].
+    #[arg(long, env = "EDGE_TELEMETRY_PARTITIONS")]
+    telemetry_partitions: Option<u32>,
+    /// Forward the log to this Kafka-compatible cloud (bootstrap `HOST:PORT[,HOST:PORT]`):
+    /// enables the bridge with defaults, or overrides `[bridge] bootstrap`.
+    #[arg(long, env = "EDGE_CLOUD")]
+    cloud: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("start").required(true).args(["from_offset", "since"])))]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Edge topic (telemetry, device-status, dead-letter).
+    #[arg(long)]
+    topic: String,
+    /// One partition [default: all].
+    #[arg(long)]
+    partition: Option<u32>,
+    /// From this offset to the current end.
+    #[arg(long)]
+    from_offset: Option<u64>,
+    /// From records this old to the current end: `90s`, `15m`, `2h`, `3d`.
+    #[arg(long, value_parser = parse_duration_ms)]
+    since: Option<u64>,
+    /// Return once queued instead of following progress.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// `90s`, `15m`, `2h`, `3d`, `500ms` or plain seconds → milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 90s, 15m, 2h, 3d)"))?;
+    let mult = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("duration {s:?} too large"))
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCmd {
+    /// Topics, partitions, offsets and sizes.
+    Stats {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records of one partition, decoded to readable JSON (one per line).
+    Tail {
+        #[command(flatten)]
+        common: Common,
+        /// Topic (telemetry, device-status, dead-letter).
+        #[arg(long)]
+        topic: String,
+        /// Partition.
+        #[arg(long, default_value_t = 0)]
+        partition: u32,
+        /// First offset (the first stored one at or after it).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most records.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print compact JSON (one object per line) instead of pretty JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load(common: &Common) -> anyhow::Result<Config> {
+    let mut cfg = match &common.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &common.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(a) = common.admin_listen {
+        cfg.admin.listen = a;
+    }
+    Ok(cfg)
+}
+
+/// Parses `args` (the first is the program name) and runs the command.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = Cli::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run(a) => {
+            let mut cfg = load(&a.common)?;
+            if let Some(m) = a.mqtt_listen {
+                cfg.mqtt.listen = m;
+            }
+            if a.gateway_id.is_some() {
+                cfg.gateway_id = a.gateway_id;
+            }
+            if let Some(p) = a.telemetry_partitions {
+                cfg.topics.entry("telemetry".into()).or_default().partitions = Some(p);
+            }
+            if let Some(c) = a.cloud {
+                cfg.bridge.get_or_insert_with(Default::default).bootstrap = c;
+            }
+            cfg.validate()?;
+            agent::run(cfg)
+        }
+        Cmd::Replay(a) => replay(a),
+        Cmd::Log {
+            cmd: LogCmd::Stats { common, json },
+        } => {
+            let cfg = load(&common)?;
+            let v = match open_local(&cfg)? {
+                Some(store) => crate::admin::log_json(&store)?,
+                None => http_get_json(cfg.admin.listen, "/api/log")?,
+            };
+            if json {
+                println!("{v}");
+            } else {
+                print_stats(&v);
+            }
+            Ok(())
+        }
+        Cmd::Log {
+            cmd:
+                LogCmd::Tail {
+                    common,
+                    topic,
+                    partition,
+                    from,
+                    limit,
+                    json,
+                },
+        } => {
+            let cfg = load(&common)?;
+            let rows: Vec<serde_json::Value> = match open_local(&cfg)? {
+                Some(store) => store
+                    .read(&topic, partition, from, limit, usize::MAX)?
+                    .iter()
+                    .map(|r| crate::render::record(&topic, r))
+                    .collect(),
+                None => {
+                    let path = format!(
+                        "/api/log/records?topic={topic}&partition={partition}&from={from}&limit={limit}"
+                    );
+                    serde_json::from_value(http_get_json(cfg.admin.listen, &path)?)?
+                }
+            };
+            for r in rows {
+                if json {
+                    println!("{r}");
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The data dir's log if no running agent holds it; `None` if one does (use its admin API).
+fn open_local(cfg: &Config) -> anyhow::Result<Option<RedbLog>> {
+    let path = agent::log_path(&cfg.data_dir);
+    if !path.exists() {
+        anyhow::bail!("no log at {} (wrong --data-dir?)", path.display());
+    }
+    match RedbLog::open(&path) {
+        Ok(s) => Ok(Some(s)),
+        Err(LogError::Storage(msg)) if msg.contains("another process") => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+fn print_stats(v: &serde_json::Value) {
+    println!(
+        "{:<16} {:>4} {:>14} {:>14} {:>12} {:>14}",
+        "topic", "part", "first_offset", "next_offset", "records", "bytes"
+    );
+    for t in v["topics"].as_array().into_iter().flatten() {
+        for p in t["partitions"].as_array().into_iter().flatten() {
+            println!(
+                "{:<16} {:>4} {:>14} {:>14} {:>12} {:>14}",
+                t["name"].as_str().unwrap_or("?"),
+                p["partition"],
+                p["first_offset"],
+                p["next_offset"],
+                p["records"],
+                p["bytes"]
+            );
+        }
+    }
+}
+
+fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let cfg = load(&a.common)?;
+    let mut path = format!("/api/replay?topic={}", a.topic);
+    if let Some(p) = a.partition {
+        path += &format!("&partition={p}");
+    }
+    match (a.from_offset, a.since) {
+        (Some(o), _) => path += &format!("&from_offset={o}"),
+        (None, Some(ms)) => path += &format!("&since_ms={ms}"),
+        (None, None) => unreachable!("clap requires one"),
+    }
+    let st = http_json(cfg.admin.listen, "POST", &path)
+        .context("replay goes through the running agent's bridge")?;
+    let id = st["id"].as_u64().context("no job id in the agent's answer")?;
+    eprintln!("replay job {id}: {} records of {} queued", st["total"], a.topic);
+    if a.no_wait {
+        return Ok(());
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    loop {
+        let st = http_json(cfg.admin.listen, "GET", &format!("/api/replay/{id}"))?;
+        let (total, acked, failed) = (
+            st["total"].as_u64().unwrap_or(0),
+            st["acked"].as_u64().unwrap_or(0),
+            st["failed"].as_u64().unwrap_or(0),
+        );
+        let elapsed = st["elapsed_s"].as_f64().unwrap_or(0.0).max(0.001);
+        let rate = acked as f64 / elapsed;
+        let eta = if rate > 0.0 {
+            total.saturating_sub(acked) as f64 / rate
+        } else {
+            f64::INFINITY
+        };
+        let done = st["done"].as_bool().unwrap_or(false);
+        let frac = if total == 0 {
+            1.0
+        } else {
+            acked as f64 / total as f64
+        };
+        if tty {
+            let width = 30;
+            let filled = ((frac * width as f64) as usize).min(width);
+            eprint!(
+                "\r[{}{}] {:>5.1}% {acked}/{total} {rate:>9.0} rec/s ETA {}   ",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                frac * 100.0,
+                if eta.is_finite() {
+                    format!("{eta:.0}s")
+                } else {
+                    "?".into()
+                }
+            );
+            let _ = std::io::stderr().flush();
+        } else if done || last_line.elapsed() >= std::time::Duration::from_secs(2) {
+            last_line = std::time::Instant::now();
+            eprintln!(
+                "replay {id}: {acked}/{total} acknowledged ({:.1}%), {rate:.0} records/s",
+                frac * 100.0
+            );
+        }
+        if done {
+            if tty {
+                eprintln!();
+            }
+            anyhow::ensure!(failed == 0, "replay {id}: {failed} records failed");
+            println!("replay {id}: {acked} records re-sent and acknowledged in {elapsed:.1} s");
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// A GET against the running agent's admin API (plain HTTP/1.1 on loopback).
+fn http_get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    http_json(addr, "GET", path)
+}
+
+/// A request without a body against the running agent's admin API.
+fn http_json(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("no agent answers on {addr} (pass --admin-listen)"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    anyhow::ensure!(
+        status == "200",
+        "admin API {path}: HTTP {status}: {}",
+        body.trim()
+    );
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("bad chunk")?;
+        let n = usize::from_str_radix(size.trim(), 16)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..n).context("short chunk")?);
+        body = rest.get(n + 2..).context("short chunk")?;
+    }
+}
