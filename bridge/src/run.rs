@@ -110,6 +110,19 @@ impl ClientContext for Ctx {
     }
 }
 
+/// librdkafka's own error callbacks, at debug level: the bridge reports outages itself
+/// (status, metrics, one warning per failed session), not once per broker connection attempt.
+#[derive(Debug, Default)]
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(%error, reason, "librdkafka");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 impl ProducerContext for Ctx {
     type DeliveryOpaque = Box<Tag>;
 
@@ -600,12 +613,12 @@ impl Engine {
 
     /// Reads the cloud tail for this gateway's records beyond the checkpoints.
     fn reconcile(&mut self) -> anyhow::Result<()> {
-        let consumer: BaseConsumer = self
+        let consumer: BaseConsumer<Quiet> = self
             .client_config()
             .set("group.id", format!("edge-bridge-reconcile-{}", self.gateway_id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .create()
+            .create_with_context(Quiet)
             .context("creating the reconcile consumer")?;
         let timeout = Duration::from_secs(10);
         let mut cloud_topics: Vec<&str> = self.sources.iter().map(|s| s.cloud_topic.as_str()).collect();
