@@ -302,7 +302,8 @@ fn assert_fleet_lossless(r: &sim::Report) {
 fn uplink_cut_for_60_s_then_everything_arrives_once_in_order() {
     let dir = tempdir("cut");
     let cloud = Cloud::start(&dir);
-    let agent = agent(&dir, &cloud, None);
+    // A low live-first threshold: the backlog after the cut drains with live-first scheduling.
+    let agent = agent(&dir, &cloud, Some("[bridge]\nlive_first_threshold = 500\n"));
     // 20 devices × 20 readings/s for 80 s; the uplink is down from ~10 s to ~70 s.
     let fleet = fleet(&agent, "cut-", 20, 20.0, 1_600);
     wait::until(
@@ -384,8 +385,12 @@ fn cloud_broker_stopped_for_60_s_then_everything_arrives_once_in_order() {
 fn kill_9_during_a_backlog_drain_then_exactly_once_and_replay_is_marked() {
     let dir = tempdir("kill");
     let cloud = Cloud::start(&dir);
-    // A slow drain (bandwidth cap) so the kills land mid-drain.
-    let mut agent = agent(&dir, &cloud, Some("[bridge]\nmax_bytes_per_sec = 400000\n"));
+    // A slow drain (bandwidth cap) so the kills land mid-drain; live-first scheduling on.
+    let mut agent = agent(
+        &dir,
+        &cloud,
+        Some("[bridge]\nmax_bytes_per_sec = 400000\nlive_first_threshold = 1000\n"),
+    );
     cloud.link(false);
     let report = fleet(&agent, "kill-", 10, 1_000.0, 4_000).join().unwrap();
     assert_fleet_lossless(&report);
@@ -396,6 +401,8 @@ fn kill_9_during_a_backlog_drain_then_exactly_once_and_replay_is_marked() {
     )
     .unwrap();
     cloud.link(true);
+    // Other devices publish live throughout the drain and the kills.
+    let live = fleet(&agent, "live-", 4, 50.0, 1_000);
     for round in 0..3 {
         let before = telemetry(&bridge_status(&agent))
             .values()
@@ -415,9 +422,11 @@ fn kill_9_during_a_backlog_drain_then_exactly_once_and_replay_is_marked() {
         );
         agent.restart().unwrap();
     }
+    let live = live.join().unwrap();
+    assert_fleet_lossless(&live);
     wait_drained(&agent, Duration::from_secs(180));
     let n = assert_exactly_once_in_order(&agent, &cloud);
-    assert_eq!(n, 40_000);
+    assert_eq!(n, 40_000 + live.acked());
 
     // Replay a range of one partition: it arrives again, marked, and nothing else repeats.
     let (p, next) = telemetry(&bridge_status(&agent))
@@ -462,7 +471,7 @@ fn kill_9_during_a_backlog_drain_then_exactly_once_and_replay_is_marked() {
         (from..next).collect::<Vec<_>>(),
         "the replayed range, in order, once"
     );
-    assert_eq!(assert_exactly_once_in_order(&agent, &cloud), 40_000);
+    assert_eq!(assert_exactly_once_in_order(&agent, &cloud), 40_000 + live.acked());
 }
 
 #[test]

@@ -1,0 +1,413 @@
+//! `bridge-bench`: the issue-5 benchmark. How fast the bridge drains an offline backlog into
+//! the cloud broker, against the cloud broker's own produce ceiling measured in the same run,
+//! and what live data sees meanwhile.
+//!
+//! # Phases
+//! 1. **Ceiling**: `cloud-bench --system kafka` (the issue-4 benchmark, a subprocess) measures
+//!    the cloud broker's peak produce rate with rdkafka: 100-byte records, acks=all, idempotent.
+//! 2. **Backlog**: `--records` telemetry records of `--devices` devices (`bl-<n>`, real
+//!    [`ReadingRecord`] values keyed by device id, partitioned with the agent's murmur2
+//!    partitioner) are written straight into a fresh edge log with the agent's own redb store,
+//!    as if the uplink had been down while the devices published. (Writing them through MQTT
+//!    would only measure ingest again.)
+//! 3. **Drain**: a fresh cloud broker and the edge agent with its bridge start (release
+//!    binaries, through the multi-call `demo`); at the same moment `--live-devices` simulated
+//!    devices (`live-<n>`, the firmware library through `device-sim`'s engine, one reading
+//!    per publish) start publishing `--live-rate` readings/s each. A Kafka consumer (rdkafka)
+//!    reads the cloud topic from the start. The drain rate is backlog records / time from the
+//!    agent's start until the consumer has seen all of them. Live latency is from a reading's
+//!    sampling on the device to the consumer seeing it.
+//! 4. **Live only**: `--settle` seconds more with no backlog: live latency without a drain.
+//!
+//! Run: `cargo build --release && ./target/release/bridge-bench` (prints a table, or `--json`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use edge_agent::config::{Config, TELEMETRY};
+use edge_agent::log::redb_store::RedbLog;
+use edge_agent::log::{Append, LogStore, NewRecord, PartitionAppend};
+use firmware::wire::{Reading, ReadingRecord};
+use hil_tests::sim::{self, SimConfig};
+use hil_tests::{free_port, wait};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+/// Bridge backlog drain and live latency against the cloud broker's produce ceiling (issue 5).
+#[derive(Debug, Parser)]
+#[command(name = "bridge-bench")]
+struct Cli {
+    /// Backlog records.
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    /// Devices the backlog belongs to.
+    #[arg(long, default_value_t = 1_000)]
+    devices: u64,
+    /// Live devices publishing during and after the drain.
+    #[arg(long, default_value_t = 20)]
+    live_devices: usize,
+    /// Readings per second per live device.
+    #[arg(long, default_value_t = 10.0)]
+    live_rate: f64,
+    /// Seconds of live traffic after the drain (latency without a backlog).
+    #[arg(long, default_value_t = 15)]
+    settle: u64,
+    /// The multi-call binary (`demo cloud-broker`, `demo edge-agent`).
+    #[arg(long, default_value = "target/release/demo")]
+    demo_bin: PathBuf,
+    /// The issue-4 benchmark binary, for the ceiling.
+    #[arg(long, default_value = "target/release/cloud-bench")]
+    cloud_bench: PathBuf,
+    /// The cloud broker binary cloud-bench drives.
+    #[arg(long, default_value = "target/release/cloud-broker")]
+    broker_bin: PathBuf,
+    /// Skip phase 1 (no ratio is printed).
+    #[arg(long)]
+    skip_ceiling: bool,
+    /// Where the data directories go [default: the system temp dir].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = cli
+        .dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("bridge-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let result = run(&cli, &root);
+    let _ = std::fs::remove_dir_all(&root);
+    let report = result?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
+    let ceiling = if cli.skip_ceiling {
+        None
+    } else {
+        eprintln!("phase 1: the cloud broker's produce ceiling (cloud-bench --system kafka)");
+        let out = Command::new(&cli.cloud_bench)
+            .args(["--system", "kafka", "--seconds", "10", "--latency-seconds", "2", "--json"])
+            .arg("--broker-bin")
+            .arg(&cli.broker_bin)
+            .arg("--dir")
+            .arg(root)
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", cli.cloud_bench.display()))?;
+        anyhow::ensure!(out.status.success(), "cloud-bench failed");
+        let v: Value = serde_json::from_slice(&out.stdout).context("cloud-bench output")?;
+        Some(
+            v["systems"]["cloud-broker"]["produce_peak"]["records_per_s"]
+                .as_f64()
+                .context("no produce_peak in cloud-bench's output")?,
+        )
+    };
+
+    eprintln!("phase 2: writing a {}-record backlog into a fresh edge log", cli.records);
+    let edge_dir = root.join("edge");
+    std::fs::create_dir_all(&edge_dir)?;
+    let t = Instant::now();
+    let (backlog_bytes, partitions) = write_backlog(&edge_dir.join("log.redb"), cli.records, cli.devices)?;
+    eprintln!(
+        "  {} records, {:.0} MB stored, in {:.1} s",
+        cli.records,
+        backlog_bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+
+    eprintln!("phase 3: drain with live traffic");
+    let kafka = free_port();
+    let _broker = Proc(
+        Command::new(&cli.demo_bin)
+            .args(["cloud-broker", "run", "--kafka-listen", &format!("127.0.0.1:{kafka}")])
+            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(root.join("cloud"))
+            .env("CLOUD_LOG", "warn")
+            .spawn()
+            .with_context(|| format!("starting {}", cli.demo_bin.display()))?,
+    );
+    wait::until(Duration::from_secs(20), "the cloud broker", || {
+        std::net::TcpStream::connect(("127.0.0.1", kafka)).ok()
+    })?;
+    let (mqtt, admin) = (free_port(), free_port());
+    let started = Instant::now();
+    let _agent = Proc(
+        Command::new(&cli.demo_bin)
+            .args(["edge-agent", "run", "--data-dir"])
+            .arg(&edge_dir)
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--cloud", &format!("127.0.0.1:{kafka}"), "--gateway-id", "bench-gw"])
+            .env("EDGE_LOG", "warn")
+            .spawn()?,
+    );
+    wait::until(Duration::from_secs(30), "the edge agent", || {
+        hil_tests::agent::http_get(admin, "/health").ok().filter(|(c, _)| *c == 200)
+    })?;
+
+    // The consumer: everything in the cloud's telemetry topic from the start.
+    let seen_backlog = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drained_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let latencies: Arc<Mutex<(Vec<u32>, Vec<u32>)>> = Arc::default();
+    let consumer = {
+        let (seen, stop, drained_at, lat) = (seen_backlog.clone(), stop.clone(), drained_at.clone(), latencies.clone());
+        let (total, bootstrap) = (cli.records, format!("127.0.0.1:{kafka}"));
+        std::thread::spawn(move || consume(&bootstrap, partitions, total, &seen, &stop, &drained_at, &lat))
+    };
+
+    let live = {
+        let cfg = SimConfig {
+            broker: format!("127.0.0.1:{mqtt}"),
+            devices: cli.live_devices,
+            rate: cli.live_rate,
+            batch: 1,
+            duration: Some(Duration::from_secs(3_600)),
+            id_prefix: "live-".into(),
+            resend_timeout_ms: 2_000,
+            keep_alive_s: 10,
+            ..SimConfig::default()
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let handle = rt.spawn(sim::run(cfg));
+        (rt, handle)
+    };
+
+    let mut last_print = Instant::now();
+    let drain_secs = loop {
+        if let Some(at) = *drained_at.lock().unwrap_or_else(|e| e.into_inner()) {
+            break at.duration_since(started).as_secs_f64();
+        }
+        if started.elapsed() > Duration::from_secs(1_800) {
+            bail!("the drain did not finish in 30 minutes");
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            let n = seen_backlog.load(Ordering::Relaxed);
+            eprintln!(
+                "  {:>5.0} s: {n} backlog records in the cloud ({:.0}/s)",
+                started.elapsed().as_secs_f64(),
+                n as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("  drained in {drain_secs:.1} s; phase 4: {} s of live traffic alone", cli.settle);
+    std::thread::sleep(Duration::from_secs(cli.settle));
+    stop.store(true, Ordering::SeqCst);
+    consumer.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    live.1.abort();
+    drop(live);
+
+    let (during, after) = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    let pct = |v: &[u32], q: f64| -> Option<u32> {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize])
+    };
+    let rate = cli.records as f64 / drain_secs;
+    Ok(json!({
+        "settings": {
+            "records": cli.records, "devices": cli.devices, "live_devices": cli.live_devices,
+            "live_rate": cli.live_rate, "settle_s": cli.settle,
+            "backlog_stored_bytes": backlog_bytes,
+        },
+        "ceiling_records_per_s": ceiling.map(f64::round),
+        "drain": { "seconds": drain_secs, "records_per_s": rate.round() },
+        "drain_fraction_of_ceiling": ceiling.map(|c| rate / c),
+        "live_during_drain": {
+            "count": during.len(), "p50_ms": pct(&during, 0.5), "p99_ms": pct(&during, 0.99),
+            "max_ms": pct(&during, 1.0),
+        },
+        "live_without_backlog": {
+            "count": after.len(), "p50_ms": pct(&after, 0.5), "p99_ms": pct(&after, 0.99),
+            "max_ms": pct(&after, 1.0),
+        },
+        "targets": {
+            "drain_at_least_70pct": ceiling.map(|c| rate / c >= 0.7),
+            "live_p99_during_drain_le_1s": pct(&during, 0.99).map(|p| p <= 1_000),
+            "live_p99_without_backlog_le_100ms": pct(&after, 0.99).map(|p| p <= 100),
+        },
+    }))
+}
+
+/// Writes the backlog with the agent's own store; returns (stored bytes, partitions).
+fn write_backlog(path: &Path, records: u64, devices: u64) -> anyhow::Result<(u64, u32)> {
+    let store = RedbLog::open(path)?;
+    let specs = Config::default().topic_specs();
+    for s in &specs {
+        store.ensure_topic(s)?;
+    }
+    let partitions = specs[0].partitions;
+    let keys: Vec<(Vec<u8>, u32)> = (0..devices)
+        .map(|d| {
+            let k = format!("bl-{d}").into_bytes();
+            let p = edge_agent::partitioner::partition_for(&k, partitions);
+            (k, p)
+        })
+        .collect();
+    let now = unix_ms();
+    let mut buf = [0u8; firmware::wire::MAX_READING_RECORD_ENCODED];
+    let mut written = 0;
+    while written < records {
+        let n = (records - written).min(50_000);
+        let mut per: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
+        for i in written..written + n {
+            let (k, p) = &keys[(i % devices) as usize];
+            let rec = ReadingRecord {
+                boot_id: 1,
+                seq: i / devices,
+                reading: Reading {
+                    channel: 0,
+                    timestamp_ms: now as u64,
+                    value: i as f32,
+                },
+            };
+            let value = firmware::wire::encode(&rec, &mut buf)?.to_vec();
+            per.entry(*p).or_default().push(NewRecord {
+                timestamp_ms: now,
+                key: Some(k.clone()),
+                value,
+                headers: Vec::new(),
+            });
+        }
+        store.append(&Append {
+            partitions: per
+                .into_iter()
+                .map(|(partition, records)| PartitionAppend {
+                    topic: TELEMETRY.into(),
+                    partition,
+                    records,
+                })
+                .collect(),
+            streams: Vec::new(),
+        })?;
+        written += n;
+    }
+    let bytes = (0..partitions)
+        .map(|p| store.partition_stats(TELEMETRY, p).map(|s| s.bytes))
+        .sum::<Result<u64, _>>()?;
+    Ok((bytes, partitions))
+}
+
+/// Reads the cloud topic from the start until stopped: counts backlog records (noting when the
+/// last one arrived) and records each live reading's latency.
+#[allow(clippy::type_complexity)]
+fn consume(
+    bootstrap: &str,
+    partitions: u32,
+    total: u64,
+    seen: &AtomicU64,
+    stop: &AtomicBool,
+    drained_at: &Mutex<Option<Instant>>,
+    lat: &Mutex<(Vec<u32>, Vec<u32>)>,
+) -> anyhow::Result<()> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bridge-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    wait::until(Duration::from_secs(60), "the bridge to create the cloud topic", || {
+        let md = c.fetch_metadata(Some(TELEMETRY), Duration::from_secs(5)).ok()?;
+        let t = md.topics().first()?;
+        (t.error().is_none() && t.partitions().len() as u32 == partitions).then_some(())
+    })?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(TELEMETRY, p as i32, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut drained = false;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
+        let m = m?;
+        let key = m.key().unwrap_or_default();
+        if key.starts_with(b"bl-") {
+            if seen.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                drained = true;
+                *drained_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+        } else if key.starts_with(b"live-") {
+            if let Ok(r) = firmware::wire::decode::<ReadingRecord>(m.payload().unwrap_or_default()) {
+                let ms = (unix_ms() - r.reading.timestamp_ms as i64).max(0) as u32;
+                let mut l = lat.lock().unwrap_or_else(|e| e.into_inner());
+                if drained {
+                    l.1.push(ms);
+                } else {
+                    l.0.push(ms);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_table(r: &Value) {
+    let s = &r["settings"];
+    println!(
+        "backlog: {} records of {} devices ({:.0} MB in the edge log); live: {} devices × {}/s",
+        s["records"],
+        s["devices"],
+        s["backlog_stored_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        s["live_devices"],
+        s["live_rate"]
+    );
+    println!("cloud broker produce ceiling (cloud-bench): {} records/s", r["ceiling_records_per_s"]);
+    println!(
+        "drain: {} records/s ({:.1} s) = {} of the ceiling (target >= 0.70)",
+        r["drain"]["records_per_s"],
+        r["drain"]["seconds"].as_f64().unwrap_or(0.0),
+        r["drain_fraction_of_ceiling"].as_f64().map_or("n/a".into(), |f| format!("{f:.2}"))
+    );
+    for (name, k, target) in [
+        ("live latency during the drain", "live_during_drain", "p99 <= 1000 ms"),
+        ("live latency without backlog", "live_without_backlog", "p99 <= 100 ms"),
+    ] {
+        let l = &r[k];
+        println!(
+            "{name}: p50 {} ms, p99 {} ms, max {} ms over {} readings (target {target})",
+            l["p50_ms"], l["p99_ms"], l["max_ms"], l["count"]
+        );
+    }
+    println!("targets met: {}", r["targets"]);
+}
