@@ -9,6 +9,7 @@
 //! max_bytes_per_sec = 1000000            # optional bandwidth cap (keys + values + headers)
 //! backlog_quota_bytes = 10737418240      # optional disk quota for unforwarded data; drops oldest
 //! max_in_flight = 100000                 # records handed to librdkafka and not yet acknowledged
+//! drain_in_flight = 20000                # of those, at most this many from a backlog or replay
 //! heartbeat_interval_ms = 5000           # gateway heartbeat on the heartbeat topic
 //! heartbeat_topic = "gateways"
 //! live_first_threshold = 10000           # records behind before live data goes first
@@ -73,6 +74,9 @@ pub struct BridgeConfig {
     pub backlog_quota_bytes: Option<u64>,
     /// Records sent and not yet acknowledged, at most.
     pub max_in_flight: usize,
+    /// Of those, at most this many from a backlog or a replay (live data keeps the rest, and
+    /// does not queue behind more than this inside the producer).
+    pub drain_in_flight: usize,
     /// Heartbeat period, ms.
     pub heartbeat_interval_ms: u64,
     /// A partition this many records behind forwards live data ahead of its backlog.
@@ -93,6 +97,7 @@ impl Default for BridgeConfig {
             max_bytes_per_sec: None,
             backlog_quota_bytes: None,
             max_in_flight: 100_000,
+            drain_in_flight: 20_000,
             heartbeat_interval_ms: 5_000,
             live_first_threshold: 10_000,
             librdkafka: BTreeMap::new(),
@@ -113,6 +118,7 @@ impl BridgeConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.bootstrap.trim().is_empty(), "bridge.bootstrap is empty");
         anyhow::ensure!(self.max_in_flight > 0, "bridge.max_in_flight must be > 0");
+        anyhow::ensure!(self.drain_in_flight > 0, "bridge.drain_in_flight must be > 0");
         anyhow::ensure!(self.batch_size > 0, "bridge.batch_size must be > 0");
         anyhow::ensure!(
             self.heartbeat_interval_ms >= 100,

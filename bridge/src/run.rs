@@ -84,12 +84,56 @@ pub enum ReplayStart {
     SinceMs(u64),
 }
 
-/// What a delivery report is about.
-#[derive(Debug, Clone, Copy)]
+/// What a delivery report is about; travels through librdkafka packed in a `usize`
+/// (no allocation per record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
     Record { src: usize, offset: u64 },
     Replay { job: u64 },
     Heartbeat,
+}
+
+const OFFSET_BITS: u32 = 48;
+const SRC_BITS: u32 = 14;
+
+impl Tag {
+    fn pack(self) -> usize {
+        let v: u64 = match self {
+            Tag::Record { src, offset } => {
+                ((src as u64) << OFFSET_BITS) | (offset & ((1 << OFFSET_BITS) - 1))
+            }
+            Tag::Replay { job } => (1 << 62) | (job & ((1 << 62) - 1)),
+            Tag::Heartbeat => 2 << 62,
+        };
+        v as usize
+    }
+
+    fn unpack(v: usize) -> Tag {
+        let v = v as u64;
+        match v >> 62 {
+            0 => Tag::Record {
+                src: (v >> OFFSET_BITS) as usize,
+                offset: v & ((1 << OFFSET_BITS) - 1),
+            },
+            1 => Tag::Replay {
+                job: v & ((1 << 62) - 1),
+            },
+            _ => Tag::Heartbeat,
+        }
+    }
+}
+
+/// Decimal digits of `n` in `buf` (header values without an allocation).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -124,9 +168,9 @@ impl ClientContext for Quiet {
 impl rdkafka::consumer::ConsumerContext for Quiet {}
 
 impl ProducerContext for Ctx {
-    type DeliveryOpaque = Box<Tag>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
         let result = match result {
             Ok(m) => Ok((m.topic().to_string(), m.partition(), m.offset())),
             Err((e, _)) => Err(e.clone()),
@@ -134,7 +178,10 @@ impl ProducerContext for Ctx {
         self.reports
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Report { tag: *tag, result });
+            .push(Report {
+                tag: Tag::unpack(tag),
+                result,
+            });
     }
 }
 
@@ -255,6 +302,11 @@ impl Bridge {
                 });
             }
         }
+        anyhow::ensure!(
+            sources.len() < 1 << SRC_BITS,
+            "the bridge forwards at most {} partitions",
+            (1 << SRC_BITS) - 1
+        );
         let status = Arc::new(Mutex::new(Status {
             gateway_id: gateway_id.into(),
             bootstrap: cfg.bootstrap.clone(),
@@ -442,6 +494,16 @@ impl Engine {
     }
 
     fn run(mut self) {
+        // Forwarding yields the CPU to ingest: on a busy gateway a drain must never slow the
+        // Acks devices wait for. librdkafka's threads, created from this one, inherit it.
+        // SAFETY: plain syscalls on the calling thread's id.
+        let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        if niced != 0 {
+            debug!("could not lower the bridge thread's priority");
+        }
+        // What the log holds at start is the backlog; what devices publish from now on is live.
+        self.housekeeping(None);
+        self.enter_live_first();
         let mut backoff = Duration::from_millis(500);
         while !self.stopping() {
             let acked_before = self.counters.heartbeats + self.sources.iter().map(|s| s.acked).sum::<u64>();
@@ -518,11 +580,16 @@ impl Engine {
         for s in &mut self.sources {
             s.tracker = Tracker::resume(s.tracker.checkpoint());
             s.drain = s.tracker.checkpoint();
-            s.live = None;
+            // A backlog keeps its live-first state across sessions (the records in it and
+            // their devices do not change); the tail cursor starts over at its end.
+            if let Some(live) = &mut s.live {
+                live.tail = live.region_end;
+            }
         }
         self.in_flight = 0;
         self.hb_in_flight = false;
         self.housekeeping(None);
+        self.enter_live_first();
         self.ensure_cloud_topics()?;
         self.reconcile()?;
         let producer = self.producer()?;
@@ -738,7 +805,12 @@ impl Engine {
         edge: (&str, u32),
         replay: Option<u64>,
     ) -> anyhow::Result<Sent> {
-        let mut h = OwnedHeaders::new_with_capacity(r.headers.len() + 5);
+        anyhow::ensure!(
+            r.offset < 1 << OFFSET_BITS,
+            "edge offset {} beyond 2^48",
+            r.offset
+        );
+        let mut h = OwnedHeaders::new_with_capacity(r.headers.len() + 7);
         let mut bytes = r.value.len() + r.key.as_ref().map_or(0, Vec::len);
         for (k, v) in &r.headers {
             bytes += k.len() + v.len();
@@ -747,26 +819,35 @@ impl Engine {
                 value: Some(v.as_slice()),
             });
         }
-        let part = edge.1.to_string();
-        let off = r.offset.to_string();
-        let job = replay.map(|j| j.to_string());
-        let mut ours = vec![
+        let (mut b1, mut b2, mut b3, mut b4, mut b5) =
+            ([0u8; 20], [0u8; 20], [0u8; 20], [0u8; 20], [0u8; 20]);
+        let mut ours: [(&str, &[u8]); 7] = [
             (headers::GATEWAY, self.gateway_id.as_bytes()),
             (headers::EDGE_TOPIC, edge.0.as_bytes()),
-            (headers::EDGE_PARTITION, part.as_bytes()),
-            (headers::EDGE_OFFSET, off.as_bytes()),
+            (headers::EDGE_PARTITION, decimal(u64::from(edge.1), &mut b1)),
+            (headers::EDGE_OFFSET, decimal(r.offset, &mut b2)),
+            ("", &[]),
+            ("", &[]),
+            ("", &[]),
         ];
-        if let Some(j) = &job {
-            ours.push((headers::REPLAY, j.as_bytes()));
+        let mut n = 4;
+        if let Some((boot, seq)) = r.reading {
+            ours[n] = ("boot", decimal(u64::from(boot), &mut b3));
+            ours[n + 1] = ("seq", decimal(seq, &mut b4));
+            n += 2;
         }
-        for (k, v) in ours {
+        if let Some(j) = replay {
+            ours[n] = (headers::REPLAY, decimal(j, &mut b5));
+            n += 1;
+        }
+        for (k, v) in &ours[..n] {
             bytes += k.len() + v.len();
             h = h.insert(Header {
                 key: k,
-                value: Some(v),
+                value: Some(*v),
             });
         }
-        let mut rec = BaseRecord::with_opaque_to(cloud_topic, Box::new(tag))
+        let mut rec = BaseRecord::with_opaque_to(cloud_topic, tag.pack())
             .payload(&r.value)
             .timestamp(r.timestamp_ms)
             .headers(h);
@@ -812,23 +893,21 @@ impl Engine {
                 continue;
             }
             if !live.scanned {
+                // Keys only, a bounded slice per turn so the loop stays responsive.
                 let from = live.scan.max(s.drain);
-                let recs = if from < live.region_end {
-                    self.log.read(&s.topic, s.partition, from, 20_000, 16 << 20)?
-                } else {
-                    Vec::new()
-                };
-                if recs.is_empty() {
-                    live.scanned = true;
-                }
-                for r in recs {
-                    if r.offset >= live.region_end {
-                        live.scanned = true;
-                        break;
+                let to = live.region_end.min(from.saturating_add(1_000_000));
+                let backlog = &mut live.backlog;
+                self.log.scan_keys(&s.topic, s.partition, from, to, &mut |o, k| {
+                    let k = k.unwrap_or_default();
+                    match backlog.get_mut(k) {
+                        Some(last) => *last = o,
+                        None => {
+                            backlog.insert(k.to_vec(), o);
+                        }
                     }
-                    live.backlog.insert(r.key.unwrap_or_default(), r.offset);
-                    live.scan = r.offset + 1;
-                }
+                })?;
+                live.scan = to;
+                live.scanned = to >= live.region_end;
                 continue;
             }
             if self.in_flight >= self.cfg.max_in_flight {
@@ -873,9 +952,9 @@ impl Engine {
         Ok(sent)
     }
 
-    /// Drain cursors, round robin, within 90 % of the window and the bandwidth cap.
+    /// Drain cursors, round robin, within the drain window and the bandwidth cap.
     fn drain(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
-        let limit = (self.cfg.max_in_flight * 9 / 10).max(1);
+        let limit = self.drain_limit();
         let mut sent = 0;
         for i in 0..self.sources.len() {
             if self.in_flight >= limit || self.capped() {
@@ -947,6 +1026,16 @@ impl Engine {
         self.dirty = true;
     }
 
+    /// In flight at most for backlog and replays: the drain window, and never more than 90 %
+    /// of the whole window (the rest is for live data). A short producer queue keeps live
+    /// records from waiting behind queued backlog inside librdkafka.
+    fn drain_limit(&self) -> usize {
+        self.cfg
+            .drain_in_flight
+            .min(self.cfg.max_in_flight * 9 / 10)
+            .max(1)
+    }
+
     fn replays(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
         let inbox = self.inbox.clone();
         let mut queued = inbox.lock().unwrap_or_else(|e| e.into_inner());
@@ -955,7 +1044,7 @@ impl Engine {
             self.publish_status(); // before the inbox unlocks: the job is always visible
         }
         drop(queued);
-        let limit = (self.cfg.max_in_flight * 9 / 10).max(1);
+        let limit = self.drain_limit();
         let mut sent = 0;
         for j in 0..self.jobs.len() {
             for r in 0..self.jobs[j].ranges.len() {
@@ -1081,19 +1170,9 @@ impl Engine {
                     Err(_) => s.oldest_age_ms,
                 };
             }
-            if producer.is_some()
-                && s.live.is_none()
-                && s.info.next_offset.saturating_sub(s.drain) > self.cfg.live_first_threshold
-            {
-                info!(topic = %s.topic, partition = s.partition, backlog = s.info.next_offset - s.drain, "backlog: live-first mode on");
-                s.live = Some(Live {
-                    tail: s.info.next_offset,
-                    region_end: s.info.next_offset,
-                    scan: s.drain,
-                    scanned: false,
-                    backlog: HashMap::new(),
-                });
-            }
+        }
+        if producer.is_some() {
+            self.enter_live_first();
         }
         self.enforce_quota();
         if self.dirty {
@@ -1105,6 +1184,25 @@ impl Engine {
             }
         }
         self.publish_status();
+    }
+
+    /// Partitions further behind than the threshold start forwarding live data first; the
+    /// backlog is what the log holds now. Called at every session start, before anything is
+    /// sent (so what devices publish from then on is live), and as backlogs build up.
+    fn enter_live_first(&mut self) {
+        for s in &mut self.sources {
+            if s.live.is_none() && s.info.next_offset.saturating_sub(s.drain) > self.cfg.live_first_threshold
+            {
+                info!(topic = %s.topic, partition = s.partition, backlog = s.info.next_offset - s.drain, "backlog: live-first mode on");
+                s.live = Some(Live {
+                    tail: s.info.next_offset,
+                    region_end: s.info.next_offset,
+                    scan: s.drain,
+                    scanned: false,
+                    backlog: HashMap::new(),
+                });
+            }
+        }
     }
 
     /// Unforwarded bytes still on disk, estimated from the partition's average record size.
@@ -1211,7 +1309,7 @@ impl Engine {
             })).collect::<Vec<_>>(),
         });
         let payload = body.to_string();
-        let rec = BaseRecord::with_opaque_to(&self.cfg.heartbeat_topic, Box::new(Tag::Heartbeat))
+        let rec = BaseRecord::with_opaque_to(&self.cfg.heartbeat_topic, Tag::Heartbeat.pack())
             .key(self.gateway_id.as_str())
             .payload(payload.as_str());
         if producer.send(rec).is_ok() {
@@ -1275,4 +1373,39 @@ fn permanent(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidMessage
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_survive_packing() {
+        for t in [
+            Tag::Record { src: 0, offset: 0 },
+            Tag::Record {
+                src: (1 << SRC_BITS) - 1,
+                offset: (1 << OFFSET_BITS) - 1,
+            },
+            Tag::Record {
+                src: 7,
+                offset: 123_456_789,
+            },
+            Tag::Replay { job: 1 },
+            Tag::Replay {
+                job: u64::from(u32::MAX),
+            },
+            Tag::Heartbeat,
+        ] {
+            assert_eq!(Tag::unpack(t.pack()), t);
+        }
+    }
+
+    #[test]
+    fn decimal_digits() {
+        let mut b = [0u8; 20];
+        for n in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            assert_eq!(decimal(n, &mut b), n.to_string().as_bytes());
+        }
+    }
 }

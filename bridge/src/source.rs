@@ -12,8 +12,11 @@ pub struct EdgeRecord {
     pub key: Option<Vec<u8>>,
     /// Value, forwarded unchanged.
     pub value: Vec<u8>,
-    /// Headers: the edge record's own plus any the log adds (e.g. the reading's boot and seq).
+    /// The edge record's own headers.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// For a device reading: its boot id and sequence number (sent as `boot` and `seq`
+    /// headers, so a cloud consumer can check a device's sequence without decoding values).
+    pub reading: Option<(u32, u64)>,
 }
 
 /// Where an edge partition stands.
@@ -54,6 +57,31 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         max_records: usize,
         max_bytes: usize,
     ) -> anyhow::Result<Vec<EdgeRecord>>;
+    /// Calls `f(offset, key)` for the records with offsets in `from..to` (the live-first
+    /// backlog scan: only keys are needed). Returns records visited.
+    fn scan_keys(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(u64, Option<&[u8]>),
+    ) -> anyhow::Result<u64> {
+        let mut next = from;
+        let mut n = 0;
+        while next < to {
+            let batch = self.read(topic, partition, next, 10_000, usize::MAX)?;
+            let Some(last) = batch.last().map(|r| r.offset) else {
+                break;
+            };
+            for r in batch.iter().filter(|r| r.offset < to) {
+                f(r.offset, r.key.as_deref());
+                n += 1;
+            }
+            next = last + 1;
+        }
+        Ok(n)
+    }
     /// Offsets and size of a partition.
     fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition>;
     /// Removes whole chunks whose records all lie below `below` (the disk quota); returns

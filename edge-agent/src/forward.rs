@@ -1,8 +1,8 @@
 //! The edge log as the bridge sees it ([`bridge::EdgeLog`] over a [`LogStore`]).
 //!
-//! Telemetry records get two more headers on the way out, `boot` and `seq` (decimal), read
-//! from the stored reading, so a cloud consumer can check a device's sequence without
-//! decoding values.
+//! Telemetry records carry the reading's boot id and sequence number to the bridge, which
+//! sends them as `boot` and `seq` headers (decimal), so a cloud consumer can check a device's
+//! sequence without decoding values.
 
 use std::sync::Arc;
 
@@ -46,23 +46,29 @@ impl EdgeLog for Forwarded {
             .0
             .read(topic, partition, from, max_records, max_bytes)?
             .into_iter()
-            .map(|r| {
-                let mut headers = r.headers;
-                if telemetry {
-                    if let Ok(rec) = firmware::wire::decode::<ReadingRecord>(&r.value) {
-                        headers.push(("boot".into(), rec.boot_id.to_string().into_bytes()));
-                        headers.push(("seq".into(), rec.seq.to_string().into_bytes()));
-                    }
-                }
-                EdgeRecord {
-                    offset: r.offset,
-                    timestamp_ms: r.timestamp_ms,
-                    key: r.key,
-                    value: r.value,
-                    headers,
-                }
+            .map(|r| EdgeRecord {
+                reading: telemetry
+                    .then(|| firmware::wire::decode::<ReadingRecord>(&r.value).ok())
+                    .flatten()
+                    .map(|rec| (rec.boot_id, rec.seq)),
+                offset: r.offset,
+                timestamp_ms: r.timestamp_ms,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
             })
             .collect())
+    }
+
+    fn scan_keys(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(u64, Option<&[u8]>),
+    ) -> anyhow::Result<u64> {
+        Ok(self.0.scan_keys(topic, partition, from, to, f)?)
     }
 
     fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition> {

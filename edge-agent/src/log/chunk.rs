@@ -189,6 +189,54 @@ pub fn decode(base: u64, bytes: &[u8], from: u64, out: &mut Vec<Record>, max: us
     Ok(())
 }
 
+/// Calls `f(offset, key)` for the records of a chunk stored at `base` with offsets in
+/// `from..to`, without copying values or headers (the bridge's backlog scan). Returns the
+/// offset after the last record visited, or `None` if the chunk holds nothing in range.
+pub fn scan_keys(
+    base: u64,
+    bytes: &[u8],
+    from: u64,
+    to: u64,
+    f: &mut dyn FnMut(u64, Option<&[u8]>),
+) -> Result<Option<u64>, LogError> {
+    let mut r = Reader(bytes);
+    let h = read_header(&mut r)?;
+    if h.count > (r.0.len() as u64) / 4 + 1 {
+        return Err(corrupt("count larger than the chunk"));
+    }
+    let mut last = None;
+    for _ in 0..h.count {
+        let offset = base
+            .checked_add(r.varint()?)
+            .ok_or_else(|| corrupt("offset overflow"))?;
+        if offset >= to {
+            break;
+        }
+        r.varint()?; // timestamp
+        let key = match r.varint()? {
+            0 => None,
+            n => Some(r.bytes(n - 1)?),
+        };
+        let value_len = r.varint()?;
+        r.bytes(value_len)?;
+        let nh = r.varint()?;
+        if nh > r.0.len() as u64 / 2 {
+            return Err(corrupt("header count larger than the chunk"));
+        }
+        for _ in 0..nh {
+            let nl = r.varint()?;
+            r.bytes(nl)?;
+            let vl = r.varint()?;
+            r.bytes(vl)?;
+        }
+        if offset >= from {
+            f(offset, key);
+            last = Some(offset + 1);
+        }
+    }
+    Ok(last)
+}
+
 /// Offset of the first record in a chunk stored at `base` (compaction may have removed the
 /// chunk's first records, so the base alone is not enough). `None` for an empty chunk.
 pub fn first_offset(base: u64, bytes: &[u8]) -> Result<Option<u64>, LogError> {
@@ -238,10 +286,24 @@ mod tests {
         }
 
         #[test]
+        fn scan_keys_agrees_with_decode(records in proptest::collection::vec(rec(), 0..20), from in 0u64..25, to in 0u64..25) {
+            let with_offsets: Vec<(u64, &NewRecord)> = records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
+            let bytes = encode(with_offsets.iter().copied());
+            let mut all = Vec::new();
+            decode(0, &bytes, from, &mut all, usize::MAX).unwrap();
+            let want: Vec<(u64, Option<Vec<u8>>)> =
+                all.into_iter().filter(|r| r.offset < to).map(|r| (r.offset, r.key)).collect();
+            let mut got = Vec::new();
+            scan_keys(0, &bytes, from, to, &mut |o, k| got.push((o, k.map(<[u8]>::to_vec)))).unwrap();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
         fn damaged_chunks_error_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut out = Vec::new();
             let _ = header(&bytes);
             let _ = decode(0, &bytes, 0, &mut out, usize::MAX);
+            let _ = scan_keys(0, &bytes, 0, u64::MAX, &mut |_, _| {});
         }
     }
 }

@@ -232,6 +232,31 @@ pub trait LogStore: Send + Sync + std::fmt::Debug + 'static {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, LogError>;
+    /// Calls `f(offset, key)` for the stored records with offsets in `from..to`, in order,
+    /// without copying values (the bridge's backlog scan). Returns how many were visited.
+    fn scan_keys(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(u64, Option<&[u8]>),
+    ) -> Result<u64, LogError> {
+        let mut next = from;
+        let mut n = 0;
+        while next < to {
+            let batch = self.read(topic, partition, next, 10_000, usize::MAX)?;
+            let Some(last) = batch.last().map(|r| r.offset) else {
+                break;
+            };
+            for r in batch.iter().filter(|r| r.offset < to) {
+                f(r.offset, r.key.as_deref());
+                n += 1;
+            }
+            next = last + 1;
+        }
+        Ok(n)
+    }
     /// The partition's offsets and size.
     fn partition_stats(&self, topic: &str, partition: u32) -> Result<PartitionStats, LogError>;
     /// The stored next-expected sequence of a device boot.

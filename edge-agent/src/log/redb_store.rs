@@ -381,6 +381,43 @@ impl LogStore for RedbLog {
         })
     }
 
+    fn scan_keys(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(u64, Option<&[u8]>),
+    ) -> Result<u64, LogError> {
+        let id = self.topic_partition(topic, partition)?.id;
+        self.read_db(|tx| {
+            let Some(chunks) = table_missing_ok(tx.open_table(CHUNKS))? else {
+                return Ok(0);
+            };
+            let start = match chunks
+                .range((id, partition, 0)..=(id, partition, from))
+                .map_err(storage)?
+                .next_back()
+            {
+                Some(e) => e.map_err(storage)?.0.value().2,
+                None => 0,
+            };
+            let mut n = 0;
+            let mut count = |o: u64, k: Option<&[u8]>| {
+                n += 1;
+                f(o, k)
+            };
+            for e in chunks
+                .range((id, partition, start)..(id, partition, to.max(start)))
+                .map_err(storage)?
+            {
+                let (k, v) = e.map_err(storage)?;
+                chunk::scan_keys(k.value().2, v.value(), from, to, &mut count)?;
+            }
+            Ok(n)
+        })
+    }
+
     fn partition_stats(&self, topic: &str, partition: u32) -> Result<PartitionStats, LogError> {
         let id = self.topic_partition(topic, partition)?.id;
         self.read_db(|tx| match table_missing_ok(tx.open_table(PARTS))? {

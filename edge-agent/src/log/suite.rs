@@ -36,6 +36,39 @@ pub fn test_all<S: LogStore>(make: impl Fn() -> S) {
     retention_by_age(&make());
     compaction(&make());
     truncation(&make());
+    key_scan(&make());
+}
+
+fn key_scan(s: &impl LogStore) {
+    s.ensure_topic(&TopicSpec::new("k", 1)).unwrap();
+    for i in 0..6 {
+        s.append(&one(
+            "k",
+            0,
+            vec![rec(i, Some(&format!("d{i}")), "v"), rec(i, None, "w")],
+        ))
+        .unwrap();
+    }
+    let mut got = Vec::new();
+    let n = s
+        .scan_keys("k", 0, 3, 9, &mut |o, k| {
+            got.push((o, k.map(|k| String::from_utf8(k.to_vec()).unwrap())))
+        })
+        .unwrap();
+    let want: Vec<(u64, Option<String>)> = s
+        .read("k", 0, 3, usize::MAX, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.offset < 9)
+        .map(|r| (r.offset, r.key.map(|k| String::from_utf8(k).unwrap())))
+        .collect();
+    assert_eq!(n, 6);
+    assert_eq!(got, want);
+    assert_eq!(
+        s.scan_keys("k", 0, 12, 20, &mut |_, _| panic!("nothing there"))
+            .unwrap(),
+        0
+    );
 }
 
 fn truncation(s: &impl LogStore) {

@@ -121,7 +121,15 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     } else {
         eprintln!("phase 1: the cloud broker's produce ceiling (cloud-bench --system kafka)");
         let out = Command::new(&cli.cloud_bench)
-            .args(["--system", "kafka", "--seconds", "10", "--latency-seconds", "2", "--json"])
+            .args([
+                "--system",
+                "kafka",
+                "--seconds",
+                "10",
+                "--latency-seconds",
+                "2",
+                "--json",
+            ])
             .arg("--broker-bin")
             .arg(&cli.broker_bin)
             .arg("--dir")
@@ -138,7 +146,10 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
         )
     };
 
-    eprintln!("phase 2: writing a {}-record backlog into a fresh edge log", cli.records);
+    eprintln!(
+        "phase 2: writing a {}-record backlog into a fresh edge log",
+        cli.records
+    );
     let edge_dir = root.join("edge");
     std::fs::create_dir_all(&edge_dir)?;
     let t = Instant::now();
@@ -154,7 +165,12 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     let kafka = free_port();
     let _broker = Proc(
         Command::new(&cli.demo_bin)
-            .args(["cloud-broker", "run", "--kafka-listen", &format!("127.0.0.1:{kafka}")])
+            .args([
+                "cloud-broker",
+                "run",
+                "--kafka-listen",
+                &format!("127.0.0.1:{kafka}"),
+            ])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
             .arg(root.join("cloud"))
@@ -173,12 +189,19 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             .arg(&edge_dir)
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--cloud", &format!("127.0.0.1:{kafka}"), "--gateway-id", "bench-gw"])
+            .args([
+                "--cloud",
+                &format!("127.0.0.1:{kafka}"),
+                "--gateway-id",
+                "bench-gw",
+            ])
             .env("EDGE_LOG", "warn")
             .spawn()?,
     );
     wait::until(Duration::from_secs(30), "the edge agent", || {
-        hil_tests::agent::http_get(admin, "/health").ok().filter(|(c, _)| *c == 200)
+        hil_tests::agent::http_get(admin, "/health")
+            .ok()
+            .filter(|(c, _)| *c == 200)
     })?;
 
     // The consumer: everything in the cloud's telemetry topic from the start.
@@ -187,7 +210,12 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     let drained_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let latencies: Arc<Mutex<(Vec<u32>, Vec<u32>)>> = Arc::default();
     let consumer = {
-        let (seen, stop, drained_at, lat) = (seen_backlog.clone(), stop.clone(), drained_at.clone(), latencies.clone());
+        let (seen, stop, drained_at, lat) = (
+            seen_backlog.clone(),
+            stop.clone(),
+            drained_at.clone(),
+            latencies.clone(),
+        );
         let (total, bootstrap) = (cli.records, format!("127.0.0.1:{kafka}"));
         std::thread::spawn(move || consume(&bootstrap, partitions, total, &seen, &stop, &drained_at, &lat))
     };
@@ -199,6 +227,7 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             rate: cli.live_rate,
             batch: 1,
             duration: Some(Duration::from_secs(3_600)),
+            readings: None,
             id_prefix: "live-".into(),
             resend_timeout_ms: 2_000,
             keep_alive_s: 10,
@@ -231,10 +260,15 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    eprintln!("  drained in {drain_secs:.1} s; phase 4: {} s of live traffic alone", cli.settle);
+    eprintln!(
+        "  drained in {drain_secs:.1} s; phase 4: {} s of live traffic alone",
+        cli.settle
+    );
     std::thread::sleep(Duration::from_secs(cli.settle));
     stop.store(true, Ordering::SeqCst);
-    consumer.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
     live.1.abort();
     drop(live);
 
@@ -347,11 +381,15 @@ fn consume(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    wait::until(Duration::from_secs(60), "the bridge to create the cloud topic", || {
-        let md = c.fetch_metadata(Some(TELEMETRY), Duration::from_secs(5)).ok()?;
-        let t = md.topics().first()?;
-        (t.error().is_none() && t.partitions().len() as u32 == partitions).then_some(())
-    })?;
+    wait::until(
+        Duration::from_secs(60),
+        "the bridge to create the cloud topic",
+        || {
+            let md = c.fetch_metadata(Some(TELEMETRY), Duration::from_secs(5)).ok()?;
+            let t = md.topics().first()?;
+            (t.error().is_none() && t.partitions().len() as u32 == partitions).then_some(())
+        },
+    )?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(TELEMETRY, p as i32, Offset::Beginning)?;
@@ -359,7 +397,9 @@ fn consume(
     c.assign(&tpl)?;
     let mut drained = false;
     while !stop.load(Ordering::SeqCst) {
-        let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
         let m = m?;
         let key = m.key().unwrap_or_default();
         if key.starts_with(b"bl-") {
@@ -392,16 +432,29 @@ fn print_table(r: &Value) {
         s["live_devices"],
         s["live_rate"]
     );
-    println!("cloud broker produce ceiling (cloud-bench): {} records/s", r["ceiling_records_per_s"]);
+    println!(
+        "cloud broker produce ceiling (cloud-bench): {} records/s",
+        r["ceiling_records_per_s"]
+    );
     println!(
         "drain: {} records/s ({:.1} s) = {} of the ceiling (target >= 0.70)",
         r["drain"]["records_per_s"],
         r["drain"]["seconds"].as_f64().unwrap_or(0.0),
-        r["drain_fraction_of_ceiling"].as_f64().map_or("n/a".into(), |f| format!("{f:.2}"))
+        r["drain_fraction_of_ceiling"]
+            .as_f64()
+            .map_or("n/a".into(), |f| format!("{f:.2}"))
     );
     for (name, k, target) in [
-        ("live latency during the drain", "live_during_drain", "p99 <= 1000 ms"),
-        ("live latency without backlog", "live_without_backlog", "p99 <= 100 ms"),
+        (
+            "live latency during the drain",
+            "live_during_drain",
+            "p99 <= 1000 ms",
+        ),
+        (
+            "live latency without backlog",
+            "live_without_backlog",
+            "p99 <= 100 ms",
+        ),
     ] {
         let l = &r[k];
         println!(
