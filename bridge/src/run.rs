@@ -139,7 +139,8 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[derive(Debug)]
 struct Report {
     tag: Tag,
-    result: Result<(String, i32, i64), KafkaError>,
+    /// Cloud partition and offset.
+    result: Result<(i32, i64), KafkaError>,
 }
 
 /// Collects delivery reports; the loop drains them after each `poll`.
@@ -172,7 +173,7 @@ impl ProducerContext for Ctx {
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
         let result = match result {
-            Ok(m) => Ok((m.topic().to_string(), m.partition(), m.offset())),
+            Ok(m) => Ok((m.partition(), m.offset())),
             Err((e, _)) => Err(e.clone()),
         };
         self.reports
@@ -339,6 +340,7 @@ impl Bridge {
             dirty: true,
             counters: Status::default(),
             session_up: false,
+            append_seen: 0,
         };
         let thread = std::thread::Builder::new()
             .name("bridge".into())
@@ -479,6 +481,8 @@ struct Engine {
     dirty: bool,
     counters: Status,
     session_up: bool,
+    /// The edge log's append counter as last seen.
+    append_seen: u64,
 }
 
 type KafkaProducer = BaseProducer<Ctx>;
@@ -608,11 +612,16 @@ impl Engine {
             sent += self.live(&producer)?;
             sent += self.drain(&producer)?;
             sent += self.replays(&producer)?;
-            producer.poll(if sent > 0 {
-                Duration::ZERO
+            if sent > 0 {
+                producer.poll(Duration::ZERO);
+            } else if self.in_flight > 0 {
+                producer.poll(Duration::from_millis(2));
             } else {
-                Duration::from_millis(5)
-            });
+                producer.poll(Duration::ZERO);
+                self.append_seen = self
+                    .log
+                    .wait_for_append(self.append_seen, Duration::from_millis(50));
+            }
             self.reports(&producer)?;
             if let Some((code, reason)) = producer.client().fatal_error() {
                 anyhow::bail!("fatal producer error {code:?}: {reason}");
@@ -1095,20 +1104,39 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         let mut failure = None;
+        let mut acked_any = false;
+        // The `topic/partition` key of the last report, so a run of reports from one cloud
+        // partition formats it once.
+        let mut last_hw: Option<((usize, i32), String)> = None;
         for rep in reports {
             self.in_flight = self.in_flight.saturating_sub(1);
             match (rep.tag, rep.result) {
-                (Tag::Record { src, offset }, Ok((topic, p, o))) => {
+                (Tag::Record { src, offset }, Ok((p, o))) => {
                     let s = &mut self.sources[src];
                     s.tracker.acked(offset);
                     s.acked += 1;
-                    let hw = self.acked_hw.entry(key(&topic, p)).or_insert(0);
-                    if o + 1 > *hw {
-                        *hw = o + 1;
-                        self.hw_changed = true;
+                    acked_any = true;
+                    let k = (src, p);
+                    if last_hw.as_ref().is_none_or(|(lk, _)| *lk != k) {
+                        last_hw = Some((k, key(&s.cloud_topic, p)));
                     }
-                    self.counters.last_ack_ms = now_ms();
-                    self.dirty = true;
+                    let hw = match last_hw.as_ref() {
+                        Some((_, name)) => self.acked_hw.get_mut(name),
+                        None => None,
+                    };
+                    match hw {
+                        Some(hw) if o < *hw => {}
+                        Some(hw) => {
+                            *hw = o + 1;
+                            self.hw_changed = true;
+                        }
+                        None => {
+                            if let Some((_, name)) = &last_hw {
+                                self.acked_hw.insert(name.clone(), o + 1);
+                                self.hw_changed = true;
+                            }
+                        }
+                    }
                 }
                 (Tag::Record { src, offset }, Err(e)) => {
                     let s = &mut self.sources[src];
@@ -1139,6 +1167,10 @@ impl Engine {
                     }
                 }
             }
+        }
+        if acked_any {
+            self.counters.last_ack_ms = now_ms();
+            self.dirty = true;
         }
         if self.hw_changed && self.last_epoch.elapsed() >= Duration::from_millis(100) {
             self.epoch += 1;

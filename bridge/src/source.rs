@@ -82,6 +82,14 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         }
         Ok(n)
     }
+    /// Blocks until something may have been appended since the log's append counter read
+    /// `seen`, or `timeout` passes; returns the counter. The bridge waits here when idle, so
+    /// a live record is forwarded as soon as it is committed and an idle bridge costs nothing.
+    /// The default polls every few milliseconds.
+    fn wait_for_append(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        std::thread::sleep(timeout.min(std::time::Duration::from_millis(5)));
+        seen.wrapping_add(1)
+    }
     /// Offsets and size of a partition.
     fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition>;
     /// Removes whole chunks whose records all lie below `below` (the disk quota); returns

@@ -4,7 +4,8 @@
 //! sends them as `boot` and `seq` headers (decimal), so a cloud consumer can check a device's
 //! sequence without decoding values.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use bridge::{EdgeLog, EdgePartition, EdgeRecord, EdgeTopic};
 use firmware::wire::ReadingRecord;
@@ -17,12 +18,42 @@ const STATE_KEY: &str = "bridge.state";
 
 /// Adapter from the agent's log store to the bridge.
 #[derive(Debug)]
-pub struct Forwarded(pub Arc<dyn LogStore>);
+pub struct Forwarded {
+    /// The log.
+    pub store: Arc<dyn LogStore>,
+    /// Bumped by the ingest loop after every commit.
+    pub appended: Arc<AppendSignal>,
+}
+
+/// A counter of commits the bridge can wait on.
+#[derive(Debug, Default)]
+pub struct AppendSignal {
+    n: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl AppendSignal {
+    /// Records a commit and wakes the waiters.
+    pub fn bump(&self) {
+        *self.n.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+
+    /// Waits until the counter differs from `seen` or `timeout` passes; returns it.
+    pub fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let g = self.n.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |n| *n == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+}
 
 impl EdgeLog for Forwarded {
     fn topics(&self) -> anyhow::Result<Vec<EdgeTopic>> {
         Ok(self
-            .0
+            .store
             .topics()?
             .into_iter()
             .map(|t| EdgeTopic {
@@ -43,7 +74,7 @@ impl EdgeLog for Forwarded {
     ) -> anyhow::Result<Vec<EdgeRecord>> {
         let telemetry = topic == TELEMETRY;
         Ok(self
-            .0
+            .store
             .read(topic, partition, from, max_records, max_bytes)?
             .into_iter()
             .map(|r| EdgeRecord {
@@ -68,11 +99,15 @@ impl EdgeLog for Forwarded {
         to: u64,
         f: &mut dyn FnMut(u64, Option<&[u8]>),
     ) -> anyhow::Result<u64> {
-        Ok(self.0.scan_keys(topic, partition, from, to, f)?)
+        Ok(self.store.scan_keys(topic, partition, from, to, f)?)
+    }
+
+    fn wait_for_append(&self, seen: u64, timeout: Duration) -> u64 {
+        self.appended.wait(seen, timeout)
     }
 
     fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition> {
-        let s = self.0.partition_stats(topic, partition)?;
+        let s = self.store.partition_stats(topic, partition)?;
         Ok(EdgePartition {
             first_offset: s.first_offset,
             next_offset: s.next_offset,
@@ -82,14 +117,14 @@ impl EdgeLog for Forwarded {
     }
 
     fn truncate(&self, topic: &str, partition: u32, below: u64) -> anyhow::Result<u64> {
-        Ok(self.0.truncate(topic, partition, below)?.records)
+        Ok(self.store.truncate(topic, partition, below)?.records)
     }
 
     fn load_state(&self) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.0.meta(STATE_KEY)?)
+        Ok(self.store.meta(STATE_KEY)?)
     }
 
     fn save_state(&self, state: &[u8]) -> anyhow::Result<()> {
-        Ok(self.0.set_meta(STATE_KEY, state)?)
+        Ok(self.store.set_meta(STATE_KEY, state)?)
     }
 }

@@ -471,7 +471,10 @@ fn kill_9_during_a_backlog_drain_then_exactly_once_and_replay_is_marked() {
         (from..next).collect::<Vec<_>>(),
         "the replayed range, in order, once"
     );
-    assert_eq!(assert_exactly_once_in_order(&agent, &cloud), 40_000 + live.acked());
+    assert_eq!(
+        assert_exactly_once_in_order(&agent, &cloud),
+        40_000 + live.acked()
+    );
 }
 
 #[test]
