@@ -16,7 +16,9 @@
 //! # Cloud records
 //! Key = the edge key (the device id, so the cloud's murmur2 partitioner agrees with the edge),
 //! value unchanged, timestamp = edge ingest time, headers = the edge record's headers plus
-//! `gateway`, `edge-topic`, `edge-partition`, `edge-offset` (and `replay` on replays).
+//! `edge: <gateway>/<edge topic>/<edge partition>/<edge offset>`, for readings
+//! `reading: <boot>/<seq>`, and on replays `replay: <job id>`
+//! (see [`run::headers`]).
 #![warn(missing_docs)]
 
 pub mod checkpoint;
@@ -28,4 +30,4 @@ pub mod status;
 
 pub use config::BridgeConfig;
 pub use run::{Bridge, ReplayStart};
-pub use source::{EdgeLog, EdgePartition, EdgeRecord, EdgeTopic};
+pub use source::{EdgeLog, EdgePartition, EdgeRecord, EdgeRecordRef, EdgeTopic};

@@ -19,6 +19,42 @@ pub struct EdgeRecord {
     pub reading: Option<(u32, u64)>,
 }
 
+/// A record borrowed from the edge log (see [`EdgeLog::read_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeRecordRef<'a> {
+    /// Offset in its edge partition.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value.
+    pub value: &'a [u8],
+    /// The edge record's own headers.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// A reading's boot id and sequence number.
+    pub reading: Option<(u32, u64)>,
+}
+
+impl EdgeRecord {
+    /// Calls `f` with a borrowed view of this record.
+    pub fn with_ref<T>(&self, f: impl FnOnce(&EdgeRecordRef<'_>) -> T) -> T {
+        let headers: Vec<(&str, &[u8])> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        f(&EdgeRecordRef {
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key.as_deref(),
+            value: &self.value,
+            headers: &headers,
+            reading: self.reading,
+        })
+    }
+}
+
 /// Where an edge partition stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EdgePartition {
@@ -57,6 +93,26 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         max_records: usize,
         max_bytes: usize,
     ) -> anyhow::Result<Vec<EdgeRecord>>;
+    /// Calls `f` with the records from the first offset `>= from` on, borrowed, until it
+    /// returns `false` or `max_records` were visited; returns the number visited. The
+    /// default reads copies.
+    fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+        f: &mut dyn FnMut(&EdgeRecordRef<'_>) -> bool,
+    ) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for r in self.read(topic, partition, from, max_records, usize::MAX)? {
+            n += 1;
+            if !r.with_ref(|r| f(r)) {
+                break;
+            }
+        }
+        Ok(n)
+    }
     /// Calls `f(offset, key)` for the records with offsets in `from..to` (the live-first
     /// backlog scan: only keys are needed). Returns records visited.
     fn scan_keys(

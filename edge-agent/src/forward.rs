@@ -7,7 +7,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use bridge::{EdgeLog, EdgePartition, EdgeRecord, EdgeTopic};
+use bridge::{EdgeLog, EdgePartition, EdgeRecord, EdgeRecordRef, EdgeTopic};
 use firmware::wire::ReadingRecord;
 
 use crate::config::TELEMETRY;
@@ -89,6 +89,32 @@ impl EdgeLog for Forwarded {
                 headers: r.headers,
             })
             .collect())
+    }
+
+    fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+        f: &mut dyn FnMut(&EdgeRecordRef<'_>) -> bool,
+    ) -> anyhow::Result<usize> {
+        let telemetry = topic == TELEMETRY;
+        Ok(self
+            .store
+            .read_with(topic, partition, from, max_records, &mut |r| {
+                f(&EdgeRecordRef {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                    reading: telemetry
+                        .then(|| firmware::wire::decode::<ReadingRecord>(r.value).ok())
+                        .flatten()
+                        .map(|rec| (rec.boot_id, rec.seq)),
+                })
+            })?)
     }
 
     fn scan_keys(

@@ -188,11 +188,24 @@ impl CloudRec {
     fn h(&self, k: &str) -> &str {
         self.headers.get(k).map_or("", String::as_str)
     }
+    /// (gateway, edge topic, edge partition, edge offset) from the `edge` header.
+    fn identity(&self) -> (String, String, u32, u64) {
+        let (g, t, p, o) =
+            bridge::run::headers::parse_edge(self.h("edge").as_bytes()).expect("an edge header");
+        (g.to_string(), t.to_string(), p, o)
+    }
     fn edge(&self) -> (u32, u64) {
-        (
-            self.h("edge-partition").parse().unwrap(),
-            self.h("edge-offset").parse().unwrap(),
-        )
+        let (_, _, p, o) = self.identity();
+        (p, o)
+    }
+    /// The reading's sequence number from the `reading` header (`boot/seq`).
+    fn seq(&self) -> u64 {
+        self.h("reading")
+            .split_once('/')
+            .expect("a reading header")
+            .1
+            .parse()
+            .unwrap()
     }
 }
 
@@ -243,7 +256,7 @@ fn assert_exactly_once_in_order(agent: &EdgeAgent, cloud: &Cloud) -> u64 {
     let next_offsets = edge_next(agent);
     let recs: Vec<CloudRec> = kcat_telemetry(cloud)
         .into_iter()
-        .filter(|r| r.h("gateway") == GATEWAY && r.h("replay").is_empty())
+        .filter(|r| r.identity().0 == GATEWAY && r.identity().1 == "telemetry" && r.h("replay").is_empty())
         .collect();
     let mut seen: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     let mut last_per_device: HashMap<String, (u64, u64)> = HashMap::new();
@@ -251,7 +264,7 @@ fn assert_exactly_once_in_order(agent: &EdgeAgent, cloud: &Cloud) -> u64 {
         let (ep, eo) = r.edge();
         assert_eq!(r.partition, ep, "device {} left its partition", r.key);
         seen.entry(ep).or_default().push(eo);
-        let seq: u64 = r.h("seq").parse().unwrap();
+        let seq = r.seq();
         if let Some((po, ps)) = last_per_device.insert(r.key.clone(), (eo, seq)) {
             assert!(
                 eo > po && seq > ps,

@@ -13,7 +13,7 @@
 //! decoding records. Decoding checks every length against the bytes left; counts are capped
 //! by the bytes left too, so a damaged chunk cannot make the decoder allocate wildly.
 
-use super::{LogError, NewRecord, Record};
+use super::{LogError, NewRecord, Record, RecordRef};
 
 const VERSION: u8 = 1;
 const HEADER_MIN: usize = 1 + 8 + 8 + 1 + 1;
@@ -189,6 +189,57 @@ pub fn decode(base: u64, bytes: &[u8], from: u64, out: &mut Vec<Record>, max: us
     Ok(())
 }
 
+/// Calls `f` with each record of a chunk stored at `base` from offset `from` on, borrowed from
+/// the chunk's bytes (no copies), until `f` returns `false`. Returns whether `f` asked to stop.
+pub fn visit(
+    base: u64,
+    bytes: &[u8],
+    from: u64,
+    f: &mut dyn FnMut(&RecordRef<'_>) -> bool,
+) -> Result<bool, LogError> {
+    let mut r = Reader(bytes);
+    let h = read_header(&mut r)?;
+    if h.count > (r.0.len() as u64) / 4 + 1 {
+        return Err(corrupt("count larger than the chunk"));
+    }
+    let mut headers = Vec::new();
+    for _ in 0..h.count {
+        let offset = base
+            .checked_add(r.varint()?)
+            .ok_or_else(|| corrupt("offset overflow"))?;
+        let ts = h.min_ts.wrapping_add(r.varint()? as i64);
+        let key = match r.varint()? {
+            0 => None,
+            n => Some(r.bytes(n - 1)?),
+        };
+        let value_len = r.varint()?;
+        let value = r.bytes(value_len)?;
+        let nh = r.varint()?;
+        if nh > r.0.len() as u64 / 2 {
+            return Err(corrupt("header count larger than the chunk"));
+        }
+        headers.clear();
+        for _ in 0..nh {
+            let nl = r.varint()?;
+            let name = std::str::from_utf8(r.bytes(nl)?).map_err(|_| corrupt("header name utf8"))?;
+            let vl = r.varint()?;
+            headers.push((name, r.bytes(vl)?));
+        }
+        if offset >= from
+            && !f(&RecordRef {
+                offset,
+                timestamp_ms: ts,
+                key,
+                value,
+                headers: &headers,
+            })
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Calls `f(offset, key)` for the records of a chunk stored at `base` with offsets in
 /// `from..to`, without copying values or headers (the bridge's backlog scan). Returns the
 /// offset after the last record visited, or `None` if the chunk holds nothing in range.
@@ -283,6 +334,23 @@ mod tests {
                 prop_assert_eq!(&got.value, &r.value);
                 prop_assert_eq!(&got.headers, &r.headers);
             }
+        }
+
+        #[test]
+        fn visit_agrees_with_decode(records in proptest::collection::vec(rec(), 0..20), from in 0u64..25, stop_after in 0usize..25) {
+            let with_offsets: Vec<(u64, &NewRecord)> = records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
+            let bytes = encode(with_offsets.iter().copied());
+            let mut all = Vec::new();
+            decode(0, &bytes, from, &mut all, usize::MAX).unwrap();
+            let limit = stop_after.max(1);
+            let mut got = Vec::new();
+            let stopped = visit(0, &bytes, from, &mut |r| {
+                got.push(r.to_owned());
+                got.len() < limit
+            }).unwrap();
+            prop_assert_eq!(stopped, all.len() >= limit);
+            all.truncate(limit);
+            prop_assert_eq!(got, all);
         }
 
         #[test]

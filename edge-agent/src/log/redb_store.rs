@@ -381,6 +381,48 @@ impl LogStore for RedbLog {
         })
     }
 
+    fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+        f: &mut dyn FnMut(&super::RecordRef<'_>) -> bool,
+    ) -> Result<usize, LogError> {
+        let id = self.topic_partition(topic, partition)?.id;
+        if max_records == 0 {
+            return Ok(0);
+        }
+        self.read_db(|tx| {
+            let Some(chunks) = table_missing_ok(tx.open_table(CHUNKS))? else {
+                return Ok(0);
+            };
+            let start = match chunks
+                .range((id, partition, 0)..=(id, partition, from))
+                .map_err(storage)?
+                .next_back()
+            {
+                Some(e) => e.map_err(storage)?.0.value().2,
+                None => 0,
+            };
+            let mut n = 0;
+            for e in chunks
+                .range((id, partition, start)..=(id, partition, u64::MAX))
+                .map_err(storage)?
+            {
+                let (k, v) = e.map_err(storage)?;
+                let stopped = chunk::visit(k.value().2, v.value(), from, &mut |r| {
+                    n += 1;
+                    f(r) && n < max_records
+                })?;
+                if stopped || n >= max_records {
+                    break;
+                }
+            }
+            Ok(n)
+        })
+    }
+
     fn scan_keys(
         &self,
         topic: &str,

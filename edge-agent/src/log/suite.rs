@@ -37,6 +37,38 @@ pub fn test_all<S: LogStore>(make: impl Fn() -> S) {
     compaction(&make());
     truncation(&make());
     key_scan(&make());
+    borrowed_reads(&make());
+}
+
+fn borrowed_reads(s: &impl LogStore) {
+    s.ensure_topic(&TopicSpec::new("b", 1)).unwrap();
+    for i in 0..4 {
+        s.append(&one(
+            "b",
+            0,
+            vec![rec(i, Some("k"), &format!("v{i}")), rec(i, None, "w")],
+        ))
+        .unwrap();
+    }
+    for (from, max) in [(0, usize::MAX), (3, 2), (5, 100), (8, 1), (1, 0)] {
+        let mut got = Vec::new();
+        let n = s
+            .read_with("b", 0, from, max, &mut |r| {
+                got.push(r.to_owned());
+                true
+            })
+            .unwrap();
+        let want = s.read("b", 0, from, max, usize::MAX).unwrap();
+        assert_eq!((n, &got), (want.len(), &want), "from {from} max {max}");
+    }
+    let mut seen = 0;
+    let n = s
+        .read_with("b", 0, 0, usize::MAX, &mut |_| {
+            seen += 1;
+            seen < 3
+        })
+        .unwrap();
+    assert_eq!((n, seen), (3, 3), "stops when asked");
 }
 
 fn key_scan(s: &impl LogStore) {
