@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A proxy from a free loopback port to `upstream`, running on its own thread.
+/// A proxy from a loopback port to `upstream`, running on its own thread.
 #[derive(Debug)]
 pub struct Proxy {
     port: u16,
@@ -21,7 +21,12 @@ pub struct Proxy {
 impl Proxy {
     /// Starts proxying new connections on a free port to `upstream`.
     pub fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on(0, upstream)
+    }
+
+    /// Starts proxying new connections on `127.0.0.1:port` (`0` = a free port) to `upstream`.
+    pub fn start_on(port: u16, upstream: SocketAddr) -> anyhow::Result<Self> {
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let (cut_tx, cut_rx) = watch::channel(0u64);

@@ -4,14 +4,42 @@
 //! The binary is also the cloud broker and the edge agent: `demo cloud-broker run ...` and
 //! `demo edge-agent ...` run those commands (so `cargo run --bin demo` builds everything it
 //! starts, and the tests start the real processes from one binary).
+//!
+//! # What runs where
+//! - The cloud broker and the edge agent are child processes of this binary. Each is put in
+//!   its own process group (a terminal's Ctrl-C reaches only the demo, which then stops them
+//!   in order: fleet, QEMU, agent, broker) and gets `PR_SET_PDEATHSIG` = SIGTERM (if the demo
+//!   is killed, they stop too). Their output goes to `<data-dir>/logs/<name>.log`.
+//! - The uplink is an in-process [`Proxy`] listening on `--kafka-port` in front of the broker,
+//!   which listens on a private port and advertises the proxy. Every Kafka client — the
+//!   agent's bridge and a user's kcat alike — goes through it, because librdkafka connects to
+//!   the advertised address; so cutting the proxy really cuts the gateway off the cloud.
+//! - The fleet runs in-process ([`sim::run`]) on its own tokio runtime; shutting that runtime
+//!   down drops every device task (the devices' sockets close, as a power cut would).
+//! - Children are spawned from the main thread only: the parent-death signal fires when the
+//!   *thread* that forked the child exits, and the main thread lives as long as the process.
 
-use std::process::ExitCode;
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use clap::Parser;
+use hil_tests::agent::http_get;
+use hil_tests::proxy::Proxy;
+use hil_tests::sim::{self, Report, SimConfig};
+use hil_tests::wait;
 
 #[global_allocator]
 static ALLOC: cloud_broker::alloc::LazyHuge = cloud_broker::alloc::LazyHuge;
 
 fn main() -> ExitCode {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut args: Vec<OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
         Some("cloud-broker") => {
             args.remove(0);
@@ -25,7 +53,772 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(_args: Vec<std::ffi::OsString>) -> ExitCode {
-    eprintln!("demo: not yet");
-    ExitCode::FAILURE
+/// Run the whole appliance on this machine: a cloud broker, an edge agent that forwards its
+/// log to the cloud over an uplink the demo can cut, a fleet of simulated devices (each one
+/// the real firmware library) and, when QEMU and the board image are there, the firmware image
+/// under QEMU. Prints where to look, then a status line every 5 s. Ctrl-C stops everything.
+#[derive(Debug, Parser)]
+#[command(
+    name = "demo",
+    version,
+    after_help = "Walkthrough: `demo --offline-after 20 --online-after 60` cuts the gateway's \
+uplink to the cloud at 20 s and restores it at 60 s: the devices keep being acknowledged (the \
+gateway stores their readings), the bridge backlog grows, then drains into the cloud.\n\n\
+The binary is also the components it starts: `demo cloud-broker run --help`, \
+`demo edge-agent --help`."
+)]
+struct Args {
+    /// Data of the cloud broker and the edge agent, and the logs; kept between runs (a second
+    /// start on the same directory resumes).
+    #[arg(long, value_name = "DIR", default_value = "./demo-data")]
+    data_dir: PathBuf,
+    /// Simulated devices (0 for none).
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+    /// Readings per second per device.
+    #[arg(long, value_name = "PER_S", default_value_t = 2.0)]
+    rate: f64,
+    /// Cut the gateway's uplink to the cloud this many seconds after the start.
+    #[arg(long, value_name = "SECS")]
+    offline_after: Option<u64>,
+    /// Restore the uplink this many seconds after the start (later than --offline-after).
+    #[arg(long, value_name = "SECS", requires = "offline_after")]
+    online_after: Option<u64>,
+    /// Stop after this many seconds: the devices stop sampling and get their last acks, the
+    /// cloud catches up (at most 30 s), then everything stops [default: run until Ctrl-C].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Do not start the firmware image under QEMU.
+    #[arg(long)]
+    no_qemu: bool,
+    /// The cloud's Kafka port on 127.0.0.1, for kcat and any Kafka client (the uplink proxy
+    /// listens here, in front of the broker).
+    #[arg(long, value_name = "PORT", default_value_t = 9092, value_parser = clap::value_parser!(u16).range(1..))]
+    kafka_port: u16,
+    /// The edge agent's MQTT port on 127.0.0.1 (devices publish here).
+    #[arg(long, value_name = "PORT", default_value_t = 1883, value_parser = clap::value_parser!(u16).range(1..))]
+    mqtt_port: u16,
+    /// The edge agent's admin HTTP port on 127.0.0.1 (/api/bridge, /metrics, /api/devices).
+    #[arg(long, value_name = "PORT", default_value_t = 8081, value_parser = clap::value_parser!(u16).range(1..))]
+    admin_port: u16,
+    /// The cloud broker's HTTP port on 127.0.0.1 (/health).
+    #[arg(long, value_name = "PORT", default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
+    cloud_http_port: u16,
+}
+
+/// Status lines come this often.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How long the devices wait for their last acks after sampling stops.
+const FLEET_DRAIN: Duration = Duration::from_secs(30);
+/// How long a `--duration` run waits for the cloud to acknowledge the whole backlog.
+const CLOUD_CATCH_UP: Duration = Duration::from_secs(30);
+/// SIGTERM to SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// A component must be up within this long.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const GATEWAY_ID: &str = "demo-gateway";
+
+fn demo(args: Vec<OsString>) -> ExitCode {
+    let a = Args::parse_from(args);
+    match run(a) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What wakes the main loop besides its timers.
+#[derive(Debug)]
+enum Event {
+    /// SIGINT or SIGTERM.
+    Stop(&'static str),
+    /// The fleet finished (only with `--duration`).
+    FleetDone(anyhow::Result<Report>),
+}
+
+/// Why the demo stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Duration,
+    Signal(&'static str),
+}
+
+fn validate(a: &Args) -> anyhow::Result<()> {
+    if a.devices > 0 {
+        ensure!(
+            a.rate.is_finite() && a.rate > 0.0,
+            "--rate must be a positive number of readings per second"
+        );
+    }
+    if let (Some(off), Some(on)) = (a.offline_after, a.online_after) {
+        ensure!(
+            on > off,
+            "--online-after ({on}) must be later than --offline-after ({off})"
+        );
+    }
+    ensure!(a.duration != Some(0), "--duration must be at least 1 second");
+    let ports = [
+        (a.kafka_port, "--kafka-port"),
+        (a.mqtt_port, "--mqtt-port"),
+        (a.admin_port, "--admin-port"),
+        (a.cloud_http_port, "--cloud-http-port"),
+    ];
+    for (i, (p, flag)) in ports.iter().enumerate() {
+        if let Some((_, other)) = ports[..i].iter().find(|(q, _)| q == p) {
+            bail!("{other} and {flag} are both {p}: give them different ports");
+        }
+    }
+    for (p, flag) in ports {
+        std::net::TcpListener::bind(("127.0.0.1", p))
+            .with_context(|| format!("127.0.0.1:{p} is in use: choose another port with {flag}"))?;
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free loopback port")?
+        .port())
+}
+
+/// A child process; stopping it (or dropping it) sends SIGTERM, then SIGKILL after a grace time.
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with its output appended to `log`, in its own process group, with SIGTERM
+    /// as its parent-death signal. Call from the main thread only (see the module docs).
+    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let err = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let out = err
+            .try_clone()
+            .with_context(|| format!("opening {}", log.display()))?;
+        let parent = std::process::id() as libc::pid_t;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: the closure runs in the forked child before exec and makes only
+        // async-signal-safe system calls (prctl, getppid, setpgid); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl took effect: no signal would ever come.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting the {name}"))?;
+        Ok(Proc {
+            name,
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The exit status, if it has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits until `ready` returns true, failing if the process exits first, the deadline
+    /// passes, or a stop signal arrives.
+    fn wait_ready(
+        &mut self,
+        what: &str,
+        events: &mpsc::Receiver<Event>,
+        mut ready: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let log = self.log.display().to_string();
+        let outcome = wait::until(START_TIMEOUT, what, || {
+            if let Some(st) = self.exited() {
+                return Some(Err(anyhow::anyhow!(
+                    "the {} exited during start-up ({st}): see {log}",
+                    self.name
+                )));
+            }
+            if let Some(sig) = stop_requested(events) {
+                return Some(Err(anyhow::anyhow!("{sig} during start-up")));
+            }
+            ready().then_some(Ok(()))
+        });
+        match outcome {
+            Ok(r) => r,
+            Err(timeout) => Err(timeout.context(format!("the {} did not come up: see {log}", self.name))),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it is still there after [`STOP_GRACE`]. Returns the exit
+    /// status and whether it had to be killed (`None` if it was already stopped).
+    fn stop(&mut self) -> Option<(ExitStatus, bool)> {
+        let mut c = self.child.take()?;
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some((st, false));
+        }
+        // SAFETY: kill(2) on our own child, not yet reaped, so its pid cannot have been reused.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let what = format!("the {} to exit after SIGTERM", self.name);
+        match wait::until(STOP_GRACE, &what, || c.try_wait().ok().flatten()) {
+            Ok(st) => Some((st, false)),
+            Err(_) => {
+                let _ = c.kill();
+                c.wait().ok().map(|st| (st, true))
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A stop signal that arrived, if any (other events are not expected where this is used).
+fn stop_requested(events: &mpsc::Receiver<Event>) -> Option<&'static str> {
+    while let Ok(ev) = events.try_recv() {
+        if let Event::Stop(sig) = ev {
+            return Some(sig);
+        }
+    }
+    None
+}
+
+/// Whether QEMU runs, or one line saying why not.
+fn qemu_image(no_qemu: bool) -> Result<PathBuf, String> {
+    if no_qemu {
+        return Err("QEMU: off (--no-qemu)".into());
+    }
+    if hil_tests::mosquitto::which("qemu-system-arm").is_none() {
+        return Err("QEMU: skipped, qemu-system-arm is not installed \
+                    (apt install qemu-system-arm, or scripts/setup)"
+            .into());
+    }
+    hil_tests::qemu::lm3s6965_image().map_err(|_| {
+        "QEMU: skipped, the board image is not built (scripts/test-all builds it, or \
+         `cargo build --release` in firmware/boards/qemu-lm3s6965)"
+            .to_string()
+    })
+}
+
+/// QEMU's major version (its socket reconnect option changed name in 9.2).
+fn qemu_major() -> anyhow::Result<u32> {
+    let out = Command::new("qemu-system-arm")
+        .arg("--version")
+        .output()
+        .context("running qemu-system-arm --version")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("version ")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+        .with_context(|| format!("cannot read QEMU's version from {text:?}"))
+}
+
+/// The board image under QEMU as device `qemu-1`, sampling forever (`n=0`), its UART0 a TCP
+/// client of the agent's MQTT port that reconnects every second. Started here rather than
+/// with `hil_tests::qemu::Qemu`, which runs QEMU under `timeout(1)`: the demo needs QEMU
+/// itself as its child, so that SIGTERM and the parent-death signal reach it.
+fn start_qemu(image: &Path, mqtt_port: u16, rate: f64, log: &Path) -> anyhow::Result<Proc> {
+    let reconnect = if qemu_major()? >= 9 {
+        "reconnect-ms=1000"
+    } else {
+        "reconnect=1"
+    };
+    let rate = rate.round().clamp(1.0, 1000.0) as u32;
+    let mut cmd = Command::new("qemu-system-arm");
+    cmd.args(["-cpu", "cortex-m3", "-machine", "lm3s6965evb"])
+        .args(["-display", "none", "-monitor", "none", "-nographic"])
+        .arg("-semihosting-config")
+        .arg(format!(
+            "enable=on,target=native,arg=qemu-lm3s6965,arg=id=qemu-1,arg=n=0,arg=rate={rate}"
+        ))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=uart0,host=127.0.0.1,port={mqtt_port},{reconnect},nodelay=on"
+        ))
+        .args(["-serial", "chardev:uart0", "-kernel"])
+        .arg(image);
+    Proc::spawn("firmware under QEMU", cmd, log)
+}
+
+fn get_json(port: u16, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (code, body) = http_get(port, path).with_context(|| format!("GET {path}"))?;
+    ensure!(code == 200, "GET {path}: HTTP {code}: {body}");
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON"))
+}
+
+/// What the edge agent says, at one moment.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    /// Devices whose last status is online.
+    devices_online: u64,
+    /// Readings the gateway stored — and so acknowledged — since it started.
+    device_readings: u64,
+    /// Telemetry records in the edge log (all runs on this data dir).
+    edge_telemetry: u64,
+    /// Telemetry records the cloud acknowledged (sum of the bridge's checkpoints).
+    cloud_telemetry: u64,
+    /// Telemetry records not yet acknowledged by the cloud.
+    telemetry_backlog: u64,
+    /// Records of every forwarded topic not yet acknowledged by the cloud.
+    backlog: u64,
+    /// The bridge has a working session with the cloud.
+    connected: bool,
+    /// When the cloud last acknowledged a record, ms since the Unix epoch (0 = never).
+    last_ack_ms: i64,
+}
+
+fn snapshot(admin_port: u16) -> anyhow::Result<Snapshot> {
+    let u = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let mut s = Snapshot::default();
+    let devices = get_json(admin_port, "/api/devices")?;
+    if let Some(map) = devices.get("devices").and_then(|d| d.as_object()) {
+        for d in map.values() {
+            s.device_readings += u(d, "readings");
+            if d.get("online").and_then(|o| o.as_bool()) == Some(true) {
+                s.devices_online += 1;
+            }
+        }
+    }
+    let log = get_json(admin_port, "/api/log")?;
+    let topics = log.get("topics").and_then(|t| t.as_array());
+    for t in topics.into_iter().flatten() {
+        if t.get("name").and_then(|n| n.as_str()) == Some("telemetry") {
+            let parts = t.get("partitions").and_then(|p| p.as_array());
+            s.edge_telemetry = parts.into_iter().flatten().map(|p| u(p, "next_offset")).sum();
+        }
+    }
+    let bridge = get_json(admin_port, "/api/bridge")?;
+    s.connected = bridge.get("connected").and_then(|c| c.as_bool()) == Some(true);
+    s.last_ack_ms = bridge.get("last_ack_ms").and_then(|x| x.as_i64()).unwrap_or(0);
+    let sources = bridge.get("sources").and_then(|x| x.as_array());
+    for src in sources.into_iter().flatten() {
+        let backlog = u(src, "backlog_records");
+        s.backlog += backlog;
+        if src.get("topic").and_then(|t| t.as_str()) == Some("telemetry") {
+            s.telemetry_backlog += backlog;
+            s.cloud_telemetry += u(src, "checkpoint");
+        }
+    }
+    Ok(s)
+}
+
+fn status_line(elapsed: Duration, admin_port: u16, uplink_down: bool) -> String {
+    let t = elapsed.as_secs();
+    let down = if uplink_down { " | UPLINK DOWN" } else { "" };
+    let s = match snapshot(admin_port) {
+        Ok(s) => s,
+        Err(e) => return format!("[{t:>4}s] the edge agent does not answer: {e:#}{down}"),
+    };
+    // The bridge calls itself connected until 10 s pass without an ack; say sooner when
+    // records wait and no ack comes.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let silent_s = (now_ms - s.last_ack_ms) / 1000;
+    let bridge = if !s.connected {
+        "bridge not connected".to_string()
+    } else if s.backlog > 0 && s.last_ack_ms > 0 && silent_s >= 2 {
+        format!("no cloud ack for {silent_s} s")
+    } else {
+        "bridge connected".to_string()
+    };
+    format!(
+        "[{t:>4}s] devices {} online, {} readings acked | edge log {} | cloud {}, backlog {} ({bridge}){down}",
+        s.devices_online, s.device_readings, s.edge_telemetry, s.cloud_telemetry, s.telemetry_backlog,
+    )
+}
+
+fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    validate(&a)?;
+    let data_dir =
+        std::path::absolute(&a.data_dir).with_context(|| format!("data dir {}", a.data_dir.display()))?;
+    let logs = data_dir.join("logs");
+    for d in [&logs, &data_dir.join("cloud"), &data_dir.join("edge")] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let exe = std::env::current_exe().context("locating the demo binary")?;
+
+    // Signals first, so a Ctrl-C during start-up also stops cleanly.
+    let (tx, events) = mpsc::channel::<Event>();
+    let signals = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")?;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut int, mut term) = signals
+            .block_on(async {
+                Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+            })
+            .context("installing the signal handlers")?;
+        let tx = tx.clone();
+        signals.spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    _ = int.recv() => "Ctrl-C",
+                    _ = term.recv() => "SIGTERM",
+                };
+                if tx.send(Event::Stop(sig)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    // The cloud, behind the uplink proxy on the user-facing Kafka port.
+    let broker_port = free_port()?;
+    let broker_addr = SocketAddr::from(([127, 0, 0, 1], broker_port));
+    let proxy = Proxy::start_on(a.kafka_port, broker_addr).with_context(|| {
+        format!(
+            "127.0.0.1:{} is in use: choose another port with --kafka-port",
+            a.kafka_port
+        )
+    })?;
+    let kafka = format!("127.0.0.1:{}", a.kafka_port);
+    let mut cmd = Command::new(&exe);
+    cmd.args(["cloud-broker", "run", "--kafka-listen"])
+        .arg(broker_addr.to_string())
+        .arg("--http-listen")
+        .arg(format!("127.0.0.1:{}", a.cloud_http_port))
+        .arg("--data-dir")
+        .arg(data_dir.join("cloud"))
+        .arg("--advertise")
+        .arg(&kafka)
+        .env("NO_COLOR", "1");
+    let broker_log = logs.join("cloud-broker.log");
+    let mut broker = Proc::spawn("cloud broker", cmd, &broker_log)?;
+    let http_port = a.cloud_http_port;
+    broker.wait_ready("the cloud broker to be up", &events, || {
+        std::net::TcpStream::connect(broker_addr).is_ok()
+            && http_get(http_port, "/health").is_ok_and(|(code, _)| code == 200)
+    })?;
+
+    // The gateway, forwarding to the cloud through the proxy.
+    let mut cmd = Command::new(&exe);
+    cmd.args(["edge-agent", "run", "--data-dir"])
+        .arg(data_dir.join("edge"))
+        .arg("--mqtt-listen")
+        .arg(format!("127.0.0.1:{}", a.mqtt_port))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{}", a.admin_port))
+        .arg("--cloud")
+        .arg(&kafka)
+        .args(["--gateway-id", GATEWAY_ID])
+        .env("NO_COLOR", "1");
+    let agent_log = logs.join("edge-agent.log");
+    let mut agent = Proc::spawn("edge agent", cmd, &agent_log)?;
+    let admin = a.admin_port;
+    agent.wait_ready("the edge agent to be healthy", &events, || {
+        http_get(admin, "/health").is_ok_and(|(code, _)| code == 200)
+    })?;
+
+    // The firmware image under QEMU, when it can run.
+    let qemu_log = logs.join("qemu.log");
+    let mut qemu = match qemu_image(a.no_qemu) {
+        Ok(image) => match start_qemu(&image, a.mqtt_port, a.rate, &qemu_log) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                println!("QEMU: skipped, it did not start: {e:#}");
+                None
+            }
+        },
+        Err(why) => {
+            println!("{why}");
+            None
+        }
+    };
+
+    // The fleet, in-process on its own runtime.
+    let fleet = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the fleet's tokio runtime")?;
+    let mut fleet_running = a.devices > 0;
+    if fleet_running {
+        let cfg = SimConfig {
+            broker: format!("127.0.0.1:{}", a.mqtt_port),
+            devices: a.devices,
+            rate: a.rate,
+            batch: 1,
+            duration: a
+                .duration
+                .map(|d| Duration::from_secs(d).saturating_sub(started.elapsed())),
+            readings: None,
+            drain_timeout: FLEET_DRAIN,
+            ..SimConfig::default()
+        };
+        let tx = tx.clone();
+        fleet.spawn(async move {
+            let _ = tx.send(Event::FleetDone(sim::run(cfg).await));
+        });
+    }
+
+    let mut logs = vec![broker_log.as_path(), agent_log.as_path()];
+    if qemu.is_some() {
+        logs.push(&qemu_log);
+    }
+    print_banner(&a, &data_dir, qemu.is_some(), &logs);
+
+    let at = |s: Option<u64>| s.map(|s| started + Duration::from_secs(s));
+    let (mut offline_at, mut online_at) = (at(a.offline_after), at(a.online_after));
+    let end_at = at(a.duration);
+    let mut next_status = started + STATUS_EVERY;
+    let mut uplink_down = false;
+    let mut cuts = 0u32;
+    let mut report: Option<Report> = None;
+    let reason = loop {
+        let now = Instant::now();
+        if offline_at.is_some_and(|t| t <= now) {
+            offline_at = None;
+            proxy.set_down(true);
+            proxy.cut();
+            uplink_down = true;
+            cuts += 1;
+            println!(
+                "[{:>4}s] uplink DOWN: the gateway is cut off from the cloud; devices are still \
+                 acknowledged, the backlog grows at the edge",
+                started.elapsed().as_secs()
+            );
+        }
+        if online_at.is_some_and(|t| t <= now) {
+            online_at = None;
+            proxy.set_down(false);
+            uplink_down = false;
+            println!(
+                "[{:>4}s] uplink UP again: the bridge reconnects and the backlog drains into the cloud",
+                started.elapsed().as_secs()
+            );
+        }
+        if end_at.is_some_and(|t| t <= now) {
+            break Reason::Duration;
+        }
+        if next_status <= now {
+            println!("{}", status_line(started.elapsed(), admin, uplink_down));
+            while next_status <= Instant::now() {
+                next_status += STATUS_EVERY;
+            }
+        }
+        for p in [&mut broker, &mut agent] {
+            if let Some(st) = p.exited() {
+                bail!(
+                    "the {} exited unexpectedly ({st}): see {}",
+                    p.name,
+                    p.log.display()
+                );
+            }
+        }
+        if let Some(st) = qemu.as_mut().and_then(|q| q.exited()) {
+            println!("QEMU exited ({st}): see {}", qemu_log.display());
+            qemu = None;
+        }
+        let wake = [Some(next_status), offline_at, online_at, end_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_status);
+        match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(Event::Stop(sig)) => break Reason::Signal(sig),
+            Ok(Event::FleetDone(r)) => {
+                // Without --duration the fleet never ends by itself; with it, it ends at the
+                // deadline, which the next iteration sees.
+                report = Some(r.context("the simulated fleet failed")?);
+                fleet_running = false;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("event channel closed"),
+        }
+    };
+    let secs = started.elapsed().as_secs();
+    match reason {
+        Reason::Duration => println!("[{secs:>4}s] --duration reached: stopping"),
+        Reason::Signal(sig) => println!("[{secs:>4}s] {sig}: stopping"),
+    }
+
+    // 1. The devices: with --duration they stop sampling and wait for their last acks.
+    let mut interrupted = matches!(reason, Reason::Signal(_));
+    if fleet_running && !interrupted {
+        println!(
+            "waiting for the devices' last acks (at most {} s)",
+            FLEET_DRAIN.as_secs()
+        );
+        match events.recv_timeout(FLEET_DRAIN + Duration::from_secs(10)) {
+            Ok(Event::FleetDone(r)) => report = Some(r.context("the simulated fleet failed")?),
+            Ok(Event::Stop(sig)) => {
+                println!("{sig}: not waiting any longer");
+                interrupted = true;
+            }
+            Err(_) => println!("the devices did not finish in time"),
+        }
+    }
+    fleet.shutdown_timeout(Duration::from_secs(2));
+    // 2. The firmware under QEMU.
+    if let Some(mut q) = qemu.take() {
+        q.stop();
+    }
+    // 3. With --duration, let the cloud catch up so the summary is exact.
+    if reason == Reason::Duration && !interrupted {
+        if uplink_down {
+            println!("the uplink is down: the backlog stays at the edge (the next start forwards it)");
+        } else {
+            println!(
+                "waiting for the cloud to acknowledge the backlog (at most {} s)",
+                CLOUD_CATCH_UP.as_secs()
+            );
+            let caught_up = wait::until(CLOUD_CATCH_UP, "the bridge backlog to be 0", || {
+                if let Some(sig) = stop_requested(&events) {
+                    return Some(Err(sig));
+                }
+                snapshot(admin).ok().filter(|s| s.backlog == 0).map(|_| Ok(()))
+            });
+            match caught_up {
+                Ok(Ok(())) => {}
+                Ok(Err(sig)) => println!("{sig}: not waiting any longer"),
+                Err(e) => println!("{e}"),
+            }
+        }
+    }
+    let last = snapshot(admin);
+    // 4. The gateway (it commits and acks what it has), then the cloud.
+    let mut clean = true;
+    for p in [&mut agent, &mut broker] {
+        match p.stop() {
+            Some((st, false)) if st.success() => {}
+            Some((st, killed)) => {
+                clean = false;
+                let how = if killed {
+                    "was killed after SIGTERM timed out"
+                } else {
+                    "exited badly"
+                };
+                eprintln!("demo: the {} {how} ({st}): see {}", p.name, p.log.display());
+            }
+            None => {}
+        }
+    }
+    drop(proxy);
+    drop(signals);
+
+    print_summary(reason, started.elapsed(), report.as_ref(), last, cuts);
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]) {
+    let k = a.kafka_port;
+    let admin = format!("http://127.0.0.1:{}", a.admin_port);
+    let fleet = if a.devices > 0 {
+        format!("{} simulated devices x {} readings/s", a.devices, a.rate)
+    } else {
+        "no simulated devices".to_string()
+    };
+    let q = if qemu {
+        " + the firmware image under QEMU (qemu-1)"
+    } else {
+        ""
+    };
+    let logs: Vec<String> = logs.iter().map(|p| p.display().to_string()).collect();
+    println!(
+        "\nThe appliance is running. Data: {data} (a second start resumes from it)\n\
+         \n  cloud broker  Kafka 127.0.0.1:{k} (through the uplink), health http://127.0.0.1:{http}/health\
+         \n  edge agent    gateway {GATEWAY_ID}, MQTT 127.0.0.1:{mqtt}, admin {admin}\
+         \n  devices       {fleet}{q}\
+         \n  logs          {logs}\n\
+         \nWhere to look:\
+         \n  kcat -C -b 127.0.0.1:{k} -t telemetry -f '%p %o %k %h\\n'   readings in the cloud\
+         \n  kcat -C -b 127.0.0.1:{k} -t gateways -f '%s\\n'             gateway heartbeats\
+         \n  curl {admin}/api/bridge     bridge: connected, backlog, acked, checkpoints\
+         \n  curl {admin}/metrics        Prometheus metrics\
+         \n  curl {admin}/api/devices    the devices as the gateway sees them",
+        data = data_dir.display(),
+        http = a.cloud_http_port,
+        mqtt = a.mqtt_port,
+        logs = logs.join(", "),
+    );
+    if let Some(off) = a.offline_after {
+        let until = a
+            .online_after
+            .map_or("until the end".to_string(), |on| format!("until {on} s"));
+        println!(
+            "\nThe uplink goes down at {off} s, {until}. The gateway reaches the cloud at \
+             127.0.0.1:{k}, the address kcat uses, so kcat pauses too: meanwhile watch the \
+             backlog grow on /api/bridge, then kcat catch up."
+        );
+    }
+    println!("\nCtrl-C stops everything.\n");
+}
+
+fn print_summary(
+    reason: Reason,
+    elapsed: Duration,
+    report: Option<&Report>,
+    last: anyhow::Result<Snapshot>,
+    cuts: u32,
+) {
+    let why = match reason {
+        Reason::Duration => "--duration".to_string(),
+        Reason::Signal(sig) => sig.to_string(),
+    };
+    println!("\nSummary (stopped by {why} after {} s)", elapsed.as_secs());
+    match report {
+        Some(r) => println!(
+            "  readings acked to devices    {}  (generated {}, dropped {}, unacked {}, re-sent {}, reconnects {})",
+            r.acked(),
+            r.generated(),
+            r.dropped(),
+            r.unacked(),
+            r.resent(),
+            r.reconnects()
+        ),
+        None => {
+            if let Ok(s) = &last {
+                println!(
+                    "  readings acked to devices    {}  (stored by the gateway since it started)",
+                    s.device_readings
+                );
+            }
+        }
+    }
+    match last {
+        Ok(s) => {
+            println!(
+                "  readings in the edge log     {}  (telemetry, every run on this data dir)",
+                s.edge_telemetry
+            );
+            println!(
+                "  readings acked by the cloud  {}  (the bridge's telemetry checkpoints)",
+                s.cloud_telemetry
+            );
+            println!(
+                "  not yet in the cloud         {}  (kept at the edge; the next start forwards them)",
+                s.telemetry_backlog
+            );
+        }
+        Err(e) => println!("  the edge agent did not answer at the end: {e:#}"),
+    }
+    println!("  uplink cuts                  {cuts}");
 }
