@@ -786,7 +786,7 @@ fn print_summary(
     println!("\nSummary (stopped by {why} after {} s)", elapsed.as_secs());
     match report {
         Some(r) => println!(
-            "  readings acked to devices    {}  (generated {}, dropped {}, unacked {}, re-sent {}, reconnects {})",
+            "  readings acked to devices    {}  (simulated fleet: generated {}, dropped {}, unacked {}, re-sent {}, reconnects {})",
             r.acked(),
             r.generated(),
             r.dropped(),
