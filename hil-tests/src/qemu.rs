@@ -85,8 +85,21 @@ impl Qemu {
 }
 
 impl Drop for Qemu {
+    /// SIGTERM to `timeout`, which passes it on to QEMU and exits with it (a SIGKILL would
+    /// kill only `timeout` and leave QEMU running); SIGKILL after 5 s if that did not work.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let gone = crate::wait::until(Duration::from_secs(5), "QEMU to stop", || {
+                self.child.try_wait().ok().flatten()
+            });
+            if gone.is_err() {
+                let _ = self.child.kill();
+            }
+        }
         let _ = self.child.wait();
     }
 }
