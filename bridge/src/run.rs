@@ -552,7 +552,8 @@ impl Engine {
         info!("bridge stopped");
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// Settings every client shares, then `extra`, then the pass-through (which wins).
+    fn config_with(&self, extra: &[(&str, String)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.cfg.bootstrap)
             .set("client.id", format!("edge-bridge-{}", self.gateway_id))
@@ -560,35 +561,34 @@ impl Engine {
             .set("reconnect.backoff.max.ms", "10000")
             .set("socket.keepalive.enable", "true")
             .set("log_level", "3");
+        for (k, v) in extra {
+            c.set(*k, v);
+        }
         for (k, v) in &self.cfg.librdkafka {
             c.set(k, v);
         }
         c
     }
 
+    fn client_config(&self) -> ClientConfig {
+        self.config_with(&[])
+    }
+
     fn producer(&self) -> anyhow::Result<KafkaProducer> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.cfg.bootstrap)
-            .set("client.id", format!("edge-bridge-{}", self.gateway_id))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+        let c = self.config_with(&[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
             // Retry through any outage: idempotence keeps the order, the window bounds memory.
-            .set("message.timeout.ms", "0")
-            .set("partitioner", "murmur2_random")
-            .set("compression.type", self.cfg.compression.as_str())
-            .set("linger.ms", self.cfg.linger_ms.to_string())
-            .set("batch.num.messages", self.cfg.batch_size.to_string())
-            .set(
+            ("message.timeout.ms", "0".into()),
+            ("partitioner", "murmur2_random".into()),
+            ("compression.type", self.cfg.compression.as_str().into()),
+            ("linger.ms", self.cfg.linger_ms.to_string()),
+            ("batch.num.messages", self.cfg.batch_size.to_string()),
+            (
                 "queue.buffering.max.messages",
                 (self.cfg.max_in_flight + 1_000).min(2_000_000).to_string(),
-            )
-            .set("reconnect.backoff.ms", "100")
-            .set("reconnect.backoff.max.ms", "10000")
-            .set("socket.keepalive.enable", "true")
-            .set("log_level", "3");
-        for (k, v) in &self.cfg.librdkafka {
-            c.set(k, v);
-        }
+            ),
+        ]);
         c.create_with_context(Ctx::default())
             .context("creating the Kafka producer")
     }
@@ -1472,6 +1472,18 @@ mod tests {
         );
         for bad in [&b""[..], b"gw/t/x/1", b"gw/t/1/-1", b"t/1/2", b"\xff/t/1/2"] {
             assert_eq!(headers::parse_edge(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Header bytes come from the cloud, written by anyone: parsing never panics, and
+        /// whatever the bridge writes parses back to itself.
+        #[test]
+        fn edge_header_parsing_is_total(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                                        gw in "[a-z0-9/_-]{1,20}", topic in "[a-z._-]{1,20}", p in 0u32..1024, o in 0u64..u64::MAX) {
+            let _ = headers::parse_edge(&bytes);
+            let v = format!("{gw}/{topic}/{p}/{o}");
+            proptest::prop_assert_eq!(headers::parse_edge(v.as_bytes()), Some((gw.as_str(), topic.as_str(), p, o)));
         }
     }
 

@@ -94,8 +94,7 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         max_bytes: usize,
     ) -> anyhow::Result<Vec<EdgeRecord>>;
     /// Calls `f` with the records from the first offset `>= from` on, borrowed, until it
-    /// returns `false` or `max_records` were visited; returns the number visited. The
-    /// default reads copies.
+    /// returns `false` or `max_records` were visited; returns the number visited.
     fn read_with(
         &self,
         topic: &str,
@@ -103,16 +102,7 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         from: u64,
         max_records: usize,
         f: &mut dyn FnMut(&EdgeRecordRef<'_>) -> bool,
-    ) -> anyhow::Result<usize> {
-        let mut n = 0;
-        for r in self.read(topic, partition, from, max_records, usize::MAX)? {
-            n += 1;
-            if !r.with_ref(|r| f(r)) {
-                break;
-            }
-        }
-        Ok(n)
-    }
+    ) -> anyhow::Result<usize>;
     /// Calls `f(offset, key)` for the records with offsets in `from..to` (the live-first
     /// backlog scan: only keys are needed). Returns records visited.
     fn scan_keys(
@@ -122,22 +112,7 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         from: u64,
         to: u64,
         f: &mut dyn FnMut(u64, Option<&[u8]>),
-    ) -> anyhow::Result<u64> {
-        let mut next = from;
-        let mut n = 0;
-        while next < to {
-            let batch = self.read(topic, partition, next, 10_000, usize::MAX)?;
-            let Some(last) = batch.last().map(|r| r.offset) else {
-                break;
-            };
-            for r in batch.iter().filter(|r| r.offset < to) {
-                f(r.offset, r.key.as_deref());
-                n += 1;
-            }
-            next = last + 1;
-        }
-        Ok(n)
-    }
+    ) -> anyhow::Result<u64>;
     /// Blocks until something may have been appended since the log's append counter read
     /// `seen`, or `timeout` passes; returns the counter. The bridge waits here when idle, so
     /// a live record is forwarded as soon as it is committed and an idle bridge costs nothing.

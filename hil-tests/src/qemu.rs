@@ -33,6 +33,35 @@ fn qemu_major() -> anyhow::Result<u32> {
         .with_context(|| format!("cannot read QEMU's version from {text:?}"))
 }
 
+/// `qemu-system-arm` booting the lm3s6965 image, UART0 a TCP client of `127.0.0.1:port` that
+/// reconnects every second, `args` (`key=value`) on the semihosting command line.
+pub fn command(port: u16, args: &[String]) -> anyhow::Result<Command> {
+    let image = lm3s6965_image()?;
+    let reconnect = if qemu_major()? >= 9 {
+        "reconnect-ms=1000"
+    } else {
+        "reconnect=1"
+    };
+    let mut semihosting = String::from("enable=on,target=native,arg=qemu-lm3s6965");
+    for a in args {
+        anyhow::ensure!(!a.contains(','), "semihosting args cannot contain commas: {a}");
+        semihosting.push_str(",arg=");
+        semihosting.push_str(a);
+    }
+    let mut cmd = Command::new("qemu-system-arm");
+    cmd.args(["-cpu", "cortex-m3", "-machine", "lm3s6965evb"])
+        .args(["-display", "none", "-monitor", "none", "-nographic"])
+        .args(["-semihosting-config", &semihosting])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=uart0,host=127.0.0.1,port={port},{reconnect},nodelay=on"
+        ))
+        .args(["-serial", "chardev:uart0"])
+        .arg("-kernel")
+        .arg(&image);
+    Ok(cmd)
+}
+
 /// A firmware image running under QEMU. Dropping it kills QEMU.
 #[derive(Debug)]
 pub struct Qemu {
@@ -44,30 +73,11 @@ impl Qemu {
     /// every second when the connection drops (as a serial-to-network gateway would), and the
     /// given `key=value` arguments on the semihosting command line. QEMU runs under `timeout`.
     pub fn start(port: u16, args: &[String], timeout: Duration) -> anyhow::Result<Self> {
-        let image = lm3s6965_image()?;
-        let reconnect = if qemu_major()? >= 9 {
-            "reconnect-ms=1000"
-        } else {
-            "reconnect=1"
-        };
-        let mut semihosting = String::from("enable=on,target=native,arg=qemu-lm3s6965");
-        for a in args {
-            anyhow::ensure!(!a.contains(','), "semihosting args cannot contain commas: {a}");
-            semihosting.push_str(",arg=");
-            semihosting.push_str(a);
-        }
+        let qemu = command(port, args)?;
         let child = Command::new("timeout")
             .arg(timeout.as_secs().max(1).to_string())
-            .args(["qemu-system-arm", "-cpu", "cortex-m3", "-machine", "lm3s6965evb"])
-            .args(["-display", "none", "-monitor", "none", "-nographic"])
-            .args(["-semihosting-config", &semihosting])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=uart0,host=127.0.0.1,port={port},{reconnect},nodelay=on"
-            ))
-            .args(["-serial", "chardev:uart0"])
-            .arg("-kernel")
-            .arg(&image)
+            .arg(qemu.get_program())
+            .args(qemu.get_args())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())

@@ -223,6 +223,23 @@ fn get_part(
     }
 }
 
+/// Base offset of the chunk that holds `from` (the last chunk starting at or before it), or 0.
+fn chunk_holding(
+    chunks: &impl ReadableTable<(u32, u32, u64), &'static [u8]>,
+    id: u32,
+    p: u32,
+    from: u64,
+) -> Result<u64, LogError> {
+    match chunks
+        .range((id, p, 0)..=(id, p, from))
+        .map_err(storage)?
+        .next_back()
+    {
+        Some(e) => Ok(e.map_err(storage)?.0.value().2),
+        None => Ok(0),
+    }
+}
+
 /// The first stored offset of a partition (after retention or compaction), or `next`.
 fn first_stored(
     chunks: &impl ReadableTable<(u32, u32, u64), &'static [u8]>,
@@ -355,14 +372,7 @@ impl LogStore for RedbLog {
             let Some(chunks) = table_missing_ok(tx.open_table(CHUNKS))? else {
                 return Ok(Vec::new());
             };
-            let start = match chunks
-                .range((id, partition, 0)..=(id, partition, from))
-                .map_err(storage)?
-                .next_back()
-            {
-                Some(e) => e.map_err(storage)?.0.value().2,
-                None => 0,
-            };
+            let start = chunk_holding(&chunks, id, partition, from)?;
             let mut out = Vec::new();
             let mut value_bytes = 0usize;
             for e in chunks
@@ -397,14 +407,7 @@ impl LogStore for RedbLog {
             let Some(chunks) = table_missing_ok(tx.open_table(CHUNKS))? else {
                 return Ok(0);
             };
-            let start = match chunks
-                .range((id, partition, 0)..=(id, partition, from))
-                .map_err(storage)?
-                .next_back()
-            {
-                Some(e) => e.map_err(storage)?.0.value().2,
-                None => 0,
-            };
+            let start = chunk_holding(&chunks, id, partition, from)?;
             let mut n = 0;
             for e in chunks
                 .range((id, partition, start)..=(id, partition, u64::MAX))
@@ -436,14 +439,7 @@ impl LogStore for RedbLog {
             let Some(chunks) = table_missing_ok(tx.open_table(CHUNKS))? else {
                 return Ok(0);
             };
-            let start = match chunks
-                .range((id, partition, 0)..=(id, partition, from))
-                .map_err(storage)?
-                .next_back()
-            {
-                Some(e) => e.map_err(storage)?.0.value().2,
-                None => 0,
-            };
+            let start = chunk_holding(&chunks, id, partition, from)?;
             let mut n = 0;
             let mut count = |o: u64, k: Option<&[u8]>| {
                 n += 1;

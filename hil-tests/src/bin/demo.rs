@@ -318,44 +318,14 @@ fn qemu_image(no_qemu: bool) -> Result<PathBuf, String> {
     })
 }
 
-/// QEMU's major version (its socket reconnect option changed name in 9.2).
-fn qemu_major() -> anyhow::Result<u32> {
-    let out = Command::new("qemu-system-arm")
-        .arg("--version")
-        .output()
-        .context("running qemu-system-arm --version")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("version ")
-        .nth(1)
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.trim().parse().ok())
-        .with_context(|| format!("cannot read QEMU's version from {text:?}"))
-}
-
 /// The board image under QEMU as device `qemu-1`, sampling forever (`n=0`), its UART0 a TCP
-/// client of the agent's MQTT port that reconnects every second. Started here rather than
+/// client of the agent's MQTT port that reconnects every second. Started directly rather than
 /// with `hil_tests::qemu::Qemu`, which runs QEMU under `timeout(1)`: the demo needs QEMU
 /// itself as its child, so that SIGTERM and the parent-death signal reach it.
-fn start_qemu(image: &Path, mqtt_port: u16, rate: f64, log: &Path) -> anyhow::Result<Proc> {
-    let reconnect = if qemu_major()? >= 9 {
-        "reconnect-ms=1000"
-    } else {
-        "reconnect=1"
-    };
+fn start_qemu(mqtt_port: u16, rate: f64, log: &Path) -> anyhow::Result<Proc> {
     let rate = rate.round().clamp(1.0, 1000.0) as u32;
-    let mut cmd = Command::new("qemu-system-arm");
-    cmd.args(["-cpu", "cortex-m3", "-machine", "lm3s6965evb"])
-        .args(["-display", "none", "-monitor", "none", "-nographic"])
-        .arg("-semihosting-config")
-        .arg(format!(
-            "enable=on,target=native,arg=qemu-lm3s6965,arg=id=qemu-1,arg=n=0,arg=rate={rate}"
-        ))
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=uart0,host=127.0.0.1,port={mqtt_port},{reconnect},nodelay=on"
-        ))
-        .args(["-serial", "chardev:uart0", "-kernel"])
-        .arg(image);
+    let args = ["id=qemu-1".to_string(), "n=0".into(), format!("rate={rate}")];
+    let cmd = hil_tests::qemu::command(mqtt_port, &args)?;
     Proc::spawn("firmware under QEMU", cmd, log)
 }
 
@@ -536,7 +506,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     // The firmware image under QEMU, when it can run.
     let qemu_log = logs.join("qemu.log");
     let mut qemu = match qemu_image(a.no_qemu) {
-        Ok(image) => match start_qemu(&image, a.mqtt_port, a.rate, &qemu_log) {
+        Ok(_) => match start_qemu(a.mqtt_port, a.rate, &qemu_log) {
             Ok(p) => Some(p),
             Err(e) => {
                 println!("QEMU: skipped, it did not start: {e:#}");
