@@ -608,6 +608,18 @@ impl Engine {
         }
         self.in_flight = 0;
         self.hb_in_flight = false;
+        for j in &mut self.jobs {
+            // Replay records in flight when a session ended may or may not have arrived: the
+            // job reports them as failed (replays are at-least-once; run it again).
+            let lost = j.sent.saturating_sub(j.acked + j.failed);
+            if lost > 0 {
+                warn!(
+                    job = j.id,
+                    lost, "replay records in flight when the session ended"
+                );
+                j.failed += lost;
+            }
+        }
         self.housekeeping(None);
         self.enter_live_first();
         self.ensure_cloud_topics()?;
