@@ -54,7 +54,8 @@ impl MemLog {
     }
 }
 
-fn part_mut<'a>(inner: &'a mut Inner, topic: &str, partition: u32) -> Result<&'a mut Part, LogError> {
+/// The topic exists and has this partition.
+fn check(inner: &Inner, topic: &str, partition: u32) -> Result<(), LogError> {
     let spec = inner
         .topics
         .get(topic)
@@ -65,6 +66,11 @@ fn part_mut<'a>(inner: &'a mut Inner, topic: &str, partition: u32) -> Result<&'a
             partition,
         });
     }
+    Ok(())
+}
+
+fn part_mut<'a>(inner: &'a mut Inner, topic: &str, partition: u32) -> Result<&'a mut Part, LogError> {
+    check(inner, topic, partition)?;
     Ok(inner.parts.entry((topic.to_string(), partition)).or_default())
 }
 
@@ -128,16 +134,7 @@ impl LogStore for MemLog {
         max_bytes: usize,
     ) -> Result<Vec<Record>, LogError> {
         let inner = self.lock();
-        let spec = inner
-            .topics
-            .get(topic)
-            .ok_or_else(|| LogError::UnknownTopic(topic.into()))?;
-        if partition >= spec.partitions {
-            return Err(LogError::UnknownPartition {
-                topic: topic.into(),
-                partition,
-            });
-        }
+        check(&inner, topic, partition)?;
         let Some(part) = inner.parts.get(&(topic.to_string(), partition)) else {
             return Ok(Vec::new());
         };
@@ -154,16 +151,7 @@ impl LogStore for MemLog {
 
     fn partition_stats(&self, topic: &str, partition: u32) -> Result<PartitionStats, LogError> {
         let inner = self.lock();
-        let spec = inner
-            .topics
-            .get(topic)
-            .ok_or_else(|| LogError::UnknownTopic(topic.into()))?;
-        if partition >= spec.partitions {
-            return Err(LogError::UnknownPartition {
-                topic: topic.into(),
-                partition,
-            });
-        }
+        check(&inner, topic, partition)?;
         Ok(inner
             .parts
             .get(&(topic.to_string(), partition))
@@ -207,19 +195,7 @@ impl LogStore for MemLog {
     fn truncate(&self, topic: &str, partition: u32, below: u64) -> Result<RetentionReport, LogError> {
         self.check_writable()?;
         let mut inner = self.lock();
-        let spec = inner
-            .topics
-            .get(topic)
-            .ok_or_else(|| LogError::UnknownTopic(topic.into()))?;
-        if partition >= spec.partitions {
-            return Err(LogError::UnknownPartition {
-                topic: topic.into(),
-                partition,
-            });
-        }
-        let Some(part) = inner.parts.get_mut(&(topic.to_string(), partition)) else {
-            return Ok(RetentionReport::default());
-        };
+        let part = part_mut(&mut inner, topic, partition)?;
         let infos = part.chunks.iter().map(|(b, bytes)| {
             Ok(ChunkInfo {
                 base: *b,
