@@ -10,7 +10,7 @@
 //! the records at the tail of the cloud partitions) and marks them acknowledged
 //! ([`Tracker::reconcile`]). So nothing that reached the cloud is sent twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Delivery state of one edge partition.
 ///
@@ -29,8 +29,6 @@ pub struct Tracker {
     in_flight: BTreeMap<u64, u64>,
     /// Acknowledged, above a gap: offset → epoch.
     acked_above: BTreeMap<u64, u64>,
-    /// Failed sends waiting to be retried, in order.
-    retry: BTreeSet<u64>,
     /// Ranges `start → end` no longer in the edge log, above the checkpoint.
     skipped: BTreeMap<u64, u64>,
 }
@@ -69,7 +67,6 @@ impl Tracker {
     /// Records a send made in `epoch`.
     pub fn sent(&mut self, offset: u64, epoch: u64) {
         if offset >= self.next_unacked {
-            self.retry.remove(&offset);
             self.in_flight.insert(offset, epoch);
         }
     }
@@ -77,7 +74,6 @@ impl Tracker {
     /// Records a successful delivery report; returns whether the checkpoint moved.
     pub fn acked(&mut self, offset: u64) -> bool {
         let epoch = self.in_flight.remove(&offset);
-        self.retry.remove(&offset);
         if offset < self.next_unacked {
             return false;
         }
@@ -87,14 +83,7 @@ impl Tracker {
 
     /// Records a failed delivery: the offset must be sent again.
     pub fn failed(&mut self, offset: u64) {
-        if self.in_flight.remove(&offset).is_some() && offset >= self.next_unacked {
-            self.retry.insert(offset);
-        }
-    }
-
-    /// The oldest offset waiting for a retry.
-    pub fn next_retry(&self) -> Option<u64> {
-        self.retry.first().copied()
+        self.in_flight.remove(&offset);
     }
 
     /// Marks `start..end` as gone from the edge log (quota, retention, compaction) and returns
@@ -106,9 +95,6 @@ impl Tracker {
         }
         let sent = self.in_flight.range(start..end).count() + self.acked_above.range(start..end).count();
         let unsent = end - start - sent as u64;
-        for o in self.retry.range(start..end).copied().collect::<Vec<_>>() {
-            self.retry.remove(&o);
-        }
         self.skipped.insert(start, end);
         self.advance();
         unsent
@@ -177,7 +163,6 @@ mod tests {
         assert!(t.acked(10));
         assert_eq!(t.checkpoint(), 13);
         t.failed(13);
-        assert_eq!(t.next_retry(), Some(13));
         assert!(t.needs_send(13));
         assert!(!t.needs_send(14), "still in flight");
         t.sent(13, 0);
