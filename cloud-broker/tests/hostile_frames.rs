@@ -69,7 +69,11 @@ fn the_broker_survives_hostile_frames_and_keeps_serving() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // (A connection to itself, TCP simultaneous open on a free port, is not the broker.)
+    while !TcpStream::connect(("127.0.0.1", port))
+        .and_then(|s| s.local_addr())
+        .is_ok_and(|l| l.port() != port)
+    {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -174,7 +174,12 @@ pub fn set_listener_nodelay(addr: SocketAddr) -> std::io::Result<usize> {
 
 fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
+    // A connection to itself (TCP simultaneous open, when the kernel picks the listen port as
+    // the source port) is not rumqttd listening.
+    while !std::net::TcpStream::connect(addr)
+        .and_then(|s| s.local_addr())
+        .is_ok_and(|local| local.port() != addr.port())
+    {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "rumqttd did not start listening on {addr}"

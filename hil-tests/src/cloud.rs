@@ -82,7 +82,7 @@ impl CloudBroker {
                 if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                     panic!("cloud broker exited during start: {st}");
                 }
-                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+                crate::listening(port).then_some(())
             },
         )?;
         Ok(())

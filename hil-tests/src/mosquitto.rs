@@ -1,6 +1,5 @@
 //! A real mosquitto broker on a free loopback port, stopped on drop.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -49,7 +48,7 @@ impl Mosquitto {
             if let Some(Ok(Some(status))) = m.child.as_mut().map(|c| c.try_wait()) {
                 panic!("mosquitto exited early: {status}");
             }
-            TcpStream::connect(("127.0.0.1", port)).ok()
+            crate::listening(port).then_some(())
         })?;
         Ok(m)
     }

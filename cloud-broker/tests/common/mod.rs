@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// Whether the broker listens on `127.0.0.1:port` (a connection to itself — TCP simultaneous
+/// open on a free ephemeral port — does not count).
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .and_then(|s| s.local_addr())
+        .is_ok_and(|local| local.port() != port)
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -61,7 +69,7 @@ impl Broker {
             dir: dir.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !listening(port) {
             if let Some(status) = b.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("broker exited before listening on {port}: {status}");
             }

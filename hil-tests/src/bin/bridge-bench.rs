@@ -184,7 +184,7 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             .with_context(|| format!("starting {}", cli.demo_bin.display()))?,
     );
     wait::until(Duration::from_secs(20), "the cloud broker", || {
-        std::net::TcpStream::connect(("127.0.0.1", kafka)).ok()
+        hil_tests::listening(kafka).then_some(())
     })?;
     let (mqtt, admin) = (free_port(), free_port());
     let mut extra = Vec::new();

@@ -846,7 +846,7 @@ impl Proc {
             .with_context(|| format!("starting {name} ({cmd:?})"))?;
         let mut p = Proc { child };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !hil_tests::listening(port) {
             if let Some(status) = p.child.try_wait()? {
                 bail!("{name} exited before listening on {port}: {status}");
             }

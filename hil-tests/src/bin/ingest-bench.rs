@@ -836,7 +836,7 @@ fn serve_rumqttd(listen: SocketAddr, acks: bool) -> anyhow::Result<()> {
             }
         })?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while StdTcpStream::connect(listen).is_err() {
+    while !hil_tests::listening(listen.port()) {
         anyhow::ensure!(Instant::now() < deadline, "rumqttd did not listen on {listen}");
         std::thread::sleep(Duration::from_millis(10));
     }
