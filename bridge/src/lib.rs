@@ -14,7 +14,8 @@
 //! - [`state`] — what is persisted in the edge log; [`status`] — what is reported.
 //!
 //! # Cloud records
-//! Key = the edge key (the device id, so the cloud's murmur2 partitioner agrees with the edge),
+//! Key = the edge key (the device id); partition = the edge partition's number when the cloud
+//! topic has the edge's partition count (what murmur2 picks for the key), else librdkafka's murmur2;
 //! value unchanged, timestamp = edge ingest time, headers = the edge record's headers plus
 //! `edge: <gateway>/<edge topic>/<edge partition>/<edge offset>`, for readings
 //! `reading: <boot>/<seq>`, and on replays `replay: <job id>`

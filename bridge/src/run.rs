@@ -210,13 +210,23 @@ struct Live {
     backlog: HashMap<Vec<u8>, u64>,
 }
 
+/// Where a partition's records go.
+#[derive(Debug, Clone)]
+struct Route {
+    cloud_topic: String,
+    /// The cloud partition of the edge partition's number, when the cloud topic has the edge
+    /// topic's partition count (the partition murmur2 would pick for the record's key, as the
+    /// edge partitioned it the same way); `None`: librdkafka's murmur2 partitioner picks.
+    partition: Option<i32>,
+    /// `<gateway>/<topic>/<partition>/`, the start of every `edge` header value.
+    prefix: Vec<u8>,
+}
+
 #[derive(Debug)]
 struct Source {
     topic: String,
     partition: u32,
-    /// `<gateway>/<topic>/<partition>/`, the start of every `edge` header value.
-    prefix: Vec<u8>,
-    cloud_topic: String,
+    route: Route,
     compacted: bool,
     tracker: Tracker,
     drain: u64,
@@ -301,8 +311,11 @@ impl Bridge {
                 sources.push(Source {
                     topic: edge.clone(),
                     partition: p,
-                    prefix: format!("{gateway_id}/{edge}/{p}/").into_bytes(),
-                    cloud_topic: cloud.clone(),
+                    route: Route {
+                        cloud_topic: cloud.clone(),
+                        partition: None,
+                        prefix: format!("{gateway_id}/{edge}/{p}/").into_bytes(),
+                    },
                     compacted: t.compacted,
                     tracker: Tracker::resume(saved.checkpoint),
                     drain: saved.checkpoint,
@@ -661,17 +674,18 @@ impl Engine {
         }
     }
 
-    /// Creates missing cloud topics with the edge topic's partition count, so the cloud's
-    /// murmur2 partitioner puts a device in the partition of the same number as at the edge.
+    /// Creates missing cloud topics with the edge topic's partition count and routes each edge
+    /// partition to the cloud partition of the same number where the counts agree (the one
+    /// murmur2 would pick for the key: the edge partitions with it too; no hashing per record).
     fn ensure_cloud_topics(&mut self) -> anyhow::Result<()> {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
         let admin: AdminClient<rdkafka::client::DefaultClientContext> = self
             .client_config()
             .create()
             .context("creating the Kafka admin client")?;
         let mut wanted: BTreeMap<String, u32> = BTreeMap::new();
         for s in &self.sources {
-            let n = wanted.entry(s.cloud_topic.clone()).or_insert(0);
+            let n = wanted.entry(s.route.cloud_topic.clone()).or_insert(0);
             *n = (*n).max(s.partition + 1);
         }
         wanted.insert(self.cfg.heartbeat_topic.clone(), 1);
@@ -680,13 +694,16 @@ impl Engine {
             .fetch_metadata(None, Duration::from_secs(10))
             .context("cloud metadata")?;
         let mut missing = Vec::new();
+        // Cloud topics with the edge's partition count: edge partition p goes to cloud p.
+        let mut same_count = Vec::new();
         for (topic, parts) in &wanted {
             match md
                 .topics()
                 .iter()
                 .find(|t| t.name() == topic && t.error().is_none())
             {
-                Some(t) if t.partitions().len() as u32 != *parts && topic != &self.cfg.heartbeat_topic => {
+                Some(t) if t.partitions().len() as u32 == *parts => same_count.push(topic.clone()),
+                Some(t) if topic != &self.cfg.heartbeat_topic => {
                     warn!(
                         topic = %topic,
                         cloud_partitions = t.partitions().len(),
@@ -698,15 +715,35 @@ impl Engine {
                 None => missing.push(NewTopic::new(topic, *parts as i32, TopicReplication::Fixed(-1))),
             }
         }
-        if missing.is_empty() {
-            return Ok(());
+        if !missing.is_empty() {
+            self.create_topics(&admin, &missing, &mut same_count)?;
         }
+        for s in &mut self.sources {
+            s.route.partition = same_count
+                .contains(&s.route.cloud_topic)
+                .then_some(s.partition as i32);
+        }
+        Ok(())
+    }
+
+    /// Creates `missing`; those made (or made meanwhile by someone else) join `same_count`.
+    fn create_topics(
+        &self,
+        admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+        missing: &[rdkafka::admin::NewTopic<'_>],
+        same_count: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        use rdkafka::admin::AdminOptions;
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = futures::executor::block_on(admin.create_topics(&missing, &opts))
+        let results = futures::executor::block_on(admin.create_topics(missing, &opts))
             .context("creating cloud topics")?;
         for r in results {
             match r {
-                Ok(t) => info!(topic = %t, "created cloud topic"),
+                Ok(t) => {
+                    info!(topic = %t, "created cloud topic");
+                    same_count.push(t);
+                }
+                // Made meanwhile, maybe with another count: the next session looks again.
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 // A cluster that forbids it may still auto-create or have the topic made by hand.
                 Err((t, e)) => warn!(topic = %t, error = %e, "could not create cloud topic"),
@@ -725,7 +762,11 @@ impl Engine {
             .create_with_context(Quiet)
             .context("creating the reconcile consumer")?;
         let timeout = Duration::from_secs(10);
-        let mut cloud_topics: Vec<&str> = self.sources.iter().map(|s| s.cloud_topic.as_str()).collect();
+        let mut cloud_topics: Vec<&str> = self
+            .sources
+            .iter()
+            .map(|s| s.route.cloud_topic.as_str())
+            .collect();
         cloud_topics.sort_unstable();
         cloud_topics.dedup();
         let mut tpl = TopicPartitionList::new();
@@ -832,10 +873,9 @@ impl Engine {
     fn send(
         &mut self,
         producer: &KafkaProducer,
-        cloud_topic: &str,
+        route: &Route,
         tag: Tag,
         r: &EdgeRecordRef<'_>,
-        prefix: &[u8],
         replay: Option<u64>,
     ) -> anyhow::Result<Sent> {
         anyhow::ensure!(
@@ -855,7 +895,7 @@ impl Engine {
         let mut b = [0u8; 20];
         let mut edge_value = std::mem::take(&mut self.scratch);
         edge_value.clear();
-        edge_value.extend_from_slice(prefix);
+        edge_value.extend_from_slice(&route.prefix);
         edge_value.extend_from_slice(decimal(r.offset, &mut b));
         bytes += headers::EDGE.len() + edge_value.len();
         h = h.insert(Header {
@@ -886,12 +926,15 @@ impl Engine {
             });
         }
         self.scratch = edge_value;
-        let mut rec = BaseRecord::with_opaque_to(cloud_topic, tag.pack())
+        let mut rec = BaseRecord::with_opaque_to(&route.cloud_topic, tag.pack())
             .payload(r.value)
             .timestamp(r.timestamp_ms)
             .headers(h);
         if let Some(k) = r.key {
             rec = rec.key(k);
+        }
+        if let Some(p) = route.partition {
+            rec = rec.partition(p);
         }
         match producer.send(rec) {
             Ok(()) => {
@@ -953,12 +996,7 @@ impl Engine {
                 continue;
             }
             let room = self.cfg.max_in_flight - self.in_flight;
-            let (topic, cloud, p, prefix) = (
-                s.topic.clone(),
-                s.cloud_topic.clone(),
-                s.partition,
-                s.prefix.clone(),
-            );
+            let (topic, route, p) = (s.topic.clone(), s.route.clone(), s.partition);
             let recs = self.log.read(&topic, p, live.tail, room.min(2_000), 4 << 20)?;
             for r in recs {
                 let s = &mut self.sources[i];
@@ -974,7 +1012,7 @@ impl Engine {
                         src: i,
                         offset: r.offset,
                     };
-                    if let Sent::Full = r.with_ref(|r| self.send(producer, &cloud, tag, r, &prefix, None))? {
+                    if let Sent::Full = r.with_ref(|r| self.send(producer, &route, tag, r, None))? {
                         break;
                     }
                     let s = &mut self.sources[i];
@@ -1000,13 +1038,7 @@ impl Engine {
             }
             let room = limit - self.in_flight;
             let s = &self.sources[i];
-            let (topic, cloud, p, from, prefix) = (
-                s.topic.clone(),
-                s.cloud_topic.clone(),
-                s.partition,
-                s.drain,
-                s.prefix.clone(),
-            );
+            let (topic, route, p, from) = (s.topic.clone(), s.route.clone(), s.partition, s.drain);
             // Records are borrowed from the log's pages and copied once, into the producer.
             let log = self.log.clone();
             let mut first = None;
@@ -1026,7 +1058,7 @@ impl Engine {
                         src: i,
                         offset: r.offset,
                     };
-                    match self.send(producer, &cloud, tag, r, &prefix, None) {
+                    match self.send(producer, &route, tag, r, None) {
                         Ok(Sent::Ok) => {}
                         Ok(Sent::Full) => return false,
                         Err(e) => {
@@ -1109,7 +1141,14 @@ impl Engine {
                     self.jobs[j].topic.clone(),
                     self.jobs[j].cloud_topic.clone(),
                 );
-                let prefix = format!("{}/{topic}/{p}/", self.gateway_id).into_bytes();
+                let route = match self.sources.iter().find(|s| s.topic == topic && s.partition == p) {
+                    Some(s) => s.route.clone(),
+                    None => Route {
+                        cloud_topic: cloud.clone(),
+                        partition: None,
+                        prefix: format!("{}/{topic}/{p}/", self.gateway_id).into_bytes(),
+                    },
+                };
                 let recs = self.log.read(&topic, p, cursor, room, 4 << 20)?;
                 if recs.is_empty() {
                     self.jobs[j].ranges[r].1 = end;
@@ -1120,9 +1159,7 @@ impl Engine {
                         break;
                     }
                     let tag = Tag::Replay { job: id };
-                    if let Sent::Full =
-                        rec.with_ref(|r| self.send(producer, &cloud, tag, r, &prefix, Some(id)))?
-                    {
+                    if let Sent::Full = rec.with_ref(|r| self.send(producer, &route, tag, r, Some(id)))? {
                         break;
                     }
                     self.jobs[j].sent += 1;
@@ -1157,7 +1194,7 @@ impl Engine {
                     acked_any = true;
                     let k = (src, p);
                     if last_hw.as_ref().is_none_or(|(lk, _)| *lk != k) {
-                        last_hw = Some((k, key(&s.cloud_topic, p)));
+                        last_hw = Some((k, key(&s.route.cloud_topic, p)));
                     }
                     let hw = match last_hw.as_ref() {
                         Some((_, name)) => self.acked_hw.get_mut(name),
@@ -1405,7 +1442,7 @@ impl Engine {
                 SourceStatus {
                     topic: s.topic.clone(),
                     partition: s.partition,
-                    cloud_topic: s.cloud_topic.clone(),
+                    cloud_topic: s.route.cloud_topic.clone(),
                     checkpoint: s.tracker.checkpoint(),
                     next_offset: s.info.next_offset,
                     backlog_records: records,

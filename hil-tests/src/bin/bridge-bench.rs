@@ -10,14 +10,18 @@
 //!    partitioner) are written straight into a fresh edge log with the agent's own redb store,
 //!    as if the uplink had been down while the devices published. (Writing them through MQTT
 //!    would only measure ingest again.)
-//! 3. **Drain**: a fresh cloud broker and the edge agent with its bridge start (release
-//!    binaries, through the multi-call `demo`); at the same moment `--live-devices` simulated
-//!    devices (`live-<n>`, the firmware library through `device-sim`'s engine, one reading
-//!    per publish) start publishing `--live-rate` readings/s each. A Kafka consumer (rdkafka)
-//!    reads the cloud topic from the start. The drain rate is backlog records / time from the
-//!    agent's start until the consumer has seen all of them. Live latency is from a reading's
-//!    sampling on the device to the consumer seeing it.
-//! 4. **Live only**: `--settle` seconds more with no backlog: live latency without a drain.
+//! 3. **Drain**: the backlog is copied into a fresh edge log; a fresh cloud broker and the edge
+//!    agent with its bridge start (release binaries, through the multi-call `demo`); at the
+//!    same moment `--live-devices` simulated devices (`live-<n>`, the firmware library through
+//!    `device-sim`'s engine, one reading per publish) start publishing `--live-rate`
+//!    readings/s each. The drain rate is backlog records / time from the agent's start until
+//!    the bridge's checkpoint of every partition has passed the backlog — every record
+//!    acknowledged by the cloud with acks=all, which is what the ceiling counts — checked
+//!    afterwards against the cloud's high watermarks. No consumer runs: the ceiling has none.
+//! 4. **Drain, watched**: the same again with a Kafka consumer (rdkafka) reading the cloud
+//!    topic from the start, on the same cores. Here the drain ends when the consumer has seen
+//!    every backlog record; live latency is from a reading's sampling on the device to the
+//!    consumer seeing it, during the drain and for `--settle` seconds after it (no backlog).
 //!
 //! Run: `cargo build --release && ./target/release/bridge-bench` (prints a table, or `--json`).
 
@@ -153,10 +157,9 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
         "phase 2: writing a {}-record backlog into a fresh edge log",
         cli.records
     );
-    let edge_dir = root.join("edge");
-    std::fs::create_dir_all(&edge_dir)?;
+    let template = root.join("backlog.redb");
     let t = Instant::now();
-    let (backlog_bytes, partitions) = write_backlog(&edge_dir.join("log.redb"), cli.records, cli.devices)?;
+    let (backlog_bytes, ends) = write_backlog(&template, cli.records, cli.devices)?;
     eprintln!(
         "  {} records, {:.0} MB stored, in {:.1} s",
         cli.records,
@@ -164,21 +167,92 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
         t.elapsed().as_secs_f64()
     );
 
+    eprintln!("phase 3: drain with live traffic, counted by the cloud's acknowledgements");
+    let acked = drain(cli, root, "acked", &template, &ends, false)?;
+    eprintln!("phase 4: the same drain again, watched by a cloud consumer");
+    let watched = drain(cli, root, "watched", &template, &ends, true)?;
+
+    let pct = |v: &[u32], q: f64| -> Option<u32> {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize])
+    };
+    let summary = |d: &Drain| {
+        let rate = cli.records as f64 / d.seconds;
+        let steady = cli.records as f64 / (d.seconds - d.first).max(1e-3);
+        json!({
+            "seconds": d.seconds, "records_per_s": rate.round(),
+            "first_record_after_s": d.first, "records_per_s_from_first": steady.round(),
+            "fraction_of_ceiling": ceiling.map(|c| rate / c),
+            "from_first_fraction_of_ceiling": ceiling.map(|c| steady / c),
+        })
+    };
+    let rate = cli.records as f64 / acked.seconds;
+    let (during, after) = (&watched.during, &watched.after);
+    Ok(json!({
+        "settings": {
+            "records": cli.records, "devices": cli.devices, "live_devices": cli.live_devices,
+            "live_rate": cli.live_rate, "settle_s": cli.settle,
+            "backlog_stored_bytes": backlog_bytes,
+        },
+        "ceiling_records_per_s": ceiling.map(f64::round),
+        "drain": summary(&acked),
+        "drain_watched": summary(&watched),
+        "drain_fraction_of_ceiling": ceiling.map(|c| rate / c),
+        "live_during_drain": {
+            "count": during.len(), "p50_ms": pct(during, 0.5), "p99_ms": pct(during, 0.99),
+            "max_ms": pct(during, 1.0),
+        },
+        "live_without_backlog": {
+            "count": after.len(), "p50_ms": pct(after, 0.5), "p99_ms": pct(after, 0.99),
+            "max_ms": pct(after, 1.0),
+        },
+        "targets": {
+            "drain_at_least_70pct": ceiling.map(|c| rate / c >= 0.7),
+            "live_p99_during_drain_le_1s": pct(during, 0.99).map(|p| p <= 1_000),
+            "live_p99_without_backlog_le_100ms": pct(after, 0.99).map(|p| p <= 100),
+        },
+    }))
+}
+
+/// One drain: seconds from the agent's start until the last backlog record was acknowledged
+/// (or, watched, seen by the consumer), when the first was, and live latencies.
+#[derive(Debug, Default)]
+struct Drain {
+    seconds: f64,
+    first: f64,
+    during: Vec<u32>,
+    after: Vec<u32>,
+}
+
+/// Drains a copy of `template` into a fresh cloud broker while live devices publish.
+/// Unwatched, the drain ends when the bridge's checkpoint of every telemetry partition has
+/// reached the backlog's end (acknowledged by the cloud with acks=all, as the ceiling counts),
+/// checked afterwards against the cloud's high watermarks. Watched, a consumer reads the cloud
+/// topic from the start: the drain ends when it has seen every backlog record, and live
+/// latencies are recorded during the drain and for `--settle` seconds after it.
+fn drain(
+    cli: &Cli,
+    root: &Path,
+    name: &str,
+    template: &Path,
+    ends: &[u64],
+    watch: bool,
+) -> anyhow::Result<Drain> {
+    let dir = root.join(name);
+    let edge_dir = dir.join("edge");
+    std::fs::create_dir_all(&edge_dir)?;
+    std::fs::copy(template, edge_dir.join("log.redb")).context("copying the backlog")?;
     // Earlier phases leave dirty pages and discards behind; let them land before timing.
     settle_disk();
-    eprintln!("phase 3: drain with live traffic");
     let kafka = free_port();
-    let _broker = Proc(
+    let bootstrap = format!("127.0.0.1:{kafka}");
+    let broker = Proc(
         Command::new(&cli.demo_bin)
-            .args([
-                "cloud-broker",
-                "run",
-                "--kafka-listen",
-                &format!("127.0.0.1:{kafka}"),
-            ])
+            .args(["cloud-broker", "run", "--kafka-listen", &bootstrap])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
-            .arg(root.join("cloud"))
+            .arg(dir.join("cloud"))
             .env("CLOUD_LOG", "warn")
             .spawn()
             .with_context(|| format!("starting {}", cli.demo_bin.display()))?,
@@ -189,24 +263,19 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     let (mqtt, admin) = (free_port(), free_port());
     let mut extra = Vec::new();
     if let Some(t) = &cli.agent_toml {
-        let path = root.join("edge.toml");
+        let path = dir.join("edge.toml");
         std::fs::write(&path, t.replace("\\n", "\n"))?;
         extra = vec!["--config".into(), path.to_string_lossy().into_owned()];
     }
     let started = Instant::now();
-    let _agent = Proc(
+    let agent = Proc(
         Command::new(&cli.demo_bin)
             .args(["edge-agent", "run", "--data-dir"])
             .arg(&edge_dir)
             .args(&extra)
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args([
-                "--cloud",
-                &format!("127.0.0.1:{kafka}"),
-                "--gateway-id",
-                "bench-gw",
-            ])
+            .args(["--cloud", &bootstrap, "--gateway-id", "bench-gw"])
             .env("EDGE_LOG", "warn")
             .spawn()?,
     );
@@ -216,20 +285,20 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             .filter(|(c, _)| *c == 200)
     })?;
 
-    // The consumer: everything in the cloud's telemetry topic from the start.
+    // The consumer (watched): everything in the cloud's telemetry topic from the start.
     let seen_backlog = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let drained_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let first_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let latencies: Arc<Mutex<(Vec<u32>, Vec<u32>)>> = Arc::default();
-    let consumer = {
+    let consumer = watch.then(|| {
         let (seen, stop, drained_at, lat) = (
             seen_backlog.clone(),
             stop.clone(),
             (first_at.clone(), drained_at.clone()),
             latencies.clone(),
         );
-        let (total, bootstrap) = (cli.records, format!("127.0.0.1:{kafka}"));
+        let (total, bootstrap, partitions) = (cli.records, bootstrap.clone(), ends.len() as u32);
         std::thread::spawn(move || {
             consume(
                 &bootstrap,
@@ -241,7 +310,7 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
                 &lat,
             )
         })
-    };
+    });
 
     let live = {
         let cfg = SimConfig {
@@ -265,7 +334,21 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     };
 
     let mut last_print = Instant::now();
-    let drain_secs = loop {
+    let seconds = loop {
+        if !watch {
+            // The bridge's checkpoints: every offset below is acknowledged by the cloud.
+            let acked = acked_backlog(admin, ends).unwrap_or(0);
+            if acked > 0 {
+                first_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(Instant::now);
+            }
+            seen_backlog.store(acked, Ordering::Relaxed);
+            if acked >= cli.records {
+                *drained_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+        }
         if let Some(at) = *drained_at.lock().unwrap_or_else(|e| e.into_inner()) {
             break at.duration_since(started).as_secs_f64();
         }
@@ -276,64 +359,82 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             last_print = Instant::now();
             let n = seen_backlog.load(Ordering::Relaxed);
             eprintln!(
-                "  {:>5.0} s: {n} backlog records in the cloud ({:.0}/s)",
+                "  {:>5.0} s: {n} backlog records {} ({:.0}/s)",
                 started.elapsed().as_secs_f64(),
+                if watch {
+                    "seen in the cloud"
+                } else {
+                    "acknowledged"
+                },
                 n as f64 / started.elapsed().as_secs_f64()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(if watch { 50 } else { 20 }));
     };
-    eprintln!(
-        "  drained in {drain_secs:.1} s; phase 4: {} s of live traffic alone",
-        cli.settle
-    );
-    std::thread::sleep(Duration::from_secs(cli.settle));
-    stop.store(true, Ordering::SeqCst);
-    consumer
-        .join()
-        .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    if let Some(consumer) = consumer {
+        eprintln!(
+            "  drained in {seconds:.1} s; then {} s of live traffic alone",
+            cli.settle
+        );
+        std::thread::sleep(Duration::from_secs(cli.settle));
+        stop.store(true, Ordering::SeqCst);
+        consumer
+            .join()
+            .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    } else {
+        eprintln!("  drained in {seconds:.1} s");
+        check_watermarks(&bootstrap, ends)?;
+    }
     live.1.abort();
     drop(live);
+    drop(agent);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 
     let (during, after) = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
-    let pct = |v: &[u32], q: f64| -> Option<u32> {
-        let mut v = v.to_vec();
-        v.sort_unstable();
-        (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize])
-    };
-    let rate = cli.records as f64 / drain_secs;
-    let first_secs = first_at
+    let first = first_at
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .map_or(0.0, |t| t.duration_since(started).as_secs_f64());
-    let steady = cli.records as f64 / (drain_secs - first_secs).max(1e-3);
-    Ok(json!({
-        "settings": {
-            "records": cli.records, "devices": cli.devices, "live_devices": cli.live_devices,
-            "live_rate": cli.live_rate, "settle_s": cli.settle,
-            "backlog_stored_bytes": backlog_bytes,
-        },
-        "ceiling_records_per_s": ceiling.map(f64::round),
-        "drain": {
-            "seconds": drain_secs, "records_per_s": rate.round(),
-            "first_record_after_s": first_secs, "records_per_s_from_first": steady.round(),
-        },
-        "drain_fraction_of_ceiling": ceiling.map(|c| rate / c),
-        "drain_from_first_fraction_of_ceiling": ceiling.map(|c| steady / c),
-        "live_during_drain": {
-            "count": during.len(), "p50_ms": pct(&during, 0.5), "p99_ms": pct(&during, 0.99),
-            "max_ms": pct(&during, 1.0),
-        },
-        "live_without_backlog": {
-            "count": after.len(), "p50_ms": pct(&after, 0.5), "p99_ms": pct(&after, 0.99),
-            "max_ms": pct(&after, 1.0),
-        },
-        "targets": {
-            "drain_at_least_70pct": ceiling.map(|c| rate / c >= 0.7),
-            "live_p99_during_drain_le_1s": pct(&during, 0.99).map(|p| p <= 1_000),
-            "live_p99_without_backlog_le_100ms": pct(&after, 0.99).map(|p| p <= 100),
-        },
-    }))
+    Ok(Drain {
+        seconds,
+        first,
+        during,
+        after,
+    })
+}
+
+/// Backlog records the cloud has acknowledged, from the bridge's telemetry checkpoints.
+fn acked_backlog(admin: u16, ends: &[u64]) -> anyhow::Result<u64> {
+    let (code, body) = hil_tests::agent::http_get(admin, "/api/bridge")?;
+    anyhow::ensure!(code == 200, "GET /api/bridge: {code}");
+    let v: Value = serde_json::from_str(&body)?;
+    let mut n = 0;
+    for s in v["sources"].as_array().into_iter().flatten() {
+        if s["topic"] == TELEMETRY {
+            let p = s["partition"].as_u64().unwrap_or(u64::MAX) as usize;
+            if let Some(&end) = ends.get(p) {
+                n += s["checkpoint"].as_u64().unwrap_or(0).min(end);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The cloud holds at least the backlog of every partition (edge partition p → cloud p).
+fn check_watermarks(bootstrap: &str, ends: &[u64]) -> anyhow::Result<()> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bridge-bench-check")
+        .create()?;
+    for (p, &end) in ends.iter().enumerate() {
+        let (_, high) = c.fetch_watermarks(TELEMETRY, p as i32, Duration::from_secs(10))?;
+        anyhow::ensure!(
+            high as u64 >= end,
+            "cloud partition {p} holds {high} records, fewer than the {end} backlog records acknowledged"
+        );
+    }
+    Ok(())
 }
 
 /// `sync`, then a short pause: the previous phase's writes must not be flushed during this one.
@@ -342,8 +443,9 @@ fn settle_disk() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
-/// Writes the backlog with the agent's own store; returns (stored bytes, partitions).
-fn write_backlog(path: &Path, records: u64, devices: u64) -> anyhow::Result<(u64, u32)> {
+/// Writes the backlog with the agent's own store; returns the stored bytes and each telemetry
+/// partition's end offset.
+fn write_backlog(path: &Path, records: u64, devices: u64) -> anyhow::Result<(u64, Vec<u64>)> {
     let store = RedbLog::open(path)?;
     let specs = Config::default().topic_specs();
     for s in &specs {
@@ -395,10 +497,13 @@ fn write_backlog(path: &Path, records: u64, devices: u64) -> anyhow::Result<(u64
         })?;
         written += n;
     }
-    let bytes = (0..partitions)
-        .map(|p| store.partition_stats(TELEMETRY, p).map(|s| s.bytes))
-        .sum::<Result<u64, _>>()?;
-    Ok((bytes, partitions))
+    let stats = (0..partitions)
+        .map(|p| store.partition_stats(TELEMETRY, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        stats.iter().map(|s| s.bytes).sum(),
+        stats.iter().map(|s| s.next_offset).collect(),
+    ))
 }
 
 /// Reads the cloud topic from the start until stopped: counts backlog records (noting when the
@@ -478,20 +583,23 @@ fn print_table(r: &Value) {
         "cloud broker produce ceiling (cloud-bench): {} records/s",
         r["ceiling_records_per_s"]
     );
-    println!(
-        "drain: {} records/s ({:.1} s) = {} of the ceiling (target >= 0.70)",
-        r["drain"]["records_per_s"],
-        r["drain"]["seconds"].as_f64().unwrap_or(0.0),
-        r["drain_fraction_of_ceiling"]
-            .as_f64()
-            .map_or("n/a".into(), |f| format!("{f:.2}"))
-    );
-    println!(
-        "  counted from the first backlog record in the cloud ({:.1} s after the agent started): {} records/s = {} of the ceiling",
-        r["drain"]["first_record_after_s"].as_f64().unwrap_or(0.0),
-        r["drain"]["records_per_s_from_first"],
-        r["drain_from_first_fraction_of_ceiling"].as_f64().map_or("n/a".into(), |f| format!("{f:.2}"))
-    );
+    let frac = |v: &Value| v.as_f64().map_or("n/a".into(), |f| format!("{f:.2}"));
+    for (k, what) in [
+        ("drain", "acknowledged by the cloud"),
+        ("drain_watched", "seen by a cloud consumer"),
+    ] {
+        let d = &r[k];
+        println!(
+            "drain, {what}: {} records/s ({:.1} s) = {} of the ceiling; from the first record ({:.1} s after the agent started): {} records/s = {}",
+            d["records_per_s"],
+            d["seconds"].as_f64().unwrap_or(0.0),
+            frac(&d["fraction_of_ceiling"]),
+            d["first_record_after_s"].as_f64().unwrap_or(0.0),
+            d["records_per_s_from_first"],
+            frac(&d["from_first_fraction_of_ceiling"]),
+        );
+    }
+    println!("  target: acknowledged drain >= 0.70 of the ceiling");
     for (name, k, target) in [
         (
             "live latency during the drain",
