@@ -368,6 +368,7 @@ impl Bridge {
             session_up: false,
             append_seen: 0,
             scratch: Vec::new(),
+            drain_first: 0,
         };
         let thread = std::thread::Builder::new()
             .name("bridge".into())
@@ -512,6 +513,8 @@ struct Engine {
     append_seen: u64,
     /// Reused for building header values.
     scratch: Vec<u8>,
+    /// The partition the drain serves first next time.
+    drain_first: usize,
 }
 
 type KafkaProducer = BaseProducer<Ctx>;
@@ -1031,9 +1034,16 @@ impl Engine {
     /// Drain cursors, round robin, within the drain window and the bandwidth cap.
     fn drain(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
         let limit = self.drain_limit();
+        // Refill in large steps: a read starting inside a chunk decodes the chunk's records
+        // before it again, so many small reads cost more than a few big ones.
+        let step = (limit / 4).max(1);
         let mut sent = 0;
-        for i in 0..self.sources.len() {
-            if self.in_flight >= limit || self.capped() {
+        let n = self.sources.len();
+        // Round robin across calls, so no partition's backlog waits for the others'.
+        self.drain_first = (self.drain_first + 1) % n.max(1);
+        let first = self.drain_first;
+        for i in (0..n).map(|k| (first + k) % n) {
+            if self.in_flight + step > limit || self.capped() {
                 break;
             }
             let room = limit - self.in_flight;

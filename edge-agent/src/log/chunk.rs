@@ -43,6 +43,13 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, LogError> {
+        // Most varints here (offset deltas, lengths, header counts) are one byte.
+        if let [b, rest @ ..] = self.0 {
+            if *b < 0x80 {
+                self.0 = rest;
+                return Ok(u64::from(*b));
+            }
+        }
         let mut v = 0u64;
         for i in 0..10 {
             let (&b, rest) = self.0.split_first().ok_or_else(|| corrupt("varint truncated"))?;

@@ -5,6 +5,8 @@
 //! # Phases
 //! 1. **Ceiling**: `cloud-bench --system kafka` (the issue-4 benchmark, a subprocess) measures
 //!    the cloud broker's peak produce rate with rdkafka: 100-byte records, acks=all, idempotent.
+//!    It runs again after the drains (phase 5) and the higher of the two is the ceiling: on a
+//!    shared VM one run can be low by a third, and a low ceiling would flatter the ratio.
 //! 2. **Backlog**: `--records` telemetry records of `--devices` devices (`bl-<n>`, real
 //!    [`ReadingRecord`] values keyed by device id, partitioned with the agent's murmur2
 //!    partitioner) are written straight into a fresh edge log with the agent's own redb store,
@@ -123,34 +125,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
-    let ceiling = if cli.skip_ceiling {
+    let ceiling_before = if cli.skip_ceiling {
         None
     } else {
         eprintln!("phase 1: the cloud broker's produce ceiling (cloud-bench --system kafka)");
-        let out = Command::new(&cli.cloud_bench)
-            .args([
-                "--system",
-                "kafka",
-                "--seconds",
-                "10",
-                "--latency-seconds",
-                "2",
-                "--json",
-            ])
-            .arg("--broker-bin")
-            .arg(&cli.broker_bin)
-            .arg("--dir")
-            .arg(root)
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("running {}", cli.cloud_bench.display()))?;
-        anyhow::ensure!(out.status.success(), "cloud-bench failed");
-        let v: Value = serde_json::from_slice(&out.stdout).context("cloud-bench output")?;
-        Some(
-            v["systems"]["cloud-broker"]["produce_peak"]["records_per_s"]
-                .as_f64()
-                .context("no produce_peak in cloud-bench's output")?,
-        )
+        Some(ceiling(cli, root)?)
     };
 
     eprintln!(
@@ -171,6 +150,16 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     let acked = drain(cli, root, "acked", &template, &ends, false)?;
     eprintln!("phase 4: the same drain again, watched by a cloud consumer");
     let watched = drain(cli, root, "watched", &template, &ends, true)?;
+    let ceiling_after = if cli.skip_ceiling {
+        None
+    } else {
+        eprintln!("phase 5: the ceiling again (the higher of the two counts)");
+        Some(ceiling(cli, root)?)
+    };
+    let ceiling = match (ceiling_before, ceiling_after) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
 
     let pct = |v: &[u32], q: f64| -> Option<u32> {
         let mut v = v.to_vec();
@@ -196,6 +185,7 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             "backlog_stored_bytes": backlog_bytes,
         },
         "ceiling_records_per_s": ceiling.map(f64::round),
+        "ceiling_runs_records_per_s": [ceiling_before.map(f64::round), ceiling_after.map(f64::round)],
         "drain": summary(&acked),
         "drain_watched": summary(&watched),
         "drain_fraction_of_ceiling": ceiling.map(|c| rate / c),
@@ -213,6 +203,32 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             "live_p99_without_backlog_le_100ms": pct(after, 0.99).map(|p| p <= 100),
         },
     }))
+}
+
+/// The cloud broker's produce peak, measured by `cloud-bench --system kafka`.
+fn ceiling(cli: &Cli, root: &Path) -> anyhow::Result<f64> {
+    let out = Command::new(&cli.cloud_bench)
+        .args([
+            "--system",
+            "kafka",
+            "--seconds",
+            "10",
+            "--latency-seconds",
+            "2",
+            "--json",
+        ])
+        .arg("--broker-bin")
+        .arg(&cli.broker_bin)
+        .arg("--dir")
+        .arg(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", cli.cloud_bench.display()))?;
+    anyhow::ensure!(out.status.success(), "cloud-bench failed");
+    let v: Value = serde_json::from_slice(&out.stdout).context("cloud-bench output")?;
+    v["systems"]["cloud-broker"]["produce_peak"]["records_per_s"]
+        .as_f64()
+        .context("no produce_peak in cloud-bench's output")
 }
 
 /// One drain: seconds from the agent's start until the last backlog record was acknowledged
@@ -248,7 +264,7 @@ fn drain(
     let kafka = free_port();
     let bootstrap = format!("127.0.0.1:{kafka}");
     let broker = Proc(
-        Command::new(&cli.demo_bin)
+        niced(Command::new(&cli.demo_bin))
             .args(["cloud-broker", "run", "--kafka-listen", &bootstrap])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
@@ -300,6 +316,7 @@ fn drain(
         );
         let (total, bootstrap, partitions) = (cli.records, bootstrap.clone(), ends.len() as u32);
         std::thread::spawn(move || {
+            renice_self();
             consume(
                 &bootstrap,
                 partitions,
@@ -402,6 +419,31 @@ fn drain(
         during,
         after,
     })
+}
+
+/// The bridge runs at nice 10 (ingest comes first on a gateway). The cloud side of this bench
+/// — broker and consumer — would be on other machines; here they share the cores, so they run
+/// at the bridge's priority too, as producer and broker share them evenly in the ceiling run.
+const CLOUD_NICE: i32 = 10;
+
+fn niced(mut c: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setpriority is async-signal-safe; it only changes the child's own priority.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, CLOUD_NICE);
+            Ok(())
+        });
+    }
+    c
+}
+
+/// Lowers the calling thread to the bridge's priority.
+fn renice_self() {
+    // SAFETY: a plain syscall on the calling thread's id.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, CLOUD_NICE);
+    }
 }
 
 /// Backlog records the cloud has acknowledged, from the bridge's telemetry checkpoints.
@@ -580,8 +622,8 @@ fn print_table(r: &Value) {
         s["live_rate"]
     );
     println!(
-        "cloud broker produce ceiling (cloud-bench): {} records/s",
-        r["ceiling_records_per_s"]
+        "cloud broker produce ceiling (cloud-bench, the higher of runs before and after the drains {}): {} records/s",
+        r["ceiling_runs_records_per_s"], r["ceiling_records_per_s"]
     );
     let frac = |v: &Value| v.as_f64().map_or("n/a".into(), |f| format!("{f:.2}"));
     for (k, what) in [
