@@ -1,7 +1,8 @@
 //! The bridge end to end: devices (the firmware library in `device-sim`) → edge agent (its
 //! bridge) → a TCP proxy standing in for the uplink → the cloud broker. Faults: the uplink cut
 //! for 60 s, the cloud broker stopped for 60 s, the agent killed with SIGKILL during a backlog
-//! drain, a disk quota overflowing while offline. Every check is made by kcat, a Kafka client
+//! drain, a disk quota overflowing while offline; and a cloud topic made beforehand with
+//! another partition count than the edge's. Every check is made by kcat, a Kafka client
 //! nobody here wrote, reading the cloud topic: every `(gateway, edge partition, edge offset)`
 //! exactly once, nothing missing but what the agent reports dropped, per-device order kept.
 
@@ -551,4 +552,59 @@ fn a_quota_overflow_while_offline_is_counted_exactly() {
         (reported == dropped).then_some(())
     })
     .unwrap();
+}
+
+/// A cloud topic made beforehand with another partition count than the edge's: the bridge
+/// cannot send edge partition p to cloud partition p, so librdkafka's murmur2 partitioner
+/// places each record by its key. Every device lands in the partition Kafka's own partitioner
+/// picks for it among the cloud's count, exactly once and in order.
+#[test]
+fn a_cloud_topic_with_another_partition_count_gets_each_device_by_key() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+
+    const CLOUD_PARTITIONS: u32 = 4;
+    let dir = tempdir("repartition");
+    let cloud = Cloud::start(&dir);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cloud.bootstrap())
+        .create()
+        .unwrap();
+    let made = futures::executor::block_on(admin.create_topics(
+        &[NewTopic::new(
+            "telemetry",
+            CLOUD_PARTITIONS as i32,
+            TopicReplication::Fixed(1),
+        )],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+
+    let agent = agent(&dir, &cloud, None);
+    let edge_partitions = edge_next(&agent).len() as u32;
+    assert_ne!(edge_partitions, CLOUD_PARTITIONS);
+    let report = fleet(&agent, "rp-", 12, 200.0, 400).join().unwrap();
+    assert_fleet_lossless(&report);
+    wait_drained(&agent, Duration::from_secs(60));
+
+    let recs: Vec<CloudRec> = kcat_telemetry(&cloud)
+        .into_iter()
+        .filter(|r| r.identity().0 == GATEWAY)
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last: HashMap<String, (u64, u64)> = HashMap::new();
+    for r in &recs {
+        let want = edge_agent::partitioner::partition_for(r.key.as_bytes(), CLOUD_PARTITIONS);
+        assert_eq!(r.partition, want, "device {} in the wrong cloud partition", r.key);
+        assert!(seen.insert(r.edge()), "{:?} twice in the cloud", r.edge());
+        let (o, seq) = (r.edge().1, r.seq());
+        if let Some((po, ps)) = last.insert(r.key.clone(), (o, seq)) {
+            assert!(o > po && seq > ps, "device {}: {o}/{seq} after {po}/{ps}", r.key);
+        }
+    }
+    let stored: u64 = edge_next(&agent).values().sum();
+    assert_eq!(seen.len() as u64, stored, "every edge record once in the cloud");
+    assert_eq!(stored, 12 * 400);
 }
