@@ -197,6 +197,12 @@ impl Tracker {
         self.in_flight.remove(offset);
     }
 
+    /// Everything in flight must be sent again (its delivery reports will never come);
+    /// returns how many offsets that is.
+    pub fn forget_in_flight(&mut self) -> u64 {
+        std::mem::take(&mut self.in_flight).len
+    }
+
     /// Marks `start..end` as gone from the edge log (quota, retention, compaction) and returns
     /// how many of those offsets had never been sent — records the cloud will never see.
     pub fn skip(&mut self, start: u64, end: u64) -> u64 {
@@ -369,6 +375,7 @@ mod tests {
                     // The engine sends only what needs sending.
                     0 | 1 => if m.needs_send(a) { t.sent(a, epoch); m.sent(a, epoch); }
                     2 => prop_assert_eq!(t.acked(a), m.acked(a)),
+                    3 if b == 0 => prop_assert_eq!(t.forget_in_flight(), m.forget_in_flight()),
                     3 => { t.failed(a); m.failed(a); }
                     4 => prop_assert_eq!(t.skip(a.min(b), a.max(b) + 1), m.skip(a.min(b), a.max(b) + 1)),
                     _ => {
@@ -436,6 +443,10 @@ mod tests {
             }
             self.acked_above.insert(offset, epoch.unwrap_or(0));
             self.advance()
+        }
+
+        fn forget_in_flight(&mut self) -> u64 {
+            std::mem::take(&mut self.in_flight).len() as u64
         }
 
         fn failed(&mut self, offset: u64) {

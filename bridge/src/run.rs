@@ -98,8 +98,15 @@ pub enum ReplayStart {
 /// (no allocation per record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
-    Record { src: usize, offset: u64 },
-    Replay { job: u64 },
+    Record {
+        src: usize,
+        offset: u64,
+    },
+    /// `slot`: the replay range's slot (see `Engine::replay_slots`).
+    Replay {
+        slot: usize,
+        offset: u64,
+    },
     Heartbeat,
 }
 
@@ -112,7 +119,9 @@ impl Tag {
             Tag::Record { src, offset } => {
                 ((src as u64) << OFFSET_BITS) | (offset & ((1 << OFFSET_BITS) - 1))
             }
-            Tag::Replay { job } => (1 << 62) | (job & ((1 << 62) - 1)),
+            Tag::Replay { slot, offset } => {
+                (1 << 62) | ((slot as u64) << OFFSET_BITS) | (offset & ((1 << OFFSET_BITS) - 1))
+            }
             Tag::Heartbeat => 2 << 62,
         };
         v as usize
@@ -126,7 +135,8 @@ impl Tag {
                 offset: v & ((1 << OFFSET_BITS) - 1),
             },
             1 => Tag::Replay {
-                job: v & ((1 << 62) - 1),
+                slot: ((v >> OFFSET_BITS) & ((1 << SRC_BITS) - 1)) as usize,
+                offset: v & ((1 << OFFSET_BITS) - 1),
             },
             _ => Tag::Heartbeat,
         }
@@ -239,36 +249,52 @@ struct Source {
     acked: u64,
 }
 
+/// One partition's part of a replay job. Its own [`Tracker`] knows what the cloud has
+/// acknowledged, so a job survives the end of a session (outage, restart of the producer):
+/// it resumes from its checkpoint instead of failing.
+#[derive(Debug)]
+struct ReplayRange {
+    partition: u32,
+    /// Next offset to read.
+    cursor: u64,
+    end: u64,
+    tracker: Tracker,
+    /// Its slot in `Engine::replay_slots` once the job runs.
+    slot: Option<usize>,
+}
+
 #[derive(Debug)]
 struct Job {
     id: u64,
     topic: String,
     cloud_topic: String,
-    /// (partition, cursor, end)
-    ranges: Vec<(u32, u64, u64)>,
+    ranges: Vec<ReplayRange>,
     total: u64,
     sent: u64,
     acked: u64,
     failed: u64,
+    /// Records gone from the edge log before the replay reached them.
+    gone: u64,
+    /// Records in flight when a session ended, sent again.
+    resent: u64,
     started: Instant,
 }
 
 impl Job {
+    fn done(&self) -> bool {
+        self.ranges.iter().all(|r| r.tracker.checkpoint() >= r.end)
+    }
+
     fn status(&self) -> ReplayStatus {
-        let exhausted = self.ranges.iter().all(|(_, c, e)| c >= e);
-        let done = exhausted && self.acked + self.failed >= self.sent;
         ReplayStatus {
             id: self.id,
             topic: self.topic.clone(),
-            total: if exhausted {
-                self.sent
-            } else {
-                self.total.max(self.sent)
-            },
+            total: self.total.saturating_sub(self.gone),
             sent: self.sent,
             acked: self.acked,
             failed: self.failed,
-            done,
+            resent: self.resent,
+            done: self.done(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
         }
     }
@@ -279,6 +305,7 @@ impl Job {
 pub struct Bridge {
     status: Arc<Mutex<Status>>,
     stop: Arc<AtomicBool>,
+    restart: Arc<AtomicBool>,
     inbox: Arc<Mutex<Vec<Job>>>,
     next_job: AtomicU64,
     log: Arc<dyn EdgeLog>,
@@ -340,6 +367,7 @@ impl Bridge {
             ..Status::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let restart = Arc::new(AtomicBool::new(false));
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let engine = Engine {
             tokens: cfg.max_bytes_per_sec.map_or(0.0, |c| c as f64),
@@ -358,11 +386,14 @@ impl Bridge {
             in_flight: 0,
             refilled: Instant::now(),
             jobs: Vec::new(),
+            replay_slots: Vec::new(),
+            next_slot: 0,
             inbox: inbox.clone(),
             hb_in_flight: false,
             next_hb: Instant::now(),
             status: status.clone(),
             stop: stop.clone(),
+            restart: restart.clone(),
             dirty: true,
             counters: Status::default(),
             session_up: false,
@@ -376,6 +407,7 @@ impl Bridge {
         Ok(Bridge {
             status,
             stop,
+            restart,
             inbox,
             next_job: AtomicU64::new(1),
             log,
@@ -425,7 +457,13 @@ impl Bridge {
             };
             let end = info.next_offset;
             total += end.saturating_sub(from);
-            ranges.push((p, from, end));
+            ranges.push(ReplayRange {
+                partition: p,
+                cursor: from,
+                end,
+                tracker: Tracker::resume(from),
+                slot: None,
+            });
         }
         let job = Job {
             id: self.next_job.fetch_add(1, Ordering::Relaxed),
@@ -436,6 +474,8 @@ impl Bridge {
             sent: 0,
             acked: 0,
             failed: 0,
+            gone: 0,
+            resent: 0,
             started: Instant::now(),
         };
         let status = job.status();
@@ -451,6 +491,13 @@ impl Bridge {
             return Some(j.status());
         }
         self.status().replays.into_iter().find(|r| r.id == id)
+    }
+
+    /// Ends the current session and starts a new one, as after an outage: a new producer
+    /// (re-resolving the bootstrap servers), reconciliation with the cloud, and what was in
+    /// flight sent again from the checkpoints. For operators after a change on the cloud side.
+    pub fn restart_session(&self) {
+        self.restart.store(true, Ordering::SeqCst);
     }
 
     /// Stops: waits up to a few seconds for what is in flight, persists the checkpoints.
@@ -501,11 +548,16 @@ struct Engine {
     tokens: f64,
     refilled: Instant,
     jobs: Vec<Job>,
+    /// Replay ranges by the slot their delivery reports carry: (job id, range index).
+    replay_slots: Vec<Option<(u64, usize)>>,
+    next_slot: usize,
     inbox: Arc<Mutex<Vec<Job>>>,
     hb_in_flight: bool,
     next_hb: Instant,
     status: Arc<Mutex<Status>>,
     stop: Arc<AtomicBool>,
+    /// An operator asked for a new session.
+    restart: Arc<AtomicBool>,
     dirty: bool,
     counters: Status,
     session_up: bool,
@@ -518,6 +570,18 @@ struct Engine {
 }
 
 type KafkaProducer = BaseProducer<Ctx>;
+
+/// Ends a session on an operator's request ([`Bridge::restart_session`]); not an error.
+#[derive(Debug)]
+struct RestartRequested;
+
+impl std::fmt::Display for RestartRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a new session was requested")
+    }
+}
+
+impl std::error::Error for RestartRequested {}
 
 enum Sent {
     Ok,
@@ -545,6 +609,10 @@ impl Engine {
             let acked_before = self.counters.heartbeats + self.sources.iter().map(|s| s.acked).sum::<u64>();
             match self.session() {
                 Ok(()) => break,
+                Err(e) if e.is::<RestartRequested>() => {
+                    self.session_up = false;
+                    info!("bridge session ended on request; starting a new one");
+                }
                 Err(e) => {
                     self.session_up = false;
                     self.counters.errors += 1;
@@ -626,14 +694,19 @@ impl Engine {
         self.hb_in_flight = false;
         for j in &mut self.jobs {
             // Replay records in flight when a session ended may or may not have arrived: the
-            // job reports them as failed (replays are at-least-once; run it again).
-            let lost = j.sent.saturating_sub(j.acked + j.failed);
-            if lost > 0 {
+            // job sends them again from its checkpoint (replays are at-least-once).
+            let mut again = 0;
+            for r in &mut j.ranges {
+                again += r.tracker.forget_in_flight();
+                r.cursor = r.tracker.checkpoint();
+            }
+            if again > 0 {
                 warn!(
                     job = j.id,
-                    lost, "replay records in flight when the session ended"
+                    records = again,
+                    "replay records in flight when the session ended; sending them again"
                 );
-                j.failed += lost;
+                j.resent += again;
             }
         }
         self.housekeeping(None);
@@ -669,6 +742,9 @@ impl Engine {
             self.reports(&producer)?;
             if let Some((code, reason)) = producer.client().fatal_error() {
                 anyhow::bail!("fatal producer error {code:?}: {reason}");
+            }
+            if self.restart.swap(false, Ordering::SeqCst) {
+                return Err(RestartRequested.into());
             }
             if last_house.elapsed() >= Duration::from_millis(200) {
                 last_house = Instant::now();
@@ -1129,19 +1205,61 @@ impl Engine {
             .max(1)
     }
 
-    fn replays(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
+    /// Frees the replay slots of finished jobs.
+    fn free_slots(&mut self) {
+        for j in self.jobs.iter_mut().filter(|j| j.done()) {
+            for r in &mut j.ranges {
+                if let Some(slot) = r.slot.take() {
+                    self.replay_slots[slot] = None;
+                }
+            }
+        }
+    }
+
+    /// Admits queued replay jobs while range slots are free.
+    fn admit_jobs(&mut self) {
+        self.free_slots();
         let inbox = self.inbox.clone();
         let mut queued = inbox.lock().unwrap_or_else(|e| e.into_inner());
-        if !queued.is_empty() {
-            self.jobs.append(&mut queued);
-            self.publish_status(); // before the inbox unlocks: the job is always visible
+        if queued.is_empty() {
+            return;
         }
-        drop(queued);
+        while let Some(mut job) = (!queued.is_empty()).then(|| queued.remove(0)) {
+            // Slots are taken round robin, so a freed one is reused as late as possible.
+            let n = 1usize << SRC_BITS;
+            let free: Vec<usize> = (0..n)
+                .map(|k| (self.next_slot + k) % n)
+                .filter(|&i| self.replay_slots.get(i).is_none_or(Option::is_none))
+                .take(job.ranges.len())
+                .collect();
+            if let Some(&last) = free.last() {
+                self.next_slot = (last + 1) % n;
+            }
+            if free.len() < job.ranges.len() {
+                queued.insert(0, job); // waits for running jobs to finish
+                break;
+            }
+            for (k, (r, slot)) in job.ranges.iter_mut().zip(free).enumerate() {
+                if self.replay_slots.len() <= slot {
+                    self.replay_slots.resize(slot + 1, None);
+                }
+                self.replay_slots[slot] = Some((job.id, k));
+                r.slot = Some(slot);
+            }
+            self.jobs.push(job);
+        }
+        self.publish_status(); // before the inbox unlocks: the job is always visible
+    }
+
+    fn replays(&mut self, producer: &KafkaProducer) -> anyhow::Result<usize> {
+        self.admit_jobs();
         let limit = self.drain_limit();
         let mut sent = 0;
         for j in 0..self.jobs.len() {
             for r in 0..self.jobs[j].ranges.len() {
-                let (p, cursor, end) = self.jobs[j].ranges[r];
+                let rg = &self.jobs[j].ranges[r];
+                let (p, cursor, end) = (rg.partition, rg.cursor, rg.end);
+                let Some(slot) = rg.slot else { continue };
                 if cursor >= end || self.in_flight >= limit || self.capped() {
                     continue;
                 }
@@ -1160,21 +1278,35 @@ impl Engine {
                     },
                 };
                 let recs = self.log.read(&topic, p, cursor, room, 4 << 20)?;
-                if recs.is_empty() {
-                    self.jobs[j].ranges[r].1 = end;
+                let exhausted = recs.last().is_none_or(|rec| rec.offset + 1 >= end);
+                // Offsets the read stepped over are gone from the log (quota, retention).
+                let mut expect = cursor;
+                for rec in recs.iter().take_while(|rec| rec.offset < end) {
+                    let job = &mut self.jobs[j];
+                    if rec.offset > expect {
+                        job.gone += job.ranges[r].tracker.skip(expect, rec.offset);
+                    }
+                    if job.ranges[r].tracker.needs_send(rec.offset) {
+                        let tag = Tag::Replay {
+                            slot,
+                            offset: rec.offset,
+                        };
+                        if let Sent::Full = rec.with_ref(|x| self.send(producer, &route, tag, x, Some(id)))? {
+                            break;
+                        }
+                        let job = &mut self.jobs[j];
+                        job.ranges[r].tracker.sent(rec.offset, 0);
+                        job.sent += 1;
+                        sent += 1;
+                    }
+                    expect = rec.offset + 1;
+                    self.jobs[j].ranges[r].cursor = expect;
                 }
-                for rec in recs {
-                    if rec.offset >= end {
-                        self.jobs[j].ranges[r].1 = end;
-                        break;
-                    }
-                    let tag = Tag::Replay { job: id };
-                    if let Sent::Full = rec.with_ref(|r| self.send(producer, &route, tag, r, Some(id)))? {
-                        break;
-                    }
-                    self.jobs[j].sent += 1;
-                    self.jobs[j].ranges[r].1 = rec.offset + 1;
-                    sent += 1;
+                let job = &mut self.jobs[j];
+                if exhausted && job.ranges[r].cursor == expect && expect < end {
+                    // Nothing more below `end` in the log.
+                    job.gone += job.ranges[r].tracker.skip(expect, end);
+                    job.ranges[r].cursor = end;
                 }
             }
         }
@@ -1237,11 +1369,27 @@ impl Engine {
                         failure.get_or_insert(e);
                     }
                 }
-                (Tag::Replay { job }, res) => {
-                    if let Some(j) = self.jobs.iter_mut().find(|j| j.id == job) {
-                        match res {
-                            Ok(_) => j.acked += 1,
-                            Err(_) => j.failed += 1,
+                (Tag::Replay { slot, offset }, res) => {
+                    let Some(&Some((job, k))) = self.replay_slots.get(slot) else {
+                        continue;
+                    };
+                    let Some(j) = self.jobs.iter_mut().find(|j| j.id == job) else {
+                        continue;
+                    };
+                    let r = &mut j.ranges[k];
+                    match res {
+                        Ok(_) => {
+                            r.tracker.acked(offset);
+                            j.acked += 1;
+                        }
+                        Err(e) if permanent(&e) => {
+                            r.tracker.acked(offset);
+                            j.failed += 1;
+                        }
+                        Err(_) => {
+                            // Sent again from here (what is in flight or acknowledged is not).
+                            r.tracker.failed(offset);
+                            r.cursor = r.cursor.min(offset);
                         }
                     }
                 }
@@ -1472,6 +1620,7 @@ impl Engine {
     }
 
     fn publish_status(&mut self) {
+        self.free_slots();
         let st = self.snapshot();
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = st;
         // Finished jobs stay visible for a while, then go.
@@ -1509,9 +1658,10 @@ mod tests {
                 src: 7,
                 offset: 123_456_789,
             },
-            Tag::Replay { job: 1 },
+            Tag::Replay { slot: 0, offset: 1 },
             Tag::Replay {
-                job: u64::from(u32::MAX),
+                slot: (1 << SRC_BITS) - 1,
+                offset: (1 << OFFSET_BITS) - 1,
             },
             Tag::Heartbeat,
         ] {

@@ -48,9 +48,12 @@ pub struct ReplayStatus {
     pub sent: u64,
     /// Records acknowledged.
     pub acked: u64,
-    /// Records that failed.
+    /// Records the cloud refused for good.
     pub failed: u64,
-    /// Every record acknowledged or failed.
+    /// Records in flight when a session ended (outage, producer restart), sent again: the
+    /// cloud may hold those twice, both marked with this job.
+    pub resent: u64,
+    /// Every record of the range acknowledged (or refused for good, or gone from the log).
     pub done: bool,
     /// Seconds since the job started.
     pub elapsed_s: f64,

@@ -1,5 +1,6 @@
 //! The admin HTTP API: `/health`, `/metrics` (Prometheus text), `/api/log`,
 //! `/api/log/records`, `/api/devices`, and with the bridge on: `/api/bridge` (status),
+//! `POST /api/bridge/restart` (a new session: reconnect, reconcile, resend what was in flight),
 //! `POST /api/replay?topic=T[&partition=P](&from_offset=N|&since_ms=MS)` and
 //! `/api/replay/{id}` (progress).
 
@@ -45,6 +46,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/log/records", get(records))
         .route("/api/devices", get(devices))
         .route("/api/bridge", get(bridge_status))
+        .route("/api/bridge/restart", axum::routing::post(bridge_restart))
         .route("/api/replay", axum::routing::post(replay))
         .route("/api/replay/{id}", get(replay_status))
         .with_state(state)
@@ -223,6 +225,12 @@ struct ReplayQuery {
     partition: Option<u32>,
     from_offset: Option<u64>,
     since_ms: Option<u64>,
+}
+
+async fn bridge_restart(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(b) = &s.bridge else { return no_bridge() };
+    b.restart_session();
+    (StatusCode::ACCEPTED, Json(json!({ "restarting": true }))).into_response()
 }
 
 async fn replay(State(s): State<Arc<AdminState>>, Query(q): Query<ReplayQuery>) -> Response {

@@ -347,7 +347,15 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
                 eprintln!();
             }
             anyhow::ensure!(failed == 0, "replay {id}: {failed} records failed");
-            println!("replay {id}: {acked} records re-sent and acknowledged in {elapsed:.1} s");
+            let resent = st["resent"].as_u64().unwrap_or(0);
+            println!(
+                "replay {id}: {acked} records re-sent and acknowledged in {elapsed:.1} s{}",
+                if resent > 0 {
+                    format!(" ({resent} sent again after a new session; they may be in the cloud twice)")
+                } else {
+                    String::new()
+                }
+            );
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(250));

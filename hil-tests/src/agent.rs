@@ -131,6 +131,11 @@ impl EdgeAgent {
         http_get(self.admin_port, path)
     }
 
+    /// A POST (no body) on the admin API: (status, body).
+    pub fn post(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_request(self.admin_port, "POST", path)
+    }
+
     /// A counter or gauge from `/metrics` (the first sample of that name).
     pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let (_, body) = self.get("/metrics")?;
@@ -150,11 +155,16 @@ impl Drop for EdgeAgent {
 
 /// A plain HTTP/1.1 GET on loopback: (status, body). Enough for the admin API.
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(port, "GET", path)
+}
+
+/// A plain HTTP/1.1 request without a body on loopback: (status, body).
+pub fn http_request(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

@@ -608,3 +608,81 @@ fn a_cloud_topic_with_another_partition_count_gets_each_device_by_key() {
     assert_eq!(seen.len() as u64, stored, "every edge record once in the cloud");
     assert_eq!(stored, 12 * 400);
 }
+
+/// A replay outlives the session it started in: an operator asks for a new bridge session
+/// (`POST /api/bridge/restart`) while a capped replay has records in flight (held back by a
+/// long linger). The job sends those again from its own checkpoint and completes with nothing
+/// failed: every offset of the range in the cloud, marked with the job, repeats only among
+/// what it reports re-sent.
+#[test]
+fn a_replay_outlives_a_session_restart() {
+    let dir = tempdir("replay-restart");
+    let cloud = Cloud::start(&dir);
+    let agent = agent(
+        &dir,
+        &cloud,
+        Some("[bridge]\nmax_bytes_per_sec = 150000\nlinger_ms = 300\n"),
+    );
+    let report = fleet(&agent, "rr-", 8, 1_000.0, 1_500).join().unwrap();
+    assert_fleet_lossless(&report);
+    wait_drained(&agent, Duration::from_secs(120));
+    let sessions_before = bridge_status(&agent)["sessions"].as_u64().unwrap();
+
+    let (code, body) = agent.post("/api/replay?topic=telemetry&from_offset=0").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let job = || -> serde_json::Value {
+        let (code, body) = agent.get(&format!("/api/replay/{id}")).unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    wait::until(
+        Duration::from_secs(60),
+        "the replay under way with records in flight",
+        || {
+            let st = job();
+            let (sent, acked) = (st["sent"].as_u64()?, st["acked"].as_u64()?);
+            (acked >= 1_000 && sent >= acked + 50).then_some(())
+        },
+    )
+    .unwrap();
+    let (code, body) = agent.post("/api/bridge/restart").unwrap();
+    assert_eq!(code, 202, "{body}");
+    let st = wait::until(Duration::from_secs(120), "the replay to finish", || {
+        let st = job();
+        st["done"].as_bool()?.then_some(st)
+    })
+    .unwrap();
+    assert_eq!(st["failed"], 0, "{st}");
+    let resent = st["resent"].as_u64().unwrap();
+    assert!(resent > 0, "records were in flight at the restart: {st}");
+    assert!(bridge_status(&agent)["sessions"].as_u64().unwrap() > sessions_before);
+
+    let next = edge_next(&agent);
+    let mut copies: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for r in kcat_telemetry(&cloud) {
+        if r.h("replay") == id.to_string() {
+            copies.entry(r.edge().0).or_default().push(r.edge().1);
+        }
+    }
+    let mut repeats = 0;
+    for (p, n) in &next {
+        let mut offs = copies.remove(p).unwrap_or_default();
+        let all = offs.len();
+        offs.sort_unstable();
+        offs.dedup();
+        assert_eq!(
+            offs,
+            (0..*n).collect::<Vec<_>>(),
+            "partition {p}: the whole range"
+        );
+        repeats += all - offs.len();
+    }
+    assert!(copies.is_empty());
+    assert!(
+        repeats as u64 <= resent,
+        "{repeats} repeated replay records, {resent} reported re-sent"
+    );
+}
