@@ -79,13 +79,9 @@ impl Storage for MemStorage {
         let mut out = Vec::new();
         for (_, b) in batches.range((topic, partition, start.unwrap_or(from))..=(topic, partition, i64::MAX))
         {
-            if batch::header(b).is_ok_and(|h| h.last_offset() < from) {
-                continue;
-            }
-            if !out.is_empty() && out.len() + b.len() > max_bytes {
+            if !super::gather_batch(&mut out, b, from, max_bytes) {
                 break;
             }
-            out.extend_from_slice(b);
         }
         Ok(out)
     }

@@ -178,3 +178,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<BatchHeader>, StoreError>;
 }
+
+/// [`Storage::read`]'s rule for one stored batch `b`, in offset order: skipped while it ends
+/// below `from`, appended while `out` stays within `max_bytes` (the first always is). Returns
+/// `false` once `out` is full.
+pub(crate) fn gather_batch(out: &mut Vec<u8>, b: &[u8], from: i64, max_bytes: usize) -> bool {
+    if crate::batch::header(b).is_ok_and(|h| h.last_offset() < from) {
+        return true;
+    }
+    if !out.is_empty() && out.len() + b.len() > max_bytes {
+        return false;
+    }
+    out.extend_from_slice(b);
+    true
+}

@@ -51,6 +51,24 @@ fn parse<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The key offset of the batch holding `from`: the last batch starting at or below it (or
+/// `from` when none does).
+fn batch_holding(
+    t: &impl ReadableTable<(u32, u32, i64), &'static [u8]>,
+    topic: u32,
+    partition: u32,
+    from: i64,
+) -> Result<i64, StoreError> {
+    match t
+        .range((topic, partition, i64::MIN)..=(topic, partition, from))
+        .map_err(io)?
+        .next_back()
+    {
+        Some(e) => Ok(e.map_err(io)?.0.value().2),
+        None => Ok(from),
+    }
+}
+
 fn missing_ok<T>(r: Result<T, TableError>) -> Result<Option<T>, StoreError> {
     match r {
         Ok(t) => Ok(Some(t)),
@@ -223,28 +241,16 @@ impl Storage for RedbStorage {
             let Some(t) = missing_ok(tx.open_table(BATCHES))? else {
                 return Ok(Vec::new());
             };
-            let start = match t
-                .range((topic, partition, i64::MIN)..=(topic, partition, from))
-                .map_err(io)?
-                .next_back()
-            {
-                Some(e) => e.map_err(io)?.0.value().2,
-                None => from,
-            };
+            let start = batch_holding(&t, topic, partition, from)?;
             let mut out = Vec::new();
             for e in t
                 .range((topic, partition, start)..=(topic, partition, i64::MAX))
                 .map_err(io)?
             {
                 let (_, v) = e.map_err(io)?;
-                let b = v.value();
-                if batch::header(b).is_ok_and(|h| h.last_offset() < from) {
-                    continue;
-                }
-                if !out.is_empty() && out.len() + b.len() > max_bytes {
+                if !super::gather_batch(&mut out, v.value(), from, max_bytes) {
                     break;
                 }
-                out.extend_from_slice(b);
             }
             Ok(out)
         })
@@ -262,14 +268,7 @@ impl Storage for RedbStorage {
             let Some(t) = missing_ok(tx.open_table(BATCHES))? else {
                 return Ok(Vec::new());
             };
-            let start = match t
-                .range((topic, partition, i64::MIN)..=(topic, partition, from))
-                .map_err(io)?
-                .next_back()
-            {
-                Some(e) => e.map_err(io)?.0.value().2,
-                None => from,
-            };
+            let start = batch_holding(&t, topic, partition, from)?;
             let mut out = Vec::new();
             for e in t
                 .range((topic, partition, start)..=(topic, partition, i64::MAX))
