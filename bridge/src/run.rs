@@ -46,7 +46,7 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint::Tracker;
 use crate::config::BridgeConfig;
 use crate::source::{EdgeLog, EdgePartition, EdgeRecordRef};
-use crate::state::{key, SourceState, State};
+use crate::state::{key, ReplayState, SourceState, State};
 use crate::status::{ReplayStatus, SourceStatus, Status};
 
 /// Header names the bridge adds to every forwarded record.
@@ -258,6 +258,9 @@ struct ReplayRange {
     /// Next offset to read.
     cursor: u64,
     end: u64,
+    /// Offsets below this may have been sent; saved before sending beyond it, so after a
+    /// crash `reserved - checkpoint` bounds what the cloud may hold twice.
+    reserved: u64,
     tracker: Tracker,
     /// Its slot in `Engine::replay_slots` once the job runs.
     slot: Option<usize>,
@@ -281,6 +284,62 @@ struct Job {
 }
 
 impl Job {
+    fn to_state(&self) -> ReplayState {
+        ReplayState {
+            id: self.id,
+            topic: self.topic.clone(),
+            cloud_topic: self.cloud_topic.clone(),
+            ranges: self
+                .ranges
+                .iter()
+                .map(|r| (r.partition, r.tracker.checkpoint(), r.reserved, r.end))
+                .collect(),
+            total: self.total,
+            sent: self.sent,
+            acked: self.acked,
+            failed: self.failed,
+            gone: self.gone,
+            resent: self.resent,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// A job saved before a restart: it goes on from its checkpoints; what it had sent beyond
+    /// them is sent again.
+    fn resume(st: &ReplayState) -> Job {
+        let again: u64 = st
+            .ranges
+            .iter()
+            .map(|&(_, c, cur, _)| cur.saturating_sub(c))
+            .sum();
+        Job {
+            id: st.id,
+            topic: st.topic.clone(),
+            cloud_topic: st.cloud_topic.clone(),
+            ranges: st
+                .ranges
+                .iter()
+                .map(|&(partition, checkpoint, _, end)| ReplayRange {
+                    partition,
+                    cursor: checkpoint,
+                    end,
+                    reserved: checkpoint,
+                    tracker: Tracker::resume(checkpoint),
+                    slot: None,
+                })
+                .collect(),
+            total: st.total,
+            sent: st.sent,
+            acked: st.acked,
+            failed: st.failed,
+            gone: st.gone,
+            resent: st.resent + again,
+            started: Instant::now()
+                .checked_sub(Duration::from_millis(st.elapsed_ms))
+                .unwrap_or_else(Instant::now),
+        }
+    }
+
     fn done(&self) -> bool {
         self.ranges.iter().all(|r| r.tracker.checkpoint() >= r.end)
     }
@@ -368,7 +427,13 @@ impl Bridge {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let restart = Arc::new(AtomicBool::new(false));
-        let inbox = Arc::new(Mutex::new(Vec::new()));
+        // Replay jobs saved before a restart go on where their checkpoints are.
+        let resumed: Vec<Job> = state.replays.iter().map(Job::resume).collect();
+        let next_job = resumed.iter().map(|j| j.id + 1).max().unwrap_or(1);
+        for j in resumed.iter().filter(|j| !j.done()) {
+            info!(job = j.id, topic = %j.topic, "resuming a replay saved before the restart");
+        }
+        let inbox = Arc::new(Mutex::new(resumed));
         let engine = Engine {
             tokens: cfg.max_bytes_per_sec.map_or(0.0, |c| c as f64),
             cfg,
@@ -409,7 +474,7 @@ impl Bridge {
             stop,
             restart,
             inbox,
-            next_job: AtomicU64::new(1),
+            next_job: AtomicU64::new(next_job),
             log,
             mapping,
             thread: Mutex::new(Some(thread)),
@@ -461,6 +526,7 @@ impl Bridge {
                 partition: p,
                 cursor: from,
                 end,
+                reserved: from,
                 tracker: Tracker::resume(from),
                 slot: None,
             });
@@ -570,6 +636,10 @@ struct Engine {
 }
 
 type KafkaProducer = BaseProducer<Ctx>;
+
+/// Replay offsets reserved (saved as possibly sent) at a time: one small durable write per
+/// this many records.
+const REPLAY_RESERVE: u64 = 10_000;
 
 /// Ends a session on an operator's request ([`Bridge::restart_session`]); not an error.
 #[derive(Debug)]
@@ -1247,6 +1317,7 @@ impl Engine {
                 r.slot = Some(slot);
             }
             self.jobs.push(job);
+            self.dirty = true;
         }
         self.publish_status(); // before the inbox unlocks: the job is always visible
     }
@@ -1287,6 +1358,11 @@ impl Engine {
                         job.gone += job.ranges[r].tracker.skip(expect, rec.offset);
                     }
                     if job.ranges[r].tracker.needs_send(rec.offset) {
+                        if rec.offset >= job.ranges[r].reserved {
+                            // Save the new bound before anything beyond the old one leaves.
+                            job.ranges[r].reserved = (rec.offset + REPLAY_RESERVE).min(end);
+                            self.persist();
+                        }
                         let tag = Tag::Replay {
                             slot,
                             offset: rec.offset,
@@ -1381,6 +1457,7 @@ impl Engine {
                         Ok(_) => {
                             r.tracker.acked(offset);
                             j.acked += 1;
+                            self.dirty = true;
                         }
                         Err(e) if permanent(&e) => {
                             r.tracker.acked(offset);
@@ -1548,6 +1625,15 @@ impl Engine {
                 self.epochs = self.epochs.split_off(&e);
             }
         }
+        // Running jobs and those still waiting to run (e.g. restored while the cloud is away).
+        let queued: Vec<ReplayState> = self
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(Job::to_state)
+            .collect();
+        self.state.replays = self.jobs.iter().map(Job::to_state).chain(queued).collect();
         match self.log.save_state(&self.state.encode()) {
             Ok(()) => self.dirty = false,
             Err(e) => warn!(error = %e, "saving the bridge checkpoints"),

@@ -16,6 +16,34 @@ pub struct SourceState {
     pub rejected: u64,
 }
 
+/// A replay job, so it outlives a restart of the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayState {
+    /// Job id.
+    pub id: u64,
+    /// Edge topic.
+    pub topic: String,
+    /// Cloud topic.
+    pub cloud_topic: String,
+    /// Per partition: (partition, checkpoint, reserved, end). Offsets from the checkpoint on
+    /// are sent (again) after a restart; those below `reserved` may have been sent before.
+    pub ranges: Vec<(u32, u64, u64, u64)>,
+    /// Counters of the job's status.
+    pub total: u64,
+    /// Records sent.
+    pub sent: u64,
+    /// Records acknowledged.
+    pub acked: u64,
+    /// Records refused for good.
+    pub failed: u64,
+    /// Records gone from the log before the replay reached them.
+    pub gone: u64,
+    /// Records sent again after a new session or a restart.
+    pub resent: u64,
+    /// Milliseconds the job had run.
+    pub elapsed_ms: u64,
+}
+
 /// Everything the bridge persists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -26,6 +54,9 @@ pub struct State {
     /// Per cloud `topic/partition`: where a reconciliation scan must start so that it sees
     /// every record of this gateway beyond the checkpoints.
     pub scan_from: BTreeMap<String, i64>,
+    /// Replay jobs, running or finished within the last hour.
+    #[serde(default)]
+    pub replays: Vec<ReplayState>,
 }
 
 impl State {
@@ -67,9 +98,21 @@ mod tests {
             },
         );
         s.scan_from.insert(key("telemetry", 1), 99);
+        s.replays.push(ReplayState {
+            id: 4,
+            topic: "telemetry".into(),
+            cloud_topic: "telemetry".into(),
+            ranges: vec![(2, 10, 15, 20)],
+            total: 10,
+            ..ReplayState::default()
+        });
         let d = State::decode(&s.encode()).unwrap();
         assert_eq!(d.sources, s.sources);
         assert_eq!(d.scan_from, s.scan_from);
+        assert_eq!(d.replays, s.replays);
+        // State written before replays were persisted still loads.
+        let old = State::decode(br#"{"version":1,"sources":{},"scan_from":{}}"#).unwrap();
+        assert!(old.replays.is_empty());
         assert!(State::decode(b"{nonsense").is_err());
         assert!(State::decode(br#"{"version":9,"sources":{},"scan_from":{}}"#).is_err());
     }

@@ -50,8 +50,9 @@ pub struct ReplayStatus {
     pub acked: u64,
     /// Records the cloud refused for good.
     pub failed: u64,
-    /// Records in flight when a session ended (outage, producer restart), sent again: the
-    /// cloud may hold those twice, both marked with this job.
+    /// Records sent again after a new session (those in flight) or a restart of the agent
+    /// (those possibly sent since the job's last save): at most this many are in the cloud
+    /// twice, both copies marked with this job.
     pub resent: u64,
     /// Every record of the range acknowledged (or refused for good, or gone from the log).
     pub done: bool,

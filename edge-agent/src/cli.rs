@@ -300,8 +300,25 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     }
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let st = http_json(cfg.admin.listen, "GET", &format!("/api/replay/{id}"))?;
+        // The agent may restart meanwhile (the job is saved and goes on): wait a minute for it.
+        let st = match http_json(cfg.admin.listen, "GET", &format!("/api/replay/{id}")) {
+            Ok(st) => {
+                unreachable_since = None;
+                st
+            }
+            // Only a connection failure is worth waiting for; an answer (e.g. 404) is final.
+            Err(e) if e.chain().any(|c| c.is::<std::io::Error>()) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > std::time::Duration::from_secs(60) {
+                    return Err(e.context("the agent has been unreachable for a minute"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let (total, acked, failed) = (
             st["total"].as_u64().unwrap_or(0),
             st["acked"].as_u64().unwrap_or(0),

@@ -1,8 +1,9 @@
 //! The bridge end to end: devices (the firmware library in `device-sim`) → edge agent (its
 //! bridge) → a TCP proxy standing in for the uplink → the cloud broker. Faults: the uplink cut
 //! for 60 s, the cloud broker stopped for 60 s, the agent killed with SIGKILL during a backlog
-//! drain, a disk quota overflowing while offline; and a cloud topic made beforehand with
-//! another partition count than the edge's. Every check is made by kcat, a Kafka client
+//! drain, a disk quota overflowing while offline, a replay interrupted by a new session and by
+//! a kill -9; and a cloud topic made beforehand with another partition count than the edge's.
+//! Every check is made by kcat, a Kafka client
 //! nobody here wrote, reading the cloud topic: every `(gateway, edge partition, edge offset)`
 //! exactly once, nothing missing but what the agent reports dropped, per-device order kept.
 
@@ -609,66 +610,17 @@ fn a_cloud_topic_with_another_partition_count_gets_each_device_by_key() {
     assert_eq!(stored, 12 * 400);
 }
 
-/// A replay outlives the session it started in: an operator asks for a new bridge session
-/// (`POST /api/bridge/restart`) while a capped replay has records in flight (held back by a
-/// long linger). The job sends those again from its own checkpoint and completes with nothing
-/// failed: every offset of the range in the cloud, marked with the job, repeats only among
-/// what it reports re-sent.
-#[test]
-fn a_replay_outlives_a_session_restart() {
-    let dir = tempdir("replay-restart");
-    let cloud = Cloud::start(&dir);
-    let agent = agent(
-        &dir,
-        &cloud,
-        Some("[bridge]\nmax_bytes_per_sec = 150000\nlinger_ms = 300\n"),
-    );
-    let report = fleet(&agent, "rr-", 8, 1_000.0, 1_500).join().unwrap();
-    assert_fleet_lossless(&report);
-    wait_drained(&agent, Duration::from_secs(120));
-    let sessions_before = bridge_status(&agent)["sessions"].as_u64().unwrap();
-
-    let (code, body) = agent.post("/api/replay?topic=telemetry&from_offset=0").unwrap();
-    assert_eq!(code, 200, "{body}");
-    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let job = || -> serde_json::Value {
-        let (code, body) = agent.get(&format!("/api/replay/{id}")).unwrap();
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    };
-    wait::until(
-        Duration::from_secs(60),
-        "the replay under way with records in flight",
-        || {
-            let st = job();
-            let (sent, acked) = (st["sent"].as_u64()?, st["acked"].as_u64()?);
-            (acked >= 1_000 && sent >= acked + 50).then_some(())
-        },
-    )
-    .unwrap();
-    let (code, body) = agent.post("/api/bridge/restart").unwrap();
-    assert_eq!(code, 202, "{body}");
-    let st = wait::until(Duration::from_secs(120), "the replay to finish", || {
-        let st = job();
-        st["done"].as_bool()?.then_some(st)
-    })
-    .unwrap();
-    assert_eq!(st["failed"], 0, "{st}");
-    let resent = st["resent"].as_u64().unwrap();
-    assert!(resent > 0, "records were in flight at the restart: {st}");
-    assert!(bridge_status(&agent)["sessions"].as_u64().unwrap() > sessions_before);
-
-    let next = edge_next(&agent);
+/// What a replay job left in the cloud: per edge partition, the offsets of its copies (in
+/// cloud order), checked to cover `0..next` of every partition. Returns how many repeat.
+fn replay_copies(cloud: &Cloud, id: u64, next: &BTreeMap<u32, u64>) -> usize {
     let mut copies: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for r in kcat_telemetry(&cloud) {
+    for r in kcat_telemetry(cloud) {
         if r.h("replay") == id.to_string() {
             copies.entry(r.edge().0).or_default().push(r.edge().1);
         }
     }
     let mut repeats = 0;
-    for (p, n) in &next {
+    for (p, n) in next {
         let mut offs = copies.remove(p).unwrap_or_default();
         let all = offs.len();
         offs.sort_unstable();
@@ -680,9 +632,90 @@ fn a_replay_outlives_a_session_restart() {
         );
         repeats += all - offs.len();
     }
-    assert!(copies.is_empty());
+    assert!(copies.is_empty(), "copies of unknown partitions");
+    repeats
+}
+
+/// Starts a replay of the whole telemetry topic; returns its id once it is under way with
+/// records in flight.
+fn replay_under_way(agent: &EdgeAgent) -> u64 {
+    let (code, body) = agent.post("/api/replay?topic=telemetry&from_offset=0").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    wait::until(
+        Duration::from_secs(60),
+        "the replay under way with records in flight",
+        || {
+            let st = replay_job(agent, id)?;
+            let (sent, acked) = (st["sent"].as_u64()?, st["acked"].as_u64()?);
+            (acked >= 1_000 && sent >= acked + 50).then_some(())
+        },
+    )
+    .unwrap();
+    id
+}
+
+fn replay_job(agent: &EdgeAgent, id: u64) -> Option<serde_json::Value> {
+    let (code, body) = agent.get(&format!("/api/replay/{id}")).ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).unwrap())
+}
+
+/// Waits for the job to finish; checks that nothing failed, that records were sent again, and
+/// that the cloud holds the whole range with repeats only among those.
+fn replay_completes(agent: &EdgeAgent, cloud: &Cloud, id: u64) {
+    let st = wait::until(Duration::from_secs(120), "the replay to finish", || {
+        let st = replay_job(agent, id)?;
+        st["done"].as_bool()?.then_some(st)
+    })
+    .unwrap();
+    assert_eq!(st["failed"], 0, "{st}");
+    let resent = st["resent"].as_u64().unwrap();
+    assert!(resent > 0, "records were in flight when it was interrupted: {st}");
+    let repeats = replay_copies(cloud, id, &edge_next(agent));
     assert!(
         repeats as u64 <= resent,
         "{repeats} repeated replay records, {resent} reported re-sent"
     );
+}
+
+/// 12,000 readings forwarded, then a capped replay whose records wait in librdkafka (a long
+/// linger), so an interruption always finds some in flight.
+fn replay_setup(tag: &str) -> (PathBuf, Cloud, EdgeAgent) {
+    let dir = tempdir(tag);
+    let cloud = Cloud::start(&dir);
+    let agent = agent(
+        &dir,
+        &cloud,
+        Some("[bridge]\nmax_bytes_per_sec = 150000\nlinger_ms = 300\n"),
+    );
+    let report = fleet(&agent, "rr-", 8, 1_000.0, 1_500).join().unwrap();
+    assert_fleet_lossless(&report);
+    wait_drained(&agent, Duration::from_secs(120));
+    (dir, cloud, agent)
+}
+
+/// A replay outlives the session it started in: an operator asks for a new bridge session
+/// (`POST /api/bridge/restart`) mid-replay. The job sends what was in flight again from its
+/// own checkpoint and completes with nothing failed.
+#[test]
+fn a_replay_outlives_a_session_restart() {
+    let (_dir, cloud, agent) = replay_setup("replay-restart");
+    let sessions_before = bridge_status(&agent)["sessions"].as_u64().unwrap();
+    let id = replay_under_way(&agent);
+    let (code, body) = agent.post("/api/bridge/restart").unwrap();
+    assert_eq!(code, 202, "{body}");
+    replay_completes(&agent, &cloud, id);
+    assert!(bridge_status(&agent)["sessions"].as_u64().unwrap() > sessions_before);
+}
+
+/// A replay outlives the agent: kill -9 mid-replay, start again; the job, saved with the
+/// checkpoints, goes on from where its own checkpoints were.
+#[test]
+fn a_replay_outlives_a_kill_9_of_the_agent() {
+    let (_dir, cloud, mut agent) = replay_setup("replay-kill");
+    let id = replay_under_way(&agent);
+    agent.restart().unwrap();
+    replay_completes(&agent, &cloud, id);
 }
