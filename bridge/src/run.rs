@@ -427,11 +427,29 @@ impl Bridge {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let restart = Arc::new(AtomicBool::new(false));
-        // Replay jobs saved before a restart go on where their checkpoints are.
-        let resumed: Vec<Job> = state.replays.iter().map(Job::resume).collect();
-        let next_job = resumed.iter().map(|j| j.id + 1).max().unwrap_or(1);
-        for j in resumed.iter().filter(|j| !j.done()) {
-            info!(job = j.id, topic = %j.topic, "resuming a replay saved before the restart");
+        // Replay jobs saved before a restart go on where their checkpoints are, to the cloud
+        // topic the edge topic maps to now; a job of a topic no longer forwarded (or of
+        // partitions it no longer has) ends here.
+        let next_job = state.replays.iter().map(|j| j.id + 1).max().unwrap_or(1);
+        let mut resumed = Vec::new();
+        for saved in &state.replays {
+            let mut j = Job::resume(saved);
+            let cloud = mapping.iter().find(|(e, _)| *e == j.topic).map(|(_, c)| c);
+            let partitions = topics.iter().find(|t| t.name == j.topic).map(|t| t.partitions);
+            match (cloud, partitions) {
+                (Some(cloud), Some(n)) if j.ranges.iter().all(|r| r.partition < n) => {
+                    j.cloud_topic = cloud.clone();
+                    if !j.done() {
+                        info!(job = j.id, topic = %j.topic, "resuming a replay saved before the restart");
+                    }
+                    resumed.push(j);
+                }
+                _ => warn!(
+                    job = j.id,
+                    topic = %j.topic,
+                    "a saved replay's topic is no longer forwarded (or has fewer partitions); dropping the job"
+                ),
+            }
         }
         let inbox = Arc::new(Mutex::new(resumed));
         let engine = Engine {

@@ -1,8 +1,8 @@
 //! The edge log as the bridge sees it ([`bridge::EdgeLog`] over a [`LogStore`]).
 //!
 //! Telemetry records carry the reading's boot id and sequence number to the bridge, which
-//! sends them as `boot` and `seq` headers (decimal), so a cloud consumer can check a device's
-//! sequence without decoding values.
+//! sends them as a `reading: <boot>/<seq>` header (decimal), so a cloud consumer can check a
+//! device's sequence without decoding values.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -152,5 +152,60 @@ impl EdgeLog for Forwarded {
 
     fn save_state(&self, state: &[u8]) -> anyhow::Result<()> {
         Ok(self.store.set_meta(STATE_KEY, state)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::log::mem::MemLog;
+    use bridge::state::{ReplayState, State};
+    use bridge::{Bridge, BridgeConfig, ReplayStart};
+
+    fn saved(id: u64, topic: &str, partition: u32) -> ReplayState {
+        ReplayState {
+            id,
+            topic: topic.into(),
+            cloud_topic: "renamed-since".into(),
+            ranges: vec![(partition, 2, 4, 5)],
+            total: 5,
+            ..ReplayState::default()
+        }
+    }
+
+    /// Replay jobs saved in the bridge state come back after a restart, except those whose
+    /// topic is no longer forwarded or whose partition no longer exists (they would fail every
+    /// session); new jobs are numbered after the saved ones.
+    #[test]
+    fn saved_replays_resume_unless_their_topic_is_gone() {
+        let store: Arc<dyn LogStore> = Arc::new(MemLog::new());
+        for spec in Config::default().topic_specs() {
+            store.ensure_topic(&spec).unwrap();
+        }
+        let log = Forwarded {
+            store,
+            appended: Arc::default(),
+        };
+        let mut st = State::default();
+        st.replays = vec![
+            saved(3, TELEMETRY, 0),
+            saved(7, "no-such-topic", 0),
+            saved(8, TELEMETRY, 999),
+        ];
+        log.save_state(&st.encode()).unwrap();
+        let cfg = BridgeConfig {
+            bootstrap: "127.0.0.1:1".into(),
+            ..BridgeConfig::default()
+        };
+        let b = Bridge::start(cfg, Arc::new(log), "gw", Vec::new()).unwrap();
+        let job = b.replay_status(3).expect("the saved job is back");
+        assert!(!job.done);
+        assert_eq!((job.total, job.resent), (5, 2), "offsets 2..4 may have been sent");
+        assert!(b.replay_status(7).is_none());
+        assert!(b.replay_status(8).is_none());
+        let new = b.replay(TELEMETRY, Some(0), ReplayStart::Offset(0)).unwrap();
+        assert_eq!(new.id, 9);
+        b.shutdown();
     }
 }
