@@ -187,12 +187,14 @@ mod tests {
             store,
             appended: Arc::default(),
         };
-        let mut st = State::default();
-        st.replays = vec![
-            saved(3, TELEMETRY, 0),
-            saved(7, "no-such-topic", 0),
-            saved(8, TELEMETRY, 999),
-        ];
+        let st = State {
+            replays: vec![
+                saved(3, TELEMETRY, 0),
+                saved(7, "no-such-topic", 0),
+                saved(8, TELEMETRY, 999),
+            ],
+            ..State::default()
+        };
         log.save_state(&st.encode()).unwrap();
         let cfg = BridgeConfig {
             bootstrap: "127.0.0.1:1".into(),
