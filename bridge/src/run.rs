@@ -163,15 +163,42 @@ struct Report {
     result: Result<(i32, i64), KafkaError>,
 }
 
-/// Collects delivery reports; the loop drains them after each `poll`.
+/// What librdkafka's statistics say about one producer (counters start at 0 per producer).
+#[derive(Debug, Default, Clone, Copy)]
+struct ProducerStats {
+    retries: u64,
+    disconnects: u64,
+    queued: u64,
+}
+
+/// Collects delivery reports (the loop drains them after each `poll`) and statistics.
 #[derive(Debug, Default)]
 struct Ctx {
     reports: Mutex<Vec<Report>>,
+    stats: Mutex<ProducerStats>,
 }
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         debug!(%error, reason, "librdkafka");
+    }
+
+    /// Only the few fields the metrics need, read from librdkafka's statistics JSON.
+    fn stats_raw(&self, json: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            debug!("librdkafka statistics: not JSON");
+            return;
+        };
+        let sum = |field: &str| -> u64 {
+            v["brokers"]
+                .as_object()
+                .map_or(0, |b| b.values().filter_map(|b| b[field].as_u64()).sum())
+        };
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = ProducerStats {
+            retries: sum("txretries"),
+            disconnects: sum("disconnects"),
+            queued: v["msg_cnt"].as_u64().unwrap_or(0),
+        };
     }
 }
 
@@ -477,6 +504,8 @@ impl Bridge {
             status: status.clone(),
             stop: stop.clone(),
             restart: restart.clone(),
+            stats_base: ProducerStats::default(),
+            stats_last: ProducerStats::default(),
             dirty: true,
             counters: Status::default(),
             session_up: false,
@@ -642,6 +671,9 @@ struct Engine {
     stop: Arc<AtomicBool>,
     /// An operator asked for a new session.
     restart: Arc<AtomicBool>,
+    /// Producer statistics of ended sessions, and the current session's latest.
+    stats_base: ProducerStats,
+    stats_last: ProducerStats,
     dirty: bool,
     counters: Status,
     session_up: bool,
@@ -753,6 +785,8 @@ impl Engine {
             // Retry through any outage: idempotence keeps the order, the window bounds memory.
             ("message.timeout.ms", "0".into()),
             ("partitioner", "murmur2_random".into()),
+            // Retries and errors for the metrics (parsed on the bridge thread every 5 s).
+            ("statistics.interval.ms", "5000".into()),
             ("compression.type", self.cfg.compression.as_str().into()),
             ("linger.ms", self.cfg.linger_ms.to_string()),
             ("batch.num.messages", self.cfg.batch_size.to_string()),
@@ -797,6 +831,9 @@ impl Engine {
                 j.resent += again;
             }
         }
+        self.stats_base.retries += self.stats_last.retries;
+        self.stats_base.disconnects += self.stats_last.disconnects;
+        self.stats_last = ProducerStats::default();
         self.housekeeping(None);
         self.enter_live_first();
         self.ensure_cloud_topics()?;
@@ -1516,6 +1553,13 @@ impl Engine {
     /// Stats, quota, persistence, status and heartbeat; runs with or without a session.
     fn housekeeping(&mut self, producer: Option<&KafkaProducer>) {
         let now = now_ms();
+        if let Some(p) = producer {
+            self.stats_last = *p.context().stats.lock().unwrap_or_else(|e| e.into_inner());
+        }
+        let (base, last) = (self.stats_base, self.stats_last);
+        self.counters.producer_retries = base.retries + last.retries;
+        self.counters.producer_disconnects = base.disconnects + last.disconnects;
+        self.counters.producer_queued = if producer.is_some() { last.queued } else { 0 };
         let check_age = self.next_hb <= Instant::now() || producer.is_none();
         for s in &mut self.sources {
             match self.log.partition(&s.topic, s.partition) {

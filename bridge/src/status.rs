@@ -80,6 +80,12 @@ pub struct Status {
     pub sent_bytes: u64,
     /// Heartbeats acknowledged.
     pub heartbeats: u64,
+    /// Produce requests librdkafka sent again (over all sessions; from its statistics).
+    pub producer_retries: u64,
+    /// Broker connections of the producer that went down (over all sessions).
+    pub producer_disconnects: u64,
+    /// Records in the producer's queue, sent or waiting to be (last statistics).
+    pub producer_queued: u64,
     /// Per edge partition.
     pub sources: Vec<SourceStatus>,
     /// Replay jobs, newest last.
@@ -129,6 +135,27 @@ impl Status {
             "counter",
             "Gateway heartbeats acknowledged",
             self.heartbeats as f64,
+        );
+        g(
+            &mut out,
+            "bridge_producer_retries_total",
+            "counter",
+            "Produce requests librdkafka retried (outages, timeouts)",
+            self.producer_retries as f64,
+        );
+        g(
+            &mut out,
+            "bridge_producer_disconnects_total",
+            "counter",
+            "Broker connections of the producer that went down",
+            self.producer_disconnects as f64,
+        );
+        g(
+            &mut out,
+            "bridge_producer_queued_records",
+            "gauge",
+            "Records in the producer's queue (in flight or waiting)",
+            self.producer_queued as f64,
         );
         g(
             &mut out,

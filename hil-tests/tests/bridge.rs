@@ -359,6 +359,13 @@ fn sixty_second_outage(tag: &str, config: Option<&str>, down: fn(&mut Cloud), up
         "every reading acked to a device is in the cloud once"
     );
     assert!(agent.metric("bridge_sessions_total").unwrap() >= 1.0);
+    // librdkafka's view of the outage reaches the metrics (statistics every 5 s).
+    wait::until(
+        Duration::from_secs(15),
+        "the outage in the producer metrics",
+        || (agent.metric("bridge_producer_disconnects_total").unwrap() > 0.0).then_some(()),
+    )
+    .unwrap();
 }
 
 #[test]
