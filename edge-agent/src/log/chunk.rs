@@ -150,49 +150,16 @@ fn read_header(r: &mut Reader<'_>) -> Result<ChunkHeader, LogError> {
     })
 }
 
-/// Decodes the records of a chunk stored at `base`, skipping those below `from`.
+/// Decodes the records of a chunk stored at `base`, skipping those below `from`, until `out`
+/// holds `max` records: [`visit`], copying.
 pub fn decode(base: u64, bytes: &[u8], from: u64, out: &mut Vec<Record>, max: usize) -> Result<(), LogError> {
-    let mut r = Reader(bytes);
-    let h = read_header(&mut r)?;
-    // Each record takes at least 4 bytes; a count beyond that is damage, not a reason to loop.
-    if h.count > (r.0.len() as u64) / 4 + 1 {
-        return Err(corrupt("count larger than the chunk"));
-    }
-    for _ in 0..h.count {
+    visit(base, bytes, from, &mut |r| {
         if out.len() >= max {
-            return Ok(());
+            return false;
         }
-        let offset = base
-            .checked_add(r.varint()?)
-            .ok_or_else(|| corrupt("offset overflow"))?;
-        let ts = h.min_ts.wrapping_add(r.varint()? as i64);
-        let key = match r.varint()? {
-            0 => None,
-            n => Some(r.bytes(n - 1)?.to_vec()),
-        };
-        let value_len = r.varint()?;
-        let value = r.bytes(value_len)?;
-        let nh = r.varint()?;
-        if nh > r.0.len() as u64 / 2 {
-            return Err(corrupt("header count larger than the chunk"));
-        }
-        let mut headers = Vec::with_capacity(nh as usize);
-        for _ in 0..nh {
-            let nl = r.varint()?;
-            let name = std::str::from_utf8(r.bytes(nl)?).map_err(|_| corrupt("header name utf8"))?;
-            let vl = r.varint()?;
-            headers.push((name.to_string(), r.bytes(vl)?.to_vec()));
-        }
-        if offset >= from {
-            out.push(Record {
-                offset,
-                timestamp_ms: ts,
-                key,
-                value: value.to_vec(),
-                headers,
-            });
-        }
-    }
+        out.push(r.to_owned());
+        out.len() < max
+    })?;
     Ok(())
 }
 
