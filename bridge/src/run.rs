@@ -528,9 +528,32 @@ impl Bridge {
         })
     }
 
-    /// The latest status snapshot (refreshed a few times a second).
+    /// The bridge's status, true when read: checkpoints and counters as of the bridge's last
+    /// snapshot (a few times a second; a checkpoint can only be behind, never ahead), and the
+    /// backlog measured against the edge log's end now, so "backlog 0" never hides a record
+    /// appended since the snapshot.
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = now_ms();
+        for s in &mut st.sources {
+            let Ok(info) = self.log.partition(&s.topic, s.partition) else {
+                continue; // the snapshot's figures stand
+            };
+            let (records, bytes) = unforwarded(s.checkpoint, &info);
+            if records > 0 && s.oldest_age_ms == 0 {
+                // Not in the snapshot's backlog: its age is read now.
+                if let Ok(r) = self.log.read(&s.topic, s.partition, s.checkpoint, 1, usize::MAX) {
+                    s.oldest_age_ms = r.first().map_or(0, |r| (now - r.timestamp_ms).max(0) as u64);
+                }
+            }
+            if records == 0 {
+                s.oldest_age_ms = 0;
+            }
+            s.next_offset = info.next_offset;
+            s.backlog_records = records;
+            s.backlog_bytes = bytes;
+        }
+        st
     }
 
     /// Queues a replay of `topic` (one partition or all) from `start` to the current end of
@@ -626,6 +649,19 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Records of a partition not yet acknowledged by the cloud, and their bytes still on disk
+/// (estimated from the partition's average record size).
+fn unforwarded(checkpoint: u64, info: &EdgePartition) -> (u64, u64) {
+    let from = checkpoint.max(info.first_offset);
+    let records = info.next_offset.saturating_sub(from);
+    let bytes = if info.records == 0 {
+        0
+    } else {
+        (info.bytes as u128 * records.min(info.records) as u128 / info.records as u128) as u64
+    };
+    (records, bytes)
 }
 
 /// The first offset of a partition whose record is at most `ts` old (binary search; edge
@@ -1610,16 +1646,8 @@ impl Engine {
         }
     }
 
-    /// Unforwarded bytes still on disk, estimated from the partition's average record size.
     fn unforwarded(s: &Source) -> (u64, u64) {
-        let from = s.tracker.checkpoint().max(s.info.first_offset);
-        let records = s.info.next_offset.saturating_sub(from);
-        let bytes = if s.info.records == 0 {
-            0
-        } else {
-            (s.info.bytes as u128 * records.min(s.info.records) as u128 / s.info.records as u128) as u64
-        };
-        (records, bytes)
+        unforwarded(s.tracker.checkpoint(), &s.info)
     }
 
     fn enforce_quota(&mut self) {

@@ -210,4 +210,60 @@ mod tests {
         assert_eq!(new.id, 9);
         b.shutdown();
     }
+
+    /// The bridge's backlog is true when read: a record appended a moment ago counts at
+    /// once, not after the bridge's next snapshot. (A stale backlog of 0 once let the demo
+    /// report "caught up" with a record not yet in the cloud.)
+    #[test]
+    fn backlog_counts_a_record_appended_just_now() {
+        use crate::log::suite::{one, rec};
+        let store: Arc<dyn LogStore> = Arc::new(MemLog::new());
+        for spec in Config::default().topic_specs() {
+            store.ensure_topic(&spec).unwrap();
+        }
+        let log = Forwarded {
+            store: store.clone(),
+            appended: Arc::default(),
+        };
+        let cfg = BridgeConfig {
+            bootstrap: "127.0.0.1:1".into(), // nothing is ever acknowledged
+            ..BridgeConfig::default()
+        };
+        let b = Bridge::start(cfg, Arc::new(log), "gw", Vec::new()).unwrap();
+        let backlog = |b: &Bridge| -> (u64, u64) {
+            let st = b.status();
+            let t = st.sources.iter().filter(|s| s.topic == TELEMETRY);
+            t.fold((0, 0), |(r, n), s| (r + s.backlog_records, n + s.next_offset))
+        };
+        wait_until(|| !b.status().sources.is_empty());
+        for i in 1..=50u64 {
+            store
+                .append(&one(
+                    TELEMETRY,
+                    (i % 2) as u32,
+                    vec![rec(i as i64, Some("d"), "v")],
+                ))
+                .unwrap();
+            assert_eq!(backlog(&b), (i, i), "after {i} appends");
+        }
+        let st = b.status();
+        assert!(st.sources.iter().all(|s| s.checkpoint == 0));
+        for s in st
+            .sources
+            .iter()
+            .filter(|s| s.topic == TELEMETRY && s.partition < 2)
+        {
+            assert!(s.backlog_records == 25 && s.oldest_age_ms > 0, "{s:?}");
+        }
+        b.shutdown();
+    }
+
+    /// Waits up to 10 s for `f`.
+    fn wait_until(f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "condition not met in 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

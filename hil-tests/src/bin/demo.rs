@@ -656,12 +656,22 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "waiting for the cloud to acknowledge the backlog (at most {} s)",
                 CLOUD_CATCH_UP.as_secs()
             );
-            let caught_up = wait::until(CLOUD_CATCH_UP, "the bridge backlog to be 0", || {
-                if let Some(sig) = stop_requested(&events) {
-                    return Some(Err(sig));
-                }
-                snapshot(admin).ok().filter(|s| s.backlog == 0).map(|_| Ok(()))
-            });
+            // The cloud has everything: no forwarded partition has a backlog (the bridge
+            // measures it against the log's end when asked), and the telemetry checkpoints
+            // cover every record the edge log holds (read from the log itself, first).
+            let caught_up = wait::until(
+                CLOUD_CATCH_UP,
+                "the cloud to acknowledge every edge record",
+                || {
+                    if let Some(sig) = stop_requested(&events) {
+                        return Some(Err(sig));
+                    }
+                    snapshot(admin)
+                        .ok()
+                        .filter(|s| s.backlog == 0 && s.cloud_telemetry >= s.edge_telemetry)
+                        .map(|_| Ok(()))
+                },
+            );
             match caught_up {
                 Ok(Ok(())) => {}
                 Ok(Err(sig)) => println!("{sig}: not waiting any longer"),
