@@ -106,6 +106,14 @@ impl Runs {
         }
     }
 
+    /// The lowest recorded offset `>= o`.
+    fn first_at_or_after(&self, o: u64) -> Option<u64> {
+        if self.contains(o) {
+            return Some(o);
+        }
+        self.map.range(o..).next().map(|(&s, _)| s)
+    }
+
     /// The first run: `(start, end)`.
     fn first(&self) -> Option<(u64, u64)> {
         self.map.first_key_value().map(|(&s, &(e, _))| (s, e))
@@ -133,8 +141,11 @@ pub struct Tracker {
     in_flight: Runs,
     /// Acknowledged, above a gap.
     acked_above: Runs,
-    /// Ranges `start → end` no longer in the edge log, above the checkpoint.
+    /// Disjoint ranges `start → end` no longer in the edge log, above the checkpoint.
     skipped: BTreeMap<u64, u64>,
+    /// Offsets the checkpoint passed that the cloud never acknowledged: gone from the edge
+    /// log before they were sent, or while in flight and then not delivered.
+    dropped: u64,
 }
 
 impl Tracker {
@@ -192,29 +203,48 @@ impl Tracker {
         self.advance()
     }
 
-    /// Records a failed delivery: the offset must be sent again.
+    /// Records a failed delivery: the offset must be sent again (or, if it is gone from the
+    /// edge log meanwhile, it is dropped).
     pub fn failed(&mut self, offset: u64) {
         self.in_flight.remove(offset);
+        self.advance();
     }
 
     /// Everything in flight must be sent again (its delivery reports will never come);
-    /// returns how many offsets that is.
+    /// returns how many offsets that is. Those gone from the edge log are dropped.
     pub fn forget_in_flight(&mut self) -> u64 {
-        std::mem::take(&mut self.in_flight).len
+        let n = std::mem::take(&mut self.in_flight).len;
+        self.advance();
+        n
     }
 
-    /// Marks `start..end` as gone from the edge log (quota, retention, compaction) and returns
-    /// how many of those offsets had never been sent — records the cloud will never see.
-    pub fn skip(&mut self, start: u64, end: u64) -> u64 {
-        let start = start.max(self.next_unacked);
+    /// Marks `start..end` as gone from the edge log (quota, retention, compaction). What the
+    /// cloud never acknowledged there counts as [`Tracker::dropped`] once the checkpoint
+    /// passes it (an offset in flight is waited for: it may yet be delivered).
+    pub fn skip(&mut self, start: u64, end: u64) {
+        let (mut start, mut end) = (start.max(self.next_unacked), end);
         if end <= start {
-            return 0;
+            return;
         }
-        let sent = self.in_flight.count_range(start, end) + self.acked_above.count_range(start, end);
-        let unsent = (end - start).saturating_sub(sent);
+        // Keep the ranges disjoint: merge those overlapping or touching this one.
+        let touching: Vec<(u64, u64)> = self
+            .skipped
+            .range(..=end)
+            .filter(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.skipped.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
         self.skipped.insert(start, end);
         self.advance();
-        unsent
+    }
+
+    /// Offsets passed by the checkpoint without an acknowledgement, since this tracker began.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// After a restart: `present` are edge offsets of this partition (any order, any
@@ -248,15 +278,26 @@ impl Tracker {
                     continue;
                 }
             }
-            if let Some((&start, &end)) = self.skipped.range(..=self.next_unacked).next_back() {
-                self.skipped.remove(&start);
-                if end > self.next_unacked {
-                    // Anything still recorded inside a skipped range is settled with it.
-                    let n = self.next_unacked;
-                    self.in_flight.remove_range(n, end);
-                    self.acked_above.remove_range(n, end);
-                    self.next_unacked = end;
+            let n = self.next_unacked;
+            if let Some((&start, &end)) = self.skipped.range(..=n).next_back() {
+                if end <= n {
+                    self.skipped.remove(&start);
+                    continue;
                 }
+                // Gone from the log: pass it up to the first offset still in flight, counting
+                // what the cloud never acknowledged as dropped.
+                let stop = self
+                    .in_flight
+                    .first_at_or_after(n)
+                    .filter(|&f| f < end)
+                    .unwrap_or(end);
+                if stop == n {
+                    break; // in flight: its report decides
+                }
+                let acked = self.acked_above.count_range(n, stop);
+                self.acked_above.remove_range(n, stop);
+                self.dropped += (stop - n) - acked;
+                self.next_unacked = stop;
                 continue;
             }
             break;
@@ -305,13 +346,14 @@ mod tests {
     }
 
     #[test]
-    fn skipped_ranges_count_only_what_was_never_sent() {
+    fn skipped_ranges_count_only_what_never_reached_the_cloud() {
         let mut t = Tracker::resume(0);
         t.sent(0, 1);
         t.sent(5, 2); // a live record sent ahead
+        t.sent(6, 2);
         assert_eq!(t.min_epoch(), Some(1));
         // Offsets 2..8 vanished from the edge log before the drain reached them.
-        assert_eq!(t.skip(2, 8), 5, "5 was sent, 2,3,4,6,7 never were");
+        t.skip(2, 8);
         assert!(!t.needs_send(3));
         assert!(t.needs_send(1));
         t.sent(1, 3);
@@ -319,12 +361,30 @@ mod tests {
         assert_eq!(t.checkpoint(), 1);
         t.acked(1);
         assert_eq!(
-            t.checkpoint(),
-            8,
-            "the skipped range and the one inside it are settled"
+            (t.checkpoint(), t.dropped()),
+            (5, 3),
+            "2, 3, 4 dropped; 5 is in flight"
+        );
+        t.acked(5);
+        assert_eq!((t.checkpoint(), t.dropped()), (6, 3));
+        t.failed(6);
+        assert_eq!(
+            (t.checkpoint(), t.dropped()),
+            (8, 5),
+            "6 failed and is gone; 7 never sent"
         );
         assert_eq!((t.in_flight(), t.min_epoch()), (0, None));
-        assert_eq!(t.skip(3, 6), 0, "below the checkpoint: nothing");
+        t.skip(3, 6);
+        assert_eq!(
+            (t.checkpoint(), t.dropped()),
+            (8, 5),
+            "below the checkpoint: nothing"
+        );
+        // Overlapping skips count each offset once.
+        t.skip(10, 14);
+        t.skip(12, 16);
+        t.skip(8, 11);
+        assert_eq!((t.checkpoint(), t.dropped()), (16, 13));
     }
 
     proptest! {
@@ -377,7 +437,7 @@ mod tests {
                     2 => prop_assert_eq!(t.acked(a), m.acked(a)),
                     3 if b == 0 => prop_assert_eq!(t.forget_in_flight(), m.forget_in_flight()),
                     3 => { t.failed(a); m.failed(a); }
-                    4 => prop_assert_eq!(t.skip(a.min(b), a.max(b) + 1), m.skip(a.min(b), a.max(b) + 1)),
+                    4 => { t.skip(a.min(b), a.max(b) + 1); m.skip(a.min(b), a.max(b) + 1); }
                     _ => {
                         let present = [a, b, a + 1, a];
                         t.reconcile(present, epoch);
@@ -387,6 +447,7 @@ mod tests {
                 prop_assert_eq!(t.checkpoint(), m.checkpoint());
                 prop_assert_eq!(t.in_flight(), m.in_flight());
                 prop_assert_eq!(t.min_epoch(), m.min_epoch());
+                prop_assert_eq!(t.dropped(), m.dropped);
                 for o in 0..52 {
                     prop_assert_eq!(t.needs_send(o), m.needs_send(o), "needs_send({})", o);
                 }
@@ -401,6 +462,7 @@ mod tests {
         in_flight: BTreeMap<u64, u64>,
         acked_above: BTreeMap<u64, u64>,
         skipped: BTreeMap<u64, u64>,
+        dropped: u64,
     }
 
     impl Model {
@@ -423,11 +485,11 @@ mod tests {
             offset >= self.next_unacked
                 && !self.in_flight.contains_key(&offset)
                 && !self.acked_above.contains_key(&offset)
-                && self
-                    .skipped
-                    .range(..=offset)
-                    .next_back()
-                    .is_none_or(|(_, &end)| offset >= end)
+                && !self.gone(offset)
+        }
+
+        fn gone(&self, o: u64) -> bool {
+            self.skipped.iter().any(|(&s, &e)| s <= o && o < e)
         }
 
         fn sent(&mut self, offset: u64, epoch: u64) {
@@ -446,23 +508,24 @@ mod tests {
         }
 
         fn forget_in_flight(&mut self) -> u64 {
-            std::mem::take(&mut self.in_flight).len() as u64
+            let n = std::mem::take(&mut self.in_flight).len() as u64;
+            self.advance();
+            n
         }
 
         fn failed(&mut self, offset: u64) {
             self.in_flight.remove(&offset);
+            self.advance();
         }
 
-        fn skip(&mut self, start: u64, end: u64) -> u64 {
+        /// Overlapping ranges kept as given (the model asks "is it in any").
+        fn skip(&mut self, start: u64, end: u64) {
             let start = start.max(self.next_unacked);
-            if end <= start {
-                return 0;
+            if end > start {
+                let e = self.skipped.entry(start).or_insert(end);
+                *e = (*e).max(end);
+                self.advance();
             }
-            let sent = self.in_flight.range(start..end).count() + self.acked_above.range(start..end).count();
-            let unsent = (end - start).saturating_sub(sent as u64);
-            self.skipped.insert(start, end);
-            self.advance();
-            unsent
         }
 
         fn reconcile(&mut self, present: impl IntoIterator<Item = u64>, epoch: u64) {
@@ -486,19 +549,14 @@ mod tests {
         fn advance(&mut self) -> bool {
             let before = self.next_unacked;
             loop {
-                if self.acked_above.remove(&self.next_unacked).is_some() {
+                let n = self.next_unacked;
+                if self.acked_above.remove(&n).is_some() {
                     self.next_unacked += 1;
                     continue;
                 }
-                if let Some((&start, &end)) = self.skipped.range(..=self.next_unacked).next_back() {
-                    self.skipped.remove(&start);
-                    if end > self.next_unacked {
-                        // Anything still recorded inside a skipped range is settled with it.
-                        let n = self.next_unacked;
-                        self.in_flight.retain(|&o, _| o < n || o >= end);
-                        self.acked_above.retain(|&o, _| o < n || o >= end);
-                        self.next_unacked = end;
-                    }
+                if self.gone(n) && !self.in_flight.contains_key(&n) {
+                    self.dropped += 1;
+                    self.next_unacked += 1;
                     continue;
                 }
                 break;

@@ -115,26 +115,33 @@ impl BridgeConfig {
     }
 
     /// Checks values a parser cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.bootstrap.trim().is_empty(), "bridge.bootstrap is empty");
-        anyhow::ensure!(self.max_in_flight > 0, "bridge.max_in_flight must be > 0");
-        anyhow::ensure!(self.drain_in_flight > 0, "bridge.drain_in_flight must be > 0");
-        anyhow::ensure!(self.batch_size > 0, "bridge.batch_size must be > 0");
-        anyhow::ensure!(
+    pub fn validate(&self) -> crate::Result<()> {
+        macro_rules! ensure {
+            ($c:expr, $($m:tt)+) => {
+                if !$c {
+                    return Err(crate::Error::Config(format!($($m)+)));
+                }
+            };
+        }
+        ensure!(!self.bootstrap.trim().is_empty(), "bridge.bootstrap is empty");
+        ensure!(self.max_in_flight > 0, "bridge.max_in_flight must be > 0");
+        ensure!(self.drain_in_flight > 0, "bridge.drain_in_flight must be > 0");
+        ensure!(self.batch_size > 0, "bridge.batch_size must be > 0");
+        ensure!(
             self.heartbeat_interval_ms >= 100,
             "bridge.heartbeat_interval_ms must be >= 100"
         );
-        anyhow::ensure!(
+        ensure!(
             self.max_bytes_per_sec != Some(0),
             "bridge.max_bytes_per_sec must be > 0 (omit it for no cap)"
         );
         for (edge, cloud) in &self.topics {
-            anyhow::ensure!(
+            ensure!(
                 DEFAULT_TOPICS.contains(&edge.as_str()),
                 "bridge.topics: unknown edge topic {edge:?} (known: {})",
                 DEFAULT_TOPICS.join(", ")
             );
-            anyhow::ensure!(
+            ensure!(
                 cloud.len() <= 249
                     && cloud
                         .bytes()

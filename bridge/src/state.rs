@@ -61,9 +61,14 @@ pub struct State {
 
 impl State {
     /// Decodes stored bytes; damaged state is an error (the caller refuses to guess).
-    pub fn decode(bytes: &[u8]) -> anyhow::Result<State> {
-        let s: State = serde_json::from_slice(bytes)?;
-        anyhow::ensure!(s.version == 1, "unknown bridge state version {}", s.version);
+    pub fn decode(bytes: &[u8]) -> crate::Result<State> {
+        let s: State = serde_json::from_slice(bytes).map_err(|e| crate::Error::State(e.to_string()))?;
+        if s.version != 1 {
+            return Err(crate::Error::State(format!(
+                "unknown bridge state version {}",
+                s.version
+            )));
+        }
         Ok(s)
     }
 

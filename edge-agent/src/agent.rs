@@ -28,7 +28,7 @@ pub fn now_ms() -> i64 {
 }
 
 fn rdkafka_version() -> String {
-    bridge::run::librdkafka_version()
+    bridge::librdkafka_version()
 }
 
 /// The log file inside a data dir.

@@ -51,7 +51,7 @@ impl AppendSignal {
 }
 
 impl EdgeLog for Forwarded {
-    fn topics(&self) -> anyhow::Result<Vec<EdgeTopic>> {
+    fn topics(&self) -> bridge::Result<Vec<EdgeTopic>> {
         Ok(self
             .store
             .topics()?
@@ -71,7 +71,7 @@ impl EdgeLog for Forwarded {
         from: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> anyhow::Result<Vec<EdgeRecord>> {
+    ) -> bridge::Result<Vec<EdgeRecord>> {
         let telemetry = topic == TELEMETRY;
         Ok(self
             .store
@@ -98,7 +98,7 @@ impl EdgeLog for Forwarded {
         from: u64,
         max_records: usize,
         f: &mut dyn FnMut(&EdgeRecordRef<'_>) -> bool,
-    ) -> anyhow::Result<usize> {
+    ) -> bridge::Result<usize> {
         let telemetry = topic == TELEMETRY;
         Ok(self
             .store
@@ -124,7 +124,7 @@ impl EdgeLog for Forwarded {
         from: u64,
         to: u64,
         f: &mut dyn FnMut(u64, Option<&[u8]>),
-    ) -> anyhow::Result<u64> {
+    ) -> bridge::Result<u64> {
         Ok(self.store.scan_keys(topic, partition, from, to, f)?)
     }
 
@@ -132,7 +132,7 @@ impl EdgeLog for Forwarded {
         self.appended.wait(seen, timeout)
     }
 
-    fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition> {
+    fn partition(&self, topic: &str, partition: u32) -> bridge::Result<EdgePartition> {
         let s = self.store.partition_stats(topic, partition)?;
         Ok(EdgePartition {
             first_offset: s.first_offset,
@@ -142,15 +142,15 @@ impl EdgeLog for Forwarded {
         })
     }
 
-    fn truncate(&self, topic: &str, partition: u32, below: u64) -> anyhow::Result<u64> {
+    fn truncate(&self, topic: &str, partition: u32, below: u64) -> bridge::Result<u64> {
         Ok(self.store.truncate(topic, partition, below)?.records)
     }
 
-    fn load_state(&self) -> anyhow::Result<Option<Vec<u8>>> {
+    fn load_state(&self) -> bridge::Result<Option<Vec<u8>>> {
         Ok(self.store.meta(STATE_KEY)?)
     }
 
-    fn save_state(&self, state: &[u8]) -> anyhow::Result<()> {
+    fn save_state(&self, state: &[u8]) -> bridge::Result<()> {
         Ok(self.store.set_meta(STATE_KEY, state)?)
     }
 }

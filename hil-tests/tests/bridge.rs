@@ -192,8 +192,7 @@ impl CloudRec {
     }
     /// (gateway, edge topic, edge partition, edge offset) from the `edge` header.
     fn identity(&self) -> (String, String, u32, u64) {
-        let (g, t, p, o) =
-            bridge::run::headers::parse_edge(self.h("edge").as_bytes()).expect("an edge header");
+        let (g, t, p, o) = bridge::headers::parse_edge(self.h("edge").as_bytes()).expect("an edge header");
         (g.to_string(), t.to_string(), p, o)
     }
     fn edge(&self) -> (u32, u64) {

@@ -355,3 +355,10 @@ pub(crate) fn cap_bytes(mut records: Vec<Record>, max_bytes: usize) -> Vec<Recor
     records.truncate(keep);
     records
 }
+
+/// The bridge reads the log through its own trait; a log error is its retryable `Log` error.
+impl From<LogError> for bridge::Error {
+    fn from(e: LogError) -> Self {
+        bridge::Error::log(e)
+    }
+}

@@ -80,9 +80,20 @@ pub struct EdgeTopic {
 }
 
 /// The edge log as the bridge uses it. Implementations are internally synchronised.
+///
+/// # What an implementation MUST do
+/// - Offsets are dense per partition and never reused: the next record gets `next_offset`.
+/// - A record is readable once the append that wrote it has committed durably, and reads
+///   return records in offset order, starting at the first stored offset `>= from` (records
+///   below `first_offset` are gone for good: retention, compaction or [`EdgeLog::truncate`]).
+/// - [`EdgeLog::truncate`] removes only records below `below`, whole chunks at a time, and
+///   says how many it removed; `first_offset` moves past them.
+/// - [`EdgeLog::save_state`] is durable when it returns, and [`EdgeLog::load_state`] returns
+///   the last state saved (or `None` if none ever was).
+/// - Errors are for the call that met them; a later call may succeed (the bridge retries).
 pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
     /// All topics.
-    fn topics(&self) -> anyhow::Result<Vec<EdgeTopic>>;
+    fn topics(&self) -> crate::Result<Vec<EdgeTopic>>;
     /// Up to `max_records` records from the first stored offset `>= from`, stopping near
     /// `max_bytes` of values (at least one record when any exists).
     fn read(
@@ -92,7 +103,7 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         from: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> anyhow::Result<Vec<EdgeRecord>>;
+    ) -> crate::Result<Vec<EdgeRecord>>;
     /// Calls `f` with the records from the first offset `>= from` on, borrowed, until it
     /// returns `false` or `max_records` were visited; returns the number visited.
     fn read_with(
@@ -102,7 +113,7 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         from: u64,
         max_records: usize,
         f: &mut dyn FnMut(&EdgeRecordRef<'_>) -> bool,
-    ) -> anyhow::Result<usize>;
+    ) -> crate::Result<usize>;
     /// Calls `f(offset, key)` for the records with offsets in `from..to` (the live-first
     /// backlog scan: only keys are needed). Returns records visited.
     fn scan_keys(
@@ -112,7 +123,7 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         from: u64,
         to: u64,
         f: &mut dyn FnMut(u64, Option<&[u8]>),
-    ) -> anyhow::Result<u64>;
+    ) -> crate::Result<u64>;
     /// Blocks until something may have been appended since the log's append counter read
     /// `seen`, or `timeout` passes; returns the counter. The bridge waits here when idle, so
     /// a live record is forwarded as soon as it is committed and an idle bridge costs nothing.
@@ -122,12 +133,14 @@ pub trait EdgeLog: Send + Sync + std::fmt::Debug + 'static {
         seen.wrapping_add(1)
     }
     /// Offsets and size of a partition.
-    fn partition(&self, topic: &str, partition: u32) -> anyhow::Result<EdgePartition>;
+    fn partition(&self, topic: &str, partition: u32) -> crate::Result<EdgePartition>;
     /// Removes whole chunks whose records all lie below `below` (the disk quota); returns
     /// records removed.
-    fn truncate(&self, topic: &str, partition: u32, below: u64) -> anyhow::Result<u64>;
+    fn truncate(&self, topic: &str, partition: u32, below: u64) -> crate::Result<u64>;
     /// The bridge's persisted state (checkpoints, cloud scan offsets, drop counts).
-    fn load_state(&self) -> anyhow::Result<Option<Vec<u8>>>;
+    fn load_state(&self) -> crate::Result<Option<Vec<u8>>>;
     /// Stores the bridge's state durably.
-    fn save_state(&self, state: &[u8]) -> anyhow::Result<()>;
+    fn save_state(&self, state: &[u8]) -> crate::Result<()>;
 }
+
+pub mod mem;
