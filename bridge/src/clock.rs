@@ -21,9 +21,7 @@ impl Clock for SystemClock {
     }
 
     fn wall_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
+        foundation::time::now_ms()
     }
 }
 

@@ -53,14 +53,7 @@ struct RunArgs {
 /// Parses `args` (the first is the program name) and runs the command.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let Cmd::Run(a) = Cli::parse_from(args).cmd;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOUD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init()
-        .ok();
+    foundation::logging::init("CLOUD_LOG", "info");
     match run(a) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -72,9 +65,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut cfg = match &a.config {
-        Some(p) => Config::from_toml(
-            &std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-        )?,
+        Some(p) => Config::from_file(p)?,
         None => Config::default(),
     };
     if let Some(v) = a.node_id {
@@ -110,7 +101,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 ticker.groups.tick(Instant::now());
                 if last_retention.elapsed() >= Duration::from_secs(30) {
                     last_retention = Instant::now();
-                    ticker.writer.send(crate::state::Command::Retention { now_ms: crate::now_ms() });
+                    ticker.writer.send(crate::state::Command::Retention { now_ms: foundation::time::now_ms() });
                     ticker.writer.send(crate::state::Command::Compact);
                 }
             }
@@ -120,22 +111,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             r = crate::server::serve(broker, listener) => r?,
             r = axum::serve(http, health) => r?,
-            _ = shutdown() => info!("shutting down"),
+            _ = foundation::shutdown::signal_received() => info!("shutting down"),
         }
         anyhow::Ok(())
     })
-}
-
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -50,6 +50,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Reads a TOML file (errors name it).
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let c: Config = foundation::config::from_file(path)?;
+        c.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+
     /// Parses TOML.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         let c: Config = toml::from_str(text)?;

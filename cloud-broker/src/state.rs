@@ -317,8 +317,8 @@ fn run(
 }
 
 fn new_uuid(id: u32) -> [u8; 16] {
-    let a = crate::random_u64().to_be_bytes();
-    let b = (crate::random_u64() ^ u64::from(id)).to_be_bytes();
+    let a = foundation::ids::random_u64().to_be_bytes();
+    let b = (foundation::ids::random_u64() ^ u64::from(id)).to_be_bytes();
     let mut u = [0u8; 16];
     u[..8].copy_from_slice(&a);
     u[8..].copy_from_slice(&b);

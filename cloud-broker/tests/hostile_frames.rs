@@ -4,8 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use foundation::net::{free_port, listening};
+use foundation::process::Guard;
+use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: cloud_broker::alloc::LazyHuge = cloud_broker::alloc::LazyHuge;
@@ -33,27 +36,12 @@ fn decoding_a_huge_claimed_array_does_not_abort() {
     assert!(cloud_broker::protocol::decode(bytes::Bytes::from(frame)).is_err());
 }
 
-struct Broker(Child);
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_broker_survives_hostile_frames_and_keeps_serving() {
-    let (port, http) = (free_port(), free_port());
+    let (port, http) = (free_port().unwrap(), free_port().unwrap());
     let dir = std::env::temp_dir().join(format!("cloud-hostile-{}-{port}", std::process::id()));
-    let mut b = Broker(
+    let mut b = Guard::spawn(
+        "cloud-broker",
         Command::new(env!("CARGO_BIN_EXE_cloud-broker"))
             .args([
                 "run",
@@ -64,19 +52,11 @@ fn the_broker_survives_hostile_frames_and_keeps_serving() {
             ])
             .arg("--data-dir")
             .arg(&dir)
-            .env("CLOUD_LOG", "error")
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // (A connection to itself, TCP simultaneous open on a free port, is not the broker.)
-    while !TcpStream::connect(("127.0.0.1", port))
-        .and_then(|s| s.local_addr())
-        .is_ok_and(|l| l.port() != port)
-    {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .env("CLOUD_LOG", "error"),
+    )
+    .unwrap();
+    b.wait_ready(Duration::from_secs(20), "listening", || listening(port))
+        .unwrap();
     let hostile: Vec<Vec<u8>> = vec![
         [
             &3i16.to_be_bytes()[..],
@@ -108,7 +88,7 @@ fn the_broker_survives_hostile_frames_and_keeps_serving() {
     s.write_all(&i32::MAX.to_be_bytes()).unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
-    assert!(b.0.try_wait().unwrap().is_none(), "the broker is still running");
+    assert!(b.exited().is_none(), "the broker is still running");
     // And it still serves: ApiVersions v0.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -20,13 +20,6 @@ use crate::log::redb_store::RedbLog;
 use crate::log::LogStore;
 use crate::metrics::Metrics;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn rdkafka_version() -> String {
     bridge::librdkafka_version()
 }
@@ -45,7 +38,7 @@ fn gateway_id(store: &dyn LogStore, configured: Option<&str>) -> anyhow::Result<
     if let Some(v) = store.meta("gateway_id")? {
         return Ok(String::from_utf8_lossy(&v).into_owned());
     }
-    let id = format!("gw-{:012x}", crate::random_u64() & 0xffff_ffff_ffff);
+    let id = format!("gw-{:012x}", foundation::ids::random_u64() & 0xffff_ffff_ffff);
     store.set_meta("gateway_id", id.as_bytes())?;
     Ok(id)
 }
@@ -159,7 +152,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let server = axum::serve(listener, admin::router(admin_state));
         tokio::select! {
             r = server => r.context("admin server")?,
-            _ = shutdown_signal() => info!("shutting down: committing and acking what is in flight"),
+            _ = foundation::shutdown::signal_received() => info!("shutting down: committing and acking what is in flight"),
         }
         anyhow::Ok(())
     })?;
@@ -174,20 +167,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// Group commit: take whatever arrived (bounded by count, bytes and `linger_ms`), commit it in
@@ -244,7 +223,7 @@ fn ingest_loop<S: LogStore, M: Message>(
                 }
             }
         }
-        match ingest.process(&batch, now_ms()) {
+        match ingest.process(&batch, foundation::time::now_ms()) {
             Ok(acks) => {
                 backoff = Duration::from_millis(50);
                 appended.bump();
@@ -278,7 +257,7 @@ fn housekeeping(store: &dyn LogStore, stop: &AtomicBool) {
             continue;
         }
         next = Instant::now() + period;
-        match store.apply_retention(now_ms()) {
+        match store.apply_retention(foundation::time::now_ms()) {
             Ok(r) if r.records > 0 => info!(
                 records = r.records,
                 bytes = r.bytes,

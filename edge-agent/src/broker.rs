@@ -110,7 +110,7 @@ impl Mqtt {
         drop(TcpListener::bind(cfg.listen).with_context(|| format!("MQTT listen address {}", cfg.listen))?);
         let mut broker = Broker::new(rumqttd_config(cfg));
         // An unguessable client id: a remote client with the same id would take the link over.
-        let id = format!("edge-agent-ingest-{:016x}", crate::random_u64());
+        let id = format!("edge-agent-ingest-{:016x}", foundation::ids::random_u64());
         let (mut tx, rx) = broker
             .link(&id)
             .map_err(|e| anyhow::anyhow!("rumqttd link: {e:?}"))?;

@@ -157,14 +157,7 @@ fn load(common: &Common) -> anyhow::Result<Config> {
 /// Parses `args` (the first is the program name) and runs the command.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init()
-        .ok();
+    foundation::logging::init("EDGE_LOG", "info,rumqttd=off");
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -309,7 +302,12 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
                 st
             }
             // Only a connection failure is worth waiting for; an answer (e.g. 404) is final.
-            Err(e) if e.chain().any(|c| c.is::<std::io::Error>()) => {
+            Err(e)
+                if e.chain().any(|c| {
+                    c.downcast_ref::<foundation::http::Error>()
+                        .is_some_and(|e| e.is_unreachable())
+                }) =>
+            {
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > std::time::Duration::from_secs(60) {
                     return Err(e.context("the agent has been unreachable for a minute"));
@@ -379,48 +377,18 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A GET against the running agent's admin API (plain HTTP/1.1 on loopback).
+/// A GET against the running agent's admin API.
 fn http_get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     http_json(addr, "GET", path)
 }
 
-/// A request without a body against the running agent's admin API.
+/// A request without a body against the running agent's admin API; its answer must be 200
+/// with JSON.
 fn http_json(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)
-        .with_context(|| format!("no agent answers on {addr} (pass --admin-listen)"))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    anyhow::ensure!(
-        status == "200",
-        "admin API {path}: HTTP {status}: {}",
-        body.trim()
-    );
-    Ok(serde_json::from_str(&body)?)
-}
-
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("bad chunk")?;
-        let n = usize::from_str_radix(size.trim(), 16)?;
-        if n == 0 {
-            return Ok(out);
+    foundation::http::json(&addr.to_string(), method, path).map_err(|e| match e {
+        e @ foundation::http::Error::Unreachable { .. } => {
+            anyhow::Error::new(e).context(format!("no agent answers on {addr} (pass --admin-listen)"))
         }
-        out.push_str(rest.get(..n).context("short chunk")?);
-        body = rest.get(n + 2..).context("short chunk")?;
-    }
+        e => e.into(),
+    })
 }

@@ -150,11 +150,12 @@ impl Default for IngestConfig {
 }
 
 impl Config {
-    /// Reads a TOML file.
+    /// Reads a TOML file (errors name it).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+        let cfg: Config = foundation::config::from_file(path)?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
     }
 
     /// Parses TOML text.

@@ -30,17 +30,3 @@ pub mod log;
 pub mod metrics;
 pub mod partitioner;
 pub mod render;
-
-/// A random-enough `u64` for ids (time, process and address-space entropy through SipHash);
-/// not for cryptography.
-pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}

@@ -1,7 +1,5 @@
 //! Running the edge agent as a real process: start, wait until healthy, kill -9, SIGTERM.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -139,10 +137,8 @@ impl EdgeAgent {
     /// A counter or gauge from `/metrics` (the first sample of that name).
     pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let (_, body) = self.get("/metrics")?;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        foundation::prom::Metrics::parse(&body)?
+            .value(name, &[])
             .with_context(|| format!("metric {name} not found"))
     }
 }
@@ -153,27 +149,18 @@ impl Drop for EdgeAgent {
     }
 }
 
-/// A plain HTTP/1.1 GET on loopback: (status, body). Enough for the admin API.
+/// A GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     http_request(port, "GET", path)
 }
 
-/// A plain HTTP/1.1 request without a body on loopback: (status, body).
+/// A request without a body on loopback: (status, body).
 pub fn http_request(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status")?;
-    Ok((code, body.to_string()))
+    let addr = format!("127.0.0.1:{port}");
+    Ok(foundation::http::request(
+        &addr,
+        method,
+        path,
+        Duration::from_secs(10),
+    )?)
 }

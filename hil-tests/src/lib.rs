@@ -21,21 +21,12 @@ pub mod mosquitto;
 pub mod proxy;
 pub mod qemu;
 pub mod sim;
-pub mod wait;
+/// Waiting for a condition with a deadline (the foundation crate's, re-exported).
+pub use foundation::wait;
 
-/// Whether a server listens on `127.0.0.1:port`. A connect to a free port in the ephemeral range
-/// can succeed by connecting to itself (TCP simultaneous open: the kernel picked the same port as
-/// the source), which would pass for a listening server; such a connection does not count.
-pub fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port))
-        .and_then(|s| s.local_addr())
-        .is_ok_and(|local| local.port() != port)
-}
+pub use foundation::net::listening;
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the server under test to take).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    foundation::net::free_port().expect("no free loopback port")
 }

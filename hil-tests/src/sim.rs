@@ -6,7 +6,7 @@
 //! resend and reconnect logic as the MCU image, only with a socket instead of a UART.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use embedded_io_adapters::tokio_1::FromTokio;
 use firmware::buffer::OverflowPolicy;
@@ -197,13 +197,6 @@ impl Connector for TcpConnector {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Runs one virtual device to completion.
 async fn device(
     cfg: SimConfig,
@@ -253,7 +246,7 @@ async fn device(
                     let value = 20.0 + 5.0 * (made as f32 * 0.1 + phase).sin();
                     let r = Reading {
                         channel: 0,
-                        timestamp_ms: unix_ms(),
+                        timestamp_ms: foundation::time::now_ms() as u64,
                         value,
                     };
                     if let Ok(seq) = u.push(r, now) {
@@ -290,7 +283,7 @@ async fn device(
 /// Runs the whole fleet. Device starts are spread over the first second.
 pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let seed = (unix_ms() as u32) ^ std::process::id().rotate_left(16);
+    let seed = (foundation::time::now_ms() as u32) ^ std::process::id().rotate_left(16);
     let spread = Duration::from_secs(1).as_micros() as u64 / cfg.devices.max(1) as u64;
     let mut tasks = Vec::with_capacity(cfg.devices);
     for i in 0..cfg.devices {

@@ -314,7 +314,7 @@ pub async fn join(b: &Arc<Broker>, r: JoinGroupRequest, version: i16) -> JoinGro
             return fail(Code::InconsistentGroupProtocol, &r.member_id);
         }
         member_id = if r.member_id.is_empty() {
-            format!("member-{:016x}", crate::random_u64())
+            format!("member-{:016x}", foundation::ids::random_u64())
         } else if g.members.contains_key(r.member_id.as_str()) {
             r.member_id.to_string()
         } else {

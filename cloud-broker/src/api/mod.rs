@@ -57,7 +57,7 @@ fn cluster_id(storage: &dyn Storage) -> Result<String, crate::storage::StoreErro
     if let Some(id) = storage.load()?.meta.get(KEY) {
         return Ok(String::from_utf8_lossy(id).into_owned());
     }
-    let id = format!("appliance-{:016x}", crate::random_u64());
+    let id = format!("appliance-{:016x}", foundation::ids::random_u64());
     let w = crate::storage::WriteSet {
         meta: vec![(KEY.into(), id.clone().into_bytes())],
         ..Default::default()

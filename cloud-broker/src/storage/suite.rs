@@ -179,7 +179,7 @@ fn redb_storage_conforms_and_persists() {
     let dir = std::env::temp_dir().join(format!(
         "cloud-store-{}-{}",
         std::process::id(),
-        crate::random_u64()
+        foundation::ids::random_u64()
     ));
     let n = std::cell::Cell::new(0);
     test_all(|| {

@@ -6,21 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// Whether the broker listens on `127.0.0.1:port` (a connection to itself — TCP simultaneous
-/// open on a free ephemeral port — does not count).
-pub fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port))
-        .and_then(|s| s.local_addr())
-        .is_ok_and(|local| local.port() != port)
-}
+pub use foundation::net::listening;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    foundation::net::free_port().expect("no free loopback port")
 }
 
 /// A fresh directory under the system temp dir, named after the test.

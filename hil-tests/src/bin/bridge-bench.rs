@@ -27,12 +27,13 @@
 //!
 //! Run: `cargo build --release && ./target/release/bridge-bench` (prints a table, or `--json`).
 
+use foundation::process::Guard;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -87,22 +88,6 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -263,18 +248,17 @@ fn drain(
     settle_disk();
     let kafka = free_port();
     let bootstrap = format!("127.0.0.1:{kafka}");
-    let broker = Proc(
+    let mut broker = Guard::spawn(
+        "the cloud broker",
         niced(Command::new(&cli.demo_bin))
             .args(["cloud-broker", "run", "--kafka-listen", &bootstrap])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
             .arg(dir.join("cloud"))
-            .env("CLOUD_LOG", "warn")
-            .spawn()
-            .with_context(|| format!("starting {}", cli.demo_bin.display()))?,
-    );
-    wait::until(Duration::from_secs(20), "the cloud broker", || {
-        hil_tests::listening(kafka).then_some(())
+            .env("CLOUD_LOG", "warn"),
+    )?;
+    broker.wait_ready(Duration::from_secs(20), "listening", || {
+        hil_tests::listening(kafka)
     })?;
     let (mqtt, admin) = (free_port(), free_port());
     let mut extra = Vec::new();
@@ -284,7 +268,8 @@ fn drain(
         extra = vec!["--config".into(), path.to_string_lossy().into_owned()];
     }
     let started = Instant::now();
-    let agent = Proc(
+    let mut agent = Guard::spawn(
+        "the edge agent",
         Command::new(&cli.demo_bin)
             .args(["edge-agent", "run", "--data-dir"])
             .arg(&edge_dir)
@@ -292,13 +277,10 @@ fn drain(
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--cloud", &bootstrap, "--gateway-id", "bench-gw"])
-            .env("EDGE_LOG", "warn")
-            .spawn()?,
-    );
-    wait::until(Duration::from_secs(30), "the edge agent", || {
-        hil_tests::agent::http_get(admin, "/health")
-            .ok()
-            .filter(|(c, _)| *c == 200)
+            .env("EDGE_LOG", "warn"),
+    )?;
+    agent.wait_ready(Duration::from_secs(30), "/health", || {
+        hil_tests::agent::http_get(admin, "/health").is_ok_and(|(c, _)| c == 200)
     })?;
 
     // The consumer (watched): everything in the cloud's telemetry topic from the start.
@@ -501,7 +483,7 @@ fn write_backlog(path: &Path, records: u64, devices: u64) -> anyhow::Result<(u64
             (k, p)
         })
         .collect();
-    let now = unix_ms();
+    let now = foundation::time::now_ms();
     let mut buf = [0u8; firmware::wire::MAX_READING_RECORD_ENCODED];
     let mut written = 0;
     while written < records {
@@ -598,7 +580,7 @@ fn consume(
             }
         } else if key.starts_with(b"live-") {
             if let Ok(r) = firmware::wire::decode::<ReadingRecord>(m.payload().unwrap_or_default()) {
-                let ms = (unix_ms() - r.reading.timestamp_ms as i64).max(0) as u32;
+                let ms = (foundation::time::now_ms() - r.reading.timestamp_ms as i64).max(0) as u32;
                 let mut l = lat.lock().unwrap_or_else(|e| e.into_inner());
                 if drained {
                     l.1.push(ms);

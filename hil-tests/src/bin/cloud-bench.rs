@@ -33,11 +33,12 @@
 //! CPU time of each process and thread (from `/proc`) is taken over each phase's window after
 //! its warm-up, so a run says where the two cores went.
 
+use foundation::process::Guard;
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -126,7 +127,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         tokio::select! {
             r = run(&cli) => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            // Returning drops the children's guards: no broker or nats-server is left behind.
+            sig = foundation::shutdown::signal_received() => bail!("interrupted ({sig})"),
         }
     })
 }
@@ -568,13 +570,16 @@ fn kafka_phase(
 }
 
 async fn bench_kafka(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<Value> {
-    let port = free_port()?;
+    let port = foundation::net::free_port()?;
     let dir = dirs.fresh(root, "cloud-broker")?;
-    let broker = Proc::spawn(
+    let broker = spawn_server(
         "cloud-broker",
         Command::new(&cli.broker_bin)
             .args(["run", "--kafka-listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{}", free_port()?)])
+            .args([
+                "--http-listen",
+                &format!("127.0.0.1:{}", foundation::net::free_port()?),
+            ])
             .arg("--data-dir")
             .arg(&dir)
             .env("CLOUD_LOG", "warn"),
@@ -721,9 +726,9 @@ impl Sink for NatsSink {
 }
 
 async fn bench_jetstream(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<Value> {
-    let port = free_port()?;
+    let port = foundation::net::free_port()?;
     let dir = dirs.fresh(root, "jetstream")?;
-    let server = Proc::spawn(
+    let server = spawn_server(
         "nats-server",
         Command::new(&cli.nats_server)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -806,11 +811,6 @@ async fn bench_jetstream(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<
 
 // --- processes, ports, /proc -------------------------------------------------------------------
 
-/// A server process, killed on drop.
-struct Proc {
-    child: Child,
-}
-
 /// Data directories, removed when the run ends: not between the two systems, since deleting
 /// gigabytes (with `discard` on the file system) loads the disk while the next one is measured.
 #[derive(Default)]
@@ -822,7 +822,7 @@ impl Dirs {
         let d = root.join(format!(
             "cloud-bench-{tag}-{}-{}",
             std::process::id(),
-            free_port()?
+            foundation::net::free_port()?
         ));
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(d.clone());
@@ -838,40 +838,13 @@ impl Drop for Dirs {
     }
 }
 
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, port: u16) -> anyhow::Result<Proc> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        let mut p = Proc { child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !hil_tests::listening(port) {
-            if let Some(status) = p.child.try_wait()? {
-                bail!("{name} exited before listening on {port}: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("{name} did not listen on {port} within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(p)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A server process (killed on drop), once it listens on `port`.
+fn spawn_server(name: &str, cmd: &mut Command, port: u16) -> anyhow::Result<Guard> {
+    let mut p = Guard::spawn(name, cmd.stdin(Stdio::null()))?;
+    p.wait_ready(Duration::from_secs(20), &format!("listening on {port}"), || {
+        hil_tests::listening(port)
+    })?;
+    Ok(p)
 }
 
 /// 100 printable bytes (or `n`), the same for both systems.
@@ -889,64 +862,27 @@ fn cpu_percent(before: &Ticks, after: &Ticks, secs: f64) -> BTreeMap<String, BTr
     after
         .iter()
         .map(|(proc_name, threads)| {
-            let b = before.get(proc_name);
-            let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
-            for (tid, (name, v)) in threads {
-                let v0 = b.and_then(|m| m.get(tid)).map_or(0, |x| x.1);
-                *by_name.entry(name.clone()).or_default() +=
-                    v.saturating_sub(v0) as f64 / CLK_TCK / secs * 100.0;
-            }
+            let empty = BTreeMap::new();
+            let b = before.get(proc_name).unwrap_or(&empty);
+            let mut by_name = foundation::procfs::cpu_percent_by_name(b, threads, secs);
             by_name.retain(|_, p| *p >= 0.5);
             (proc_name.clone(), by_name)
         })
         .collect()
 }
 
-/// Linux's `USER_HZ` (the unit of `/proc/*/stat` times); 100 on every mainstream kernel.
-const CLK_TCK: f64 = 100.0;
-
 /// CPU ticks of every thread of `pids`.
 fn cpu_ticks(pids: &[(&str, u32)]) -> Ticks {
-    let mut out = BTreeMap::new();
-    for &(name, pid) in pids {
-        let mut threads = BTreeMap::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-                continue;
-            };
-            // `pid (comm) state ...`: comm may hold spaces; fields 14 and 15 follow it.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let comm = stat[open + 1..close].to_string();
-            let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-            let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            threads.insert(tid, (comm, ticks));
-        }
-        out.insert(name.to_string(), threads);
-    }
-    out
+    pids.iter()
+        .map(|&(name, pid)| (name.to_string(), foundation::procfs::thread_ticks(pid)))
+        .collect()
 }
 
 fn machine() -> Value {
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let m = foundation::procfs::machine();
     json!({
-        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "mem_total_gib": round2(mem_kib as f64 / 1024.0 / 1024.0),
+        "nproc": m.nproc,
+        "mem_total_gib": round2(m.mem_total_kib as f64 / 1024.0 / 1024.0),
     })
 }
 

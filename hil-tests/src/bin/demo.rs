@@ -177,13 +177,6 @@ fn validate(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free loopback port")?
-        .port())
-}
-
 /// A child process; stopping it (or dropping it) sends SIGTERM, then SIGKILL after a grace time.
 #[derive(Debug)]
 struct Proc {
@@ -330,9 +323,7 @@ fn start_qemu(mqtt_port: u16, rate: f64, log: &Path) -> anyhow::Result<Proc> {
 }
 
 fn get_json(port: u16, path: &str) -> anyhow::Result<serde_json::Value> {
-    let (code, body) = http_get(port, path).with_context(|| format!("GET {path}"))?;
-    ensure!(code == 200, "GET {path}: HTTP {code}: {body}");
-    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON"))
+    Ok(foundation::http::json(&format!("127.0.0.1:{port}"), "GET", path)?)
 }
 
 /// What the edge agent says, at one moment.
@@ -430,34 +421,14 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
 
     // Signals first, so a Ctrl-C during start-up also stops cleanly.
     let (tx, events) = mpsc::channel::<Event>();
-    let signals = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting a tokio runtime")?;
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut int, mut term) = signals
-            .block_on(async {
-                Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
-            })
-            .context("installing the signal handlers")?;
+    let signals = {
         let tx = tx.clone();
-        signals.spawn(async move {
-            loop {
-                let sig = tokio::select! {
-                    _ = int.recv() => "Ctrl-C",
-                    _ = term.recv() => "SIGTERM",
-                };
-                if tx.send(Event::Stop(sig)).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+        foundation::shutdown::on_signals(move |sig| tx.send(Event::Stop(sig)).is_ok())
+            .context("installing the signal handlers")?
+    };
 
     // The cloud, behind the uplink proxy on the user-facing Kafka port.
-    let broker_port = free_port()?;
+    let broker_port = foundation::net::free_port().context("finding a free loopback port")?;
     let broker_addr = SocketAddr::from(([127, 0, 0, 1], broker_port));
     let proxy = Proxy::start_on(a.kafka_port, broker_addr).with_context(|| {
         format!(

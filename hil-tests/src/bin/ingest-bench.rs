@@ -47,14 +47,16 @@
 //! 3. `latency`: E at `--moderate` × scenario 1's durable peak (paced), besides the peak run.
 //! 4. `rss`: 1,000 devices publishing one reading per second: memory of every target.
 
+use foundation::procfs;
+use foundation::prom::{quantile_between, Metrics};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -215,20 +217,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         tokio::select! {
             r = bench(opts) => r,
-            _ = signal() => bail!("interrupted"),
+            sig = foundation::shutdown::signal_received() => bail!("interrupted ({sig})"),
         }
     })
-}
-
-async fn signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,9 +424,9 @@ async fn wait_quiet(opts: &Opts) {
     let deadline = Instant::now() + Duration::from_secs_f64(opts.quiet_wait);
     let mut said = false;
     loop {
-        let a = machine_ticks();
+        let a = procfs::machine_ticks();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let b = machine_ticks();
+        let b = procfs::machine_ticks();
         let busy = (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64 * 100.0;
         if busy < opts.quiet_below {
             return;
@@ -600,7 +591,9 @@ impl Target {
         loop {
             let mqtt_ok = tokio::net::TcpStream::connect(self.mqtt).await.is_ok();
             let admin_ok = match self.admin {
-                Some(a) => http_get(a, "/health").is_ok(),
+                Some(a) => {
+                    foundation::http::get(&a.to_string(), "/health").is_ok_and(|(code, _)| code == 200)
+                }
                 None => true,
             };
             if mqtt_ok && admin_ok {
@@ -646,109 +639,12 @@ impl Target {
         Ok(Some(line.trim().parse().context("serve-rumqttd count")?))
     }
 
-    fn metrics(&self) -> anyhow::Result<Option<PromText>> {
-        match self.admin {
-            Some(a) => Ok(Some(PromText::parse(&http_get(a, "/metrics")?))),
-            None => Ok(None),
-        }
+    fn metrics(&self) -> anyhow::Result<Option<Metrics>> {
+        let Some(a) = self.admin else { return Ok(None) };
+        let (code, body) = foundation::http::get(&a.to_string(), "/metrics")?;
+        anyhow::ensure!(code == 200, "GET /metrics: HTTP {code}");
+        Ok(Some(Metrics::parse(&body)?))
     }
-}
-
-/// A plain HTTP/1.1 GET (the admin API), body as text.
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .context("HTTP response without a body")?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET {path}: {}",
-        head.lines().next().unwrap_or("")
-    );
-    Ok(body.to_string())
-}
-
-/// `name{labels} value` lines of a Prometheus text page.
-#[derive(Debug, Clone, Default)]
-struct PromText(BTreeMap<String, f64>);
-
-impl PromText {
-    fn parse(text: &str) -> Self {
-        let mut m = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            if let Some((k, v)) = line.rsplit_once(' ') {
-                if let Ok(v) = v.parse::<f64>() {
-                    m.insert(k.to_string(), v);
-                }
-            }
-        }
-        PromText(m)
-    }
-
-    fn get(&self, k: &str) -> f64 {
-        self.0.get(k).copied().unwrap_or(0.0)
-    }
-
-    /// Cumulative buckets `(upper bound, count)` of histogram `name`, `+Inf` last.
-    fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
-        let prefix = format!("{name}_bucket{{le=\"");
-        let mut v: Vec<(f64, f64)> = self
-            .0
-            .iter()
-            .filter_map(|(k, c)| {
-                let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-                let b = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                Some((b, *c))
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        v
-    }
-}
-
-/// Quantile `q` of the observations between two snapshots of a cumulative histogram, linearly
-/// interpolated within its bucket (the agent's buckets double: 0.5, 1, 2, 4 ... ms).
-fn hist_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
-    let delta: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(b, c)| {
-            let c0 = before.iter().find(|(b0, _)| b0 == b).map_or(0.0, |x| x.1);
-            (*b, c - c0)
-        })
-        .collect();
-    let total = delta.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let target = q * total;
-    let (mut lo, mut below) = (0.0, 0.0);
-    for (b, c) in delta {
-        if c >= target {
-            if b.is_infinite() {
-                return Some(lo);
-            }
-            let inside = c - below;
-            let frac = if inside > 0.0 {
-                (target - below) / inside
-            } else {
-                1.0
-            };
-            return Some(lo + (b - lo) * frac);
-        }
-        (lo, below) = (b, c);
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -906,7 +802,7 @@ fn reading(seq: u64, now_ms: u64) -> Reading {
 }
 
 fn payload_len(id: &str, batch: usize) -> usize {
-    let rs = vec![reading(0, epoch_ms()); batch];
+    let rs = vec![reading(0, foundation::time::now_ms() as u64); batch];
     let b = BatchRef {
         device_id: id,
         boot_id: u32::MAX,
@@ -916,12 +812,6 @@ fn payload_len(id: &str, batch: usize) -> usize {
     };
     let mut buf = [0u8; wire::MAX_BATCH_ENCODED];
     wire::encode(&b, &mut buf).map_or(0, |b| b.len())
-}
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a client hands back when it stops.
@@ -1050,7 +940,7 @@ async fn client(
                 .ack_window
                 .is_none_or(|aw| next_seq + spec.batch as u64 - low <= aw);
         if room && (spec.interval.is_none() || due <= now) {
-            let ts = epoch_ms();
+            let ts = foundation::time::now_ms() as u64;
             let measuring = ctl.measuring.load(Ordering::Relaxed);
             while room && (spec.interval.is_none() || due <= now) {
                 for (i, r) in readings.iter_mut().enumerate() {
@@ -1157,89 +1047,24 @@ async fn client(
 // One run: load, snapshots, figures
 // ---------------------------------------------------------------------------------------------
 
-/// CPU ticks per second of `/proc/*/stat` (USER_HZ).
-fn clk_tck() -> f64 {
-    static T: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *T.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// CPU ticks per thread name of process `pid`.
-fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return m;
-    };
-    for e in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_string();
-        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-        *m.entry(name).or_insert(0) += ticks;
-    }
-    m
-}
-
-/// (busy, total) ticks of the whole machine.
-fn machine_ticks() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = s.lines().next() else {
-        return (0, 0);
-    };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// `VmRSS` and `VmHWM` of `pid`, KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 struct Snapshot {
     at: Instant,
     pubacks: u64,
     durable: u64,
-    target_threads: BTreeMap<String, u64>,
-    gen_threads: BTreeMap<String, u64>,
+    target_threads: BTreeMap<u32, (String, u64)>,
+    gen_threads: BTreeMap<u32, (String, u64)>,
     machine: (u64, u64),
     consumer: Option<(Instant, u64)>,
-    metrics: Option<(Instant, PromText)>,
+    metrics: Option<(Instant, Metrics)>,
 }
 
 fn snapshot(target: &Target, counters: &[Arc<ClientCounters>]) -> anyhow::Result<Snapshot> {
     let at = Instant::now();
     let pubacks = counters.iter().map(|c| c.pubacks.load(Ordering::Relaxed)).sum();
     let durable = counters.iter().map(|c| c.durable.load(Ordering::Relaxed)).sum();
-    let target_threads = thread_ticks(target.pid());
-    let gen_threads = thread_ticks(std::process::id());
-    let machine = machine_ticks();
+    let target_threads = procfs::thread_ticks(target.pid());
+    let gen_threads = procfs::thread_ticks(std::process::id());
+    let machine = procfs::machine_ticks();
     let consumer = target.consumer_count()?.map(|c| (Instant::now(), c));
     let metrics = target.metrics()?.map(|m| (Instant::now(), m));
     Ok(Snapshot {
@@ -1328,7 +1153,7 @@ async fn drive(target: &Target, load: &Load) -> anyhow::Result<RunResult> {
     let mut tasks = Vec::with_capacity(load.clients);
     let mut counters = Vec::with_capacity(load.clients);
     let interval = load.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let tag = edge_agent::random_u64();
+    let tag = foundation::ids::random_u64();
     for i in 0..load.clients {
         let c = Arc::new(ClientCounters::default());
         counters.push(c.clone());
@@ -1367,7 +1192,7 @@ async fn drive(target: &Target, load: &Load) -> anyhow::Result<RunResult> {
     tokio::time::sleep(load.duration).await;
     ctl.measuring.store(false, Ordering::Relaxed);
     let s1 = snapshot(target, &counters)?;
-    let (rss, hwm) = rss_kib(target.pid());
+    let (rss, hwm) = procfs::rss_kib(target.pid());
     for s in stops {
         let _ = s.send(());
     }
@@ -1399,15 +1224,10 @@ async fn drive(target: &Target, load: &Load) -> anyhow::Result<RunResult> {
     puback_lat.sort_unstable();
 
     let secs = (s1.at - s0.at).as_secs_f64();
-    let tck = clk_tck();
-    let cpu = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> BTreeMap<String, f64> {
-        b.iter()
-            .map(|(k, v)| {
-                let d = v.saturating_sub(a.get(k).copied().unwrap_or(0));
-                (k.clone(), d as f64 / tck / secs * 100.0)
-            })
-            .filter(|(_, pct)| *pct > 0.0)
-            .collect()
+    let cpu = |a: &BTreeMap<u32, (String, u64)>, b: &BTreeMap<u32, (String, u64)>| -> BTreeMap<String, f64> {
+        let mut by_name = procfs::cpu_percent_by_name(a, b, secs);
+        by_name.retain(|_, pct| *pct > 0.0);
+        by_name
     };
     let gen = cpu(&s0.gen_threads, &s1.gen_threads);
     let mut r = RunResult {
@@ -1452,16 +1272,16 @@ async fn drive(target: &Target, load: &Load) -> anyhow::Result<RunResult> {
         let dt = (*t1 - *t0).as_secs_f64();
         let h = "edge_commit_duration_seconds";
         let (b0, b1) = (m0.buckets(h), m1.buckets(h));
-        r.commit_p50_ms = hist_quantile(&b0, &b1, 0.50).map(|s| s * 1000.0);
-        r.commit_p99_ms = hist_quantile(&b0, &b1, 0.99).map(|s| s * 1000.0);
-        let d = |k: &str| m1.get(k) - m0.get(k);
+        r.commit_p50_ms = quantile_between(&b0, &b1, 0.50).map(|s| s * 1000.0);
+        r.commit_p99_ms = quantile_between(&b0, &b1, 0.99).map(|s| s * 1000.0);
+        let d = |k: &str| m1.value(k, &[]).unwrap_or(0.0) - m0.value(k, &[]).unwrap_or(0.0);
         let commits = d("edge_commits_total");
         r.commits_per_s = Some(commits / dt);
         r.agent_readings_per_s = Some(d("edge_readings_ingested_total") / dt);
         r.records_per_commit = (commits > 0.0).then(|| d("edge_commit_batch_records_sum") / commits);
         r.agent_losses = Some((
-            m1.get("edge_rumqttd_cursor_jumps_total"),
-            m1.get("edge_rumqttd_lag_detected_total"),
+            m1.value("edge_rumqttd_cursor_jumps_total", &[]).unwrap_or(0.0),
+            m1.value("edge_rumqttd_lag_detected_total", &[]).unwrap_or(0.0),
         ));
     }
     Ok(r)
@@ -1472,27 +1292,12 @@ async fn drive(target: &Target, load: &Load) -> anyhow::Result<RunResult> {
 // ---------------------------------------------------------------------------------------------
 
 fn machine_info() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
+    let m = procfs::machine();
     format!(
-        "nproc {cores}, {:.1} GiB RAM, {cpu}",
-        mem as f64 / 1024.0 / 1024.0
+        "nproc {}, {:.1} GiB RAM, {}",
+        m.nproc,
+        m.mem_total_kib as f64 / 1024.0 / 1024.0,
+        m.cpu_model
     )
 }
 

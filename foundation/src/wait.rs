@@ -1,8 +1,8 @@
-//! Waiting for conditions with deadlines.
+//! Waiting for a condition with a deadline (never a bare sleep).
 
 use std::time::{Duration, Instant};
 
-/// Polls `cond` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+/// Polls `cond` every 20 ms until it returns `Some`, or fails after `timeout` naming `what`.
 pub fn until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
