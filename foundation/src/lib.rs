@@ -13,6 +13,7 @@
 //!   layering every binary uses is: built-in defaults < the file < environment < flags (clap's
 //!   `env = ...` gives a flag's environment variable; a flag wins over it).
 //! - [`http`] (`http`) — a blocking HTTP client (ureq) for admin APIs.
+//! - [`redb`] (`redb`) — a redb database that reopens itself after a failed write.
 //! - [`prom`] (`prom`) — Prometheus text pages (prometheus-parse): values, histograms,
 //!   quantiles between two scrapes.
 //! - [`wait`], [`net`], [`process`], [`procfs`] (`testkit`) — waiting for a condition with a
@@ -36,6 +37,8 @@ pub mod process;
 pub mod procfs;
 #[cfg(feature = "prom")]
 pub mod prom;
+#[cfg(feature = "redb")]
+pub mod redb;
 #[cfg(feature = "runtime")]
 pub mod shutdown;
 #[cfg(feature = "testkit")]

@@ -192,3 +192,9 @@ pub(crate) fn gather_batch(out: &mut Vec<u8>, b: &[u8], from: i64, max_bytes: us
     out.extend_from_slice(b);
     true
 }
+
+impl From<foundation::redb::OpenError> for StoreError {
+    fn from(e: foundation::redb::OpenError) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}

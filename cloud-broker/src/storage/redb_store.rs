@@ -12,9 +12,9 @@
 //! Each [`Storage::apply`] is one write transaction with `Durability::Immediate`. After an I/O
 //! error redb refuses further writes until reopened; the store reopens before the next write.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::path::Path;
+
+use foundation::redb::Reopening;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use serde::de::DeserializeOwned;
@@ -34,9 +34,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// redb-backed storage.
 #[derive(Debug)]
 pub struct RedbStorage {
-    path: PathBuf,
-    db: RwLock<Option<Database>>,
-    reopen: AtomicBool,
+    db: Reopening,
 }
 
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
@@ -80,45 +78,15 @@ fn missing_ok<T>(r: Result<T, TableError>) -> Result<Option<T>, StoreError> {
 impl RedbStorage {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(io)?;
-        }
         let s = RedbStorage {
-            path: path.to_path_buf(),
-            db: RwLock::new(Some(Self::open_db(path)?)),
-            reopen: AtomicBool::new(false),
+            db: Reopening::open(path, 256 << 20, "is a broker running?")?,
         };
         s.apply(&WriteSet::default())?; // creates the tables
         Ok(s)
     }
 
-    fn open_db(path: &Path) -> Result<Database, StoreError> {
-        Database::builder()
-            .set_cache_size(256 << 20)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Io(format!(
-                    "{} is open in another process (is a broker running?)",
-                    path.display()
-                )),
-                e => io(e),
-            })
-    }
-
     fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        if self.reopen.load(Ordering::SeqCst) {
-            let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
-            if self.reopen.load(Ordering::SeqCst) {
-                *g = None;
-                *g = Some(Self::open_db(&self.path)?);
-                self.reopen.store(false, Ordering::SeqCst);
-            }
-        }
-        let g = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = g
-            .as_ref()
-            .ok_or_else(|| StoreError::Io("database closed".into()))?;
-        f(db)
+        self.db.with(|db| f(db))
     }
 }
 
@@ -188,7 +156,7 @@ impl Storage for RedbStorage {
             tx.commit().map_err(io)
         });
         if r.is_err() {
-            self.reopen.store(true, Ordering::SeqCst);
+            self.db.poison();
         }
         r
     }

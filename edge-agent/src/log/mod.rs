@@ -362,3 +362,9 @@ impl From<LogError> for bridge::Error {
         bridge::Error::log(e)
     }
 }
+
+impl From<foundation::redb::OpenError> for LogError {
+    fn from(e: foundation::redb::OpenError) -> Self {
+        LogError::Storage(e.to_string())
+    }
+}

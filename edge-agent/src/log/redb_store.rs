@@ -20,14 +20,12 @@
 //! still have been durable (redb's rule); callers only ack what a successful `append` returned,
 //! and re-deliveries are deduplicated by the stream states, so that is safe.
 
+use foundation::redb::Reopening;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::sync::RwLock;
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
-};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::policy::{self, ChunkInfo};
@@ -53,9 +51,7 @@ struct TopicRow {
 /// The redb-backed log store.
 #[derive(Debug)]
 pub struct RedbLog {
-    path: PathBuf,
-    db: RwLock<Option<Database>>,
-    reopen: AtomicBool,
+    db: Reopening,
     topics: RwLock<HashMap<String, TopicRow>>,
 }
 
@@ -89,31 +85,12 @@ impl RedbLog {
     /// Opens (or creates) the log at `path`. Fails with a clear error if another process
     /// has it open (redb allows one).
     pub fn open(path: &Path) -> Result<Self, LogError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(storage)?;
-        }
-        let db = Self::open_db(path)?;
         let store = RedbLog {
-            path: path.to_path_buf(),
-            db: RwLock::new(Some(db)),
-            reopen: AtomicBool::new(false),
+            db: Reopening::open(path, CACHE_BYTES, "is the agent running? use its admin API")?,
             topics: RwLock::new(HashMap::new()),
         };
         store.init()?;
         Ok(store)
-    }
-
-    fn open_db(path: &Path) -> Result<Database, LogError> {
-        Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => LogError::Storage(format!(
-                    "{} is open in another process (is the agent running? use its admin API)",
-                    path.display()
-                )),
-                e => storage(e),
-            })
     }
 
     /// Creates the tables and loads the topic directory.
@@ -139,33 +116,21 @@ impl RedbLog {
 
     /// Where the database file is.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     /// Runs `f` in a durable write transaction; reopens the database first if an earlier
     /// storage error poisoned it.
     fn write<T>(&self, f: impl FnOnce(&mut WriteTransaction) -> Result<T, LogError>) -> Result<T, LogError> {
-        if self.reopen.load(Ordering::SeqCst) {
-            let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
-            if self.reopen.load(Ordering::SeqCst) {
-                *guard = None; // close before reopening: redb allows one open per file
-                *guard = Some(Self::open_db(&self.path)?);
-                self.reopen.store(false, Ordering::SeqCst);
-            }
-        }
-        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = guard
-            .as_ref()
-            .ok_or_else(|| LogError::Storage("database closed".into()))?;
-        let result = (|| {
+        let result = self.db.with(|db| {
             let mut tx = db.begin_write().map_err(storage)?;
             tx.set_durability(Durability::Immediate).map_err(storage)?;
             let value = f(&mut tx)?;
             tx.commit().map_err(storage)?;
             Ok(value)
-        })();
+        });
         if let Err(LogError::Storage(_)) = &result {
-            self.reopen.store(true, Ordering::SeqCst);
+            self.db.poison();
         }
         result
     }
@@ -174,12 +139,7 @@ impl RedbLog {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, LogError>,
     ) -> Result<T, LogError> {
-        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = guard
-            .as_ref()
-            .ok_or_else(|| LogError::Storage("database closed".into()))?;
-        let tx = db.begin_read().map_err(storage)?;
-        f(&tx)
+        self.db.with(|db| f(&db.begin_read().map_err(storage)?))
     }
 
     fn topic(&self, name: &str) -> Result<TopicRow, LogError> {
