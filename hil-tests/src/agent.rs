@@ -1,7 +1,9 @@
 //! Running the edge agent as a real process: start, wait until healthy, kill -9, SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+
+use foundation::process::Guard;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,7 +16,7 @@ pub struct EdgeAgent {
     pre_args: Vec<String>,
     /// Arguments after the standard ones (e.g. `--cloud HOST:PORT`).
     extra_args: Vec<String>,
-    child: Option<Child>,
+    child: Option<Guard>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// MQTT port.
@@ -62,8 +64,8 @@ impl EdgeAgent {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(&self.bin)
-            .args(&self.pre_args)
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.pre_args)
             .arg("run")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -75,17 +77,13 @@ impl EdgeAgent {
             .env("EDGE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
+            .stderr(Stdio::inherit());
+        let mut child = Guard::spawn("the edge agent", &mut cmd)?;
         let port = self.admin_port;
-        crate::wait::until(Duration::from_secs(20), "the edge agent to be healthy", || {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("edge agent exited during start: {st}");
-            }
-            http_get(port, "/health").ok().filter(|(code, _)| *code == 200)
+        child.wait_ready(Duration::from_secs(20), "/health to answer 200", || {
+            http_get(port, "/health").is_ok_and(|(code, _)| code == 200)
         })?;
+        self.child = Some(child);
         Ok(())
     }
 
@@ -96,16 +94,13 @@ impl EdgeAgent {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| c.exited().is_none())
     }
 
     /// kill -9, as a crash or power cut would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill9();
         }
     }
 
@@ -115,13 +110,17 @@ impl EdgeAgent {
         self.spawn()
     }
 
-    /// SIGTERM, then waits for the exit status.
+    /// SIGTERM, then waits up to `timeout` for the exit status (an error if it had to be
+    /// killed).
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let mut c = self.child.take().context("agent not running")?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-        crate::wait::until(timeout, "the edge agent to exit after SIGTERM", || {
-            c.try_wait().ok().flatten()
-        })
+        match c.terminate(timeout) {
+            Some((st, false)) => Ok(st),
+            Some((_, true)) => {
+                anyhow::bail!("the edge agent did not exit within {timeout:?} of SIGTERM (killed)")
+            }
+            None => anyhow::bail!("the edge agent was already gone"),
+        }
     }
 
     /// A GET on the admin API: (status, body).

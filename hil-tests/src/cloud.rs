@@ -2,17 +2,17 @@
 //! `cloud-broker` binary): start, wait until it accepts connections, stop, kill -9, restart.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::Context;
+use foundation::process::Guard;
 
 /// A `cloud-broker run` process. Dropping it kills the process.
 #[derive(Debug)]
 pub struct CloudBroker {
     bin: PathBuf,
     pre_args: Vec<String>,
-    child: Option<Child>,
+    child: Option<Guard>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Kafka port.
@@ -70,21 +70,12 @@ impl CloudBroker {
         if let Some(a) = &self.advertise {
             cmd.arg("--advertise").arg(a);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
+        let mut child = Guard::spawn("the cloud broker", &mut cmd)?;
         let port = self.port;
-        crate::wait::until(
-            Duration::from_secs(20),
-            "the cloud broker to accept connections",
-            || {
-                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    panic!("cloud broker exited during start: {st}");
-                }
-                crate::listening(port).then_some(())
-            },
-        )?;
+        child.wait_ready(Duration::from_secs(20), "accepting connections", || {
+            crate::listening(port)
+        })?;
+        self.child = Some(child);
         Ok(())
     }
 
@@ -96,22 +87,14 @@ impl CloudBroker {
     /// kill -9.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill9();
         }
     }
 
     /// SIGTERM and wait (up to `timeout`), then kill -9 if it is still there.
     pub fn stop(&mut self, timeout: Duration) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let exited = crate::wait::until(timeout, "the cloud broker to exit", || {
-                c.try_wait().ok().flatten()
-            });
-            if exited.is_err() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            c.terminate(timeout);
         }
     }
 

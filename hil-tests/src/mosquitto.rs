@@ -1,7 +1,9 @@
 //! A real mosquitto broker on a free loopback port, stopped on drop.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use foundation::process::Guard;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,7 +11,7 @@ use anyhow::Context;
 /// A running mosquitto. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Mosquitto {
-    child: Option<Child>,
+    child: Option<Guard>,
     port: u16,
     conf: PathBuf,
 }
@@ -32,25 +34,20 @@ impl Mosquitto {
         )?;
         let bin = which("mosquitto")
             .context("mosquitto is not installed: run the README's test command (it installs `mosquitto`)")?;
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting mosquitto")?;
-        let mut m = Mosquitto {
+        let mut child = Guard::spawn(
+            "mosquitto",
+            Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )?;
+        child.wait_ready(Duration::from_secs(10), "listening", || crate::listening(port))?;
+        Ok(Mosquitto {
             child: Some(child),
             port,
             conf,
-        };
-        crate::wait::until(Duration::from_secs(10), "mosquitto to listen", || {
-            if let Some(Ok(Some(status))) = m.child.as_mut().map(|c| c.try_wait()) {
-                panic!("mosquitto exited early: {status}");
-            }
-            crate::listening(port).then_some(())
-        })?;
-        Ok(m)
+        })
     }
 
     /// The port it listens on.
@@ -66,8 +63,7 @@ impl Mosquitto {
     /// Kills the broker (as a crash would).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill9();
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Running the firmware image under `qemu-system-arm`, its UART0 connected to a TCP port.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+
+use foundation::process::Guard;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -65,7 +67,7 @@ pub fn command(port: u16, args: &[String]) -> anyhow::Result<Command> {
 /// A firmware image running under QEMU. Dropping it kills QEMU.
 #[derive(Debug)]
 pub struct Qemu {
-    child: Child,
+    child: Guard,
 }
 
 impl Qemu {
@@ -74,23 +76,22 @@ impl Qemu {
     /// given `key=value` arguments on the semihosting command line. QEMU runs under `timeout`.
     pub fn start(port: u16, args: &[String], timeout: Duration) -> anyhow::Result<Self> {
         let qemu = command(port, args)?;
-        let child = Command::new("timeout")
-            .arg(timeout.as_secs().max(1).to_string())
-            .arg(qemu.get_program())
-            .args(qemu.get_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting qemu-system-arm")?;
+        let child = Guard::spawn(
+            "qemu-system-arm",
+            Command::new("timeout")
+                .arg(timeout.as_secs().max(1).to_string())
+                .arg(qemu.get_program())
+                .args(qemu.get_args())
+                .stdin(Stdio::null())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit()),
+        )?;
         Ok(Qemu { child })
     }
 
     /// Waits for QEMU to exit (the image exits through semihosting) within `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        crate::wait::until(timeout, "the firmware under QEMU to exit", || {
-            self.child.try_wait().ok().flatten()
-        })
+        crate::wait::until(timeout, "the firmware under QEMU to exit", || self.child.exited())
     }
 }
 
@@ -98,18 +99,6 @@ impl Drop for Qemu {
     /// SIGTERM to `timeout`, which passes it on to QEMU and exits with it (a SIGKILL would
     /// kill only `timeout` and leave QEMU running); SIGKILL after 5 s if that did not work.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let gone = crate::wait::until(Duration::from_secs(5), "QEMU to stop", || {
-                self.child.try_wait().ok().flatten()
-            });
-            if gone.is_err() {
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
+        self.child.terminate(Duration::from_secs(5));
     }
 }

@@ -3,8 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use foundation::process::Guard;
 
 pub use foundation::net::listening;
 
@@ -27,7 +29,7 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// A broker process, killed on drop.
 #[derive(Debug)]
 pub struct Broker {
-    child: Option<Child>,
+    child: Option<Guard>,
     /// Kafka port.
     pub port: u16,
     /// HTTP port.
@@ -44,29 +46,25 @@ impl Broker {
 
     /// Starts a broker on these ports over `dir` and waits until it accepts connections.
     pub fn start_on(dir: &Path, port: u16, http: u16) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_cloud-broker"))
-            .args(["run", "--kafka-listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .arg("--data-dir")
-            .arg(dir)
-            .env("CLOUD_LOG", "warn")
-            .spawn()
+        let mut child = Guard::spawn(
+            "cloud-broker",
+            Command::new(env!("CARGO_BIN_EXE_cloud-broker"))
+                .args(["run", "--kafka-listen", &format!("127.0.0.1:{port}")])
+                .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                .arg("--data-dir")
+                .arg(dir)
+                .env("CLOUD_LOG", "warn"),
+        )
+        .unwrap();
+        child
+            .wait_ready(Duration::from_secs(20), "listening", || listening(port))
             .unwrap();
-        let mut b = Broker {
+        Broker {
             child: Some(child),
             port,
             http,
             dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !listening(port) {
-            if let Some(status) = b.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("broker exited before listening on {port}: {status}");
-            }
-            assert!(Instant::now() < deadline, "broker did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
         }
-        b
     }
 
     /// `host:port` of the Kafka listener.
@@ -77,8 +75,7 @@ impl Broker {
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill9();
         }
     }
 

@@ -19,12 +19,13 @@
 //! - Children are spawned from the main thread only: the parent-death signal fires when the
 //!   *thread* that forked the child exits, and the main thread lives as long as the process.
 
+use foundation::process::Guard;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -181,7 +182,7 @@ fn validate(a: &Args) -> anyhow::Result<()> {
 #[derive(Debug)]
 struct Proc {
     name: &'static str,
-    child: Option<Child>,
+    child: Option<Guard>,
     log: PathBuf,
 }
 
@@ -216,7 +217,7 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("starting the {name}"))?;
+        let child = Guard::spawn(&format!("the {name}"), &mut cmd)?;
         Ok(Proc {
             name,
             child: Some(child),
@@ -226,7 +227,7 @@ impl Proc {
 
     /// The exit status, if it has exited.
     fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
+        self.child.as_mut()?.exited()
     }
 
     /// Waits until `ready` returns true, failing if the process exits first, the deadline
@@ -259,22 +260,7 @@ impl Proc {
     /// SIGTERM, then SIGKILL if it is still there after [`STOP_GRACE`]. Returns the exit
     /// status and whether it had to be killed (`None` if it was already stopped).
     fn stop(&mut self) -> Option<(ExitStatus, bool)> {
-        let mut c = self.child.take()?;
-        if let Ok(Some(st)) = c.try_wait() {
-            return Some((st, false));
-        }
-        // SAFETY: kill(2) on our own child, not yet reaped, so its pid cannot have been reused.
-        unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let what = format!("the {} to exit after SIGTERM", self.name);
-        match wait::until(STOP_GRACE, &what, || c.try_wait().ok().flatten()) {
-            Ok(st) => Some((st, false)),
-            Err(_) => {
-                let _ = c.kill();
-                c.wait().ok().map(|st| (st, true))
-            }
-        }
+        self.child.take()?.terminate(STOP_GRACE)
     }
 }
 

@@ -47,13 +47,14 @@
 //! 3. `latency`: E at `--moderate` × scenario 1's durable peak (paced), besides the peak run.
 //! 4. `rss`: 1,000 devices publishing one reading per second: memory of every target.
 
+use foundation::process::Guard;
 use foundation::procfs;
 use foundation::prom::{quantile_between, Metrics};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -451,14 +452,13 @@ async fn wait_quiet(opts: &Opts) {
 
 /// A spawned server process, killed (and its scratch dir removed) on drop, also on panic.
 struct ProcGuard {
-    child: Child,
+    child: Guard,
     dir: Option<PathBuf>,
 }
 
 impl Drop for ProcGuard {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill9();
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -517,7 +517,7 @@ impl Target {
                     admin: Some(admin),
                     rumqttd_io: None,
                     guard: ProcGuard {
-                        child,
+                        child: Guard::new("the target", child),
                         dir: Some(dir),
                     },
                 }
@@ -541,7 +541,10 @@ impl Target {
                     mqtt,
                     admin: None,
                     rumqttd_io: Some(std::sync::Mutex::new((stdin, stdout))),
-                    guard: ProcGuard { child, dir: None },
+                    guard: ProcGuard {
+                        child: Guard::new("bare rumqttd", child),
+                        dir: None,
+                    },
                 }
             }
             TargetKind::Mosquitto => {
@@ -572,24 +575,25 @@ impl Target {
                     admin: None,
                     rumqttd_io: None,
                     guard: ProcGuard {
-                        child,
+                        child: Guard::new("the target", child),
                         dir: Some(dir),
                     },
                 }
             }
         };
+        let mut t = t;
         t.wait_ready().await?;
         Ok(t)
     }
 
     fn pid(&self) -> u32 {
-        self.guard.child.id()
+        self.guard.child.pid()
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mqtt_ok = tokio::net::TcpStream::connect(self.mqtt).await.is_ok();
+            let mqtt_ok = hil_tests::listening(self.mqtt.port());
             let admin_ok = match self.admin {
                 Some(a) => {
                     foundation::http::get(&a.to_string(), "/health").is_ok_and(|(code, _)| code == 200)
@@ -599,7 +603,7 @@ impl Target {
             if mqtt_ok && admin_ok {
                 break;
             }
-            if !Path::new(&format!("/proc/{}", self.pid())).exists() || Instant::now() > deadline {
+            if self.guard.child.exited().is_some() || Instant::now() > deadline {
                 let log = self
                     .guard
                     .dir
