@@ -92,7 +92,13 @@ async fn device_fleet_lands_exactly_once_and_sigterm_is_graceful() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_ingest_loses_and_duplicates_nothing() {
     let mut agent = EdgeAgent::start(&bin()).unwrap();
-    let run = tokio::spawn(sim::run(sim_cfg(agent.mqtt_addr(), 20, 1_500, "crash-")));
+    // Each device buffers its whole run: how long a restart takes on a loaded machine (and
+    // the device's reconnect backoff after it) must not decide whether a device overflows.
+    // Once made this way, "lossless" is about the agent alone.
+    let run = tokio::spawn(sim::run(SimConfig {
+        buffer: 2_048,
+        ..sim_cfg(agent.mqtt_addr(), 20, 1_500, "crash-")
+    }));
     let mut total = 0.0;
     for round in 0..4 {
         // Let this incarnation ingest something, then pull the plug.
