@@ -65,14 +65,14 @@ impl Kafka {
     }
 
     fn admin(&mut self) -> Result<&AdminClient<DefaultClientContext>> {
-        if self.admin.is_none() {
-            let a = self
+        let admin = match self.admin.take() {
+            Some(a) => a,
+            None => self
                 .config_with(&[])
                 .create()
-                .map_err(|e| Error::cloud("creating the Kafka admin client", e))?;
-            self.admin = Some(a);
-        }
-        Ok(self.admin.as_ref().expect("just set"))
+                .map_err(|e| Error::cloud("creating the Kafka admin client", e))?,
+        };
+        Ok(self.admin.insert(admin))
     }
 
     fn consumer(&self) -> Result<BaseConsumer<Quiet>> {

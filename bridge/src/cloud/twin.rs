@@ -279,9 +279,13 @@ impl TwinSession {
                 self.failed.push((q.topic.clone(), p));
                 Err(Failure::Retriable("injected failure".into()))
             } else {
-                let log = &mut g.topics.get_mut(&q.topic).expect("checked")[p];
-                log.push(q.rec);
-                Ok((p as i32, log.len() as i64 - 1))
+                match g.topics.get_mut(&q.topic).and_then(|t| t.get_mut(p)) {
+                    Some(log) => {
+                        log.push(q.rec);
+                        Ok((p as i32, log.len() as i64 - 1))
+                    }
+                    None => Err(Failure::Retriable(format!("unknown partition {}/{p}", q.topic))),
+                }
             };
             self.reports.push_back(Report { tag: q.tag, result });
         }
