@@ -235,7 +235,10 @@ mod tests {
             let t = st.sources.iter().filter(|s| s.topic == TELEMETRY);
             t.fold((0, 0), |(r, n), s| (r + s.backlog_records, n + s.next_offset))
         };
-        wait_until(|| !b.status().sources.is_empty());
+        hil_tests::wait::until(Duration::from_secs(10), "the bridge's first status", || {
+            (!b.status().sources.is_empty()).then_some(())
+        })
+        .unwrap();
         for i in 1..=50u64 {
             store
                 .append(&one(
@@ -256,14 +259,5 @@ mod tests {
             assert!(s.backlog_records == 25 && s.oldest_age_ms > 0, "{s:?}");
         }
         b.shutdown();
-    }
-
-    /// Waits up to 10 s for `f`.
-    fn wait_until(f: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(std::time::Instant::now() < deadline, "condition not met in 10 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }
