@@ -208,6 +208,61 @@ pub(crate) mod tests {
         b
     }
 
+    /// A batch of keyed records `(key, value)` (offsets and sequences from 0) for tests.
+    pub fn keyed_batch(
+        recs: &[(Option<&str>, &str)],
+        compression: kafka_protocol::records::Compression,
+    ) -> Vec<u8> {
+        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+        let recs: Vec<Record> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: 1,
+                key: k.map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())),
+                value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut out = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut out,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .expect("encodes");
+        out.to_vec()
+    }
+
+    /// `(offset, value)` of every record in stored batches, in order.
+    pub fn values(raw: &[u8]) -> Vec<(i64, String)> {
+        let mut raw = bytes::Bytes::copy_from_slice(raw);
+        let mut got = Vec::new();
+        while !raw.is_empty() {
+            let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut raw).expect("decodes");
+            for r in set.records {
+                let v = r
+                    .value
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                got.push((r.offset, v));
+            }
+        }
+        got
+    }
+
     #[test]
     fn split_validates_and_offsets_rewrite_keeps_crc() {
         let mut set = make_batch(3, 7, 0, 10, 1000);

@@ -101,8 +101,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 ticker.groups.tick(Instant::now());
                 if last_retention.elapsed() >= Duration::from_secs(30) {
                     last_retention = Instant::now();
-                    ticker.writer.send(crate::state::Command::Retention { now_ms: foundation::time::now_ms() });
-                    ticker.writer.send(crate::state::Command::Compact);
+                    ticker.writer.send(crate::state::Request::Retention { now_ms: foundation::time::now_ms() });
+                    ticker.writer.send(crate::state::Request::Compact);
                 }
             }
         });

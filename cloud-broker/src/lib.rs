@@ -9,7 +9,8 @@
 //! - [`server`] — the TCP listener and per-connection loop (frames in, frames out).
 //! - [`protocol`] — request framing, header decode, version negotiation, response encode.
 //! - [`api`] — one module per Kafka API (ApiVersions, Metadata, Produce, Fetch, ...).
-//! - [`state`] — the single writer: offsets, idempotent-producer checks, group commit.
+//! - [`sm`] — the state machines (partition, metadata, group offsets): deterministic, no I/O.
+//! - [`state`] — the single-node shell: one writer applies them to storage, group commit.
 //! - [`storage`] — durable storage (redb) and its in-memory twin, one conformance suite.
 //! - [`batch`] — record batches as opaque bytes: header parsing, CRC, offset rewrite.
 //! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
@@ -26,5 +27,6 @@ pub mod config;
 pub mod errors;
 pub mod protocol;
 pub mod server;
+pub mod sm;
 pub mod state;
 pub mod storage;

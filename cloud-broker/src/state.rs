@@ -1,34 +1,29 @@
-//! The broker's single writer: every change to the log goes through one thread that decides
-//! offsets, checks idempotent-producer sequences, and applies the result as one durable
-//! [`WriteSet`] per group of requests (group commit across producers and partitions).
+//! The single-node shell around the state machines in [`crate::sm`]: one writer thread takes
+//! [`Request`]s, decides and applies them against the state machines, writes what they changed
+//! as one durable [`WriteSet`] per group of requests (group commit across producers and
+//! partitions), and answers once the write is durable.
 //!
-//! Readers never block on it: they see each partition's high watermark through
-//! [`PartitionView`] (updated only after the data is durable) and read batches from storage.
+//! Requests carry reply channels; the state machines never see them. Within a group commit the
+//! writer decides against a staged copy of only the partitions and logs it touches (the
+//! leader's "tip"); the copy replaces the applied state once the write is durable, and is
+//! dropped if the write fails, so a failed write changes nothing.
 //!
-//! On one node the writer applies straight to storage. Replication puts a Raft log in front
-//! of `Storage::apply`; everything decided here is deterministic given the commands' order.
+//! Readers never block on the writer: they see each partition's high watermark through
+//! [`PartitionView`] (moved only after the data is durable) and read batches from storage.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
 use tokio::sync::{oneshot, Notify};
 use tracing::warn;
 
-use crate::batch::{self, BatchError};
+use crate::batch::{self, BatchHeader};
 use crate::errors::Code;
-use crate::storage::{
-    CommittedOffset, OffsetTable, PartitionHead, ProducerState, SeqEntry, Storage, StoreError, TopicConfig,
-    TopicMeta, WriteSet,
-};
-
-/// How many recent batches per producer and partition are remembered for dedup (Kafka's
-/// `max.in.flight.requests.per.connection` limit for idempotence).
-pub const PRODUCER_WINDOW: usize = 5;
-/// Largest record batch accepted.
-pub const MAX_BATCH_BYTES: usize = 8 << 20;
-/// Most records in one batch (a compressed batch could otherwise claim any count).
-pub const MAX_BATCH_RECORDS: i32 = 1_000_000;
+use crate::sm::metadata::{MetaCommand, MetaOutcome, Metadata, ProducerIdBlock};
+use crate::sm::offsets::{self, GroupOffsets, OffsetsCommand};
+use crate::sm::partition::{Partition, PartitionCommand};
+use crate::storage::{OffsetTable, Storage, StoreError, TopicConfig, TopicMeta, WriteSet};
 
 /// What readers see of a partition.
 #[derive(Debug, Default)]
@@ -91,9 +86,20 @@ pub struct ProduceResult {
     pub log_start: i64,
 }
 
+impl ProduceResult {
+    /// A refusal.
+    pub fn failed(code: Code) -> Self {
+        ProduceResult {
+            code,
+            base_offset: -1,
+            log_start: -1,
+        }
+    }
+}
+
 /// A request to the writer.
 #[derive(Debug)]
-pub enum Command {
+pub enum Request {
     /// Append a record set to a partition.
     Produce {
         /// Topic.
@@ -128,7 +134,7 @@ pub enum Command {
         /// Group.
         group: String,
         /// `(topic, partition, offset, metadata)`.
-        offsets: Vec<(String, u32, i64, String)>,
+        offsets: Vec<offsets::Commit>,
         /// Per entry result.
         reply: oneshot::Sender<Vec<Code>>,
     },
@@ -154,67 +160,260 @@ enum Reply {
     Pid(oneshot::Sender<(Code, i64, i16)>, (Code, i64, i16)),
 }
 
-/// The writer's state (a copy is staged per group commit).
+impl Reply {
+    /// Sends the reply, or a storage error for every part of it when the write failed.
+    fn send(self, durable: bool) {
+        let failed = Code::KafkaStorageError;
+        match self {
+            Reply::Produce(tx, res) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(if durable {
+                        res
+                    } else {
+                        ProduceResult { code: failed, ..res }
+                    });
+                }
+            }
+            Reply::Code(tx, c) => {
+                let _ = tx.send(if durable { c } else { failed });
+            }
+            Reply::Codes(tx, cs) => {
+                let _ = tx.send(if durable { cs } else { vec![failed; cs.len()] });
+            }
+            Reply::Pid(tx, v) => {
+                let _ = tx.send(if durable { v } else { (failed, -1, -1) });
+            }
+        }
+    }
+}
+
+/// Applied state of the node: every state machine it hosts.
 #[derive(Debug, Clone, Default)]
-struct Core {
-    topics: BTreeMap<String, TopicMeta>,
-    heads: BTreeMap<(u32, u32), PartitionHead>,
-    producers: BTreeMap<(u32, u32, i64), ProducerState>,
-    offsets: BTreeMap<(String, String, u32), CommittedOffset>,
-    next_producer_id: i64,
-    next_topic_id: u32,
+struct Applied {
+    meta: Metadata,
+    partitions: BTreeMap<(u32, u32), Partition>,
+    offsets: BTreeMap<u32, GroupOffsets>,
+    pids: ProducerIdBlock,
+}
+
+/// What one group commit changed, staged over the applied state.
+#[derive(Default)]
+struct Changes {
+    meta: Option<Metadata>,
+    /// `None`: the partition was deleted.
+    partitions: BTreeMap<(u32, u32), Option<Partition>>,
+    offsets: BTreeMap<u32, GroupOffsets>,
+    pids: Option<ProducerIdBlock>,
+    w: WriteSet,
+    replies: Vec<Reply>,
+}
+
+impl Applied {
+    /// Folds a durable group commit in.
+    fn merge(&mut self, ch: Changes) -> (WriteSet, Vec<Reply>) {
+        if let Some(m) = ch.meta {
+            self.meta = m;
+        }
+        for (k, p) in ch.partitions {
+            match p {
+                Some(p) => self.partitions.insert(k, p),
+                None => self.partitions.remove(&k),
+            };
+        }
+        self.offsets.extend(ch.offsets);
+        if let Some(pids) = ch.pids {
+            self.pids = pids;
+        }
+        (ch.w, ch.replies)
+    }
+}
+
+/// One group commit: the state machines it touched, staged over the applied state (the
+/// decisions of a group commit see the requests before them in it).
+struct Staged<'a> {
+    base: &'a Applied,
+    ch: Changes,
+}
+
+impl<'a> Staged<'a> {
+    fn new(base: &'a Applied) -> Self {
+        Staged {
+            base,
+            ch: Changes::default(),
+        }
+    }
+
+    fn meta(&self) -> &Metadata {
+        self.ch.meta.as_ref().unwrap_or(&self.base.meta)
+    }
+
+    fn meta_mut(&mut self) -> &mut Metadata {
+        self.ch.meta.get_or_insert_with(|| self.base.meta.clone())
+    }
+
+    /// The partition as staged so far (`None`: deleted in this group commit, or never written).
+    fn partition(&self, key: (u32, u32)) -> Option<&Partition> {
+        match self.ch.partitions.get(&key) {
+            Some(p) => p.as_ref(),
+            None => self.base.partitions.get(&key),
+        }
+    }
+
+    fn partition_mut(&mut self, key: (u32, u32)) -> &mut Partition {
+        let base = self.base;
+        self.ch
+            .partitions
+            .entry(key)
+            .or_insert_with(|| base.partitions.get(&key).cloned())
+            .get_or_insert_with(Partition::default)
+    }
+
+    fn offsets_mut(&mut self, log: u32) -> &mut GroupOffsets {
+        let base = self.base;
+        self.ch
+            .offsets
+            .entry(log)
+            .or_insert_with(|| base.offsets.get(&log).cloned().unwrap_or_default())
+    }
+
+    /// Applies a partition command to the staged partition and records what it changed.
+    fn apply_partition(&mut self, key: (u32, u32), cmd: PartitionCommand) -> Result<(), StoreError> {
+        let p = self.partition_mut(key);
+        p.apply(&cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let head = p.head;
+        let producers: Vec<_> = Partition::producers_touched(&cmd)
+            .into_iter()
+            .filter_map(|pid| p.producers.get(&pid).map(|s| (pid, s.clone())))
+            .collect();
+        let (t, part) = key;
+        match cmd {
+            PartitionCommand::Append { batches } => {
+                for b in batches {
+                    let base = batch::header(&b).map_or(-1, |h| h.base_offset);
+                    self.ch.w.batches.push((t, part, base, b));
+                }
+            }
+            PartitionCommand::Truncate { log_start, .. } => self.ch.w.truncate.push((t, part, log_start)),
+            PartitionCommand::Compact { remove, rewrite, .. } => {
+                self.ch
+                    .w
+                    .remove_batches
+                    .extend(remove.into_iter().map(|b| (t, part, b)));
+                for b in rewrite {
+                    let base = batch::header(&b).map_or(-1, |h| h.base_offset);
+                    self.ch.w.batches.push((t, part, base, b));
+                }
+            }
+        }
+        self.ch.w.heads.retain(|x| (x.0, x.1) != key);
+        self.ch.w.heads.push((t, part, head));
+        for (pid, s) in producers {
+            self.ch.w.producers.retain(|x| (x.0, x.1, x.2) != (t, part, pid));
+            self.ch.w.producers.push((t, part, pid, s));
+        }
+        Ok(())
+    }
+
+    fn apply_offsets(&mut self, group_log: u32, cmd: &OffsetsCommand) {
+        let changed = self.offsets_mut(group_log).apply(cmd);
+        for ((g, t, p), v) in changed {
+            self.ch.w.offsets.push((g, t, p, v));
+        }
+    }
+
+    fn apply_meta(&mut self, cmd: &MetaCommand) -> MetaOutcome {
+        let out = self.meta_mut().apply(cmd);
+        match &out {
+            MetaOutcome::Created(t) => self.ch.w.put_topics.push(t.clone()),
+            MetaOutcome::Deleted(t) => {
+                let gone: Vec<(u32, u32)> = (0..t.partitions).map(|p| (t.id, p)).collect();
+                for key in gone {
+                    self.ch.partitions.insert(key, None);
+                }
+                self.ch.w.batches.retain(|b| b.0 != t.id);
+                self.ch.w.heads.retain(|h| h.0 != t.id);
+                self.ch.w.producers.retain(|p| p.0 != t.id);
+                self.ch.w.delete_topics.push(t.clone());
+                let cmd = OffsetsCommand::DeleteTopic { name: t.name.clone() };
+                for log in 0..offsets::OFFSETS_PARTITIONS {
+                    self.apply_offsets(log, &cmd);
+                }
+            }
+            MetaOutcome::ProducerIds { first, count } => {
+                let next = first + i64::from(*count);
+                self.ch
+                    .w
+                    .meta
+                    .push(("next_producer_id".into(), next.to_be_bytes().to_vec()));
+            }
+            MetaOutcome::Refused(_) => {}
+        }
+        out
+    }
 }
 
 /// Handle to the writer thread.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Request>,
 }
 
 impl Writer {
-    /// Sends a command.
-    pub fn send(&self, c: Command) -> bool {
-        self.tx.send(c).is_ok()
+    /// Sends a request.
+    pub fn send(&self, r: Request) -> bool {
+        self.tx.send(r).is_ok()
     }
 }
 
 /// Loads state from storage, builds the catalog and starts the writer thread.
 pub fn start(storage: Arc<dyn Storage>) -> Result<(Writer, Catalog, OffsetTable), StoreError> {
     let snap = storage.load()?;
-    let mut core = Core {
-        next_producer_id: snap
-            .meta
-            .get("next_producer_id")
-            .and_then(|v| v.as_slice().try_into().ok())
-            .map(i64::from_be_bytes)
-            .unwrap_or(1000),
-        next_topic_id: snap.topics.iter().map(|t| t.id + 1).max().unwrap_or(0),
-        heads: snap.heads,
-        producers: snap.producers,
-        offsets: snap.offsets.clone(),
-        ..Core::default()
+    let next_pid = snap
+        .meta
+        .get("next_producer_id")
+        .and_then(|v| v.as_slice().try_into().ok())
+        .map(i64::from_be_bytes);
+    let mut applied = Applied {
+        meta: Metadata::restore(snap.topics, next_pid),
+        ..Applied::default()
     };
-    for t in snap.topics {
-        core.topics.insert(t.name.clone(), t);
+    for (key, head) in snap.heads {
+        applied.partitions.entry(key).or_default().head = head;
+    }
+    for ((t, p, pid), st) in snap.producers {
+        applied
+            .partitions
+            .entry((t, p))
+            .or_default()
+            .producers
+            .insert(pid, st);
+    }
+    for ((g, t, p), o) in &snap.offsets {
+        applied
+            .offsets
+            .entry(offsets::partition_for(g))
+            .or_default()
+            .offsets
+            .insert((g.clone(), t.clone(), *p), o.clone());
     }
     let catalog: Catalog = Arc::new(CatalogInner::default());
     let offsets = Arc::new(RwLock::new(snap.offsets));
-    publish_catalog(&core, &catalog, true);
+    publish_catalog(&applied, &catalog, true);
     let (tx, rx) = mpsc::channel();
     let (c2, o2) = (catalog.clone(), offsets.clone());
     std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || run(rx, storage, core, c2, o2))
+        .spawn(move || run(rx, storage, applied, c2, o2))
         .map_err(|e| StoreError::Io(e.to_string()))?;
     Ok((Writer { tx }, catalog, offsets))
 }
 
-/// Brings the readers' catalog in line with the core: new topics, removed topics, watermarks.
-fn publish_catalog(core: &Core, catalog: &Catalog, wake: bool) {
+/// Brings the readers' catalog in line with the state: new topics, removed topics, watermarks.
+fn publish_catalog(state: &Applied, catalog: &Catalog, wake: bool) {
     let mut moved = false;
     let mut cat = catalog.topics.write().unwrap_or_else(|e| e.into_inner());
-    cat.retain(|name, v| core.topics.get(name).is_some_and(|m| m.id == v.meta.id));
-    for (name, meta) in &core.topics {
+    cat.retain(|name, v| state.meta.topics.get(name).is_some_and(|m| m.id == v.meta.id));
+    for (name, meta) in &state.meta.topics {
         let view = cat.entry(name.clone()).or_insert_with(|| {
             Arc::new(TopicView {
                 meta: meta.clone(),
@@ -231,7 +430,11 @@ fn publish_catalog(core: &Core, catalog: &Catalog, wake: bool) {
             });
         }
         for (p, pv) in view.partitions.iter().enumerate() {
-            let h = core.heads.get(&(meta.id, p as u32)).copied().unwrap_or_default();
+            let h = state
+                .partitions
+                .get(&(meta.id, p as u32))
+                .map(|p| p.head)
+                .unwrap_or_default();
             let old = pv.hw.swap(h.next_offset, Ordering::SeqCst);
             pv.log_start.store(h.log_start, Ordering::SeqCst);
             moved |= old != h.next_offset;
@@ -244,815 +447,274 @@ fn publish_catalog(core: &Core, catalog: &Catalog, wake: bool) {
 }
 
 fn run(
-    rx: mpsc::Receiver<Command>,
+    rx: mpsc::Receiver<Request>,
     storage: Arc<dyn Storage>,
-    mut core: Core,
+    mut applied: Applied,
     catalog: Catalog,
     offsets: OffsetTable,
 ) {
     let mut backoff_ms = 10;
     while let Ok(first) = rx.recv() {
-        let mut staged = core.clone();
-        let mut w = WriteSet::default();
-        let mut replies = Vec::new();
-        let mut cmd = Some(first);
+        let mut staged = Staged::new(&applied);
+        let mut req = Some(first);
         let mut n = 0;
-        while let Some(c) = cmd.take() {
-            apply_command(&mut staged, &mut w, &mut replies, c, &*storage);
+        while let Some(r) = req.take() {
+            handle(&mut staged, r, &*storage);
             n += 1;
-            if n < 4096 && w.batches.iter().map(|b| b.3.len()).sum::<usize>() < (64 << 20) {
-                cmd = rx.try_recv().ok();
+            if n < 4096 && staged.ch.w.batches.iter().map(|b| b.3.len()).sum::<usize>() < (64 << 20) {
+                req = rx.try_recv().ok();
             }
         }
-        let ok = w.is_empty() || storage.apply(&w).is_ok();
-        if ok {
-            backoff_ms = 10;
-            let offsets_changed = !w.offsets.is_empty();
-            core = staged;
-            publish_catalog(&core, &catalog, true);
-            if offsets_changed {
-                *offsets.write().unwrap_or_else(|e| e.into_inner()) = core.offsets.clone();
+        let durable = staged.ch.w.is_empty() || storage.apply(&staged.ch.w).is_ok();
+        let changes = staged.ch;
+        let replies = if durable {
+            let (w, replies) = applied.merge(changes);
+            publish_catalog(&applied, &catalog, true);
+            if !w.offsets.is_empty() {
+                let mut table = offsets.write().unwrap_or_else(|e| e.into_inner());
+                for (g, t, p, v) in w.offsets {
+                    match v {
+                        Some(v) => table.insert((g, t, p), v),
+                        None => table.remove(&(g, t, p)),
+                    };
+                }
             }
+            backoff_ms = 10;
+            replies
         } else {
             warn!(
-                requests = replies.len(),
+                requests = changes.replies.len(),
                 "durable write failed; requests answered with an error"
             );
-        }
+            changes.replies
+        };
         for r in replies {
-            match r {
-                Reply::Produce(tx, res) => {
-                    if let Some(tx) = tx {
-                        let res = if ok {
-                            res
-                        } else {
-                            ProduceResult {
-                                code: Code::KafkaStorageError,
-                                ..res
-                            }
-                        };
-                        let _ = tx.send(res);
-                    }
-                }
-                Reply::Code(tx, c) => {
-                    let _ = tx.send(if ok { c } else { Code::KafkaStorageError });
-                }
-                Reply::Codes(tx, cs) => {
-                    let _ = tx.send(if ok {
-                        cs
-                    } else {
-                        cs.iter().map(|_| Code::KafkaStorageError).collect()
-                    });
-                }
-                Reply::Pid(tx, v) => {
-                    let _ = tx.send(if ok { v } else { (Code::KafkaStorageError, -1, -1) });
-                }
-            }
+            r.send(durable);
         }
-        if !ok {
+        if !durable {
             std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
             backoff_ms = (backoff_ms * 2).min(1000);
         }
     }
 }
 
-fn new_uuid(id: u32) -> [u8; 16] {
-    let a = foundation::ids::random_u64().to_be_bytes();
-    let b = (foundation::ids::random_u64() ^ u64::from(id)).to_be_bytes();
+/// A topic id drawn at random (version 4 UUID): the shell's job, so that the metadata state
+/// machine stays deterministic.
+fn new_uuid() -> [u8; 16] {
     let mut u = [0u8; 16];
-    u[..8].copy_from_slice(&a);
-    u[8..].copy_from_slice(&b);
+    u[..8].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());
+    u[8..].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());
     u[6] = (u[6] & 0x0f) | 0x40; // version 4
     u[8] = (u[8] & 0x3f) | 0x80; // variant
     u
 }
 
-/// Kafka's legal topic names.
-pub fn valid_topic_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 249
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn apply_command(
-    core: &mut Core,
-    w: &mut WriteSet,
-    replies: &mut Vec<Reply>,
-    c: Command,
-    storage: &dyn Storage,
-) {
-    match c {
-        Command::Produce {
+fn handle(s: &mut Staged<'_>, r: Request, storage: &dyn Storage) {
+    match r {
+        Request::Produce {
             topic,
             partition,
             records,
             reply,
         } => {
-            let res = produce(core, w, &topic, partition, records);
-            replies.push(Reply::Produce(reply, res));
+            let res = produce(s, &topic, partition, &records);
+            s.ch.replies.push(Reply::Produce(reply, res));
         }
-        Command::CreateTopic {
+        Request::CreateTopic {
             name,
             partitions,
             config,
             reply,
         } => {
-            let code = if !valid_topic_name(&name) {
-                Code::InvalidTopicException
-            } else if !(1..=10_000).contains(&partitions) {
-                Code::InvalidPartitions
-            } else if core.topics.contains_key(&name) {
-                Code::TopicAlreadyExists
-            } else {
-                let id = core.next_topic_id;
-                core.next_topic_id += 1;
-                let meta = TopicMeta {
-                    id,
-                    uuid: new_uuid(id),
-                    name: name.clone(),
-                    partitions,
-                    config,
-                };
-                w.put_topics.push(meta.clone());
-                core.topics.insert(name, meta);
-                Code::None
+            let code = match s.apply_meta(&MetaCommand::CreateTopic {
+                name,
+                partitions,
+                config,
+                uuid: new_uuid(),
+            }) {
+                MetaOutcome::Refused(c) => c,
+                _ => Code::None,
             };
-            replies.push(Reply::Code(reply, code));
+            s.ch.replies.push(Reply::Code(reply, code));
         }
-        Command::DeleteTopic { name, reply } => {
-            let code = match core.topics.remove(&name) {
-                None => Code::UnknownTopicOrPartition,
-                Some(meta) => {
-                    core.heads.retain(|k, _| k.0 != meta.id);
-                    core.producers.retain(|k, _| k.0 != meta.id);
-                    core.offsets.retain(|k, _| k.1 != meta.name);
-                    w.batches.retain(|b| b.0 != meta.id);
-                    w.heads.retain(|h| h.0 != meta.id);
-                    w.producers.retain(|p| p.0 != meta.id);
-                    w.delete_topics.push(meta);
-                    Code::None
-                }
+        Request::DeleteTopic { name, reply } => {
+            let code = match s.apply_meta(&MetaCommand::DeleteTopic { name }) {
+                MetaOutcome::Refused(c) => c,
+                _ => Code::None,
             };
-            replies.push(Reply::Code(reply, code));
+            s.ch.replies.push(Reply::Code(reply, code));
         }
-        Command::CommitOffsets {
+        Request::CommitOffsets {
             group,
             offsets,
             reply,
         } => {
-            let codes = offsets
-                .into_iter()
-                .map(|(topic, partition, offset, metadata)| {
-                    let Some(meta) = core.topics.get(&topic) else {
-                        return Code::UnknownTopicOrPartition;
-                    };
-                    if partition >= meta.partitions {
-                        return Code::UnknownTopicOrPartition;
-                    }
-                    let o = CommittedOffset { offset, metadata };
-                    core.offsets
-                        .insert((group.clone(), topic.clone(), partition), o.clone());
-                    w.offsets.push((group.clone(), topic, partition, Some(o)));
-                    Code::None
+            let meta = s.meta();
+            let codes: Vec<Code> = offsets
+                .iter()
+                .map(|(topic, partition, ..)| match meta.topics.get(topic) {
+                    Some(t) if *partition < t.partitions => Code::None,
+                    _ => Code::UnknownTopicOrPartition,
                 })
                 .collect();
-            replies.push(Reply::Codes(reply, codes));
+            let valid: Vec<offsets::Commit> = offsets
+                .into_iter()
+                .zip(&codes)
+                .filter(|(_, c)| **c == Code::None)
+                .map(|(o, _)| o)
+                .collect();
+            if !valid.is_empty() {
+                let log = offsets::partition_for(&group);
+                s.apply_offsets(
+                    log,
+                    &OffsetsCommand::Commit {
+                        group,
+                        offsets: valid,
+                    },
+                );
+            }
+            s.ch.replies.push(Reply::Codes(reply, codes));
         }
-        Command::InitProducerId { reply } => {
-            let id = core.next_producer_id;
-            core.next_producer_id += 1;
-            w.meta.retain(|m| m.0 != "next_producer_id");
-            w.meta.push((
-                "next_producer_id".into(),
-                core.next_producer_id.to_be_bytes().to_vec(),
-            ));
-            replies.push(Reply::Pid(reply, (Code::None, id, 0)));
+        Request::InitProducerId { reply } => {
+            let mut block = s.ch.pids.unwrap_or(s.base.pids);
+            let pid = match block.take() {
+                Some(pid) => Some(pid),
+                None => match s.apply_meta(&MetaCommand::AllocateProducerIds {
+                    count: ProducerIdBlock::SIZE,
+                }) {
+                    MetaOutcome::ProducerIds { first, count } => {
+                        block.refill(first, count);
+                        block.take()
+                    }
+                    _ => None,
+                },
+            };
+            s.ch.pids = Some(block);
+            let v = pid.map_or((Code::KafkaStorageError, -1, -1), |pid| (Code::None, pid, 0));
+            s.ch.replies.push(Reply::Pid(reply, v));
         }
-        Command::Compact => {
-            if let Err(e) = compact(core, w, storage) {
-                warn!(error = %e, "compaction pass failed");
+        Request::Compact => {
+            let topics: Vec<TopicMeta> = s
+                .meta()
+                .topics
+                .values()
+                .filter(|t| t.config.compact)
+                .cloned()
+                .collect();
+            for t in topics {
+                for p in 0..t.partitions {
+                    if let Err(e) = compact(s, &t, p, storage) {
+                        warn!(topic = %t.name, partition = p, error = %e, "compaction failed");
+                    }
+                }
             }
         }
-        Command::Retention { now_ms } => {
-            if let Err(e) = retention(core, w, now_ms, storage) {
-                warn!(error = %e, "retention pass failed");
+        Request::Retention { now_ms } => {
+            let topics: Vec<TopicMeta> = s.meta().topics.values().cloned().collect();
+            for t in topics {
+                for p in 0..t.partitions {
+                    if let Err(e) = retention(s, &t, p, now_ms, storage) {
+                        warn!(topic = %t.name, partition = p, error = %e, "retention failed");
+                    }
+                }
             }
         }
     }
 }
 
-fn produce(
-    core: &mut Core,
-    w: &mut WriteSet,
-    topic: &str,
-    partition: u32,
-    records: Vec<u8>,
-) -> ProduceResult {
-    let fail = |code| ProduceResult {
-        code,
-        base_offset: -1,
-        log_start: -1,
-    };
-    let Some(meta) = core.topics.get(topic) else {
-        return fail(Code::UnknownTopicOrPartition);
+fn produce(s: &mut Staged<'_>, topic: &str, partition: u32, records: &[u8]) -> ProduceResult {
+    let Some(meta) = s.meta().topics.get(topic) else {
+        return ProduceResult::failed(Code::UnknownTopicOrPartition);
     };
     if partition >= meta.partitions {
-        return fail(Code::UnknownTopicOrPartition);
+        return ProduceResult::failed(Code::UnknownTopicOrPartition);
     }
-    let tid = meta.id;
-    let batches = match batch::split(&records, MAX_BATCH_BYTES) {
-        Ok(b) => b,
-        Err(BatchError::TooLarge(_)) => return fail(Code::MessageTooLarge),
-        Err(BatchError::Magic(_)) => return fail(Code::UnsupportedForMessageFormat),
-        Err(_) => return fail(Code::CorruptMessage),
+    let key = (meta.id, partition);
+    let prepared = match s.partition(key) {
+        Some(p) => p.prepare(records),
+        None => Partition::default().prepare(records),
     };
-    let mut head = core.heads.get(&(tid, partition)).copied().unwrap_or_default();
-    let mut first_base = None;
-    let mut touched = HashMap::new();
-    // Nothing reaches the write set until every batch of the record set is accepted: a refusal
-    // part-way must not leave batches at offsets the head never took.
-    let mut accepted = Vec::new();
-    for (h, bytes) in batches {
-        // Producers write dense batches; a count the header cannot back is refused here so that
-        // nothing downstream (compaction, timestamp lookups) sizes work by an unchecked count.
-        if h.is_transactional()
-            || h.is_control()
-            || h.record_count < 1
-            || h.record_count > MAX_BATCH_RECORDS
-            || h.last_offset_delta != h.record_count - 1
-        {
-            return fail(Code::InvalidRecord);
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(code) => return ProduceResult::failed(code),
+    };
+    if let Some(cmd) = prepared.command {
+        if let Err(e) = s.apply_partition(key, cmd) {
+            warn!(topic, partition, error = %e, "a prepared append did not apply");
+            return ProduceResult::failed(Code::KafkaStorageError);
         }
-        let base = head.next_offset;
-        if h.producer_id >= 0 {
-            let key = (tid, partition, h.producer_id);
-            let st = touched
-                .entry(key)
-                .or_insert_with(|| core.producers.get(&key).cloned());
-            match check_sequence(st.as_ref(), h.producer_epoch, h.base_sequence, h.last_sequence()) {
-                Seq::Ok => {}
-                Seq::Duplicate(orig) => {
-                    first_base.get_or_insert(orig);
-                    continue;
-                }
-                Seq::Error(code) => return fail(code),
-            }
-            let s = st.get_or_insert_with(ProducerState::default);
-            if s.epoch != h.producer_epoch {
-                s.epoch = h.producer_epoch;
-                s.batches.clear();
-            }
-            s.batches.push(SeqEntry {
-                first_seq: h.base_sequence,
-                last_seq: h.last_sequence(),
-                base_offset: base,
-            });
-            if s.batches.len() > PRODUCER_WINDOW {
-                s.batches.remove(0);
-            }
-        }
-        let mut stored = bytes.to_vec();
-        batch::set_base_offset(&mut stored, base);
-        if head.next_offset == head.log_start && head.bytes == 0 {
-            head.log_start = base;
-        }
-        head.next_offset += h.offset_count() as i64;
-        head.bytes += stored.len() as u64;
-        accepted.push((tid, partition, base, stored));
-        first_base.get_or_insert(base);
-    }
-    w.batches.extend(accepted);
-    for (key, st) in touched {
-        if let Some(st) = st {
-            w.producers.retain(|p| (p.0, p.1, p.2) != key);
-            w.producers.push((key.0, key.1, key.2, st.clone()));
-            core.producers.insert(key, st);
-        }
-    }
-    if head != core.heads.get(&(tid, partition)).copied().unwrap_or_default() {
-        w.heads.retain(|x| (x.0, x.1) != (tid, partition));
-        w.heads.push((tid, partition, head));
-        core.heads.insert((tid, partition), head);
     }
     ProduceResult {
         code: Code::None,
-        base_offset: first_base.unwrap_or(head.next_offset),
-        log_start: head.log_start,
+        base_offset: prepared.base_offset,
+        log_start: s.partition(key).map_or(0, |p| p.head.log_start),
     }
 }
 
-enum Seq {
-    Ok,
-    Duplicate(i64),
-    Error(Code),
-}
-
-/// Kafka's idempotent-producer rules for one batch.
-fn check_sequence(st: Option<&ProducerState>, epoch: i16, first: i32, last: i32) -> Seq {
-    let Some(st) = st else {
-        return if first == 0 {
-            Seq::Ok
-        } else {
-            Seq::Error(Code::OutOfOrderSequenceNumber)
-        };
-    };
-    if epoch < st.epoch {
-        return Seq::Error(Code::InvalidProducerEpoch);
-    }
-    if epoch > st.epoch {
-        return if first == 0 {
-            Seq::Ok
-        } else {
-            Seq::Error(Code::OutOfOrderSequenceNumber)
-        };
-    }
-    if let Some(e) = st
-        .batches
-        .iter()
-        .find(|e| e.first_seq == first && e.last_seq == last)
-    {
-        return Seq::Duplicate(e.base_offset);
-    }
-    let expected = st
-        .batches
-        .last()
-        .map_or(0, |e| if e.last_seq == i32::MAX { 0 } else { e.last_seq + 1 });
-    if first == expected {
-        Seq::Ok
-    } else if st
-        .batches
-        .iter()
-        .any(|e| first <= e.last_seq && first >= st.batches[0].first_seq)
-    {
-        Seq::Error(Code::DuplicateSequenceNumber)
-    } else {
-        Seq::Error(Code::OutOfOrderSequenceNumber)
-    }
-}
-
-/// Compaction of `cleanup.policy=compact` topics: every record whose key appears again later
-/// in the partition is dropped; keyless records stay; the newest batch is left alone (it is
-/// where producers append). Batches that lose records are rewritten (uncompressed, offsets
-/// kept, so offsets become sparse as in Kafka) under the offset of their first kept record.
-fn compact(core: &mut Core, w: &mut WriteSet, storage: &dyn Storage) -> Result<(), StoreError> {
-    use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
-    let topics: Vec<TopicMeta> = core
-        .topics
-        .values()
-        .filter(|t| t.config.compact)
-        .cloned()
-        .collect();
-    for t in topics {
-        for p in 0..t.partitions {
-            let Some(mut head) = core.heads.get(&(t.id, p)).copied() else {
-                continue;
-            };
-            let raw = storage.read(t.id, p, head.log_start, usize::MAX)?;
-            let mut decoded = Vec::new();
-            for (h, bytes) in batch::iter(&raw) {
-                let mut b = bytes::Bytes::copy_from_slice(bytes);
-                let set = RecordBatchDecoder::decode(&mut b)
-                    .map_err(|e| StoreError::Corrupt(format!("batch at {}: {e:#}", h.base_offset)))?;
-                decoded.push((h, set.records));
-            }
-            let Some(newest) = decoded.len().checked_sub(1) else {
-                continue;
-            };
-            let mut latest: HashMap<bytes::Bytes, i64> = HashMap::new();
-            for (_, recs) in &decoded {
-                for r in recs {
-                    if let Some(k) = &r.key {
-                        latest.insert(k.clone(), r.offset);
-                    }
-                }
-            }
-            for (h, recs) in decoded.into_iter().take(newest) {
-                let before = recs.len();
-                let mut kept: Vec<_> = recs
-                    .into_iter()
-                    .filter(|r| r.key.as_ref().is_none_or(|k| latest.get(k) == Some(&r.offset)))
-                    .collect();
-                if kept.len() == before {
-                    continue;
-                }
-                w.remove_batches.push((t.id, p, h.base_offset));
-                head.bytes -= (h.size as u64).min(head.bytes);
-                let Some(first) = kept.first().map(|r| r.offset) else {
-                    continue;
-                };
-                for r in &mut kept {
-                    r.producer_id = -1;
-                    r.producer_epoch = -1;
-                    r.transactional = false;
-                    r.sequence = (r.offset - first) as i32;
-                }
-                let mut out = bytes::BytesMut::new();
-                RecordBatchEncoder::encode(
-                    &mut out,
-                    &kept,
-                    &RecordEncodeOptions {
-                        version: 2,
-                        compression: Compression::None,
-                    },
-                )
-                .map_err(|e| StoreError::Corrupt(format!("re-encoding a compacted batch: {e:#}")))?;
-                head.bytes += out.len() as u64;
-                w.batches.push((t.id, p, first, out.to_vec()));
-            }
-            // The log start moves past batches that compaction emptied entirely.
-            let removed: std::collections::HashSet<i64> = w
-                .remove_batches
-                .iter()
-                .filter(|k| (k.0, k.1) == (t.id, p))
-                .map(|k| k.2)
-                .collect();
-            let rewritten: Vec<i64> = w
-                .batches
-                .iter()
-                .filter(|b| (b.0, b.1) == (t.id, p))
-                .map(|b| b.2)
-                .collect();
-            let first_left = batch::iter(&raw)
-                .map(|(h, _)| h.base_offset)
-                .filter(|b| !removed.contains(b))
-                .chain(rewritten)
-                .min();
-            head.log_start = first_left.unwrap_or(head.next_offset).max(head.log_start);
-            w.heads.retain(|x| (x.0, x.1) != (t.id, p));
-            w.heads.push((t.id, p, head));
-            core.heads.insert((t.id, p), head);
+/// Stored batch headers of a partition from `from` on, read from storage a page at a time.
+fn stored_headers<'a>(
+    storage: &'a dyn Storage,
+    key: (u32, u32),
+    mut from: i64,
+) -> impl Iterator<Item = Result<BatchHeader, StoreError>> + 'a {
+    const PAGE: usize = 1024;
+    let mut page: std::vec::IntoIter<BatchHeader> = Vec::new().into_iter();
+    let mut done = false;
+    std::iter::from_fn(move || loop {
+        if let Some(h) = page.next() {
+            from = h.last_offset() + 1;
+            return Some(Ok(h));
         }
+        if done {
+            return None;
+        }
+        match storage.headers(key.0, key.1, from, PAGE) {
+            Ok(hs) => {
+                done = hs.len() < PAGE;
+                page = hs.into_iter();
+            }
+            Err(e) => {
+                done = true;
+                return Some(Err(e));
+            }
+        }
+    })
+}
+
+fn retention(
+    s: &mut Staged<'_>,
+    t: &TopicMeta,
+    p: u32,
+    now_ms: i64,
+    storage: &dyn Storage,
+) -> Result<(), StoreError> {
+    let key = (t.id, p);
+    let Some(part) = s.partition(key) else {
+        return Ok(());
+    };
+    let headers = stored_headers(storage, key, part.head.log_start);
+    if let Some(cmd) = part.retention(&t.config, now_ms, headers)? {
+        s.apply_partition(key, cmd)?;
     }
     Ok(())
 }
 
-/// Retention by time and bytes: removes whole batches, oldest first, never the newest one
-/// (so a partition's offsets stay visible). Reads batch headers only.
-fn retention(
-    core: &mut Core,
-    w: &mut WriteSet,
-    now_ms: i64,
-    storage: &dyn Storage,
-) -> Result<(), StoreError> {
-    let topics: Vec<TopicMeta> = core.topics.values().cloned().collect();
-    for t in topics {
-        let (max_age, max_bytes) = (t.config.retention_ms, t.config.retention_bytes);
-        if max_age.is_none() && max_bytes.is_none() {
-            continue;
-        }
-        for p in 0..t.partitions {
-            let Some(mut head) = core.heads.get(&(t.id, p)).copied() else {
-                continue;
-            };
-            let mut bytes = head.bytes;
-            let mut new_start = None;
-            let mut from = head.log_start;
-            'scan: loop {
-                let headers = storage.headers(t.id, p, from, 1024)?;
-                let n = headers.len();
-                for (i, h) in headers.iter().enumerate() {
-                    let newest = h.last_offset() + 1 >= head.next_offset;
-                    let expired = max_age.is_some_and(|age| h.max_timestamp < now_ms.saturating_sub(age));
-                    let over = max_bytes.is_some_and(|max| bytes > max as u64);
-                    if newest || !(expired || over) {
-                        break 'scan;
-                    }
-                    bytes -= (h.size as u64).min(bytes);
-                    new_start = Some(h.last_offset() + 1);
-                    if i + 1 == n {
-                        from = h.last_offset() + 1;
-                    }
-                }
-                if n < 1024 {
-                    break;
-                }
-            }
-            if let Some(start) = new_start {
-                w.truncate.push((t.id, p, start));
-                head.log_start = start;
-                head.bytes = bytes;
-                w.heads.retain(|x| (x.0, x.1) != (t.id, p));
-                w.heads.push((t.id, p, head));
-                core.heads.insert((t.id, p), head);
-            }
-        }
+fn compact(s: &mut Staged<'_>, t: &TopicMeta, p: u32, storage: &dyn Storage) -> Result<(), StoreError> {
+    let key = (t.id, p);
+    let Some(part) = s.partition(key) else {
+        return Ok(());
+    };
+    // Batches staged in this group commit are not in storage yet; compaction sees the durable
+    // ones only (it then keeps a little more, never less).
+    let raw = storage.read(t.id, p, part.head.log_start, usize::MAX)?;
+    let cmd = part
+        .compaction(&raw)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Some(cmd) = cmd {
+        s.apply_partition(key, cmd)?;
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::batch::tests::make_batch;
-    use crate::storage::mem::MemStorage;
-
-    fn call<T>(w: &Writer, f: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
-        let (tx, rx) = oneshot::channel();
-        assert!(w.send(f(tx)));
-        rx.blocking_recv().unwrap()
-    }
-
-    fn produce(w: &Writer, topic: &str, records: Vec<u8>) -> ProduceResult {
-        call(w, |tx| Command::Produce {
-            topic: topic.into(),
-            partition: 0,
-            records,
-            reply: Some(tx),
-        })
-    }
-
-    fn started() -> (Writer, Catalog, Arc<MemStorage>) {
-        let storage = Arc::new(MemStorage::new());
-        let (w, c, _) = start(storage.clone()).unwrap();
-        (w, c, storage)
-    }
-
-    #[test]
-    fn offsets_are_dense_and_watermarks_move_after_the_write() {
-        let (w, cat, _) = started();
-        let code = call(&w, |tx| Command::CreateTopic {
-            name: "t".into(),
-            partitions: 1,
-            config: TopicConfig::default(),
-            reply: tx,
-        });
-        assert_eq!(code, Code::None);
-        assert_eq!(produce(&w, "t", make_batch(3, -1, -1, -1, 10)).base_offset, 0);
-        assert_eq!(produce(&w, "t", make_batch(2, -1, -1, -1, 20)).base_offset, 3);
-        assert_eq!(cat.topic("t").unwrap().partitions[0].hw.load(Ordering::SeqCst), 5);
-        assert_eq!(
-            produce(&w, "nope", make_batch(1, -1, -1, -1, 0)).code,
-            Code::UnknownTopicOrPartition
-        );
-        assert_eq!(produce(&w, "t", vec![1, 2, 3]).code, Code::CorruptMessage);
-    }
-
-    #[test]
-    fn idempotent_producer_dedups_orders_and_fences() {
-        let (w, _, _) = started();
-        call(&w, |tx| Command::CreateTopic {
-            name: "t".into(),
-            partitions: 1,
-            config: TopicConfig::default(),
-            reply: tx,
-        });
-        let (code, pid, epoch) = call(&w, |tx| Command::InitProducerId { reply: tx });
-        assert_eq!((code, epoch), (Code::None, 0));
-        assert_eq!(produce(&w, "t", make_batch(3, pid, 0, 0, 1)).base_offset, 0);
-        // A retry of the same batch: success with the original offset, nothing appended.
-        let dup = produce(&w, "t", make_batch(3, pid, 0, 0, 1));
-        assert_eq!((dup.code, dup.base_offset), (Code::None, 0));
-        assert_eq!(produce(&w, "t", make_batch(2, pid, 0, 3, 1)).base_offset, 3);
-        assert_eq!(
-            produce(&w, "t", make_batch(1, pid, 0, 9, 1)).code,
-            Code::OutOfOrderSequenceNumber
-        );
-        assert_eq!(
-            produce(&w, "t", make_batch(1, pid, 0, 1, 1)).code,
-            Code::DuplicateSequenceNumber
-        );
-        // A new epoch starts at sequence 0 and fences the old one.
-        assert_eq!(produce(&w, "t", make_batch(1, pid, 1, 0, 1)).base_offset, 5);
-        assert_eq!(
-            produce(&w, "t", make_batch(1, pid, 0, 5, 1)).code,
-            Code::InvalidProducerEpoch
-        );
-        // A producer id unknown on this partition must start at 0.
-        assert_eq!(
-            produce(&w, "t", make_batch(1, pid + 1, 0, 7, 1)).code,
-            Code::OutOfOrderSequenceNumber
-        );
-    }
-
-    /// Regression: a record set whose third batch was refused left its first two batches in
-    /// the write set at offsets the partition head never took, so the next produce reused those
-    /// offsets and readers saw overlapping batches.
-    #[test]
-    fn a_refused_record_set_writes_nothing() {
-        let (w, cat, storage) = started();
-        call(&w, |tx| Command::CreateTopic {
-            name: "t".into(),
-            partitions: 1,
-            config: TopicConfig::default(),
-            reply: tx,
-        });
-        let mut set = make_batch(1, -1, -1, -1, 1);
-        set.extend(make_batch(1, -1, -1, -1, 2));
-        // A batch whose offset span its record count cannot back: refused.
-        let mut sparse = make_batch(2, -1, -1, -1, 3);
-        sparse[23..27].copy_from_slice(&5i32.to_be_bytes());
-        let crc = crc32c::crc32c(&sparse[21..]);
-        sparse[17..21].copy_from_slice(&crc.to_be_bytes());
-        set.extend(sparse);
-        assert_eq!(produce(&w, "t", set).code, Code::InvalidRecord);
-        let pid = call(&w, |tx| Command::InitProducerId { reply: tx }).1;
-        let mut set = make_batch(2, pid, 0, 0, 4);
-        set.extend(make_batch(1, pid, 0, 7, 5)); // a sequence gap: refused
-        assert_eq!(produce(&w, "t", set).code, Code::OutOfOrderSequenceNumber);
-        let ok = produce(&w, "t", make_batch(3, -1, -1, -1, 6));
-        assert_eq!((ok.code, ok.base_offset), (Code::None, 0));
-        let tid = cat.topic("t").unwrap().meta.id;
-        let stored: Vec<(i64, i32)> = storage
-            .headers(tid, 0, 0, 10)
-            .unwrap()
-            .iter()
-            .map(|h| (h.base_offset, h.record_count))
-            .collect();
-        assert_eq!(stored, vec![(0, 3)], "only the accepted batch is stored");
-        // The producer's refused batch left no state: it starts again at sequence 0.
-        assert_eq!(produce(&w, "t", make_batch(1, pid, 0, 0, 7)).base_offset, 3);
-    }
-
-    #[test]
-    fn producer_state_survives_a_restart() {
-        let storage = Arc::new(MemStorage::new());
-        let pid;
-        {
-            let (w, _, _) = start(storage.clone()).unwrap();
-            call(&w, |tx| Command::CreateTopic {
-                name: "t".into(),
-                partitions: 1,
-                config: TopicConfig::default(),
-                reply: tx,
-            });
-            pid = call(&w, |tx| Command::InitProducerId { reply: tx }).1;
-            produce(&w, "t", make_batch(2, pid, 0, 0, 1));
-        }
-        let (w, _, _) = start(storage).unwrap();
-        let dup = produce(&w, "t", make_batch(2, pid, 0, 0, 1));
-        assert_eq!(
-            (dup.code, dup.base_offset),
-            (Code::None, 0),
-            "a retry after a restart is still a duplicate"
-        );
-        assert_ne!(
-            call(&w, |tx| Command::InitProducerId { reply: tx }).1,
-            pid,
-            "producer ids are not reused"
-        );
-    }
-
-    #[test]
-    fn retention_drops_old_batches_but_never_the_newest() {
-        let (w, cat, storage) = started();
-        let config = TopicConfig {
-            retention_ms: Some(1_000),
-            retention_bytes: None,
-            compact: false,
-        };
-        call(&w, |tx| Command::CreateTopic {
-            name: "r".into(),
-            partitions: 1,
-            config,
-            reply: tx,
-        });
-        for ts in [100, 200, 5_000, 9_000] {
-            produce(&w, "r", make_batch(2, -1, -1, -1, ts));
-        }
-        let pv = cat.topic("r").unwrap().partitions[0].clone();
-        assert!(w.send(Command::Retention { now_ms: 5_500 }));
-        produce(&w, "r", make_batch(1, -1, -1, -1, 9_500)); // a round trip: the retention write is done
-        assert_eq!(
-            pv.log_start.load(Ordering::SeqCst),
-            4,
-            "the two batches older than 1 s are gone"
-        );
-        let tid = cat.topic("r").unwrap().meta.id;
-        assert_eq!(storage.headers(tid, 0, 0, 10).unwrap()[0].base_offset, 4);
-        assert!(w.send(Command::Retention { now_ms: 1_000_000 }));
-        produce(&w, "other-topic-missing", make_batch(1, -1, -1, -1, 0));
-        assert_eq!(
-            pv.log_start.load(Ordering::SeqCst),
-            8,
-            "everything but the newest batch"
-        );
-        assert_eq!(pv.hw.load(Ordering::SeqCst), 9);
-    }
-
-    #[test]
-    fn compaction_keeps_the_latest_record_per_key() {
-        use kafka_protocol::records::{
-            Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-        };
-        let (w, cat, storage) = started();
-        let config = TopicConfig {
-            compact: true,
-            ..TopicConfig::default()
-        };
-        call(&w, |tx| Command::CreateTopic {
-            name: "c".into(),
-            partitions: 1,
-            config,
-            reply: tx,
-        });
-        let rec = |k: Option<&'static str>, v: &'static str| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 1,
-            key: k.map(|k| bytes::Bytes::from_static(k.as_bytes())),
-            value: Some(bytes::Bytes::from_static(v.as_bytes())),
-            headers: Default::default(),
-        };
-        let encode = |recs: Vec<Record>, compression| {
-            let recs: Vec<Record> = recs
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut r)| {
-                    r.offset = i as i64;
-                    r.sequence = i as i32;
-                    r
-                })
-                .collect();
-            let mut out = bytes::BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut out,
-                &recs,
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression,
-                },
-            )
-            .unwrap();
-            out.to_vec()
-        };
-        produce(
-            &w,
-            "c",
-            encode(
-                vec![rec(Some("a"), "a1"), rec(Some("b"), "b1"), rec(None, "n1")],
-                Compression::Lz4,
-            ),
-        );
-        produce(&w, "c", encode(vec![rec(Some("a"), "a2")], Compression::None));
-        produce(
-            &w,
-            "c",
-            encode(
-                vec![rec(Some("b"), "b2"), rec(Some("a"), "a3")],
-                Compression::None,
-            ),
-        );
-        assert!(w.send(Command::Compact));
-        produce(&w, "none", make_batch(1, -1, -1, -1, 0));
-        let tid = cat.topic("c").unwrap().meta.id;
-        let mut raw = bytes::Bytes::from(storage.read(tid, 0, 0, usize::MAX).unwrap());
-        let mut got = Vec::new();
-        while !raw.is_empty() {
-            for r in RecordBatchDecoder::decode(&mut raw).unwrap().records {
-                got.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
-            }
-        }
-        assert_eq!(
-            got,
-            vec![
-                (2, "n1".to_string()),
-                (4, "b2".to_string()),
-                (5, "a3".to_string())
-            ]
-        );
-        let pv = &cat.topic("c").unwrap().partitions[0];
-        assert_eq!(
-            (pv.log_start.load(Ordering::SeqCst), pv.hw.load(Ordering::SeqCst)),
-            (2, 6)
-        );
-    }
-
-    #[test]
-    fn retention_by_bytes() {
-        let (w, cat, _) = started();
-        let one = make_batch(1, -1, -1, -1, 0).len() as i64;
-        let config = TopicConfig {
-            retention_ms: None,
-            retention_bytes: Some(one * 2),
-            compact: false,
-        };
-        call(&w, |tx| Command::CreateTopic {
-            name: "b".into(),
-            partitions: 1,
-            config,
-            reply: tx,
-        });
-        for _ in 0..5 {
-            produce(&w, "b", make_batch(1, -1, -1, -1, 0));
-        }
-        assert!(w.send(Command::Retention { now_ms: 0 }));
-        produce(&w, "none", make_batch(1, -1, -1, -1, 0));
-        assert_eq!(
-            cat.topic("b").unwrap().partitions[0]
-                .log_start
-                .load(Ordering::SeqCst),
-            3
-        );
-    }
-}
+mod tests;

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::Broker;
 use crate::errors::Code;
-use crate::state::Command;
+use crate::state::Request;
 use crate::storage::TopicConfig;
 
 fn s(v: &str) -> StrBytes {
@@ -26,7 +26,7 @@ fn s(v: &str) -> StrBytes {
 /// Asks the writer to create a topic and waits for the answer.
 pub async fn create(b: &Broker, name: &str, partitions: u32, config: TopicConfig) -> Code {
     let (tx, rx) = oneshot::channel();
-    if !b.writer.send(Command::CreateTopic {
+    if !b.writer.send(Request::CreateTopic {
         name: name.into(),
         partitions,
         config,
@@ -80,7 +80,7 @@ pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> Meta
         let t = match b.catalog.topic(&name) {
             Some(t) => t,
             None => {
-                let code = if crate::state::valid_topic_name(&name) {
+                let code = if crate::sm::metadata::valid_topic_name(&name) {
                     Code::UnknownTopicOrPartition
                 } else {
                     Code::InvalidTopicException
@@ -211,7 +211,7 @@ pub async fn delete_topics(b: &Arc<Broker>, r: DeleteTopicsRequest) -> DeleteTop
                     || name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
                     |t| t.meta.name.clone(),
                 );
-                if b.writer.send(Command::DeleteTopic { name, reply: tx }) {
+                if b.writer.send(Request::DeleteTopic { name, reply: tx }) {
                     rx.await.unwrap_or(Code::KafkaStorageError)
                 } else {
                     Code::KafkaStorageError
@@ -237,7 +237,7 @@ pub async fn init_producer_id(b: &Arc<Broker>, r: InitProducerIdRequest) -> Init
             .with_producer_id(ProducerId(-1));
     }
     let (tx, rx) = oneshot::channel();
-    let (code, pid, epoch) = if b.writer.send(Command::InitProducerId { reply: tx }) {
+    let (code, pid, epoch) = if b.writer.send(Request::InitProducerId { reply: tx }) {
         rx.await.unwrap_or((Code::KafkaStorageError, -1, -1))
     } else {
         (Code::KafkaStorageError, -1, -1)

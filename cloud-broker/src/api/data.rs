@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::Broker;
 use crate::batch;
 use crate::errors::Code;
-use crate::state::{Command, ProduceResult};
+use crate::state::{ProduceResult, Request};
 
 /// Per partition: its index and where its result arrives (None: refused before the writer).
 type PartitionWaits = Vec<(i32, Option<oneshot::Receiver<ProduceResult>>)>;
@@ -44,7 +44,7 @@ pub fn produce_submit(b: &Broker, r: ProduceRequest) -> PendingProduce {
             } else {
                 let (tx, rx) = oneshot::channel();
                 let reply = (acks != 0).then_some(tx);
-                let cmd = Command::Produce {
+                let cmd = Request::Produce {
                     topic: t.name.0.to_string(),
                     partition: p.index as u32,
                     records,

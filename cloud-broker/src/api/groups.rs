@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::Broker;
 use crate::errors::Code;
-use crate::state::Command;
+use crate::state::Request;
 
 /// How long an empty group waits for more members before its first rebalance completes.
 pub const INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(500);
@@ -523,7 +523,7 @@ pub async fn offset_commit(b: &Arc<Broker>, r: OffsetCommitRequest) -> OffsetCom
         vec![check; entries.len()]
     } else {
         let (tx, rx) = oneshot::channel();
-        if b.writer.send(Command::CommitOffsets {
+        if b.writer.send(Request::CommitOffsets {
             group,
             offsets: entries.clone(),
             reply: tx,

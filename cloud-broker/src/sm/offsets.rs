@@ -1,0 +1,114 @@
+//! The group-offsets state machine: committed consumer-group offsets, the way Kafka keeps
+//! them in `__consumer_offsets`.
+//!
+//! Groups are spread over [`OFFSETS_PARTITIONS`] logs by a stable hash of the group id
+//! ([`partition_for`]); the group's coordinator is the node that leads the group's log. What a
+//! commit may contain (known topic, partition in range, a member of the current generation) is
+//! checked by the coordinator before it proposes; applying only records.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::CommittedOffset;
+
+/// How many offsets logs there are (Kafka's `offsets.topic.num.partitions`). Fixed: changing
+/// it would move groups between logs.
+pub const OFFSETS_PARTITIONS: u32 = 8;
+
+/// One committed offset: `(topic, partition, offset, metadata)`.
+pub type Commit = (String, u32, i64, String);
+
+/// A change to committed offsets: the payload of one entry in an offsets log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetsCommand {
+    /// Record offsets for a group.
+    Commit {
+        /// Group id.
+        group: String,
+        /// The offsets.
+        offsets: Vec<Commit>,
+    },
+    /// Forget every group's offsets of a deleted topic.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// Committed offsets by `(group, topic, partition)` of the groups in one offsets log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffsets {
+    /// The offsets.
+    pub offsets: BTreeMap<(String, String, u32), CommittedOffset>,
+}
+
+/// The offsets log that holds `group` (FNV-1a: stable across builds and platforms).
+pub fn partition_for(group: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in group.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % OFFSETS_PARTITIONS
+}
+
+impl GroupOffsets {
+    /// Applies a command; returns the keys it changed with their new value (`None`: removed).
+    pub fn apply(&mut self, cmd: &OffsetsCommand) -> Vec<((String, String, u32), Option<CommittedOffset>)> {
+        match cmd {
+            OffsetsCommand::Commit { group, offsets } => offsets
+                .iter()
+                .map(|(topic, partition, offset, metadata)| {
+                    let key = (group.clone(), topic.clone(), *partition);
+                    let value = CommittedOffset {
+                        offset: *offset,
+                        metadata: metadata.clone(),
+                    };
+                    self.offsets.insert(key.clone(), value.clone());
+                    (key, Some(value))
+                })
+                .collect(),
+            OffsetsCommand::DeleteTopic { name } => {
+                let gone: Vec<_> = self.offsets.keys().filter(|k| k.1 == *name).cloned().collect();
+                gone.into_iter()
+                    .map(|k| {
+                        self.offsets.remove(&k);
+                        (k, None)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_overwrite_and_topic_deletion_forgets() {
+        let mut g = GroupOffsets::default();
+        g.apply(&OffsetsCommand::Commit {
+            group: "g".into(),
+            offsets: vec![("t".into(), 0, 5, "m".into()), ("u".into(), 1, 7, String::new())],
+        });
+        let changed = g.apply(&OffsetsCommand::Commit {
+            group: "g".into(),
+            offsets: vec![("t".into(), 0, 9, String::new())],
+        });
+        assert_eq!(changed.len(), 1);
+        assert_eq!(g.offsets[&("g".into(), "t".into(), 0)].offset, 9);
+        let gone = g.apply(&OffsetsCommand::DeleteTopic { name: "t".into() });
+        assert_eq!(gone, vec![(("g".into(), "t".into(), 0), None)]);
+        assert_eq!(g.offsets.len(), 1);
+    }
+
+    #[test]
+    fn groups_spread_over_the_logs_stably() {
+        assert_eq!(partition_for("bridge"), partition_for("bridge"));
+        let used: std::collections::BTreeSet<u32> =
+            (0..100).map(|i| partition_for(&format!("group-{i}"))).collect();
+        assert_eq!(used.len(), OFFSETS_PARTITIONS as usize);
+    }
+}
