@@ -9,6 +9,7 @@
 //! - [`server`] — the TCP listener and per-connection loop (frames in, frames out).
 //! - [`protocol`] — request framing, header decode, version negotiation, response encode.
 //! - [`api`] — one module per Kafka API (ApiVersions, Metadata, Produce, Fetch, ...).
+//! - [`raft`] — replication: a Raft group per partition (openraft), one node-wide store.
 //! - [`sm`] — the state machines (partition, metadata, group offsets): deterministic, no I/O.
 //! - [`state`] — the single-node shell: one writer applies them to storage, group commit.
 //! - [`storage`] — durable storage (redb) and its in-memory twin, one conformance suite.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod protocol;
+pub mod raft;
 pub mod server;
 pub mod sm;
 pub mod state;

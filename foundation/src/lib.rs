@@ -16,8 +16,9 @@
 //! - [`redb`] (`redb`) — a redb database that reopens itself after a failed write.
 //! - [`prom`] (`prom`) — Prometheus text pages (prometheus-parse): values, histograms,
 //!   quantiles between two scrapes.
-//! - [`wait`], [`net`], [`process`], [`procfs`] (`testkit`) — waiting for a condition with a
-//!   deadline, loopback ports, child-process guards, and CPU / memory figures from `/proc`.
+//! - [`wait`], [`net`], [`process`], [`procfs`], [`scratch`] (`testkit`) — waiting for a
+//!   condition with a deadline, loopback ports, child-process guards, CPU / memory figures from
+//!   `/proc`, and scratch directories removed on drop.
 #![warn(missing_docs)]
 
 pub mod ids;
@@ -39,6 +40,8 @@ pub mod procfs;
 pub mod prom;
 #[cfg(feature = "redb")]
 pub mod redb;
+#[cfg(feature = "testkit")]
+pub mod scratch;
 #[cfg(feature = "runtime")]
 pub mod shutdown;
 #[cfg(feature = "testkit")]

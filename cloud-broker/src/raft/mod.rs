@@ -1,0 +1,205 @@
+//! Replication: one Raft group (openraft) per partition, one for the metadata, a few for the
+//! group offsets, all sharing one node-wide store.
+//!
+//! # The shape
+//! - [`store`] — every group's Raft log, vote and state on one redb database, written by one
+//!   thread that commits many groups' writes with one fsync (group commit).
+//! - [`machine`] — the state machine of a partition group: applies
+//!   [`PartitionCommand`](crate::sm::partition::PartitionCommand)s, moves the high watermark,
+//!   builds and installs snapshots.
+//! - [`router`] — an in-process transport for tests, with links that can be cut.
+//!
+//! # The Raft log is the partition log
+//! A produce becomes one `Append` entry holding the record batches with their offsets written
+//! in. Appending the entry writes the batches once, with an index row from their first offset
+//! to the entry; applying it moves the head and the producer windows, copying nothing. Readers
+//! see offsets below the high watermark, which only applied (committed) entries move.
+//!
+//! # Snapshots and retention
+//! A snapshot of a partition is its state at the applied index (head, producer windows) plus
+//! the batches between the log start and that index. Retention moves the log start by a
+//! replicated `Truncate` command; each replica then snapshots and purges its own log up to the
+//! last entry wholly below the log start. A follower that fell behind the purge installs the
+//! snapshot, keeps its batches apart from the Raft log ("sealed"), and takes the entries after it.
+
+pub mod machine;
+pub mod router;
+pub mod store;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sm::partition::PartitionCommand;
+
+/// A node of the cluster.
+pub type NodeId = u64;
+
+/// How a node is reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// `host:port` of its Raft listener.
+    pub raft: String,
+    /// `host:port` it gives Kafka clients.
+    pub kafka: String,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft {} kafka {}", self.raft, self.kafka)
+    }
+}
+
+/// The payload of every group's log entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A change to a partition.
+    Partition(PartitionCommand),
+}
+
+/// What applying a [`Command`] answers the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A partition command was applied; the partition now ends at `next_offset`.
+    Partition {
+        /// The log end offset after the command.
+        next_offset: i64,
+    },
+    /// A blank or membership entry.
+    Nothing,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Partition(PartitionCommand::Append { batches }) => {
+                write!(f, "append {} batches", batches.len())
+            }
+            Command::Partition(PartitionCommand::Truncate { log_start, .. }) => {
+                write!(f, "truncate before {log_start}")
+            }
+            Command::Partition(PartitionCommand::Compact { remove, .. }) => {
+                write!(f, "compact {} batches", remove.len())
+            }
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The Raft types of every group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeAddr,
+        Term = u64,
+        // One leader per term, so that the term is the Kafka leader epoch.
+        LeaderId = openraft::impls::leader_id_std::LeaderId<Self::Term, Self::NodeId>,
+);
+
+/// A group's Raft handle.
+pub type GroupRaft = openraft::Raft<TypeConfig, machine::PartitionMachine>;
+
+/// Which log a group is: the key of everything the node stores for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupId {
+    /// The metadata log (topics, producer-id blocks, membership).
+    Metadata,
+    /// One of the group-offsets logs.
+    Offsets(u32),
+    /// A partition.
+    Partition {
+        /// Internal topic id.
+        topic: u32,
+        /// Partition index.
+        partition: u32,
+    },
+}
+
+const KIND_SHIFT: u32 = 62;
+const TOPIC_SHIFT: u32 = 20;
+const PARTITION_MASK: u64 = (1 << TOPIC_SHIFT) - 1;
+
+impl GroupId {
+    /// The group's storage key: two bits of kind, then the kind's fields.
+    pub fn key(self) -> u64 {
+        match self {
+            GroupId::Metadata => 0,
+            GroupId::Offsets(n) => (1 << KIND_SHIFT) | u64::from(n),
+            GroupId::Partition { topic, partition } => {
+                (2 << KIND_SHIFT) | (u64::from(topic) << TOPIC_SHIFT) | (u64::from(partition) & PARTITION_MASK)
+            }
+        }
+    }
+
+    /// The group a storage key names, if any.
+    pub fn from_key(k: u64) -> Option<Self> {
+        let body = k & ((1 << KIND_SHIFT) - 1);
+        match k >> KIND_SHIFT {
+            0 if body == 0 => Some(GroupId::Metadata),
+            1 => u32::try_from(body).ok().map(GroupId::Offsets),
+            2 => Some(GroupId::Partition {
+                topic: u32::try_from(body >> TOPIC_SHIFT).ok()?,
+                partition: (body & PARTITION_MASK) as u32,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupId::Metadata => write!(f, "metadata"),
+            GroupId::Offsets(n) => write!(f, "offsets-{n}"),
+            GroupId::Partition { topic, partition } => write!(f, "topic {topic} partition {partition}"),
+        }
+    }
+}
+
+/// Raft timing for many groups per node: openraft's defaults (a 50 ms heartbeat) are made for
+/// one group; hundreds of them would spend two cores on ticks and heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Leader heartbeat interval (ms).
+    pub heartbeat_ms: u64,
+    /// Election timeout range (ms): a follower that hears nothing for a random time in it
+    /// starts an election.
+    pub election_ms: (u64, u64),
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 500,
+            election_ms: (1500, 3000),
+        }
+    }
+}
+
+/// The openraft configuration of a partition group.
+pub fn partition_config(t: Timing) -> Result<openraft::Config, openraft::ConfigError> {
+    openraft::Config {
+        cluster_name: "iot-appliance".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_ms.0,
+        election_timeout_max: t.election_ms.1,
+        enable_pre_vote: Some(true),
+        // Snapshots and purges follow retention (see the module docs), never a log length.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
+        purge_batch_size: 256,
+        replication_lag_threshold: u64::MAX,
+        install_snapshot_timeout: 60_000,
+        ..openraft::Config::default()
+    }
+    .validate()
+}
+
+/// An I/O error for openraft, from anything displayable.
+pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests;
