@@ -9,6 +9,7 @@ pub enum Code {
     OffsetOutOfRange = 1,
     CorruptMessage = 2,
     UnknownTopicOrPartition = 3,
+    NotLeaderOrFollower = 6,
     MessageTooLarge = 10,
     CoordinatorNotAvailable = 15,
     NotCoordinator = 16,
@@ -32,8 +33,10 @@ pub enum Code {
     InvalidProducerEpoch = 47,
     KafkaStorageError = 56,
     UnknownProducerId = 59,
+    NonEmptyGroup = 68,
     GroupIdNotFound = 69,
     MemberIdRequired = 79,
+    GroupMaxSizeReached = 81,
     InvalidRecord = 87,
     UnknownTopicId = 100,
 }

@@ -101,7 +101,12 @@ pub struct PartitionMachine {
 impl PartitionMachine {
     /// The machine of `group`, restored from the store. `view` gets the high watermark and log
     /// start; `appended` is notified when the watermark moves.
-    pub fn open(store: NodeStore, group: u64, view: Arc<PartitionView>, appended: Arc<Notify>) -> io::Result<Self> {
+    pub fn open(
+        store: NodeStore,
+        group: u64,
+        view: Arc<PartitionView>,
+        appended: Arc<Notify>,
+    ) -> io::Result<Self> {
         let state: Applied = match store.get(group, Slot::Machine)? {
             Some(b) => postcard::from_bytes(&b).map_err(io_err)?,
             None => Applied::default(),
@@ -142,7 +147,9 @@ impl RaftStateMachine<TypeConfig> for PartitionMachine {
     type SnapshotData = PartitionSnapshot;
     type SnapshotBuilder = PartitionMachine;
 
-    async fn applied_state(&mut self) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
         let s = self.state.lock().await;
         Ok((s.last_applied, s.membership.clone()))
     }
@@ -200,15 +207,23 @@ impl RaftStateMachine<TypeConfig> for PartitionMachine {
             state: state.clone(),
         };
         self.store
-            .put(self.group, Slot::Snapshot, postcard::to_allocvec(&stored).map_err(io_err)?)
+            .put(
+                self.group,
+                Slot::Snapshot,
+                postcard::to_allocvec(&stored).map_err(io_err)?,
+            )
             .await?;
-        self.store.put(self.group, Slot::Machine, Self::encode(&state)?).await?;
+        self.store
+            .put(self.group, Slot::Machine, Self::encode(&state)?)
+            .await?;
         *s = state;
         self.publish(&s);
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<TypeConfig, PartitionSnapshot>>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, PartitionSnapshot>>> {
         let Some(b) = self.store.get(self.group, Slot::Snapshot)? else {
             return Ok(None);
         };
@@ -243,9 +258,15 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionMachine {
             state: s.clone(),
         };
         // The machine state first: a snapshot must never be ahead of what a restart restores.
-        self.store.put(self.group, Slot::Machine, Self::encode(&s)?).await?;
         self.store
-            .put(self.group, Slot::Snapshot, postcard::to_allocvec(&stored).map_err(io_err)?)
+            .put(self.group, Slot::Machine, Self::encode(&s)?)
+            .await?;
+        self.store
+            .put(
+                self.group,
+                Slot::Snapshot,
+                postcard::to_allocvec(&stored).map_err(io_err)?,
+            )
             .await?;
         let head = s.partition.head;
         Ok(SnapshotOf::<TypeConfig, PartitionSnapshot> {

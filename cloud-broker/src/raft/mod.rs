@@ -7,6 +7,9 @@
 //! - [`machine`] — the state machine of a partition group: applies
 //!   [`PartitionCommand`](crate::sm::partition::PartitionCommand)s, moves the high watermark,
 //!   builds and installs snapshots.
+//! - [`net`] — the transport: one TCP connection per peer, shared by every group.
+//! - [`sequencer`] — the leader side of a partition: produce requests batched into one entry
+//!   per round trip, decided against the leader's tip.
 //! - [`router`] — an in-process transport for tests, with links that can be cut.
 //!
 //! # The Raft log is the partition log
@@ -23,7 +26,9 @@
 //! snapshot, keeps its batches apart from the Raft log ("sealed"), and takes the entries after it.
 
 pub mod machine;
+pub mod net;
 pub mod router;
+pub mod sequencer;
 pub mod store;
 
 use std::fmt;
@@ -127,7 +132,9 @@ impl GroupId {
             GroupId::Metadata => 0,
             GroupId::Offsets(n) => (1 << KIND_SHIFT) | u64::from(n),
             GroupId::Partition { topic, partition } => {
-                (2 << KIND_SHIFT) | (u64::from(topic) << TOPIC_SHIFT) | (u64::from(partition) & PARTITION_MASK)
+                (2 << KIND_SHIFT)
+                    | (u64::from(topic) << TOPIC_SHIFT)
+                    | (u64::from(partition) & PARTITION_MASK)
             }
         }
     }

@@ -86,9 +86,16 @@ enum Op {
         value: Vec<u8>,
     },
     /// Delete entries after `after` (all when `None`) and their index rows.
-    TruncateAfter { group: u64, after: Option<u64> },
+    TruncateAfter {
+        group: u64,
+        after: Option<u64>,
+    },
     /// Delete entries up to `upto` and their index rows; record the purged id.
-    Purge { group: u64, upto: u64, purged: Vec<u8> },
+    Purge {
+        group: u64,
+        upto: u64,
+        purged: Vec<u8>,
+    },
     /// Replace the sealed batches (a snapshot up to entry `upto` arrived): drop the group's
     /// entries up to it, their index rows and its sealed batches first.
     Seal {
@@ -97,7 +104,9 @@ enum Op {
         batches: Vec<(i64, Vec<u8>)>,
     },
     /// Forget a group entirely.
-    Drop { group: u64 },
+    Drop {
+        group: u64,
+    },
 }
 
 struct Job {
@@ -257,7 +266,9 @@ impl NodeStore {
             let Some(t) = missing_ok(tx.open_table(GROUP_STATE))? else {
                 return Ok(None);
             };
-            Ok(t.get((group, slot as u8)).map_err(io_err)?.map(|v| v.value().to_vec()))
+            Ok(t.get((group, slot as u8))
+                .map_err(io_err)?
+                .map(|v| v.value().to_vec()))
         })
     }
 
@@ -282,7 +293,10 @@ impl NodeStore {
                 return Ok(Vec::new());
             };
             let mut out = Vec::new();
-            for e in t.range((group, lo)..=(group, hi.unwrap_or(u64::MAX))).map_err(io_err)? {
+            for e in t
+                .range((group, lo)..=(group, hi.unwrap_or(u64::MAX)))
+                .map_err(io_err)?
+            {
                 let (_, v) = e.map_err(io_err)?;
                 out.push(dec(v.value())?);
             }
@@ -352,7 +366,11 @@ impl NodeStore {
                 .next_back()
             {
                 Some(e) => e.map_err(io_err)?.1.value(),
-                None => match index.range((group, i64::MIN)..=(group, i64::MAX)).map_err(io_err)?.next() {
+                None => match index
+                    .range((group, i64::MIN)..=(group, i64::MAX))
+                    .map_err(io_err)?
+                    .next()
+                {
                     Some(e) => e.map_err(io_err)?.1.value(),
                     None => return Ok(out),
                 },
@@ -360,7 +378,9 @@ impl NodeStore {
             'entries: for e in log.range((group, first)..=(group, u64::MAX)).map_err(io_err)? {
                 let (_, v) = e.map_err(io_err)?;
                 let entry: EntryOf<TypeConfig> = dec(v.value())?;
-                if let EntryPayload::Normal(Command::Partition(PartitionCommand::Append { batches })) = &entry.payload {
+                if let EntryPayload::Normal(Command::Partition(PartitionCommand::Append { batches })) =
+                    &entry.payload
+                {
                     for b in batches {
                         if !take(b, &mut out) {
                             break 'entries;
@@ -568,8 +588,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
         // Not needed for safety (openraft learns the commit from the leader): saved with the
         // next durable write so that a restart re-applies what was applied before.
-        self.store
-            .put_soon(self.group, Slot::Committed, enc(&committed)?);
+        self.store.put_soon(self.group, Slot::Committed, enc(&committed)?);
         Ok(())
     }
 

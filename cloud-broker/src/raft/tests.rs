@@ -26,12 +26,18 @@ fn group_keys_round_trip_and_do_not_collide() {
         GroupId::Metadata,
         GroupId::Offsets(0),
         GroupId::Offsets(7),
-        GroupId::Partition { topic: 0, partition: 0 },
+        GroupId::Partition {
+            topic: 0,
+            partition: 0,
+        },
         GroupId::Partition {
             topic: u32::MAX,
             partition: 9_999,
         },
-        GroupId::Partition { topic: 1, partition: 0 },
+        GroupId::Partition {
+            topic: 1,
+            partition: 0,
+        },
     ];
     let keys: std::collections::BTreeSet<u64> = ids.iter().map(|g| g.key()).collect();
     assert_eq!(keys.len(), ids.len());
@@ -53,11 +59,18 @@ fn storage_err(e: std::io::Error) -> StorageError<TypeConfig> {
 }
 
 impl StoreBuilder<TypeConfig, GroupLog, PartitionMachine, (TempDir, NodeStore)> for Builder {
-    async fn build(&self) -> Result<((TempDir, NodeStore), GroupLog, PartitionMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<((TempDir, NodeStore), GroupLog, PartitionMachine), StorageError<TypeConfig>> {
         let dir = TempDir::new("raft-suite").map_err(storage_err)?;
         let store = NodeStore::open(&dir.path().join("node.redb")).map_err(storage_err)?;
-        let group = GroupId::Partition { topic: 3, partition: 1 }.key();
-        let sm = PartitionMachine::open(store.clone(), group, Arc::default(), Arc::default()).map_err(storage_err)?;
+        let group = GroupId::Partition {
+            topic: 3,
+            partition: 1,
+        }
+        .key();
+        let sm = PartitionMachine::open(store.clone(), group, Arc::default(), Arc::default())
+            .map_err(storage_err)?;
         Ok(((dir, store.clone()), store.log(group), sm))
     }
 }
@@ -67,7 +80,10 @@ async fn the_store_passes_openraft_conformance_suite() {
     Suite::test_all(Builder).await.unwrap();
 }
 
-const GROUP: GroupId = GroupId::Partition { topic: 1, partition: 0 };
+const GROUP: GroupId = GroupId::Partition {
+    topic: 1,
+    partition: 0,
+};
 
 /// One node's replica of [`GROUP`].
 struct Replica {
@@ -79,19 +95,31 @@ struct Replica {
 }
 
 async fn start(router: &Router, dir: &std::path::Path, id: NodeId, timing: Timing) -> Replica {
+    let r = start_with(dir, id, timing, router.factory(id, GROUP.key())).await;
+    router.add(id, GROUP.key(), r.raft.clone());
+    r
+}
+
+async fn start_with<N>(dir: &std::path::Path, id: NodeId, timing: Timing, network: N) -> Replica
+where
+    N: openraft::network::RaftNetworkFactory<TypeConfig>,
+    N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = super::machine::PartitionSnapshot>,
+{
     let path = dir.join(format!("node-{id}.redb"));
     // A store closed a moment ago may still be held by its writer thread: wait for the file.
-    let store = until_async(Duration::from_secs(10), "the store to reopen", || NodeStore::open(&path).ok())
-        .await
-        .unwrap();
+    let store = until_async(Duration::from_secs(10), "the store to reopen", || {
+        NodeStore::open(&path).ok()
+    })
+    .await
+    .unwrap();
     let group = GROUP.key();
     let view = Arc::new(PartitionView::default());
-    let machine = PartitionMachine::open(store.clone(), group, view.clone(), Arc::new(Notify::new())).unwrap();
+    let machine =
+        PartitionMachine::open(store.clone(), group, view.clone(), Arc::new(Notify::new())).unwrap();
     let config = Arc::new(partition_config(timing).unwrap());
-    let raft = GroupRaft::new(id, config, router.factory(id, group), store.log(group), machine.clone())
+    let raft = GroupRaft::new(id, config, network, store.log(group), machine.clone())
         .await
         .unwrap();
-    router.add(id, group, raft.clone());
     Replica {
         id,
         store,
@@ -101,7 +129,7 @@ async fn start(router: &Router, dir: &std::path::Path, id: NodeId, timing: Timin
     }
 }
 
-async fn stop(router: &Router, r: Replica) {
+async fn stop_replica(router: &Router, r: Replica) {
     router.remove(r.id, GROUP.key());
     r.raft.shutdown().await.unwrap();
 }
@@ -138,11 +166,7 @@ async fn produce(leader: &Replica, n: i32) -> i64 {
     let p = leader.machine.partition().await;
     let prepared = p.prepare(&make_batch(n, -1, -1, -1, 1)).unwrap();
     let cmd = prepared.command.unwrap();
-    let resp = leader
-        .raft
-        .client_write(Command::Partition(cmd))
-        .await
-        .unwrap();
+    let resp = leader.raft.client_write(Command::Partition(cmd)).await.unwrap();
     assert_eq!(
         resp.data,
         Response::Partition {
@@ -166,9 +190,11 @@ fn members() -> BTreeMap<NodeId, NodeAddr> {
 }
 
 async fn converged(replicas: &[&Replica], want: &[(i64, i32)]) {
-    until_async(Duration::from_secs(20), "every replica to hold every batch", || {
-        replicas.iter().all(|r| held(r) == want).then_some(())
-    })
+    until_async(
+        Duration::from_secs(20),
+        "every replica to hold every batch",
+        || replicas.iter().all(|r| held(r) == want).then_some(()),
+    )
     .await
     .unwrap_or_else(|e| {
         let got: Vec<_> = replicas.iter().map(|r| (r.id, held(r))).collect();
@@ -193,7 +219,7 @@ async fn a_partition_survives_the_loss_and_restart_of_its_leader() {
     }
     // The leader dies; the other two elect one and go on.
     let dead = nodes.remove(li);
-    stop(&router, dead).await;
+    stop_replica(&router, dead).await;
     let l2 = leader(&nodes.iter().collect::<Vec<_>>()).await;
     assert_ne!(l2, l);
     let li2 = nodes.iter().position(|r| r.id == l2).unwrap();
@@ -210,7 +236,7 @@ async fn a_partition_survives_the_loss_and_restart_of_its_leader() {
     nodes.push(start(&router, dir.path(), l, fast()).await);
     converged(&nodes.iter().collect::<Vec<_>>(), &acked).await;
     for r in nodes {
-        stop(&router, r).await;
+        stop_replica(&router, r).await;
     }
 }
 
@@ -236,13 +262,20 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     }
     // Retention drops the first four batches; the leader snapshots and purges its log.
     let p = nodes[li].machine.partition().await;
-    let kept: u64 = acked[4..].iter().map(|_| make_batch(3, -1, -1, -1, 1).len() as u64).sum();
+    let kept: u64 = acked[4..]
+        .iter()
+        .map(|_| make_batch(3, -1, -1, -1, 1).len() as u64)
+        .sum();
     let cut = crate::sm::partition::PartitionCommand::Truncate {
         log_start: acked[4].0,
         bytes: kept,
     };
     assert!(p.head.next_offset > acked[4].0);
-    nodes[li].raft.client_write(Command::Partition(cut)).await.unwrap();
+    nodes[li]
+        .raft
+        .client_write(Command::Partition(cut))
+        .await
+        .unwrap();
     nodes[li].raft.trigger().snapshot().await.unwrap();
     let snap = until_async(Duration::from_secs(10), "the snapshot", || {
         nodes[li].raft.metrics().borrow_watched().snapshot
@@ -269,11 +302,19 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
         router.set_cut(lag_id, other.id, false);
     }
     let want: Vec<(i64, i32)> = acked[4..].to_vec();
-    until_async(Duration::from_secs(20), "the lagging follower to catch up", || {
-        (held(&nodes[lagging]).ends_with(&want[want.len() - 3..])
-            && nodes[lagging].view.log_start.load(std::sync::atomic::Ordering::SeqCst) == acked[4].0)
-            .then_some(())
-    })
+    until_async(
+        Duration::from_secs(20),
+        "the lagging follower to catch up",
+        || {
+            (held(&nodes[lagging]).ends_with(&want[want.len() - 3..])
+                && nodes[lagging]
+                    .view
+                    .log_start
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    == acked[4].0)
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     assert_eq!(held(&nodes[lagging]), want, "the batches from the log start on");
@@ -283,6 +324,186 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     );
     assert_eq!(held(&nodes[li])[..], want[..], "the leader keeps the same");
     for r in nodes {
-        stop(&router, r).await;
+        stop_replica(&router, r).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_replicates_over_tcp_through_a_leader_loss() {
+    use super::net::{self, Groups, Network};
+    let dir = TempDir::new("raft-tcp").unwrap();
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = net::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        members.insert(
+            id,
+            NodeAddr {
+                raft: l.local_addr().unwrap().to_string(),
+                kafka: String::new(),
+            },
+        );
+        listeners.push(l);
+    }
+    let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let groups = Groups::default();
+        let network = Network::new("test-cluster", id);
+        let r = start_with(dir.path(), id, fast(), network.factory(GROUP.key())).await;
+        groups.add(GROUP.key(), r.raft.clone());
+        servers.push((
+            id,
+            groups.clone(),
+            tokio::spawn(net::serve(l, "test-cluster".into(), id, groups)),
+        ));
+        nodes.push(r);
+    }
+    nodes[0].raft.initialize(members).await.unwrap();
+    let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let li = nodes.iter().position(|r| r.id == l).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push((produce(&nodes[li], 1 + i % 4).await, 1 + i % 4));
+    }
+    // The leader's node goes away: its listener and its group.
+    let dead = nodes.remove(li);
+    let (_, groups, server) = servers.remove(li);
+    server.abort();
+    groups.remove(GROUP.key());
+    dead.raft.shutdown().await.unwrap();
+    let l2 = leader(&nodes.iter().collect::<Vec<_>>()).await;
+    assert_ne!(l2, l);
+    let li2 = nodes.iter().position(|r| r.id == l2).unwrap();
+    for _ in 0..10 {
+        acked.push((produce(&nodes[li2], 2).await, 2));
+    }
+    converged(&nodes.iter().collect::<Vec<_>>(), &acked).await;
+    for r in nodes {
+        r.raft.shutdown().await.unwrap();
+    }
+}
+
+/// Idempotent producers write through the sequencer of whichever node leads, retrying a batch
+/// with the same sequence after `NOT_LEADER_OR_FOLLOWER`; the leader is killed and restarted
+/// twice on the way. Every acknowledged batch is then stored exactly once, at the offset it was
+/// acknowledged with, on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producers_through_leader_kills_get_every_batch_once() {
+    use super::sequencer::Sequencer;
+    use std::collections::HashMap;
+    let dir = TempDir::new("raft-seq").unwrap();
+    let router = Router::default();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(&router, dir.path(), id, fast()).await);
+    }
+    nodes[0].raft.initialize(members()).await.unwrap();
+    let seqs: Arc<std::sync::RwLock<HashMap<NodeId, Sequencer>>> = Arc::default();
+    for r in &nodes {
+        seqs.write()
+            .unwrap()
+            .insert(r.id, Sequencer::start(r.id, r.raft.clone(), r.machine.clone()));
+    }
+    let rafts: Arc<std::sync::RwLock<HashMap<NodeId, GroupRaft>>> = Arc::new(std::sync::RwLock::new(
+        nodes.iter().map(|r| (r.id, r.raft.clone())).collect(),
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for pid in 0..4i64 {
+        let (seqs, rafts, stop, total) = (seqs.clone(), rafts.clone(), stop.clone(), total.clone());
+        producers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || acked.len() < 5 {
+                let n = 1 + (seq % 3);
+                let batch = make_batch(n, pid, 0, seq, 1);
+                let leader = rafts
+                    .read()
+                    .unwrap()
+                    .values()
+                    .find_map(|r| r.metrics().borrow_watched().current_leader);
+                let seq_handle = leader.and_then(|l| seqs.read().unwrap().get(&l).cloned());
+                let Some(s) = seq_handle else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let res = s.produce(batch).await;
+                match res.code {
+                    crate::errors::Code::None => {
+                        total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        acked.push((seq, n, res.base_offset));
+                        seq += n;
+                    }
+                    crate::errors::Code::NotLeaderOrFollower => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => panic!("producer {pid} seq {seq}: {other:?}"),
+                }
+            }
+            (pid, acked)
+        }));
+    }
+    let progress = |more: usize| {
+        let total = total.clone();
+        let from = total.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            until_async(Duration::from_secs(30), "the producers to make progress", || {
+                (total.load(std::sync::atomic::Ordering::SeqCst) >= from + more).then_some(())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for _ in 0..2 {
+        progress(30).await;
+        let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
+        let li = nodes.iter().position(|r| r.id == l).unwrap();
+        let dead = nodes.remove(li);
+        seqs.write().unwrap().remove(&l);
+        rafts.write().unwrap().remove(&l);
+        stop_replica(&router, dead).await;
+        // The two left elect a leader and take writes without the third.
+        progress(30).await;
+        let back = start(&router, dir.path(), l, fast()).await;
+        seqs.write()
+            .unwrap()
+            .insert(l, Sequencer::start(l, back.raft.clone(), back.machine.clone()));
+        rafts.write().unwrap().insert(l, back.raft.clone());
+        nodes.push(back);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut want: Vec<(i64, i32)> = Vec::new();
+    let mut by_offset = std::collections::BTreeMap::new();
+    for p in producers {
+        let (pid, acked) = p.await.unwrap();
+        assert!(acked.len() >= 5, "producer {pid} made progress");
+        for (seq, n, base) in acked {
+            assert!(
+                by_offset.insert(base, (pid, seq)).is_none(),
+                "two batches acknowledged at offset {base}"
+            );
+            want.push((base, n));
+        }
+    }
+    want.sort();
+    // Every replica holds exactly the acknowledged batches: nothing lost, nothing twice.
+    converged(&nodes.iter().collect::<Vec<_>>(), &want).await;
+    let raw = nodes[0]
+        .store
+        .batches(GROUP.key(), 0, i64::MAX, usize::MAX)
+        .unwrap();
+    for (h, _) in crate::batch::iter(&raw) {
+        assert_eq!(
+            by_offset.get(&h.base_offset),
+            Some(&(h.producer_id, h.base_sequence)),
+            "the batch at {} is the one acknowledged there",
+            h.base_offset
+        );
+    }
+    for r in nodes {
+        stop_replica(&router, r).await;
     }
 }

@@ -1,0 +1,603 @@
+//! The Raft transport between nodes: one TCP connection from each node to each peer, shared
+//! by every group, frames tagged with the group.
+//!
+//! ```text
+//! frame := len u32 (bytes after it) | kind u8 | group u64 | id u64 | payload (postcard)
+//! ```
+//! The first frame on a connection is `Hello { cluster, node }`; a peer of another cluster
+//! name, or one claiming this node's id, is refused. Requests carry an id the response echoes,
+//! so many groups' RPCs are in flight on one connection at once; the writer coalesces frames
+//! waiting to go into one write. A lost connection fails its in-flight RPCs as `Unreachable`
+//! (openraft backs off and retries) and is redialled on the next RPC.
+//!
+//! Frames are bounded ([`MAX_FRAME`]); a frame over the limit, an unknown kind or a payload
+//! that does not decode closes only that connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::machine::{Applied, PartitionSnapshot, SnapshotBatches};
+use super::{GroupRaft, NodeAddr, NodeId, TypeConfig};
+
+/// Largest frame accepted (a snapshot travels in one frame).
+pub const MAX_FRAME: usize = 256 << 20;
+/// Frames queued per peer before RPCs wait.
+const QUEUE: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Hello = 0,
+    Append = 1,
+    Vote = 2,
+    PreVote = 3,
+    Snapshot = 4,
+    Reply = 5,
+    Failed = 6,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            0 => Kind::Hello,
+            1 => Kind::Append,
+            2 => Kind::Vote,
+            3 => Kind::PreVote,
+            4 => Kind::Snapshot,
+            5 => Kind::Reply,
+            6 => Kind::Failed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    cluster: String,
+    node: NodeId,
+}
+
+/// A snapshot on the wire: its batches travel with it.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireSnapshot {
+    vote: VoteOf<TypeConfig>,
+    meta: SnapshotMetaOf<TypeConfig>,
+    state: Applied,
+    batches: Vec<(i64, Vec<u8>)>,
+}
+
+struct Frame {
+    kind: Kind,
+    group: u64,
+    id: u64,
+    payload: Vec<u8>,
+}
+
+fn encode_frame(out: &mut Vec<u8>, f: &Frame) {
+    let len = (1 + 8 + 8 + f.payload.len()) as u32;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(f.kind as u8);
+    out.extend_from_slice(&f.group.to_be_bytes());
+    out.extend_from_slice(&f.id.to_be_bytes());
+    out.extend_from_slice(&f.payload);
+}
+
+async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<Frame>> {
+    let len = match rd.read_u32().await {
+        Ok(n) => n as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !(17..=MAX_FRAME).contains(&len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("raft frame of {len} bytes"),
+        ));
+    }
+    let kind = rd.read_u8().await?;
+    let group = rd.read_u64().await?;
+    let id = rd.read_u64().await?;
+    // Read as the bytes arrive: a peer claiming a large frame must send it.
+    let mut payload = Vec::new();
+    (&mut *rd)
+        .take((len - 17) as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() != len - 17 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let kind = Kind::from_u8(kind).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("raft frame kind {kind}"))
+    })?;
+    Ok(Some(Frame {
+        kind,
+        group,
+        id,
+        payload,
+    }))
+}
+
+fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    // Encoding our own values into a Vec cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+fn from_bytes<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
+    postcard::from_bytes(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// The groups this node serves, by group key.
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    inner: Arc<RwLock<HashMap<u64, GroupRaft>>>,
+}
+
+impl Groups {
+    /// Serves `group` with `raft`.
+    pub fn add(&self, group: u64, raft: GroupRaft) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, raft);
+    }
+    /// Stops serving `group`.
+    pub fn remove(&self, group: u64) -> Option<GroupRaft> {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group)
+    }
+    /// The group's Raft.
+    pub fn get(&self, group: u64) -> Option<GroupRaft> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .cloned()
+    }
+}
+
+/// Answers peers' RPCs for this node's groups until the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    cluster: String,
+    me: NodeId,
+    groups: Groups,
+) -> std::io::Result<()> {
+    loop {
+        let (sock, peer) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let (cluster, groups) = (cluster.clone(), groups.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_conn(sock, &cluster, me, groups).await {
+                debug!(%peer, error = %e, "raft connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_conn(sock: TcpStream, cluster: &str, me: NodeId, groups: Groups) -> std::io::Result<()> {
+    let (mut rd, mut wr) = sock.into_split();
+    let hello = read_frame(&mut rd)
+        .await?
+        .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    let h: Hello = from_bytes(&hello.payload)?;
+    if hello.kind != Kind::Hello || h.cluster != cluster || h.node == me {
+        warn!(cluster = %h.cluster, node = h.node, "refused a raft peer (wrong cluster or node id)");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a peer of this cluster",
+        ));
+    }
+    let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(f) = rx.recv().await {
+            buf.clear();
+            encode_frame(&mut buf, &f);
+            while let Ok(f) = rx.try_recv() {
+                encode_frame(&mut buf, &f);
+                if buf.len() > 1 << 20 {
+                    break;
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let r = async {
+        while let Some(f) = read_frame(&mut rd).await? {
+            let (groups, tx) = (groups.clone(), tx.clone());
+            tokio::spawn(async move {
+                let (kind, payload) = match answer(&groups, &f).await {
+                    Ok(p) => (Kind::Reply, p),
+                    Err(e) => (Kind::Failed, to_bytes(&e)),
+                };
+                let _ = tx
+                    .send(Frame {
+                        kind,
+                        group: f.group,
+                        id: f.id,
+                        payload,
+                    })
+                    .await;
+            });
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let _ = writer.await;
+    r
+}
+
+/// Serves one request frame: the encoded response, or why not.
+async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
+    let raft = groups
+        .get(f.group)
+        .ok_or_else(|| format!("no group {:#x} on this node", f.group))?;
+    let e = |e: std::io::Error| e.to_string();
+    match f.kind {
+        Kind::Append => {
+            let rpc: AppendEntriesRequest<TypeConfig> = from_bytes(&f.payload).map_err(e)?;
+            raft.append_entries(rpc)
+                .await
+                .map(|r| to_bytes(&r))
+                .map_err(|e| e.to_string())
+        }
+        Kind::Vote => {
+            let rpc: VoteRequest<TypeConfig> = from_bytes(&f.payload).map_err(e)?;
+            raft.vote(rpc)
+                .await
+                .map(|r| to_bytes(&r))
+                .map_err(|e| e.to_string())
+        }
+        Kind::PreVote => {
+            let rpc: VoteRequest<TypeConfig> = from_bytes(&f.payload).map_err(e)?;
+            raft.pre_vote(rpc)
+                .await
+                .map(|r| to_bytes(&r))
+                .map_err(|e| e.to_string())
+        }
+        Kind::Snapshot => {
+            let w: WireSnapshot = from_bytes(&f.payload).map_err(e)?;
+            let snapshot = SnapshotOf::<TypeConfig, PartitionSnapshot> {
+                meta: w.meta,
+                snapshot: PartitionSnapshot {
+                    state: w.state,
+                    batches: SnapshotBatches::Carried(w.batches),
+                },
+            };
+            raft.install_full_snapshot(w.vote, snapshot)
+                .await
+                .map(|r| to_bytes(&r))
+                .map_err(|e| e.to_string())
+        }
+        Kind::Hello | Kind::Reply | Kind::Failed => Err(format!("unexpected {:?} frame", f.kind)),
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>>;
+
+/// The connection to one peer, dialled on first use and again after a loss.
+#[derive(Debug)]
+struct Peer {
+    addr: String,
+    conn: tokio::sync::Mutex<Option<mpsc::Sender<Frame>>>,
+    pending: Pending,
+}
+
+/// Every connection of this node to its peers.
+#[derive(Debug, Clone)]
+pub struct Network {
+    cluster: String,
+    me: NodeId,
+    peers: Arc<RwLock<HashMap<NodeId, Arc<Peer>>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Network {
+    /// The network of node `me` in `cluster`.
+    pub fn new(cluster: impl Into<String>, me: NodeId) -> Self {
+        Network {
+            cluster: cluster.into(),
+            me,
+            peers: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn peer(&self, id: NodeId, addr: &str) -> Arc<Peer> {
+        if let Some(p) = self
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .filter(|p| p.addr == addr)
+        {
+            return p.clone();
+        }
+        let p = Arc::new(Peer {
+            addr: addr.to_string(),
+            conn: tokio::sync::Mutex::new(None),
+            pending: Arc::default(),
+        });
+        self.peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, p.clone());
+        p
+    }
+
+    /// The factory for one group's clients.
+    pub fn factory(&self, group: u64) -> NetFactory {
+        NetFactory {
+            net: self.clone(),
+            group,
+        }
+    }
+
+    async fn call(
+        &self,
+        target: NodeId,
+        addr: &str,
+        kind: Kind,
+        group: u64,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let peer = self.peer(target, addr);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        peer.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let sent = async {
+            let conn = self.connection(&peer).await?;
+            conn.send(Frame {
+                kind,
+                group,
+                id,
+                payload,
+            })
+            .await
+            .map_err(|_| CallError::Unreachable("connection closed".into()))
+        };
+        let r = match tokio::time::timeout(ttl, async {
+            sent.await?;
+            match rx.await {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(CallError::Remote(e)),
+                Err(_) => Err(CallError::Unreachable("connection lost".into())),
+            }
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        };
+        peer.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        r
+    }
+
+    async fn connection(&self, peer: &Arc<Peer>) -> Result<mpsc::Sender<Frame>, CallError> {
+        let mut conn = peer.conn.lock().await;
+        if let Some(c) = conn.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let sock = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&peer.addr))
+            .await
+            .map_err(|_| CallError::Unreachable(format!("connecting to {} timed out", peer.addr)))?
+            .map_err(|e| CallError::Unreachable(format!("{}: {e}", peer.addr)))?;
+        let _ = sock.set_nodelay(true);
+        let (mut rd, mut wr) = sock.into_split();
+        let mut hello = Vec::new();
+        encode_frame(
+            &mut hello,
+            &Frame {
+                kind: Kind::Hello,
+                group: 0,
+                id: 0,
+                payload: to_bytes(&Hello {
+                    cluster: self.cluster.clone(),
+                    node: self.me,
+                }),
+            },
+        );
+        wr.write_all(&hello)
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some(f) = rx.recv().await {
+                buf.clear();
+                encode_frame(&mut buf, &f);
+                while let Ok(f) = rx.try_recv() {
+                    encode_frame(&mut buf, &f);
+                    if buf.len() > 1 << 20 {
+                        break;
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let pending = peer.pending.clone();
+        let closer = tx.clone();
+        let addr = peer.addr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(f)) = read_frame(&mut rd).await {
+                let reply = match f.kind {
+                    Kind::Reply => Ok(f.payload),
+                    Kind::Failed => Err(from_bytes::<String>(&f.payload).unwrap_or_else(|e| e.to_string())),
+                    _ => continue,
+                };
+                let waiter = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&f.id);
+                if let Some(w) = waiter {
+                    let _ = w.send(reply);
+                }
+            }
+            debug!(%addr, "raft connection to peer lost");
+            // Fail everything in flight on this connection; the next call redials.
+            drop(closer);
+            pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        *conn = Some(tx.clone());
+        info!(peer = %peer.addr, "raft connection up");
+        Ok(tx)
+    }
+}
+
+#[derive(Debug)]
+enum CallError {
+    Unreachable(String),
+    Timeout,
+    Remote(String),
+}
+
+impl CallError {
+    fn rpc(self, target: NodeId) -> RPCError<TypeConfig> {
+        match self {
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
+            CallError::Timeout => RPCError::Timeout(Timeout {
+                action: openraft::network::RPCTypes::AppendEntries,
+                id: 0,
+                target,
+                timeout: Duration::ZERO,
+            }),
+            CallError::Remote(m) => RPCError::Network(NetworkError::new(&std::io::Error::other(m))),
+        }
+    }
+}
+
+/// Makes clients from one group on this node to its peers.
+#[derive(Debug, Clone)]
+pub struct NetFactory {
+    net: Network,
+    group: u64,
+}
+
+/// A client from one group on this node to one peer.
+#[derive(Debug, Clone)]
+pub struct NetClient {
+    net: Network,
+    group: u64,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetFactory {
+    type Network = NetClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> NetClient {
+        NetClient {
+            net: self.net.clone(),
+            group: self.group,
+            target,
+            addr: node.raft.clone(),
+        }
+    }
+}
+
+impl NetClient {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        req: &Req,
+        o: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let bytes = self
+            .net
+            .call(
+                self.target,
+                &self.addr,
+                kind,
+                self.group,
+                to_bytes(req),
+                o.hard_ttl(),
+            )
+            .await
+            .map_err(|e| e.rpc(self.target))?;
+        from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for NetClient {
+    type SnapshotData = PartitionSnapshot;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        o: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(Kind::Append, &rpc, &o).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        o: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(Kind::Vote, &rpc, &o).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        o: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(Kind::PreVote, &rpc, &o).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, PartitionSnapshot>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        o: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let batches = snapshot
+            .snapshot
+            .batches
+            .load()
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let w = WireSnapshot {
+            vote,
+            meta: snapshot.meta,
+            state: snapshot.snapshot.state,
+            batches,
+        };
+        self.rpc(Kind::Snapshot, &w, &o).await.map_err(|e| match e {
+            RPCError::Timeout(t) => StreamingError::Timeout(t),
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+        })
+    }
+}
+
+/// Binds the Raft listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,280 @@
+//! The leader's side of a partition: produce requests in, one `Append` entry per Raft round
+//! trip out.
+//!
+//! One task per partition group takes the requests in arrival order, decides each against the
+//! leader's *tip* (the applied partition plus what this task proposed since), and proposes all
+//! that waited during the previous round trip as one entry (group commit per partition). It
+//! answers once the entry is committed and applied, with the offsets the tip gave.
+//!
+//! # Leader changes
+//! The tip is valid only while this node leads the term it was taken in. On becoming leader
+//! (and after any failed proposal) the task first waits until everything committed before its
+//! term is applied (`ensure_linearizable`), then takes the applied partition as the tip. A node
+//! that does not lead answers `NOT_LEADER_OR_FOLLOWER`; clients refresh metadata and retry.
+//! A proposal whose fate is unknown (the leader lost its term before the entry committed) is
+//! answered `NOT_LEADER_OR_FOLLOWER` too: an idempotent producer's retry is then recognised as
+//! a duplicate if the entry did commit, as in Kafka.
+//!
+//! Every answer follows from committed state: a duplicate is answered with its original offset
+//! only after that original is committed (the task has at most one proposal in flight, so what
+//! the tip holds is committed by the time the next requests are decided).
+
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ReadPolicy;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::machine::PartitionMachine;
+use super::{Command, GroupRaft, NodeId};
+use crate::errors::Code;
+use crate::sm::partition::{Partition, PartitionCommand};
+use crate::state::ProduceResult;
+
+/// Requests queued per partition before producers wait.
+const QUEUE: usize = 1024;
+/// Most record bytes proposed in one entry.
+const MAX_ENTRY_BYTES: usize = 16 << 20;
+
+/// Decides a maintenance command from the tip.
+type Decide = Box<dyn FnOnce(&Partition) -> Option<PartitionCommand> + Send>;
+
+/// What the sequencer is asked.
+enum Job {
+    Produce {
+        records: Vec<u8>,
+        reply: oneshot::Sender<ProduceResult>,
+    },
+    /// A maintenance command (retention, compaction) decided from the tip by `decide`.
+    Maintain {
+        decide: Decide,
+        reply: oneshot::Sender<Code>,
+    },
+}
+
+/// Handle to a partition's sequencer task.
+#[derive(Debug, Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Sequencer {
+    /// Starts the task of one partition group on node `me`.
+    pub fn start(me: NodeId, raft: GroupRaft, machine: PartitionMachine) -> Sequencer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(me, raft, machine, rx));
+        Sequencer { tx }
+    }
+
+    /// Appends a record set; answers once it is committed (or why not).
+    pub async fn produce(&self, records: Vec<u8>) -> ProduceResult {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job::Produce { records, reply }).await.is_err() {
+            return ProduceResult::failed(Code::NotLeaderOrFollower);
+        }
+        rx.await
+            .unwrap_or(ProduceResult::failed(Code::NotLeaderOrFollower))
+    }
+
+    /// Proposes what `decide` makes of the tip (nothing when it gives `None`).
+    pub async fn maintain(
+        &self,
+        decide: impl FnOnce(&Partition) -> Option<PartitionCommand> + Send + 'static,
+    ) -> Code {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Maintain {
+            decide: Box::new(decide),
+            reply,
+        };
+        if self.tx.send(job).await.is_err() {
+            return Code::NotLeaderOrFollower;
+        }
+        rx.await.unwrap_or(Code::NotLeaderOrFollower)
+    }
+}
+
+/// The tip and the term it belongs to.
+struct Tip {
+    term: u64,
+    partition: Partition,
+}
+
+fn leads(me: NodeId, raft: &GroupRaft) -> Option<u64> {
+    let m = raft.metrics().borrow_watched().clone();
+    (m.current_leader == Some(me) && m.state.is_leader()).then_some(m.current_term)
+}
+
+async fn run(me: NodeId, raft: GroupRaft, machine: PartitionMachine, mut rx: mpsc::Receiver<Job>) {
+    let mut tip: Option<Tip> = None;
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut bytes = 0;
+        while bytes < MAX_ENTRY_BYTES {
+            match rx.try_recv() {
+                Ok(j) => {
+                    if let Job::Produce { records, .. } = &j {
+                        bytes += records.len();
+                    }
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(term) = leads(me, &raft) else {
+            tip = None;
+            refuse(jobs, Code::NotLeaderOrFollower);
+            continue;
+        };
+        if tip.as_ref().is_none_or(|t| t.term != term) {
+            if let Err(e) = raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                debug!(error = %e, "not ready to lead");
+                refuse(jobs, Code::NotLeaderOrFollower);
+                continue;
+            }
+            tip = Some(Tip {
+                term,
+                partition: machine.partition().await,
+            });
+        }
+        let Some(t) = tip.as_mut() else {
+            continue;
+        };
+        let round = decide(&mut t.partition, jobs);
+        if round.commands.is_empty() {
+            round.answer(&t.partition, true);
+            continue;
+        }
+        let mut ok = true;
+        for cmd in &round.commands {
+            if let Err(e) = raft.client_write(Command::Partition(cmd.clone())).await {
+                debug!(error = %e, "proposal failed; answering NOT_LEADER_OR_FOLLOWER");
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            tip = None;
+            round.answer(&Partition::default(), false);
+            continue;
+        }
+        round.answer(&t.partition, true);
+    }
+}
+
+fn refuse(jobs: Vec<Job>, code: Code) {
+    for j in jobs {
+        match j {
+            Job::Produce { reply, .. } => {
+                let _ = reply.send(ProduceResult::failed(code));
+            }
+            Job::Maintain { reply, .. } => {
+                let _ = reply.send(code);
+            }
+        }
+    }
+}
+
+/// One round: the commands to propose, in order, and whom to answer what.
+struct Round {
+    commands: Vec<PartitionCommand>,
+    answers: Vec<Answer>,
+}
+
+enum Answer {
+    Produce(oneshot::Sender<ProduceResult>, Result<i64, Code>),
+    Maintain(oneshot::Sender<Code>, Code),
+}
+
+impl Round {
+    /// Answers everyone: what the round decided if its commands committed, otherwise
+    /// `NOT_LEADER_OR_FOLLOWER` for whatever depended on them.
+    fn answer(self, tip: &Partition, committed: bool) {
+        for a in self.answers {
+            match a {
+                Answer::Produce(tx, Ok(base)) => {
+                    let _ = tx.send(if committed {
+                        ProduceResult {
+                            code: Code::None,
+                            base_offset: base,
+                            log_start: tip.head.log_start,
+                        }
+                    } else {
+                        ProduceResult::failed(Code::NotLeaderOrFollower)
+                    });
+                }
+                Answer::Produce(tx, Err(code)) => {
+                    let _ = tx.send(ProduceResult::failed(code));
+                }
+                Answer::Maintain(tx, code) => {
+                    let _ = tx.send(if committed {
+                        code
+                    } else {
+                        Code::NotLeaderOrFollower
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Decides a round against the tip, moving the tip. Consecutive appends are merged into one
+/// command; a maintenance command ends the merge (it must see the appends before it).
+fn decide(tip: &mut Partition, jobs: Vec<Job>) -> Round {
+    let mut round = Round {
+        commands: Vec::new(),
+        answers: Vec::new(),
+    };
+    let mut merged: Vec<Vec<u8>> = Vec::new();
+    let flush = |merged: &mut Vec<Vec<u8>>, commands: &mut Vec<PartitionCommand>| {
+        if !merged.is_empty() {
+            commands.push(PartitionCommand::Append {
+                batches: std::mem::take(merged),
+            });
+        }
+    };
+    for j in jobs {
+        match j {
+            Job::Produce { records, reply } => match tip.prepare(&records) {
+                Err(code) => round.answers.push(Answer::Produce(reply, Err(code))),
+                Ok(p) => {
+                    if let Some(cmd) = p.command {
+                        if let Err(e) = tip.apply(&cmd) {
+                            warn!(error = %e, "a prepared append did not apply to the tip");
+                            round
+                                .answers
+                                .push(Answer::Produce(reply, Err(Code::KafkaStorageError)));
+                            continue;
+                        }
+                        if let PartitionCommand::Append { batches } = cmd {
+                            merged.extend(batches);
+                        }
+                    }
+                    round.answers.push(Answer::Produce(reply, Ok(p.base_offset)));
+                }
+            },
+            Job::Maintain { decide, reply } => {
+                flush(&mut merged, &mut round.commands);
+                let code = match decide(tip) {
+                    None => Code::None,
+                    Some(cmd) => match tip.apply(&cmd) {
+                        Ok(()) => {
+                            round.commands.push(cmd);
+                            Code::None
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "a maintenance command did not apply to the tip");
+                            Code::KafkaStorageError
+                        }
+                    },
+                };
+                round.answers.push(Answer::Maintain(reply, code));
+            }
+        }
+    }
+    flush(&mut merged, &mut round.commands);
+    round
+}
+
+/// The sequencers of the partitions this node hosts (shared with the Kafka handlers).
+pub type Sequencers = Arc<std::sync::RwLock<std::collections::HashMap<u64, Sequencer>>>;
