@@ -9,6 +9,7 @@
 //! - [`server`] — the TCP listener and per-connection loop (frames in, frames out).
 //! - [`protocol`] — request framing, header decode, version negotiation, response encode.
 //! - [`api`] — one module per Kafka API (ApiVersions, Metadata, Produce, Fetch, ...).
+//! - [`coordinator`] — the consumer-group coordinator: a sans-I/O state machine per group.
 //! - [`raft`] — replication: a Raft group per partition (openraft), one node-wide store.
 //! - [`sm`] — the state machines (partition, metadata, group offsets): deterministic, no I/O.
 //! - [`state`] — the single-node shell: one writer applies them to storage, group commit.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod errors;
 pub mod protocol;
 pub mod raft;

@@ -58,6 +58,8 @@ pub struct Request {
     pub header: RequestHeader,
     /// Body.
     pub body: RequestKind,
+    /// The peer's address (set by the connection; DescribeGroups shows it per member).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// What to do with a frame.
@@ -138,6 +140,7 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
         version,
         header,
         body,
+        peer: None,
     })))
 }
 

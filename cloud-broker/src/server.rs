@@ -74,7 +74,8 @@ async fn connection(broker: Arc<Broker>, sock: TcpStream) -> anyhow::Result<()> 
                 Ok(Decoded::Immediate(bytes)) => {
                     let _ = done_tx.send(Some(bytes));
                 }
-                Ok(Decoded::Request(req)) => {
+                Ok(Decoded::Request(mut req)) => {
+                    req.peer = peer.map(|p| p.ip());
                     let b = broker.clone();
                     let (key, version, corr) = (req.api_key, req.version, req.header.correlation_id);
                     // Produce requests reach the writer here, in arrival order.

@@ -1,22 +1,19 @@
 //! Consumer groups, classic protocol: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 //! LeaveGroup, OffsetCommit, OffsetFetch. This node coordinates every group.
 //!
-//! # Group states
-//! `Empty` → (first join, after a short initial delay) → `PreparingRebalance` → (every known
-//! member rejoined, or the rebalance timeout expired: stragglers are removed) →
-//! `CompletingRebalance` (generation + 1, leader chosen, joiners answered; the leader gets the
-//! member list) → (the leader's SyncGroup carries the assignments) → `Stable`. A member joining
-//! or leaving, or missing its session timeout, sends the group back to `PreparingRebalance`;
-//! members learn it from `REBALANCE_IN_PROGRESS` on their next heartbeat and rejoin.
-//!
-//! Membership lives in memory (clients rejoin after a broker restart, as they do after a
-//! coordinator move); committed offsets are durable (written through the log writer).
+//! The rules are in [`crate::coordinator`] (a sans-I/O state machine, with the state × request
+//! table); this is its thin async shell. It owns what the core must not: the clock
+//! (`Instant::now()` per request, [`Coordinator::tick`] from the broker's 100 ms ticker), new
+//! member ids (client id, `-`, a random UUID, as Kafka makes them), and the waiting: a
+//! JoinGroup or SyncGroup the core parks is a oneshot receiver under a token, completed when a
+//! later event's replies name that token. Committed offsets are durable, written through the
+//! log writer; membership lives in memory (clients rejoin after a broker restart, as they do
+//! after a coordinator move).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use bytes::Bytes;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -30,228 +27,102 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 
 use super::Broker;
+use crate::coordinator::{
+    self, JoinRequest, JoinResponse, Limits, Reply, Response, SyncRequest, SyncResponse, Token,
+};
 use crate::errors::Code;
 use crate::state::Request;
 
-/// How long an empty group waits for more members before its first rebalance completes.
-pub const INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Empty,
-    PreparingRebalance,
-    CompletingRebalance,
-    Stable,
+/// Who sent a request: the header's client id and the peer's address, kept per member for
+/// DescribeGroups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Client {
+    /// `client_id` from the request header (`""` if none).
+    pub id: String,
+    /// The peer's address as Kafka shows it (`/127.0.0.1`), `""` if unknown.
+    pub host: String,
 }
 
-/// What a joiner gets when the rebalance completes.
-#[derive(Debug, Clone)]
-struct JoinResult {
-    code: Code,
-    generation: i32,
-    protocol: String,
-    leader: String,
-    member_id: String,
-    members: Vec<(String, Bytes)>,
+#[derive(Debug, Default)]
+struct Inner {
+    core: coordinator::Coordinator,
+    waiting: HashMap<Token, oneshot::Sender<Response>>,
+    next: Token,
 }
 
-#[derive(Debug)]
-struct Member {
-    session_timeout: Duration,
-    rebalance_timeout: Duration,
-    protocols: Vec<(String, Bytes)>,
-    last_heartbeat: Instant,
-    joined: Option<oneshot::Sender<JoinResult>>,
-    syncing: Option<oneshot::Sender<(Code, Bytes)>>,
-}
-
-#[derive(Debug)]
-struct Group {
-    state: State,
-    generation: i32,
-    protocol_type: String,
-    protocol: String,
-    leader: String,
-    members: BTreeMap<String, Member>,
-    /// When the current rebalance gives up on members that did not rejoin.
-    deadline: Instant,
-    /// A fresh group waits until then for more members even if all known ones joined.
-    not_before: Instant,
-    assignments: HashMap<String, Bytes>,
-}
-
-impl Group {
-    fn new() -> Self {
-        Group {
-            state: State::Empty,
-            generation: 0,
-            protocol_type: String::new(),
-            protocol: String::new(),
-            leader: String::new(),
-            members: BTreeMap::new(),
-            deadline: Instant::now(),
-            not_before: Instant::now(),
-            assignments: HashMap::new(),
-        }
-    }
-
-    fn prepare_rebalance(&mut self, now: Instant, delay: Duration) {
-        if self.state != State::PreparingRebalance {
-            let timeout = self
-                .members
-                .values()
-                .map(|m| m.rebalance_timeout)
-                .max()
-                .unwrap_or(Duration::from_secs(30));
-            self.not_before = now + delay;
-            self.deadline = now + timeout.max(delay);
-            self.state = State::PreparingRebalance;
-            // Anyone waiting on a sync from the old generation rejoins.
-            for m in self.members.values_mut() {
-                if let Some(tx) = m.syncing.take() {
-                    let _ = tx.send((Code::RebalanceInProgress, Bytes::new()));
-                }
+impl Inner {
+    fn deliver(&mut self, replies: Vec<Reply>) {
+        for r in replies {
+            if let Some(tx) = self.waiting.remove(&r.token) {
+                let _ = tx.send(r.response);
             }
         }
     }
 
-    /// Completes the rebalance once every member rejoined (and a fresh group's initial delay
-    /// passed), or when the rebalance timeout expires (members that did not rejoin are dropped).
-    fn maybe_complete(&mut self, now: Instant) {
-        if self.state != State::PreparingRebalance {
-            return;
-        }
-        let all_joined = !self.members.is_empty() && self.members.values().all(|m| m.joined.is_some());
-        if !((all_joined && now >= self.not_before) || now >= self.deadline) {
-            return;
-        }
-        self.members.retain(|_, m| m.joined.is_some());
-        if self.members.is_empty() {
-            self.state = State::Empty;
-            self.generation += 1;
-            return;
-        }
-        self.generation += 1;
-        // The first protocol (in the first member's preference order) that every member offers.
-        let first = self
-            .members
-            .values()
-            .next()
-            .map(|m| m.protocols.clone())
-            .unwrap_or_default();
-        self.protocol = first
-            .iter()
-            .map(|(n, _)| n.clone())
-            .find(|n| {
-                self.members
-                    .values()
-                    .all(|m| m.protocols.iter().any(|(p, _)| p == n))
-            })
-            .unwrap_or_default();
-        if !self.members.contains_key(&self.leader) {
-            self.leader = self.members.keys().next().cloned().unwrap_or_default();
-        }
-        let metas: Vec<(String, Bytes)> = self
-            .members
-            .iter()
-            .map(|(id, m)| {
-                (
-                    id.clone(),
-                    m.protocols
-                        .iter()
-                        .find(|(p, _)| *p == self.protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        self.state = State::CompletingRebalance;
-        self.assignments.clear();
-        for (id, m) in self.members.iter_mut() {
-            m.last_heartbeat = now;
-            if let Some(tx) = m.joined.take() {
-                let _ = tx.send(JoinResult {
-                    code: Code::None,
-                    generation: self.generation,
-                    protocol: self.protocol.clone(),
-                    leader: self.leader.clone(),
-                    member_id: id.clone(),
-                    members: if *id == self.leader {
-                        metas.clone()
-                    } else {
-                        Vec::new()
-                    },
-                });
-            }
-        }
+    /// A token for a request that may be parked, and the receiver of its answer.
+    fn park(&mut self) -> (Token, oneshot::Receiver<Response>) {
+        self.next += 1;
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(self.next, tx);
+        (self.next, rx)
     }
 }
 
-/// The coordinator of every group on this node.
+/// The coordinator of every group on this node: the core behind a lock, and the waiters.
 #[derive(Debug, Default)]
 pub struct Coordinator {
-    groups: Mutex<HashMap<String, Group>>,
+    inner: Mutex<Inner>,
 }
 
 impl Coordinator {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
-        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    /// A coordinator with these limits.
+    pub fn new(limits: Limits) -> Self {
+        Coordinator {
+            inner: Mutex::new(Inner {
+                core: coordinator::Coordinator::new(limits),
+                ..Inner::default()
+            }),
+        }
     }
 
-    /// Completes due rebalances and expires members whose session timed out. Call every ~100 ms.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the group timers due at `now` and answers whoever they complete. Call every
+    /// ~100 ms.
     pub fn tick(&self, now: Instant) {
-        let mut groups = self.lock();
-        for g in groups.values_mut() {
-            let expired: Vec<String> = g
-                .members
-                .iter()
-                .filter(|(_, m)| {
-                    m.joined.is_none() && now.duration_since(m.last_heartbeat) > m.session_timeout
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            // Also mid-rebalance (Kafka does the same): a member that died without LeaveGroup
-            // is dropped after its session timeout, not after the rebalance timeout (the
-            // client's max.poll.interval.ms, 5 minutes by default) that the others wait for.
-            if !expired.is_empty() {
-                for id in &expired {
-                    g.members.remove(id);
-                }
-                if g.members.is_empty() {
-                    g.state = State::Empty;
-                } else {
-                    g.prepare_rebalance(now, Duration::ZERO);
-                }
-            }
-            g.maybe_complete(now);
-        }
+        let mut inner = self.lock();
+        let replies = inner.core.tick(now);
+        inner.deliver(replies);
     }
 
-    /// Whether `member` may commit for `generation` in `group` (standalone commits with
-    /// generation -1 are always allowed).
-    fn check_commit(&self, group: &str, member: &str, generation: i32) -> Code {
-        if generation < 0 && member.is_empty() {
-            return Code::None;
-        }
-        let groups = self.lock();
-        let Some(g) = groups.get(group) else {
-            return Code::UnknownMemberId;
+    /// Feeds a request that may be parked to the core; resolves to its answer.
+    async fn parked(
+        &self,
+        f: impl FnOnce(&mut coordinator::Coordinator, Token) -> Vec<Reply>,
+    ) -> Option<Response> {
+        let rx = {
+            let mut inner = self.lock();
+            let (token, rx) = inner.park();
+            let replies = f(&mut inner.core, token);
+            inner.deliver(replies);
+            rx
         };
-        if !g.members.contains_key(member) {
-            return Code::UnknownMemberId;
-        }
-        if generation != g.generation {
-            return Code::IllegalGeneration;
-        }
-        if g.state == State::PreparingRebalance || g.state == State::CompletingRebalance {
-            return Code::RebalanceInProgress;
-        }
-        Code::None
+        rx.await.ok()
     }
 }
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
+}
+
+/// A member id as Kafka makes them: the client id, `-`, a random (v4) UUID.
+fn new_member_id(client_id: &str) -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());
+    b[8..].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());
+    format!("{client_id}-{}", uuid::Builder::from_random_bytes(b).into_uuid())
 }
 
 /// FindCoordinator: always this node (v4+: for each key asked, in a list).
@@ -283,228 +154,171 @@ pub fn find_coordinator(b: &Arc<Broker>, r: FindCoordinatorRequest, version: i16
     r
 }
 
-/// JoinGroup: waits until the rebalance completes.
-pub async fn join(b: &Arc<Broker>, r: JoinGroupRequest, version: i16) -> JoinGroupResponse {
-    let fail = |code: Code, member: &str| {
-        JoinGroupResponse::default()
-            .with_error_code(code.code())
-            .with_generation_id(-1)
-            .with_member_id(s(member))
-            .with_protocol_name(Some(StrBytes::default()))
+/// The JoinGroup response for `version` (v0–6 have no null protocol name; group instance ids
+/// from v5).
+fn join_response(j: JoinResponse, version: i16) -> JoinGroupResponse {
+    let members = j
+        .members
+        .into_iter()
+        .map(|m| {
+            JoinGroupResponseMember::default()
+                .with_member_id(s(&m.member_id))
+                .with_group_instance_id(m.group_instance_id.filter(|_| version >= 5).map(|i| s(&i)))
+                .with_metadata(m.metadata)
+        })
+        .collect();
+    let protocol_name = match j.protocol_name {
+        Some(p) => Some(s(&p)),
+        None if version >= 7 => None,
+        None => Some(StrBytes::default()),
     };
-    let group = r.group_id.0.to_string();
-    if group.is_empty() {
-        return fail(Code::InvalidGroupId, "");
-    }
-    let protocol_type = r.protocol_type.clone();
-    if !(1_000..=300_000).contains(&r.session_timeout_ms) {
-        return fail(Code::InvalidSessionTimeout, &r.member_id);
-    }
-    let rebalance_ms = if version >= 1 {
-        r.rebalance_timeout_ms
-    } else {
-        r.session_timeout_ms
-    };
-    let (tx, rx) = oneshot::channel();
-    let member_id;
-    {
-        let mut groups = b.groups.lock();
-        let g = groups.entry(group.clone()).or_insert_with(Group::new);
-        if !g.members.is_empty() && g.protocol_type != r.protocol_type.as_str() {
-            return fail(Code::InconsistentGroupProtocol, &r.member_id);
-        }
-        member_id = if r.member_id.is_empty() {
-            format!("member-{:016x}", foundation::ids::random_u64())
-        } else if g.members.contains_key(r.member_id.as_str()) {
-            r.member_id.to_string()
+    JoinGroupResponse::default()
+        .with_error_code(j.code.code())
+        .with_generation_id(j.generation)
+        .with_protocol_type(j.protocol_type.filter(|_| version >= 7).map(|p| s(&p)))
+        .with_protocol_name(protocol_name)
+        .with_leader(s(&j.leader))
+        .with_member_id(s(&j.member_id))
+        .with_members(members)
+}
+
+/// JoinGroup: answered at once or when the rebalance completes.
+pub async fn join(b: &Arc<Broker>, r: JoinGroupRequest, version: i16, client: &Client) -> JoinGroupResponse {
+    let member_id = r.member_id.to_string();
+    let req = |token| JoinRequest {
+        token,
+        group: r.group_id.to_string(),
+        member_id: member_id.clone(),
+        new_member_id: new_member_id(&client.id),
+        group_instance_id: r.group_instance_id.as_ref().map(|i| i.to_string()),
+        require_known_member_id: version >= 4,
+        client_id: client.id.clone(),
+        client_host: client.host.clone(),
+        session_timeout_ms: r.session_timeout_ms,
+        rebalance_timeout_ms: if version >= 1 {
+            r.rebalance_timeout_ms
         } else {
-            return fail(Code::UnknownMemberId, &r.member_id);
-        };
-        g.protocol_type = r.protocol_type.to_string();
-        let now = Instant::now();
-        let protocols = r
+            r.session_timeout_ms
+        },
+        protocol_type: r.protocol_type.to_string(),
+        protocols: r
             .protocols
             .iter()
             .map(|p| (p.name.to_string(), p.metadata.clone()))
-            .collect();
-        let m = g.members.entry(member_id.clone()).or_insert_with(|| Member {
-            session_timeout: Duration::ZERO,
-            rebalance_timeout: Duration::ZERO,
-            protocols: Vec::new(),
-            last_heartbeat: now,
-            joined: None,
-            syncing: None,
-        });
-        m.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
-        m.rebalance_timeout = Duration::from_millis(rebalance_ms.max(0) as u64);
-        m.protocols = protocols;
-        m.last_heartbeat = now;
-        m.joined = Some(tx);
-        let delay = if g.state == State::Empty {
-            INITIAL_REBALANCE_DELAY
-        } else {
-            Duration::ZERO
-        };
-        g.prepare_rebalance(now, delay);
-        g.maybe_complete(now);
-    }
-    match rx.await {
-        Ok(j) => JoinGroupResponse::default()
-            .with_error_code(j.code.code())
-            .with_generation_id(j.generation)
-            .with_protocol_type(Some(protocol_type))
-            .with_protocol_name(Some(s(&j.protocol)))
-            .with_leader(s(&j.leader))
-            .with_member_id(s(&j.member_id))
-            .with_members(
-                j.members
-                    .into_iter()
-                    .map(|(id, meta)| {
-                        JoinGroupResponseMember::default()
-                            .with_member_id(s(&id))
-                            .with_metadata(meta)
-                    })
-                    .collect(),
-            ),
-        Err(_) => fail(Code::RebalanceInProgress, &member_id),
-    }
+            .collect(),
+    };
+    let answer = b
+        .groups
+        .parked(|core, token| core.join(Instant::now(), req(token)))
+        .await;
+    let j = match answer {
+        Some(Response::Join(j)) => j,
+        _ => JoinResponse::error(&member_id, Code::CoordinatorNotAvailable),
+    };
+    join_response(j, version)
+}
+
+fn sync_response(r: SyncResponse) -> SyncGroupResponse {
+    SyncGroupResponse::default()
+        .with_error_code(r.code.code())
+        .with_protocol_type(r.protocol_type.map(|p| s(&p)))
+        .with_protocol_name(r.protocol_name.map(|p| s(&p)))
+        .with_assignment(r.assignment)
 }
 
 /// SyncGroup: the leader brings the assignments; everyone gets theirs (v5+: with the group's
 /// protocol type and name, which clients check).
 pub async fn sync(b: &Arc<Broker>, r: SyncGroupRequest) -> SyncGroupResponse {
-    let fail = |c: Code| SyncGroupResponse::default().with_error_code(c.code());
-    let (tx, rx) = oneshot::channel();
-    let ok;
-    {
-        let mut groups = b.groups.lock();
-        let Some(g) = groups.get_mut(r.group_id.as_str()) else {
-            return fail(Code::UnknownMemberId);
-        };
-        let member = r.member_id.to_string();
-        if !g.members.contains_key(&member) {
-            return fail(Code::UnknownMemberId);
-        }
-        if r.generation_id != g.generation {
-            return fail(Code::IllegalGeneration);
-        }
-        let (protocol_type, protocol) = (s(&g.protocol_type), s(&g.protocol));
-        ok = move |code: Code, a: Bytes| {
-            SyncGroupResponse::default()
-                .with_error_code(code.code())
-                .with_protocol_type(Some(protocol_type))
-                .with_protocol_name(Some(protocol))
-                .with_assignment(a)
-        };
-        match g.state {
-            State::PreparingRebalance | State::Empty => return fail(Code::RebalanceInProgress),
-            State::Stable => {
-                let a = g.assignments.get(&member).cloned().unwrap_or_default();
-                return ok(Code::None, a);
-            }
-            State::CompletingRebalance => {}
-        }
-        if member == g.leader {
-            for a in &r.assignments {
-                g.assignments
-                    .insert(a.member_id.to_string(), a.assignment.clone());
-            }
-            g.state = State::Stable;
-            let now = Instant::now();
-            for (id, m) in g.members.iter_mut() {
-                m.last_heartbeat = now;
-                if let Some(w) = m.syncing.take() {
-                    let _ = w.send((Code::None, g.assignments.get(id).cloned().unwrap_or_default()));
-                }
-            }
-            let a = g.assignments.get(&member).cloned().unwrap_or_default();
-            return ok(Code::None, a);
-        }
-        if let Some(m) = g.members.get_mut(&member) {
-            m.syncing = Some(tx);
-        }
-    }
-    match rx.await {
-        Ok((code, a)) => ok(code, a),
-        Err(_) => fail(Code::RebalanceInProgress),
+    let req = |token| SyncRequest {
+        token,
+        group: r.group_id.to_string(),
+        member_id: r.member_id.to_string(),
+        generation: r.generation_id,
+        protocol_type: r.protocol_type.as_ref().map(|p| p.to_string()),
+        protocol_name: r.protocol_name.as_ref().map(|p| p.to_string()),
+        assignments: r
+            .assignments
+            .iter()
+            .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+            .collect(),
+    };
+    let answer = b
+        .groups
+        .parked(|core, token| core.sync(Instant::now(), req(token)))
+        .await;
+    match answer {
+        Some(Response::Sync(r)) => sync_response(r),
+        _ => sync_response(SyncResponse::error(Code::CoordinatorNotAvailable)),
     }
 }
 
 /// Heartbeat: keeps the session; tells members to rejoin during a rebalance.
 pub fn heartbeat(b: &Arc<Broker>, r: HeartbeatRequest) -> HeartbeatResponse {
-    let mut groups = b.groups.lock();
-    let code = match groups.get_mut(r.group_id.as_str()) {
-        None => Code::UnknownMemberId,
-        Some(g) => match g.members.get_mut(r.member_id.as_str()) {
-            None => Code::UnknownMemberId,
-            Some(m) => {
-                m.last_heartbeat = Instant::now();
-                if r.generation_id != g.generation {
-                    Code::IllegalGeneration
-                } else if g.state == State::PreparingRebalance {
-                    Code::RebalanceInProgress
-                } else {
-                    Code::None
-                }
-            }
-        },
-    };
+    let code = b.groups.lock().core.heartbeat(
+        Instant::now(),
+        r.group_id.as_str(),
+        r.member_id.as_str(),
+        r.generation_id,
+    );
     HeartbeatResponse::default().with_error_code(code.code())
 }
 
-/// LeaveGroup: one member (v0–2) or a list of them (v3+, each with its own result).
-pub fn leave(b: &Arc<Broker>, r: LeaveGroupRequest) -> LeaveGroupResponse {
-    let batch = !r.members.is_empty();
-    let ids: Vec<StrBytes> = if batch {
-        r.members.iter().map(|m| m.member_id.clone()).collect()
-    } else {
-        vec![r.member_id.clone()]
-    };
-    let mut groups = b.groups.lock();
-    let codes: Vec<Code> = match groups.get_mut(r.group_id.as_str()) {
-        None => vec![Code::UnknownMemberId; ids.len()],
-        Some(g) => {
-            let codes: Vec<Code> = ids
-                .iter()
-                .map(|id| match g.members.remove(id.as_str()) {
-                    Some(_) => Code::None,
-                    None => Code::UnknownMemberId,
+/// The LeaveGroup response: v0–2 carry one member's code at the top, v3+ one per member.
+fn leave_response(
+    result: Result<Vec<Code>, Code>,
+    members: Vec<leave_group_request::MemberIdentity>,
+    version: i16,
+) -> LeaveGroupResponse {
+    match (result, version >= 3) {
+        (Err(code), _) => LeaveGroupResponse::default().with_error_code(code.code()),
+        (Ok(codes), false) => {
+            let code = codes.first().copied().unwrap_or(Code::None);
+            LeaveGroupResponse::default().with_error_code(code.code())
+        }
+        (Ok(codes), true) => {
+            let members = members
+                .into_iter()
+                .zip(codes)
+                .map(|(m, c)| {
+                    leave_group_response::MemberResponse::default()
+                        .with_member_id(m.member_id)
+                        .with_group_instance_id(m.group_instance_id)
+                        .with_error_code(c.code())
                 })
                 .collect();
-            if codes.contains(&Code::None) {
-                if g.members.is_empty() {
-                    g.state = State::Empty;
-                } else {
-                    g.prepare_rebalance(Instant::now(), Duration::ZERO);
-                    g.maybe_complete(Instant::now());
-                }
-            }
-            codes
+            LeaveGroupResponse::default().with_members(members)
         }
-    };
-    if !batch {
-        return LeaveGroupResponse::default().with_error_code(codes[0].code());
     }
-    let members = r
-        .members
-        .into_iter()
-        .zip(codes)
-        .map(|(m, c)| {
-            leave_group_response::MemberResponse::default()
-                .with_member_id(m.member_id)
-                .with_group_instance_id(m.group_instance_id)
-                .with_error_code(c.code())
+}
+
+/// LeaveGroup: one member (v0–2) or a list of them (v3+, each with its own result).
+pub fn leave(b: &Arc<Broker>, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let members = if version >= 3 {
+        r.members
+    } else {
+        vec![leave_group_request::MemberIdentity::default().with_member_id(r.member_id.clone())]
+    };
+    let ids: Vec<String> = members.iter().map(|m| m.member_id.to_string()).collect();
+    let result = {
+        let mut inner = b.groups.lock();
+        let result = inner.core.leave(Instant::now(), r.group_id.as_str(), &ids);
+        result.map(|(codes, replies)| {
+            inner.deliver(replies);
+            codes
         })
-        .collect();
-    LeaveGroupResponse::default().with_members(members)
+    };
+    leave_response(result, members, version)
 }
 
 /// OffsetCommit: checks the member and generation, then commits durably.
 pub async fn offset_commit(b: &Arc<Broker>, r: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = r.group_id.to_string();
-    let check = b
-        .groups
-        .check_commit(&group, r.member_id.as_str(), r.generation_id_or_member_epoch);
+    let check = b.groups.lock().core.commit(
+        Instant::now(),
+        &group,
+        r.member_id.as_str(),
+        r.generation_id_or_member_epoch,
+    );
     let mut entries = Vec::new();
     for t in &r.topics {
         for p in &t.partitions {
@@ -590,7 +404,7 @@ fn fetch_offsets(b: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>
         .collect()
 }
 
-/// OffsetFetch (v2–7 one group; v8 a list of groups).
+/// OffsetFetch (v2–7 one group; v8 a list of groups): offsets in every group state.
 pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     if version >= 8 {
         let groups = r
@@ -654,45 +468,130 @@ pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> Off
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coordinator::JoinMember;
+    use crate::protocol::supported;
+    use bytes::Bytes;
+    use kafka_protocol::messages::ApiKey;
+    use kafka_protocol::protocol::{Decodable, Encodable};
 
-    fn member(now: Instant, joined: Option<oneshot::Sender<JoinResult>>) -> Member {
-        Member {
-            session_timeout: Duration::from_secs(6),
-            rebalance_timeout: Duration::from_secs(60),
-            protocols: vec![("range".into(), Bytes::new())],
-            last_heartbeat: now,
-            joined,
-            syncing: None,
+    fn versions(k: ApiKey) -> std::ops::RangeInclusive<i16> {
+        let (lo, hi) = supported(k).expect("advertised");
+        lo..=hi
+    }
+
+    fn round_trip<T: Encodable + Decodable>(what: &str, v: i16, m: &T) -> T {
+        let mut buf = bytes::BytesMut::new();
+        m.encode(&mut buf, v)
+            .unwrap_or_else(|e| panic!("{what} v{v} does not encode: {e}"));
+        T::decode(&mut buf.freeze(), v).unwrap_or_else(|e| panic!("{what} v{v} does not decode: {e}"))
+    }
+
+    #[test]
+    fn every_group_response_encodes_at_every_advertised_version() {
+        for v in versions(ApiKey::JoinGroup) {
+            let ok = JoinResponse {
+                code: Code::None,
+                generation: 3,
+                protocol_type: Some("consumer".into()),
+                protocol_name: Some("range".into()),
+                leader: "a".into(),
+                member_id: "a".into(),
+                members: vec![JoinMember {
+                    member_id: "a".into(),
+                    group_instance_id: Some("i".into()),
+                    metadata: Bytes::from_static(b"m"),
+                }],
+            };
+            let got = round_trip("JoinGroup", v, &join_response(ok, v));
+            assert_eq!((got.generation_id, got.members.len()), (3, 1));
+            assert_eq!(got.protocol_name.as_deref(), Some("range"));
+            let err = JoinResponse::error("new-id", Code::MemberIdRequired);
+            let got = round_trip("JoinGroup error", v, &join_response(err, v));
+            assert_eq!((got.error_code, got.member_id.as_str()), (79, "new-id"));
+        }
+        for v in versions(ApiKey::SyncGroup) {
+            let ok = SyncResponse {
+                code: Code::None,
+                protocol_type: Some("consumer".into()),
+                protocol_name: Some("range".into()),
+                assignment: Bytes::from_static(b"a"),
+            };
+            assert_eq!(
+                round_trip("SyncGroup", v, &sync_response(ok)).assignment.as_ref(),
+                b"a"
+            );
+            round_trip(
+                "SyncGroup error",
+                v,
+                &sync_response(SyncResponse::error(Code::RebalanceInProgress)),
+            );
+        }
+        for v in versions(ApiKey::LeaveGroup) {
+            let members = vec![
+                leave_group_request::MemberIdentity::default().with_member_id(s("a")),
+                leave_group_request::MemberIdentity::default().with_member_id(s("b")),
+            ];
+            let r = leave_response(Ok(vec![Code::None, Code::UnknownMemberId]), members, v);
+            let got = round_trip("LeaveGroup", v, &r);
+            if v >= 3 {
+                assert_eq!(got.members.len(), 2);
+            }
+            round_trip(
+                "LeaveGroup error",
+                v,
+                &leave_response(Err(Code::InvalidGroupId), vec![], v),
+            );
         }
     }
 
-    /// Regression: a member killed without LeaveGroup while a rebalance was starting held the
-    /// group until the rebalance timeout (kafka-python and librdkafka: 5 minutes), because
-    /// session expiry was skipped in `PreparingRebalance`.
     #[test]
-    fn a_member_dead_mid_rebalance_is_dropped_at_its_session_timeout() {
+    fn member_ids_are_the_client_id_and_a_uuid() {
+        let id = new_member_id("rdkafka");
+        let (client, uuid) = id.split_at("rdkafka-".len());
+        assert_eq!(client, "rdkafka-");
+        let u = uuid::Uuid::parse_str(uuid).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert_ne!(new_member_id("rdkafka"), id);
+    }
+
+    #[test]
+    fn parked_requests_are_answered_by_later_events_and_the_ticker() {
         let c = Coordinator::default();
-        let t0 = Instant::now();
-        let (tx, mut rx) = oneshot::channel();
-        {
-            let mut groups = c.lock();
-            let g = groups.entry("g".into()).or_insert_with(Group::new);
-            g.state = State::Stable;
-            g.generation = 1;
-            g.members.insert("dead".into(), member(t0, None));
-            g.members.insert("live".into(), member(t0, Some(tx))); // rejoined, awaiting the result
-            g.prepare_rebalance(t0, Duration::ZERO);
+        let join = |c: &Coordinator, id: &str| {
+            let mut inner = c.lock();
+            let (token, rx) = inner.park();
+            let replies = inner.core.join(
+                Instant::now(),
+                JoinRequest {
+                    token,
+                    group: "g".into(),
+                    member_id: String::new(),
+                    new_member_id: id.into(),
+                    group_instance_id: None,
+                    require_known_member_id: false,
+                    client_id: "c".into(),
+                    client_host: String::new(),
+                    session_timeout_ms: 10_000,
+                    rebalance_timeout_ms: 10_000,
+                    protocol_type: "consumer".into(),
+                    protocols: vec![("range".into(), Bytes::new())],
+                },
+            );
+            inner.deliver(replies);
+            rx
+        };
+        let mut a = join(&c, "a");
+        let mut b = join(&c, "b");
+        assert!(a.try_recv().is_err(), "answered before the initial delay");
+        let later = Instant::now() + std::time::Duration::from_secs(5);
+        c.tick(later);
+        c.tick(later + std::time::Duration::from_secs(1));
+        for rx in [&mut a, &mut b] {
+            match rx.try_recv() {
+                Ok(Response::Join(j)) => assert_eq!((j.code, j.generation), (Code::None, 1)),
+                r => panic!("{r:?}"),
+            }
         }
-        c.tick(t0 + Duration::from_secs(5));
-        assert!(
-            rx.try_recv().is_err(),
-            "completed before the dead member's session ran out"
-        );
-        c.tick(t0 + Duration::from_secs(7));
-        let j = rx.try_recv().expect("rebalance completed at the session timeout");
-        assert_eq!((j.generation, j.leader.as_str(), j.members.len()), (2, "live", 1));
-        let groups = c.lock();
-        assert_eq!(groups["g"].members.keys().collect::<Vec<_>>(), ["live"]);
-        assert_eq!(groups["g"].state, State::CompletingRebalance);
+        assert!(c.lock().waiting.is_empty(), "a waiter was left behind");
     }
 }

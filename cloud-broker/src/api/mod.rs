@@ -97,6 +97,10 @@ impl Started {
 /// Serves one request. `Ok(None)`: no response (produce with acks=0).
 pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<ResponseKind>> {
     let v = req.version;
+    let client = groups::Client {
+        id: req.header.client_id.as_deref().unwrap_or_default().to_string(),
+        host: req.peer.map(|ip| format!("/{ip}")).unwrap_or_default(),
+    };
     Ok(Some(match req.body {
         RequestKind::ApiVersions(_) => {
             ResponseKind::ApiVersions(crate::protocol::api_versions(crate::errors::Code::None))
@@ -113,10 +117,10 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(admin::init_producer_id(b, r).await),
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(admin::describe_configs(b, r)),
         RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v)),
-        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join(b, r, v).await),
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join(b, r, v, &client).await),
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(b, r).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(b, r)),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(b, r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(b, r, v)),
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups::offset_commit(b, r).await),
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(b, r, v)),
         other => anyhow::bail!("no handler for {other:?}"),
