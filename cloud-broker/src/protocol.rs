@@ -23,6 +23,7 @@ pub const MAX_FRAME: usize = 100 * 1024 * 1024;
 /// current clients. Capping Produce and Fetch at 9 / 12 keeps topic ids out of the data path.
 /// The rest reach Kafka 3.0's maximums: ListOffsets v7 makes kafka-python take us for 3.0, and
 /// a kafka-python with `api_version` pinned at or below that uses 3.0's versions unasked.
+/// ListGroups goes to v5 (its types filter), which kafka-python 3 and librdkafka 2.6+ send.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
@@ -40,6 +41,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 /// The served version range of an API.
@@ -196,6 +200,9 @@ mod tests {
                 ApiKey::DeleteTopics => check::<DeleteTopicsRequest>(lo, hi, "delete topics"),
                 ApiKey::InitProducerId => check::<InitProducerIdRequest>(lo, hi, "init producer id"),
                 ApiKey::DescribeConfigs => check::<DescribeConfigsRequest>(lo, hi, "describe configs"),
+                ApiKey::ListGroups => check::<ListGroupsRequest>(lo, hi, "list groups"),
+                ApiKey::DescribeGroups => check::<DescribeGroupsRequest>(lo, hi, "describe groups"),
+                ApiKey::DeleteGroups => check::<DeleteGroupsRequest>(lo, hi, "delete groups"),
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -138,6 +138,13 @@ pub enum Request {
         /// Per entry result.
         reply: oneshot::Sender<Vec<Code>>,
     },
+    /// Delete a consumer group's committed offsets.
+    DeleteGroup {
+        /// Group.
+        group: String,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
     /// Allocate a producer id.
     InitProducerId {
         /// `(code, producer id, epoch)`.
@@ -574,6 +581,11 @@ fn handle(s: &mut Staged<'_>, r: Request, storage: &dyn Storage) {
                 );
             }
             s.ch.replies.push(Reply::Codes(reply, codes));
+        }
+        Request::DeleteGroup { group, reply } => {
+            let log = offsets::partition_for(&group);
+            s.apply_offsets(log, &OffsetsCommand::DeleteGroup { group });
+            s.ch.replies.push(Reply::Code(reply, Code::None));
         }
         Request::InitProducerId { reply } => {
             let mut block = s.ch.pids.unwrap_or(s.base.pids);

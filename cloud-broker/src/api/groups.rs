@@ -1,5 +1,6 @@
 //! Consumer groups, classic protocol: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
-//! LeaveGroup, OffsetCommit, OffsetFetch. This node coordinates every group.
+//! LeaveGroup, OffsetCommit, OffsetFetch, and the admin side: ListGroups, DescribeGroups,
+//! DeleteGroups. This node coordinates every group.
 //!
 //! The rules are in [`crate::coordinator`] (a sans-I/O state machine, with the state × request
 //! table); this is its thin async shell. It owns what the core must not: the clock
@@ -10,7 +11,7 @@
 //! log writer; membership lives in memory (clients rejoin after a broker restart, as they do
 //! after a coordinator move).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -28,10 +29,20 @@ use tokio::sync::oneshot;
 
 use super::Broker;
 use crate::coordinator::{
-    self, JoinRequest, JoinResponse, Limits, Reply, Response, SyncRequest, SyncResponse, Token,
+    self, Deletion, Description, JoinRequest, JoinResponse, Limits, Listed, Reply, Response, SyncRequest,
+    SyncResponse, Token,
 };
 use crate::errors::Code;
 use crate::state::Request;
+use crate::storage::OffsetTable;
+
+/// DescribeGroups v3+ `authorized_operations` when asked for: every operation on a group
+/// (READ, DELETE, DESCRIBE: bits 3, 6, 8), as a Kafka 3.x broker without an authorizer
+/// answers.
+pub const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+
+/// The type ListGroups v5 gives every group (the only one there is here).
+pub const GROUP_TYPE: &str = "classic";
 
 /// Who sent a request: the header's client id and the peer's address, kept per member for
 /// DescribeGroups.
@@ -123,6 +134,27 @@ fn new_member_id(client_id: &str) -> String {
     b[..8].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());
     b[8..].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());
     format!("{client_id}-{}", uuid::Builder::from_random_bytes(b).into_uuid())
+}
+
+/// Whether `group` has committed offsets.
+fn has_offsets(offsets: &OffsetTable, group: &str) -> bool {
+    let table = offsets.read().unwrap_or_else(|e| e.into_inner());
+    table
+        .range((group.to_string(), String::new(), 0)..)
+        .next()
+        .is_some_and(|((g, _, _), _)| g == group)
+}
+
+/// Every group with committed offsets.
+fn groups_with_offsets(offsets: &OffsetTable) -> BTreeSet<String> {
+    let table = offsets.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = BTreeSet::new();
+    for (g, _, _) in table.keys() {
+        if out.last() != Some(g) {
+            out.insert(g.clone());
+        }
+    }
+    out
 }
 
 /// FindCoordinator: always this node (v4+: for each key asked, in a list).
@@ -465,10 +497,138 @@ pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> Off
     OffsetFetchResponse::default().with_topics(topics)
 }
 
+/// The ListGroups response for `version` (state from v4, type from v5).
+fn list_response(groups: Vec<Listed>, version: i16) -> ListGroupsResponse {
+    let groups = groups
+        .into_iter()
+        .map(|l| {
+            let mut g = list_groups_response::ListedGroup::default()
+                .with_group_id(GroupId(s(&l.group)))
+                .with_protocol_type(s(&l.protocol_type));
+            if version >= 4 {
+                g = g.with_group_state(s(l.state.name()));
+            }
+            if version >= 5 {
+                g = g.with_group_type(s(GROUP_TYPE));
+            }
+            g
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+/// ListGroups: the groups held, and those known only by committed offsets (as `Empty`);
+/// v4+ filters by state, v5+ by type (every group here is `classic`).
+pub fn list_groups(b: &Arc<Broker>, r: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let states: Vec<String> = r.states_filter.iter().map(|f| f.to_string()).collect();
+    let type_ok = r.types_filter.is_empty()
+        || r.types_filter
+            .iter()
+            .any(|t| t.trim().eq_ignore_ascii_case(GROUP_TYPE));
+    let groups = if type_ok {
+        let with_offsets = groups_with_offsets(&b.offsets);
+        b.groups.lock().core.list(&with_offsets, &states)
+    } else {
+        Vec::new()
+    };
+    list_response(groups, version)
+}
+
+/// One DescribeGroups entry for `version` (instance ids from v4, operations from v3).
+fn described(
+    group: &str,
+    d: Description,
+    version: i16,
+    operations: bool,
+) -> describe_groups_response::DescribedGroup {
+    let members = d
+        .members
+        .into_iter()
+        .map(|m| {
+            describe_groups_response::DescribedGroupMember::default()
+                .with_member_id(s(&m.member_id))
+                .with_group_instance_id(m.group_instance_id.filter(|_| version >= 4).map(|i| s(&i)))
+                .with_client_id(s(&m.client_id))
+                .with_client_host(s(&m.client_host))
+                .with_member_metadata(m.metadata)
+                .with_member_assignment(m.assignment)
+        })
+        .collect();
+    let mut g = describe_groups_response::DescribedGroup::default()
+        .with_group_id(GroupId(s(group)))
+        .with_group_state(s(d.state.name()))
+        .with_protocol_type(s(&d.protocol_type))
+        .with_protocol_data(s(&d.protocol))
+        .with_members(members);
+    if version >= 3 && operations {
+        g = g.with_authorized_operations(GROUP_OPERATIONS);
+    }
+    g
+}
+
+/// DescribeGroups: state (as Kafka spells it), protocol type, and the members with their
+/// client id and host; the protocol, member metadata and assignments only when `Stable`. A
+/// group not held is `Dead` (`Empty` if it has committed offsets).
+pub fn describe_groups(b: &Arc<Broker>, r: DescribeGroupsRequest, version: i16) -> DescribeGroupsResponse {
+    let groups = r
+        .groups
+        .iter()
+        .map(|g| {
+            let offsets = has_offsets(&b.offsets, g.as_str());
+            let d = b.groups.lock().core.describe(g.as_str(), offsets);
+            described(g.as_str(), d, version, r.include_authorized_operations)
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+fn delete_response(results: Vec<(GroupId, Code)>) -> DeleteGroupsResponse {
+    let results = results
+        .into_iter()
+        .map(|(g, c)| {
+            delete_groups_response::DeletableGroupResult::default()
+                .with_group_id(g)
+                .with_error_code(c.code())
+        })
+        .collect();
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+/// DeleteGroups: an `Empty` group, or one known only by its committed offsets, is forgotten
+/// and its offsets deleted durably; a group with members is `NON_EMPTY_GROUP`, an unknown one
+/// `GROUP_ID_NOT_FOUND`. Each group is answered once, however often it is named.
+pub async fn delete_groups(b: &Arc<Broker>, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut seen = BTreeSet::new();
+    let mut results = Vec::new();
+    for g in r.groups_names {
+        if !seen.insert(g.to_string()) {
+            continue;
+        }
+        let offsets = has_offsets(&b.offsets, g.as_str());
+        let deletion = b.groups.lock().core.delete(g.as_str(), offsets);
+        let code = match deletion {
+            Deletion::Refused(code) => code,
+            Deletion::DeleteOffsets => {
+                let (tx, rx) = oneshot::channel();
+                if b.writer.send(Request::DeleteGroup {
+                    group: g.to_string(),
+                    reply: tx,
+                }) {
+                    rx.await.unwrap_or(Code::KafkaStorageError)
+                } else {
+                    Code::KafkaStorageError
+                }
+            }
+        };
+        results.push((g, code));
+    }
+    delete_response(results)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::JoinMember;
+    use crate::coordinator::{JoinMember, MemberDescription, State};
     use crate::protocol::supported;
     use bytes::Bytes;
     use kafka_protocol::messages::ApiKey;
@@ -484,6 +644,17 @@ mod tests {
         m.encode(&mut buf, v)
             .unwrap_or_else(|e| panic!("{what} v{v} does not encode: {e}"));
         T::decode(&mut buf.freeze(), v).unwrap_or_else(|e| panic!("{what} v{v} does not decode: {e}"))
+    }
+
+    fn member(id: &str) -> MemberDescription {
+        MemberDescription {
+            member_id: id.into(),
+            group_instance_id: Some("instance".into()),
+            client_id: "client".into(),
+            client_host: "/127.0.0.1".into(),
+            metadata: Bytes::from_static(b"meta"),
+            assignment: Bytes::from_static(b"assignment"),
+        }
     }
 
     #[test]
@@ -541,6 +712,43 @@ mod tests {
                 v,
                 &leave_response(Err(Code::InvalidGroupId), vec![], v),
             );
+        }
+        for v in versions(ApiKey::ListGroups) {
+            let listed = vec![Listed {
+                group: "g".into(),
+                protocol_type: "consumer".into(),
+                state: State::Stable,
+            }];
+            let got = round_trip("ListGroups", v, &list_response(listed, v));
+            assert_eq!(got.groups[0].group_id.as_str(), "g");
+            if v >= 4 {
+                assert_eq!(got.groups[0].group_state.as_str(), "Stable");
+            }
+        }
+        for v in versions(ApiKey::DescribeGroups) {
+            for operations in [false, true] {
+                let d = Description {
+                    state: State::Stable,
+                    protocol_type: "consumer".into(),
+                    protocol: "range".into(),
+                    members: vec![member("a"), member("b")],
+                };
+                let r = DescribeGroupsResponse::default().with_groups(vec![described("g", d, v, operations)]);
+                let got = round_trip("DescribeGroups", v, &r);
+                let g = &got.groups[0];
+                assert_eq!(
+                    (g.group_state.as_str(), g.protocol_data.as_str()),
+                    ("Stable", "range")
+                );
+                assert_eq!(g.members[1].client_host.as_str(), "/127.0.0.1");
+                if v >= 3 && operations {
+                    assert_eq!(g.authorized_operations, GROUP_OPERATIONS);
+                }
+            }
+        }
+        for v in versions(ApiKey::DeleteGroups) {
+            let r = delete_response(vec![(GroupId(s("g")), Code::NonEmptyGroup)]);
+            assert_eq!(round_trip("DeleteGroups", v, &r).results[0].error_code, 68);
         }
     }
 

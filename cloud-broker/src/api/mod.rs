@@ -123,6 +123,9 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(b, r, v)),
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups::offset_commit(b, r).await),
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(b, r, v)),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(b, r, v)),
+        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups::describe_groups(b, r, v)),
+        RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(groups::delete_groups(b, r).await),
         other => anyhow::bail!("no handler for {other:?}"),
     }))
 }

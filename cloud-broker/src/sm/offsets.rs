@@ -34,6 +34,11 @@ pub enum OffsetsCommand {
         /// Topic name.
         name: String,
     },
+    /// Forget a deleted group's offsets.
+    DeleteGroup {
+        /// Group id.
+        group: String,
+    },
 }
 
 /// Committed offsets by `(group, topic, partition)` of the groups in one offsets log.
@@ -78,6 +83,15 @@ impl GroupOffsets {
                     })
                     .collect()
             }
+            OffsetsCommand::DeleteGroup { group } => {
+                let gone: Vec<_> = self.offsets.keys().filter(|k| k.0 == *group).cloned().collect();
+                gone.into_iter()
+                    .map(|k| {
+                        self.offsets.remove(&k);
+                        (k, None)
+                    })
+                    .collect()
+            }
         }
     }
 }
@@ -102,6 +116,29 @@ mod tests {
         let gone = g.apply(&OffsetsCommand::DeleteTopic { name: "t".into() });
         assert_eq!(gone, vec![(("g".into(), "t".into(), 0), None)]);
         assert_eq!(g.offsets.len(), 1);
+    }
+
+    #[test]
+    fn group_deletion_forgets_that_groups_offsets_only() {
+        let mut g = GroupOffsets::default();
+        for group in ["g", "h"] {
+            g.apply(&OffsetsCommand::Commit {
+                group: group.into(),
+                offsets: vec![
+                    ("t".into(), 0, 5, String::new()),
+                    ("u".into(), 1, 7, String::new()),
+                ],
+            });
+        }
+        let gone = g.apply(&OffsetsCommand::DeleteGroup { group: "g".into() });
+        assert_eq!(
+            gone,
+            vec![
+                (("g".into(), "t".into(), 0), None),
+                (("g".into(), "u".into(), 1), None)
+            ]
+        );
+        assert!(g.offsets.keys().all(|k| k.0 == "h") && g.offsets.len() == 2);
     }
 
     #[test]
