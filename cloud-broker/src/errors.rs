@@ -1,7 +1,7 @@
 //! Kafka error codes the broker answers with.
 
 /// A Kafka protocol error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(i16)]
 #[allow(missing_docs)]
 pub enum Code {

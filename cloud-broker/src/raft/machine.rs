@@ -1,9 +1,11 @@
-//! The state machine of a partition group: [`Partition`] behind openraft.
+//! The state machine of every group behind openraft: a partition ([`Partition`]), the
+//! metadata ([`Metadata`]) or group offsets ([`GroupOffsets`]), by the group's kind.
 //!
-//! Applying an entry moves the partition's head and producer windows (the batches themselves
-//! stay where the log wrote them) and then the readers' high watermark, so readers never see an
-//! offset that is not committed. The applied state is saved after each apply without waiting
-//! for a fsync: after a crash openraft re-applies the committed entries after it.
+//! Applying a partition entry moves the partition's head and producer windows (the batches
+//! themselves stay where the log wrote them) and then the readers' high watermark, so readers
+//! never see an offset that is not committed. Metadata and offsets changes are published to
+//! their observers the same way, after the apply. The applied state is saved after each apply
+//! without waiting for a fsync: after a crash openraft re-applies the committed entries after it.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -19,18 +21,70 @@ use tokio::sync::{Mutex, Notify};
 use super::store::{NodeStore, Slot};
 use super::{io_err, Command, Response, TypeConfig};
 use crate::batch;
+use crate::sm::metadata::Metadata;
+use crate::sm::offsets::GroupOffsets;
 use crate::sm::partition::Partition;
 use crate::state::PartitionView;
+use crate::storage::CommittedOffset;
 
-/// What a partition group has applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The state of a group, by its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// A partition.
+    Partition(Partition),
+    /// The metadata.
+    Metadata(Metadata),
+    /// Group offsets.
+    Offsets(GroupOffsets),
+}
+
+/// What a group has applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     /// The last applied entry.
     pub last_applied: Option<LogIdOf<TypeConfig>>,
     /// The last membership applied.
     pub membership: StoredMembershipOf<TypeConfig>,
-    /// The partition.
-    pub partition: Partition,
+    /// The state.
+    pub state: State,
+}
+
+impl Applied {
+    fn new(state: State) -> Self {
+        Applied {
+            last_applied: None,
+            membership: Default::default(),
+            state,
+        }
+    }
+
+    /// The partition's head, for a partition group.
+    fn head(&self) -> crate::storage::PartitionHead {
+        match &self.state {
+            State::Partition(p) => p.head,
+            _ => Default::default(),
+        }
+    }
+}
+
+/// Committed group offsets as the group coordinator reads them.
+pub type OffsetsView =
+    Arc<std::sync::RwLock<std::collections::BTreeMap<(String, String, u32), CommittedOffset>>>;
+
+/// Who learns what a group applied.
+#[derive(Debug, Clone)]
+pub enum Observer {
+    /// A partition's readers: its high watermark and log start, and a wake-up.
+    Partition {
+        /// Watermarks.
+        view: Arc<PartitionView>,
+        /// Notified when the watermark moves.
+        appended: Arc<Notify>,
+    },
+    /// The node, watching the catalog.
+    Metadata(tokio::sync::watch::Sender<Arc<Metadata>>),
+    /// The group coordinator's view of one offsets log.
+    Offsets(OffsetsView),
 }
 
 /// A snapshot as stored: its meta and the state at its last entry.
@@ -88,53 +142,81 @@ pub struct PartitionSnapshot {
     pub batches: SnapshotBatches,
 }
 
-/// The state machine of one partition group on one node.
+/// The state machine of one group on one node.
 #[derive(Debug, Clone)]
-pub struct PartitionMachine {
+pub struct GroupMachine {
     store: NodeStore,
     group: u64,
     state: Arc<Mutex<Applied>>,
-    view: Arc<PartitionView>,
-    appended: Arc<Notify>,
+    observer: Observer,
 }
 
-impl PartitionMachine {
-    /// The machine of `group`, restored from the store. `view` gets the high watermark and log
-    /// start; `appended` is notified when the watermark moves.
-    pub fn open(
-        store: NodeStore,
-        group: u64,
-        view: Arc<PartitionView>,
-        appended: Arc<Notify>,
-    ) -> io::Result<Self> {
+impl GroupMachine {
+    /// The machine of `group`, restored from the store; its kind follows `observer`, who
+    /// learns what it applies.
+    pub fn open(store: NodeStore, group: u64, observer: Observer) -> io::Result<Self> {
         let state: Applied = match store.get(group, Slot::Machine)? {
             Some(b) => postcard::from_bytes(&b).map_err(io_err)?,
-            None => Applied::default(),
+            None => Applied::new(match observer {
+                Observer::Partition { .. } => State::Partition(Partition::default()),
+                Observer::Metadata(_) => State::Metadata(Metadata::default()),
+                Observer::Offsets(_) => State::Offsets(GroupOffsets::default()),
+            }),
         };
-        let m = PartitionMachine {
+        let m = GroupMachine {
             store,
             group,
-            state: Arc::new(Mutex::new(Applied::default())),
-            view,
-            appended,
+            state: Arc::new(Mutex::new(state.clone())),
+            observer,
         };
         m.publish(&state);
-        *m.state.try_lock().map_err(io_err)? = state;
         Ok(m)
     }
 
-    /// The applied partition (a copy).
+    /// The applied partition (a copy; empty for a group of another kind).
     pub async fn partition(&self) -> Partition {
-        self.state.lock().await.partition.clone()
+        match &self.state.lock().await.state {
+            State::Partition(p) => p.clone(),
+            _ => Partition::default(),
+        }
+    }
+
+    /// The applied metadata (a copy; empty for a group of another kind).
+    pub async fn metadata(&self) -> Metadata {
+        match &self.state.lock().await.state {
+            State::Metadata(m) => m.clone(),
+            _ => Metadata::default(),
+        }
     }
 
     fn publish(&self, s: &Applied) {
-        let old = self.view.hw.swap(s.partition.head.next_offset, Ordering::SeqCst);
-        self.view
-            .log_start
-            .store(s.partition.head.log_start, Ordering::SeqCst);
-        if old != s.partition.head.next_offset {
-            self.appended.notify_waiters();
+        match (&self.observer, &s.state) {
+            (Observer::Partition { view, appended }, State::Partition(p)) => {
+                let old = view.hw.swap(p.head.next_offset, Ordering::SeqCst);
+                view.log_start.store(p.head.log_start, Ordering::SeqCst);
+                if old != p.head.next_offset {
+                    appended.notify_waiters();
+                }
+            }
+            (Observer::Metadata(tx), State::Metadata(m)) => {
+                tx.send_if_modified(|cur| {
+                    let changed = **cur != *m;
+                    if changed {
+                        *cur = Arc::new(m.clone());
+                    }
+                    changed
+                });
+            }
+            (Observer::Offsets(view), State::Offsets(o)) => {
+                let mut v = view.write().unwrap_or_else(|e| e.into_inner());
+                v.retain(|k, _| o.offsets.contains_key(k));
+                for (k, c) in &o.offsets {
+                    if v.get(k) != Some(c) {
+                        v.insert(k.clone(), c.clone());
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -143,9 +225,9 @@ impl PartitionMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for PartitionMachine {
+impl RaftStateMachine<TypeConfig> for GroupMachine {
     type SnapshotData = PartitionSnapshot;
-    type SnapshotBuilder = PartitionMachine;
+    type SnapshotBuilder = GroupMachine;
 
     async fn applied_state(
         &mut self,
@@ -166,17 +248,33 @@ impl RaftStateMachine<TypeConfig> for PartitionMachine {
                     s.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
                     Response::Nothing
                 }
-                EntryPayload::Normal(Command::Partition(cmd)) => {
-                    s.partition.apply(cmd).map_err(|e| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("group {:#x} entry {}: {e}", self.group, entry.log_id.index),
-                        )
-                    })?;
-                    Response::Partition {
-                        next_offset: s.partition.head.next_offset,
+                EntryPayload::Normal(cmd) => match (cmd, &mut s.state) {
+                    (Command::Partition(cmd), State::Partition(p)) => {
+                        p.apply(cmd).map_err(|e| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("group {:#x} entry {}: {e}", self.group, entry.log_id.index),
+                            )
+                        })?;
+                        Response::Partition {
+                            next_offset: p.head.next_offset,
+                        }
                     }
-                }
+                    (Command::Meta(cmd), State::Metadata(m)) => Response::Meta(m.apply(cmd)),
+                    (Command::Offsets(cmd), State::Offsets(o)) => {
+                        o.apply(cmd);
+                        Response::Nothing
+                    }
+                    (cmd, _) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "group {:#x} entry {}: {cmd} does not belong in this group",
+                                self.group, entry.log_id.index
+                            ),
+                        ))
+                    }
+                },
             };
             s.last_applied = Some(entry.log_id);
             if let Some(r) = responder {
@@ -228,7 +326,7 @@ impl RaftStateMachine<TypeConfig> for PartitionMachine {
             return Ok(None);
         };
         let stored: Stored = postcard::from_bytes(&b).map_err(io_err)?;
-        let head = stored.state.partition.head;
+        let head = stored.state.head();
         Ok(Some(SnapshotOf::<TypeConfig, PartitionSnapshot> {
             meta: stored.meta,
             snapshot: PartitionSnapshot {
@@ -244,7 +342,7 @@ impl RaftStateMachine<TypeConfig> for PartitionMachine {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for PartitionMachine {
+impl RaftSnapshotBuilder<TypeConfig> for GroupMachine {
     type SnapshotData = PartitionSnapshot;
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, PartitionSnapshot>> {
@@ -268,7 +366,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionMachine {
                 postcard::to_allocvec(&stored).map_err(io_err)?,
             )
             .await?;
-        let head = s.partition.head;
+        let head = s.head();
         Ok(SnapshotOf::<TypeConfig, PartitionSnapshot> {
             meta,
             snapshot: PartitionSnapshot {

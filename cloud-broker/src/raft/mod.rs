@@ -4,9 +4,8 @@
 //! # The shape
 //! - [`store`] — every group's Raft log, vote and state on one redb database, written by one
 //!   thread that commits many groups' writes with one fsync (group commit).
-//! - [`machine`] — the state machine of a partition group: applies
-//!   [`PartitionCommand`](crate::sm::partition::PartitionCommand)s, moves the high watermark,
-//!   builds and installs snapshots.
+//! - [`machine`] — the state machine of every group (partition, metadata, offsets by kind):
+//!   applies commands, moves the high watermark, builds and installs snapshots.
 //! - [`net`] — the transport: one TCP connection per peer, shared by every group.
 //! - [`sequencer`] — the leader side of a partition: produce requests batched into one entry
 //!   per round trip, decided against the leader's tip.
@@ -35,6 +34,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sm::metadata::{MetaCommand, MetaOutcome};
+use crate::sm::offsets::OffsetsCommand;
 use crate::sm::partition::PartitionCommand;
 
 /// A node of the cluster.
@@ -60,6 +61,10 @@ impl fmt::Display for NodeAddr {
 pub enum Command {
     /// A change to a partition.
     Partition(PartitionCommand),
+    /// A change to the metadata.
+    Meta(MetaCommand),
+    /// A change to group offsets.
+    Offsets(OffsetsCommand),
 }
 
 /// What applying a [`Command`] answers the proposer.
@@ -70,7 +75,9 @@ pub enum Response {
         /// The log end offset after the command.
         next_offset: i64,
     },
-    /// A blank or membership entry.
+    /// What a metadata command did.
+    Meta(MetaOutcome),
+    /// A blank, membership or offsets entry.
     Nothing,
 }
 
@@ -86,6 +93,11 @@ impl fmt::Display for Command {
             Command::Partition(PartitionCommand::Compact { remove, .. }) => {
                 write!(f, "compact {} batches", remove.len())
             }
+            Command::Meta(m) => write!(f, "metadata {m:?}"),
+            Command::Offsets(OffsetsCommand::Commit { group, offsets }) => {
+                write!(f, "commit {} offsets of group {group}", offsets.len())
+            }
+            Command::Offsets(o) => write!(f, "offsets {o:?}"),
         }
     }
 }
@@ -103,7 +115,7 @@ openraft::declare_raft_types!(
 );
 
 /// A group's Raft handle.
-pub type GroupRaft = openraft::Raft<TypeConfig, machine::PartitionMachine>;
+pub type GroupRaft = openraft::Raft<TypeConfig, machine::GroupMachine>;
 
 /// Which log a group is: the key of everything the node stores for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -26,7 +26,7 @@ use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::machine::PartitionMachine;
+use super::machine::GroupMachine;
 use super::{Command, GroupRaft, NodeId};
 use crate::errors::Code;
 use crate::sm::partition::{Partition, PartitionCommand};
@@ -61,7 +61,7 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// Starts the task of one partition group on node `me`.
-    pub fn start(me: NodeId, raft: GroupRaft, machine: PartitionMachine) -> Sequencer {
+    pub fn start(me: NodeId, raft: GroupRaft, machine: GroupMachine) -> Sequencer {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(me, raft, machine, rx));
         Sequencer { tx }
@@ -105,7 +105,7 @@ fn leads(me: NodeId, raft: &GroupRaft) -> Option<u64> {
     (m.current_leader == Some(me) && m.state.is_leader()).then_some(m.current_term)
 }
 
-async fn run(me: NodeId, raft: GroupRaft, machine: PartitionMachine, mut rx: mpsc::Receiver<Job>) {
+async fn run(me: NodeId, raft: GroupRaft, machine: GroupMachine, mut rx: mpsc::Receiver<Job>) {
     let mut tip: Option<Tip> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];

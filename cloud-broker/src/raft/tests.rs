@@ -13,7 +13,7 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use tokio::sync::Notify;
 
-use super::machine::PartitionMachine;
+use super::machine::GroupMachine;
 use super::router::Router;
 use super::store::{GroupLog, NodeStore};
 use super::*;
@@ -58,10 +58,10 @@ fn storage_err(e: std::io::Error) -> StorageError<TypeConfig> {
     StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e)
 }
 
-impl StoreBuilder<TypeConfig, GroupLog, PartitionMachine, (TempDir, NodeStore)> for Builder {
+impl StoreBuilder<TypeConfig, GroupLog, GroupMachine, (TempDir, NodeStore)> for Builder {
     async fn build(
         &self,
-    ) -> Result<((TempDir, NodeStore), GroupLog, PartitionMachine), StorageError<TypeConfig>> {
+    ) -> Result<((TempDir, NodeStore), GroupLog, GroupMachine), StorageError<TypeConfig>> {
         let dir = TempDir::new("raft-suite").map_err(storage_err)?;
         let store = NodeStore::open(&dir.path().join("node.redb")).map_err(storage_err)?;
         let group = GroupId::Partition {
@@ -69,8 +69,11 @@ impl StoreBuilder<TypeConfig, GroupLog, PartitionMachine, (TempDir, NodeStore)> 
             partition: 1,
         }
         .key();
-        let sm = PartitionMachine::open(store.clone(), group, Arc::default(), Arc::default())
-            .map_err(storage_err)?;
+        let observer = super::machine::Observer::Partition {
+            view: Arc::default(),
+            appended: Arc::default(),
+        };
+        let sm = GroupMachine::open(store.clone(), group, observer).map_err(storage_err)?;
         Ok(((dir, store.clone()), store.log(group), sm))
     }
 }
@@ -90,7 +93,7 @@ struct Replica {
     id: NodeId,
     store: NodeStore,
     raft: GroupRaft,
-    machine: PartitionMachine,
+    machine: GroupMachine,
     view: Arc<PartitionView>,
 }
 
@@ -114,8 +117,11 @@ where
     .unwrap();
     let group = GROUP.key();
     let view = Arc::new(PartitionView::default());
-    let machine =
-        PartitionMachine::open(store.clone(), group, view.clone(), Arc::new(Notify::new())).unwrap();
+    let observer = super::machine::Observer::Partition {
+        view: view.clone(),
+        appended: Arc::new(Notify::new()),
+    };
+    let machine = GroupMachine::open(store.clone(), group, observer).unwrap();
     let config = Arc::new(partition_config(timing).unwrap());
     let raft = GroupRaft::new(id, config, network, store.log(group), machine.clone())
         .await

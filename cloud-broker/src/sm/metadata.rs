@@ -45,7 +45,7 @@ pub enum MetaCommand {
 }
 
 /// What applying a [`MetaCommand`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaOutcome {
     /// The topic exists now.
     Created(TopicMeta),
