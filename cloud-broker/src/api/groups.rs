@@ -356,7 +356,8 @@ pub async fn offset_commit(b: &Arc<Broker>, r: OffsetCommitRequest) -> OffsetCom
         for p in &t.partitions {
             entries.push((
                 t.name.to_string(),
-                p.partition_index.max(0) as u32,
+                // A negative index is no partition (refused below), never partition 0.
+                u32::try_from(p.partition_index).unwrap_or(u32::MAX),
                 p.committed_offset,
                 p.committed_metadata
                     .as_ref()
@@ -424,12 +425,15 @@ fn fetch_offsets(b: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>
         .map(|(t, parts)| {
             let ps = parts
                 .into_iter()
-                .map(
-                    |p| match offsets.get(&(group.to_string(), t.clone(), p.max(0) as u32)) {
+                .map(|p| {
+                    match u32::try_from(p)
+                        .ok()
+                        .and_then(|i| offsets.get(&(group.to_string(), t.clone(), i)))
+                    {
                         Some(o) => (p, o.offset, o.metadata.clone()),
                         None => (p, -1, String::new()),
-                    },
-                )
+                    }
+                })
                 .collect();
             (t, ps)
         })

@@ -171,3 +171,20 @@ fn deleting_a_topic_forgets_its_offsets_even_in_the_same_group_commit() {
     assert!(table.read().unwrap().is_empty());
     assert!(storage.load().unwrap().offsets.is_empty());
 }
+
+/// Regression: OffsetCommit clamped a negative partition index to 0, so a client could
+/// overwrite partition 0's committed offset; the index now reaches the writer out of range.
+#[test]
+fn a_commit_to_a_partition_out_of_range_is_refused() {
+    let (w, _, _) = started();
+    create(&w, "t", TopicConfig::default());
+    let codes = call(&w, |tx| Request::CommitOffsets {
+        group: "g".into(),
+        offsets: vec![
+            ("t".into(), u32::MAX, 5, String::new()),
+            ("t".into(), 0, 7, String::new()),
+        ],
+        reply: tx,
+    });
+    assert_eq!(codes, vec![Code::UnknownTopicOrPartition, Code::None]);
+}
