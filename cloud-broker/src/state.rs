@@ -353,7 +353,7 @@ impl<'a> Staged<'a> {
                     .meta
                     .push(("next_producer_id".into(), next.to_be_bytes().to_vec()));
             }
-            MetaOutcome::Refused(_) => {}
+            MetaOutcome::Registered | MetaOutcome::Refused(_) => {}
         }
         out
     }
@@ -538,6 +538,7 @@ fn handle(s: &mut Staged<'_>, r: Request, storage: &dyn Storage) {
                 partitions,
                 config,
                 uuid: new_uuid(),
+                replicas: Vec::new(),
             }) {
                 MetaOutcome::Refused(c) => c,
                 _ => Code::None,

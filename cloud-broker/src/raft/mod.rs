@@ -41,20 +41,7 @@ use crate::sm::partition::PartitionCommand;
 /// A node of the cluster.
 pub type NodeId = u64;
 
-/// How a node is reached.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeAddr {
-    /// `host:port` of its Raft listener.
-    pub raft: String,
-    /// `host:port` it gives Kafka clients.
-    pub kafka: String,
-}
-
-impl fmt::Display for NodeAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft {} kafka {}", self.raft, self.kafka)
-    }
-}
+pub use crate::sm::metadata::NodeAddr;
 
 /// The payload of every group's log entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

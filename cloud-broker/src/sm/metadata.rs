@@ -1,4 +1,5 @@
-//! The metadata state machine: the topic catalog and producer-id blocks.
+//! The metadata state machine: the topic catalog with each partition's replicas, the nodes of
+//! the cluster, and producer-id blocks.
 //!
 //! Deterministic like every state machine here: the caller draws the random parts (a topic's
 //! UUID) and puts them in the command, so every replica applying the same commands agrees.
@@ -18,6 +19,21 @@ pub const MAX_PARTITIONS: u32 = 10_000;
 /// The first producer id ever handed out.
 pub const FIRST_PRODUCER_ID: i64 = 1000;
 
+/// How a node is reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// `host:port` of its Raft listener.
+    pub raft: String,
+    /// `host:port` it gives Kafka clients.
+    pub kafka: String,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "raft {} kafka {}", self.raft, self.kafka)
+    }
+}
+
 /// A change to the catalog: the payload of one entry in the metadata log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
@@ -31,6 +47,8 @@ pub enum MetaCommand {
         config: TopicConfig,
         /// Kafka topic id, drawn by the proposer.
         uuid: [u8; 16],
+        /// The nodes holding each partition, the preferred leader first (empty on one node).
+        replicas: Vec<Vec<u64>>,
     },
     /// Delete a topic.
     DeleteTopic {
@@ -41,6 +59,13 @@ pub enum MetaCommand {
     AllocateProducerIds {
         /// How many.
         count: u32,
+    },
+    /// A node says how it is reached (on every start; the last word wins).
+    RegisterNode {
+        /// Its id.
+        id: u64,
+        /// Its addresses.
+        addr: NodeAddr,
     },
 }
 
@@ -58,6 +83,8 @@ pub enum MetaOutcome {
         /// Ids in the block.
         count: u32,
     },
+    /// The node's addresses are recorded.
+    Registered,
     /// Refused; nothing changed.
     Refused(Code),
 }
@@ -71,6 +98,8 @@ pub struct Metadata {
     pub next_topic_id: u32,
     /// First producer id of the next block.
     pub next_producer_id: i64,
+    /// The cluster's nodes by id.
+    pub nodes: BTreeMap<u64, NodeAddr>,
 }
 
 impl Default for Metadata {
@@ -79,6 +108,7 @@ impl Default for Metadata {
             topics: BTreeMap::new(),
             next_topic_id: 0,
             next_producer_id: FIRST_PRODUCER_ID,
+            nodes: BTreeMap::new(),
         }
     }
 }
@@ -102,6 +132,7 @@ impl Metadata {
             next_topic_id: topics.values().map(|t| t.id + 1).max().unwrap_or(0),
             next_producer_id: next_producer_id.unwrap_or(FIRST_PRODUCER_ID),
             topics,
+            nodes: BTreeMap::new(),
         }
     }
 
@@ -113,6 +144,7 @@ impl Metadata {
                 partitions,
                 config,
                 uuid,
+                replicas,
             } => {
                 if !valid_topic_name(name) {
                     MetaOutcome::Refused(Code::InvalidTopicException)
@@ -120,6 +152,8 @@ impl Metadata {
                     MetaOutcome::Refused(Code::InvalidPartitions)
                 } else if self.topics.contains_key(name) {
                     MetaOutcome::Refused(Code::TopicAlreadyExists)
+                } else if !replicas.is_empty() && replicas.len() != *partitions as usize {
+                    MetaOutcome::Refused(Code::InvalidReplicationFactor)
                 } else {
                     let meta = TopicMeta {
                         id: self.next_topic_id,
@@ -127,6 +161,7 @@ impl Metadata {
                         name: name.clone(),
                         partitions: *partitions,
                         config: config.clone(),
+                        replicas: replicas.clone(),
                     };
                     self.next_topic_id += 1;
                     self.topics.insert(name.clone(), meta.clone());
@@ -142,8 +177,29 @@ impl Metadata {
                 self.next_producer_id += i64::from(*count);
                 MetaOutcome::ProducerIds { first, count: *count }
             }
+            MetaCommand::RegisterNode { id, addr } => {
+                self.nodes.insert(*id, addr.clone());
+                MetaOutcome::Registered
+            }
         }
     }
+}
+
+/// Replicas of each of `partitions` partitions on `nodes` (sorted ids), `factor` each: the
+/// preferred leaders go round the nodes, starting at a place `seed` picks (the topic), so that
+/// leadership spreads across nodes and topics.
+pub fn assign(nodes: &[u64], partitions: u32, factor: usize, seed: u32) -> Vec<Vec<u64>> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let factor = factor.clamp(1, nodes.len());
+    (0..partitions as usize)
+        .map(|p| {
+            (0..factor)
+                .map(|k| nodes[(seed as usize + p + k) % nodes.len()])
+                .collect()
+        })
+        .collect()
 }
 
 /// A node's current block of producer ids (not replicated: a node that restarts takes a new one).
@@ -182,6 +238,7 @@ mod tests {
             partitions,
             config: TopicConfig::default(),
             uuid: [uuid; 16],
+            replicas: Vec::new(),
         }
     }
 
@@ -214,6 +271,33 @@ mod tests {
         assert_eq!(again.id, 1, "a topic id is never reused");
         let restored = Metadata::restore(m.topics.values().cloned(), Some(m.next_producer_id));
         assert_eq!(restored, m);
+    }
+
+    #[test]
+    fn assignment_spreads_preferred_leaders() {
+        let a = assign(&[1, 2, 3], 6, 3, 0);
+        assert_eq!(a.len(), 6);
+        let leaders: Vec<u64> = a.iter().map(|r| r[0]).collect();
+        assert_eq!(leaders, vec![1, 2, 3, 1, 2, 3]);
+        assert!(a.iter().all(|r| {
+            let mut r = r.clone();
+            r.sort();
+            r == vec![1, 2, 3]
+        }));
+        assert_eq!(assign(&[1, 2, 3, 4, 5], 1, 3, 7)[0], vec![3, 4, 5]);
+        assert_eq!(assign(&[9], 2, 3, 0), vec![vec![9], vec![9]]);
+        let mut m = Metadata::default();
+        let cmd = MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 2,
+            config: TopicConfig::default(),
+            uuid: [0; 16],
+            replicas: vec![vec![1]],
+        };
+        assert_eq!(
+            m.apply(&cmd),
+            MetaOutcome::Refused(Code::InvalidReplicationFactor)
+        );
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct TopicMeta {
     pub partitions: u32,
     /// Configs.
     pub config: TopicConfig,
+    /// The nodes holding each partition, the preferred leader first (empty on one node).
+    #[serde(default)]
+    pub replicas: Vec<Vec<u64>>,
 }
 
 /// Where a partition stands.

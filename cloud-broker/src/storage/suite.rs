@@ -6,6 +6,7 @@ use crate::batch::{self};
 
 fn topic(id: u32, name: &str) -> TopicMeta {
     TopicMeta {
+        replicas: Vec::new(),
         id,
         uuid: [id as u8; 16],
         name: name.into(),
