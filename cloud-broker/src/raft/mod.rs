@@ -6,6 +6,8 @@
 //!   thread that commits many groups' writes with one fsync (group commit).
 //! - [`machine`] — the state machine of every group (partition, metadata, offsets by kind):
 //!   applies commands, moves the high watermark, builds and installs snapshots.
+//! - [`node`] — a cluster node: the metadata group, the partition groups the metadata assigns
+//!   it, bootstrap from a static peer list.
 //! - [`net`] — the transport: one TCP connection per peer, shared by every group.
 //! - [`sequencer`] — the leader side of a partition: produce requests batched into one entry
 //!   per round trip, decided against the leader's tip.
@@ -26,6 +28,7 @@
 
 pub mod machine;
 pub mod net;
+pub mod node;
 pub mod router;
 pub mod sequencer;
 pub mod store;
@@ -207,5 +210,7 @@ pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,8 @@
 //! ```
 //! The first frame on a connection is `Hello { cluster, node }`; a peer of another cluster
 //! name, or one claiming this node's id, is refused. Requests carry an id the response echoes,
-//! so many groups' RPCs are in flight on one connection at once; the writer coalesces frames
+//! so many groups' RPCs are in flight on one connection at once (besides openraft's RPCs, a
+//! `Propose` hands a command to the node that leads its group); the writer coalesces frames
 //! waiting to go into one write. A lost connection fails its in-flight RPCs as `Unreachable`
 //! (openraft backs off and retries) and is redialled on the next RPC.
 //!
@@ -51,6 +52,7 @@ enum Kind {
     Snapshot = 4,
     Reply = 5,
     Failed = 6,
+    Propose = 7,
 }
 
 impl Kind {
@@ -63,6 +65,7 @@ impl Kind {
             4 => Kind::Snapshot,
             5 => Kind::Reply,
             6 => Kind::Failed,
+            7 => Kind::Propose,
             _ => return None,
         })
     }
@@ -174,22 +177,26 @@ impl Groups {
     }
 }
 
-/// Answers peers' RPCs for this node's groups until the listener fails.
+/// Answers peers' RPCs for this node's groups until the listener fails. Dropping the future
+/// (aborting its task) closes every connection it accepted.
 pub async fn serve(
     listener: TcpListener,
     cluster: String,
     me: NodeId,
     groups: Groups,
 ) -> std::io::Result<()> {
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (sock, peer) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
         let (cluster, groups) = (cluster.clone(), groups.clone());
-        tokio::spawn(async move {
+        conns.spawn(async move {
             if let Err(e) = serve_conn(sock, &cluster, me, groups).await {
                 debug!(%peer, error = %e, "raft connection closed");
             }
         });
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
     }
 }
 
@@ -223,10 +230,12 @@ async fn serve_conn(sock: TcpStream, cluster: &str, me: NodeId, groups: Groups) 
             }
         }
     });
+    let mut requests = tokio::task::JoinSet::new();
     let r = async {
         while let Some(f) = read_frame(&mut rd).await? {
             let (groups, tx) = (groups.clone(), tx.clone());
-            tokio::spawn(async move {
+            while requests.try_join_next().is_some() {}
+            requests.spawn(async move {
                 let (kind, payload) = match answer(&groups, &f).await {
                     Ok(p) => (Kind::Reply, p),
                     Err(e) => (Kind::Failed, to_bytes(&e)),
@@ -291,6 +300,13 @@ async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
                 .map(|r| to_bytes(&r))
                 .map_err(|e| e.to_string())
         }
+        Kind::Propose => {
+            let cmd: super::Command = from_bytes(&f.payload).map_err(e)?;
+            raft.client_write(cmd)
+                .await
+                .map(|r| to_bytes(&r.data))
+                .map_err(|e| e.to_string())
+        }
         Kind::Hello | Kind::Reply | Kind::Failed => Err(format!("unexpected {:?} frame", f.kind)),
     }
 }
@@ -301,7 +317,8 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>
 #[derive(Debug)]
 struct Peer {
     addr: String,
-    conn: tokio::sync::Mutex<Option<mpsc::Sender<Frame>>>,
+    /// The live connection's queue, and whether its reader saw it end.
+    conn: tokio::sync::Mutex<Option<(mpsc::Sender<Frame>, Arc<std::sync::atomic::AtomicBool>)>>,
     pending: Pending,
 }
 
@@ -345,6 +362,23 @@ impl Network {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, p.clone());
         p
+    }
+
+    /// Proposes `cmd` to `group` on node `target` (its leader, presumably) and returns what
+    /// applying it answered.
+    pub async fn propose(
+        &self,
+        target: NodeId,
+        addr: &str,
+        group: u64,
+        cmd: &super::Command,
+        ttl: Duration,
+    ) -> Result<super::Response, String> {
+        let bytes = self
+            .call(target, addr, Kind::Propose, group, to_bytes(cmd), ttl)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        from_bytes(&bytes).map_err(|e| e.to_string())
     }
 
     /// The factory for one group's clients.
@@ -401,9 +435,14 @@ impl Network {
 
     async fn connection(&self, peer: &Arc<Peer>) -> Result<mpsc::Sender<Frame>, CallError> {
         let mut conn = peer.conn.lock().await;
-        if let Some(c) = conn.as_ref().filter(|c| !c.is_closed()) {
+        if let Some((c, _)) = conn
+            .as_ref()
+            .filter(|(c, dead)| !c.is_closed() && !dead.load(Ordering::SeqCst))
+        {
             return Ok(c.clone());
         }
+        // A dead connection's queue goes now, which ends its writer.
+        *conn = None;
         let sock = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&peer.addr))
             .await
             .map_err(|_| CallError::Unreachable(format!("connecting to {} timed out", peer.addr)))?
@@ -444,8 +483,9 @@ impl Network {
             }
         });
         let pending = peer.pending.clone();
-        let closer = tx.clone();
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let addr = peer.addr.clone();
+        let ended = dead.clone();
         tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut rd).await {
                 let reply = match f.kind {
@@ -460,10 +500,10 @@ impl Network {
             }
             debug!(%addr, "raft connection to peer lost");
             // Fail everything in flight on this connection; the next call redials.
-            drop(closer);
+            ended.store(true, Ordering::SeqCst);
             pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
-        *conn = Some(tx.clone());
+        *conn = Some((tx.clone(), dead));
         info!(peer = %peer.addr, "raft connection up");
         Ok(tx)
     }

@@ -107,6 +107,8 @@ enum Op {
     Drop {
         group: u64,
     },
+    /// Nothing: a durable commit of everything before it.
+    Sync,
 }
 
 struct Job {
@@ -246,6 +248,11 @@ impl NodeStore {
     /// state at that entry was installed).
     pub async fn seal(&self, group: u64, upto: Option<u64>, batches: Vec<(i64, Vec<u8>)>) -> io::Result<()> {
         self.write(Op::Seal { group, upto, batches }, true).await
+    }
+
+    /// Makes every earlier write durable (before a clean stop).
+    pub async fn sync(&self) -> io::Result<()> {
+        self.write(Op::Sync, true).await
     }
 
     /// Forgets a group: its log, state and batches.
@@ -516,6 +523,7 @@ fn apply_op(
                 sealed.insert((*group, *base), b.as_slice()).map_err(io_err)?;
             }
         }
+        Op::Sync => {}
         Op::Drop { group } => {
             log.retain_in((*group, 0)..=(*group, u64::MAX), |_, _| false)
                 .map_err(io_err)?;

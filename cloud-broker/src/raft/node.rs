@@ -1,0 +1,373 @@
+//! A cluster node: the metadata group, the partition groups its replicas name, the transport.
+//!
+//! # Start
+//! The node opens its store, starts serving its Raft listener and the metadata group. On a
+//! fresh cluster the node with the lowest id initializes the metadata group with every node of
+//! the static peer list; the others wait to be contacted. Every node then registers its
+//! addresses in the metadata ([`MetaCommand::RegisterNode`]), forwarding to the metadata leader
+//! when it does not lead.
+//!
+//! # Partition groups follow the metadata
+//! A task watches the applied metadata and reconciles: a partition whose replicas name this
+//! node gets a Raft group, a state machine and a sequencer (the preferred leader, first in the
+//! replica list, initializes a new group); a partition of a deleted topic is shut down and its
+//! data dropped. After a restart the same reconciliation brings every group back from the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use super::machine::{GroupMachine, Observer};
+use super::net::{self, Groups, Network};
+use super::sequencer::Sequencer;
+use super::store::{NodeStore, Slot};
+use super::{partition_config, Command, GroupId, GroupRaft, NodeAddr, NodeId, Response, Timing};
+use crate::sm::metadata::{MetaCommand, MetaOutcome, Metadata};
+use crate::state::PartitionView;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// The cluster's name (peers of another name are refused).
+    pub cluster: String,
+    /// Where the Raft listener binds.
+    pub raft_listen: SocketAddr,
+    /// This node's addresses as peers and clients reach them.
+    pub addr: NodeAddr,
+    /// The other nodes' Raft addresses.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Raft timing.
+    pub timing: Timing,
+}
+
+/// A partition this node holds a replica of.
+#[derive(Debug, Clone)]
+pub struct Hosted {
+    /// Its Raft group.
+    pub raft: GroupRaft,
+    /// Its state machine.
+    pub machine: GroupMachine,
+    /// Its sequencer (answers only while this node leads).
+    pub sequencer: Sequencer,
+    /// Its watermarks.
+    pub view: Arc<PartitionView>,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    store: NodeStore,
+    net: Network,
+    groups: Groups,
+    meta_raft: GroupRaft,
+    meta: watch::Receiver<Arc<Metadata>>,
+    hosted: Mutex<HashMap<u64, Hosted>>,
+    /// Notified whenever any hosted partition's watermark moves.
+    pub appended: Arc<Notify>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The openraft configuration of the metadata and offsets groups: like a partition's, but
+/// snapshotted by log length (their state is small and holds everything).
+fn small_group_config(t: Timing) -> Result<openraft::Config, openraft::ConfigError> {
+    openraft::Config {
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
+        max_in_snapshot_log_to_keep: 100,
+        ..partition_config(t)?
+    }
+    .validate()
+}
+
+fn io(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl Node {
+    /// Starts the node.
+    pub async fn start(cfg: NodeConfig) -> std::io::Result<Arc<Node>> {
+        let store = NodeStore::open(&cfg.data_dir.join("node.redb"))?;
+        let listener = net::bind(cfg.raft_listen).await?;
+        let groups = Groups::default();
+        let net = Network::new(cfg.cluster.clone(), cfg.id);
+        let (tx, meta) = watch::channel(Arc::new(Metadata::default()));
+        let key = GroupId::Metadata.key();
+        let machine = GroupMachine::open(store.clone(), key, Observer::Metadata(tx))?;
+        let config = Arc::new(small_group_config(cfg.timing).map_err(io)?);
+        let meta_raft = GroupRaft::new(cfg.id, config, net.factory(key), store.log(key), machine)
+            .await
+            .map_err(io)?;
+        groups.add(key, meta_raft.clone());
+        let server = tokio::spawn({
+            let (cluster, groups, id) = (cfg.cluster.clone(), groups.clone(), cfg.id);
+            async move {
+                if let Err(e) = net::serve(listener, cluster, id, groups).await {
+                    warn!(error = %e, "the raft listener failed");
+                }
+            }
+        });
+        let node = Arc::new(Node {
+            cfg,
+            store,
+            net,
+            groups,
+            meta_raft,
+            meta,
+            hosted: Mutex::new(HashMap::new()),
+            appended: Arc::new(Notify::new()),
+            tasks: Mutex::new(vec![server]),
+        });
+        let lowest = node.cfg.peers.keys().copied().chain([node.cfg.id]).min();
+        if lowest == Some(node.cfg.id) && node.store.get(key, Slot::Vote)?.is_none() {
+            let members: BTreeMap<NodeId, NodeAddr> =
+                node.members(node.cfg.peers.keys().copied().chain([node.cfg.id]));
+            info!(
+                nodes = members.len(),
+                "initializing the metadata group of a new cluster"
+            );
+            node.meta_raft.initialize(members).await.map_err(io)?;
+        }
+        let reconcile = tokio::spawn(reconcile(Arc::downgrade(&node), node.meta.clone()));
+        let register = tokio::spawn({
+            let node = Arc::downgrade(&node);
+            async move {
+                loop {
+                    let Some(n) = node.upgrade() else { return };
+                    let cmd = MetaCommand::RegisterNode {
+                        id: n.cfg.id,
+                        addr: n.cfg.addr.clone(),
+                    };
+                    if n.propose_meta(cmd, Duration::from_secs(5)).await.is_ok() {
+                        return;
+                    }
+                    drop(n);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        node.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([reconcile, register]);
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The applied metadata.
+    pub fn metadata(&self) -> Arc<Metadata> {
+        self.meta.borrow().clone()
+    }
+
+    /// A hosted partition.
+    pub fn partition(&self, topic: u32, partition: u32) -> Option<Hosted> {
+        self.hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&GroupId::Partition { topic, partition }.key())
+            .cloned()
+    }
+
+    /// The leader of a group this node hosts, as this node knows it.
+    pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
+        let raft = if group == GroupId::Metadata {
+            Some(self.meta_raft.clone())
+        } else {
+            self.groups.get(group.key())
+        };
+        raft.and_then(|r| r.metrics().borrow_watched().current_leader)
+    }
+
+    /// Addresses of `ids`: from the registered nodes, else the static peer list.
+    fn members(&self, ids: impl IntoIterator<Item = NodeId>) -> BTreeMap<NodeId, NodeAddr> {
+        let meta = self.metadata();
+        ids.into_iter()
+            .map(|id| {
+                let addr = if id == self.cfg.id {
+                    self.cfg.addr.clone()
+                } else {
+                    meta.nodes.get(&id).cloned().unwrap_or_else(|| NodeAddr {
+                        raft: self.cfg.peers.get(&id).cloned().unwrap_or_default(),
+                        kafka: String::new(),
+                    })
+                };
+                (id, addr)
+            })
+            .collect()
+    }
+
+    /// Proposes a metadata change through whichever node leads the metadata group, retrying
+    /// until `timeout` while there is no leader.
+    pub async fn propose_meta(&self, cmd: MetaCommand, timeout: Duration) -> Result<MetaOutcome, String> {
+        match self
+            .propose(GroupId::Metadata, Command::Meta(cmd), timeout)
+            .await?
+        {
+            Response::Meta(out) => Ok(out),
+            other => Err(format!("the metadata group answered {other:?}")),
+        }
+    }
+
+    /// Proposes `cmd` to `group` through its leader (this node or a peer).
+    pub async fn propose(&self, group: GroupId, cmd: Command, timeout: Duration) -> Result<Response, String> {
+        let deadline = Instant::now() + timeout;
+        let key = group.key();
+        let raft = self
+            .groups
+            .get(key)
+            .ok_or_else(|| format!("{group} is not on this node"))?;
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            match raft.client_write(cmd.clone()).await {
+                Ok(r) => return Ok(r.data),
+                Err(e) => {
+                    let forward = e.forward_to_leader().cloned();
+                    last = e.to_string();
+                    if let Some(f) = forward {
+                        if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
+                            if leader != self.cfg.id {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                match self.net.propose(leader, &node.raft, key, &cmd, left).await {
+                                    Ok(r) => return Ok(r),
+                                    Err(e) => last = e,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("proposing to {group}: {last}"))
+    }
+
+    /// Stops every group and task; the store closes when the last handle goes.
+    pub async fn stop(&self) {
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+        let hosted: Vec<(u64, Hosted)> = self
+            .hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (key, h) in hosted {
+            self.groups.remove(key);
+            let _ = h.raft.shutdown().await;
+        }
+        self.groups.remove(GroupId::Metadata.key());
+        let _ = self.meta_raft.shutdown().await;
+        if let Err(e) = self.store.sync().await {
+            warn!(error = %e, "the last writes of a stopping node did not reach the disk");
+        }
+    }
+
+    /// Starts hosting a partition (after a restart, or when its topic appears).
+    async fn host(&self, topic: u32, partition: u32, replicas: &[NodeId]) -> std::io::Result<()> {
+        let key = GroupId::Partition { topic, partition }.key();
+        let view = Arc::new(PartitionView::default());
+        let observer = Observer::Partition {
+            view: view.clone(),
+            appended: self.appended.clone(),
+        };
+        let machine = GroupMachine::open(self.store.clone(), key, observer)?;
+        let fresh = self.store.get(key, Slot::Vote)?.is_none();
+        let config = Arc::new(partition_config(self.cfg.timing).map_err(io)?);
+        let raft = GroupRaft::new(
+            self.cfg.id,
+            config,
+            self.net.factory(key),
+            self.store.log(key),
+            machine.clone(),
+        )
+        .await
+        .map_err(io)?;
+        self.groups.add(key, raft.clone());
+        let sequencer = Sequencer::start(self.cfg.id, raft.clone(), machine.clone());
+        self.hosted.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            key,
+            Hosted {
+                raft: raft.clone(),
+                machine,
+                sequencer,
+                view,
+            },
+        );
+        if fresh && replicas.first() == Some(&self.cfg.id) {
+            let members = self.members(replicas.iter().copied());
+            if let Err(e) = raft.initialize(members).await {
+                warn!(topic, partition, error = %e, "initializing a partition group failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn unhost(&self, key: u64) {
+        let h = self.hosted.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.groups.remove(key);
+        if let Some(h) = h {
+            let _ = h.raft.shutdown().await;
+        }
+        if let Err(e) = self.store.drop_group(key).await {
+            warn!(group = key, error = %e, "dropping a deleted partition's data failed");
+        }
+    }
+}
+
+/// Keeps the hosted partitions in line with the applied metadata.
+async fn reconcile(node: std::sync::Weak<Node>, mut meta: watch::Receiver<Arc<Metadata>>) {
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let m = meta.borrow_and_update().clone();
+        let mut want = BTreeMap::new();
+        for t in m.topics.values() {
+            for (p, replicas) in t.replicas.iter().enumerate() {
+                if replicas.contains(&n.cfg.id) {
+                    want.insert(
+                        GroupId::Partition {
+                            topic: t.id,
+                            partition: p as u32,
+                        }
+                        .key(),
+                        (t.id, p as u32, replicas.clone()),
+                    );
+                }
+            }
+        }
+        let have: Vec<u64> = n
+            .hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for key in have.iter().filter(|k| !want.contains_key(k)) {
+            n.unhost(*key).await;
+        }
+        for (key, (topic, partition, replicas)) in &want {
+            if !have.contains(key) {
+                if let Err(e) = n.host(*topic, *partition, replicas).await {
+                    warn!(topic, partition, error = %e, "hosting a partition failed");
+                }
+            }
+        }
+        drop(n);
+        if meta.changed().await.is_err() {
+            return;
+        }
+    }
+}
