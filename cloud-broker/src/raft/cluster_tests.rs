@@ -41,6 +41,7 @@ fn configs(dir: &std::path::Path, n: u64) -> Vec<NodeConfig> {
                 heartbeat_ms: 50,
                 election_ms: (300, 600),
             },
+            maintenance: Duration::from_millis(200),
         })
         .collect()
 }
@@ -162,6 +163,103 @@ async fn a_topic_created_on_any_node_is_replicated_with_leaders_spread() {
             .collect();
         panic!("{e}: {state:#?} metadata {:?}", nodes[1].metadata())
     });
+    for n in &nodes {
+        n.stop().await;
+    }
+}
+
+/// Retention on a replicated partition: the leader proposes the cut, every replica applies it,
+/// snapshots and purges its own log; what stays is readable on every replica, and a node
+/// restarted afterwards comes back with the same log start and data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_cuts_every_replica_and_purges_their_logs() {
+    let dir = TempDir::new("raft-retention").unwrap();
+    let cfgs = configs(dir.path(), 3);
+    let mut nodes = Vec::new();
+    for c in &cfgs {
+        nodes.push(start(c).await);
+    }
+    let one = make_batch(2, -1, -1, -1, 1).len() as i64;
+    let cmd = MetaCommand::CreateTopic {
+        name: "short".into(),
+        partitions: 1,
+        config: TopicConfig {
+            retention_bytes: Some(3 * one),
+            ..TopicConfig::default()
+        },
+        uuid: [1; 16],
+        replicas: assign(&[1, 2, 3], 1, 3, 0),
+    };
+    let MetaOutcome::Created(topic) = nodes[0].propose_meta(cmd, Duration::from_secs(30)).await.unwrap()
+    else {
+        panic!("not created")
+    };
+    let leader = until_async(Duration::from_secs(30), "a leader", || {
+        nodes
+            .iter()
+            .find(|n| {
+                n.partition(topic.id, 0)
+                    .is_some_and(|h| h.raft.metrics().borrow_watched().current_leader == Some(n.id()))
+            })
+            .cloned()
+    })
+    .await
+    .unwrap();
+    let h = leader.partition(topic.id, 0).unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            h.sequencer.produce(make_batch(2, -1, -1, -1, 1)).await.code,
+            Code::None
+        );
+    }
+    until_async(
+        Duration::from_secs(30),
+        "every replica to apply the ten batches",
+        || {
+            nodes
+                .iter()
+                .all(|n| {
+                    n.partition(topic.id, 0)
+                        .is_some_and(|h| h.view.hw.load(Ordering::SeqCst) == 20)
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Maintenance runs on every node: the leader cuts, every replica purges.
+    let first_stored = |n: &Node| {
+        let raw = n.store_batches(topic.id, 0, 0, 20);
+        let first = crate::batch::iter(&raw).next().map(|(b, _)| b.base_offset);
+        first
+    };
+    until_async(Duration::from_secs(30), "every replica to cut and purge", || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.partition(topic.id, 0)
+                    .is_some_and(|h| h.view.log_start.load(Ordering::SeqCst) == 14)
+                    && first_stored(n) == Some(14)
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    for n in &nodes {
+        let h = n.partition(topic.id, 0).unwrap();
+        let raw = n.store_batches(topic.id, 0, 0, 20);
+        let bases: Vec<i64> = crate::batch::iter(&raw).map(|(b, _)| b.base_offset).collect();
+        assert_eq!(
+            bases,
+            vec![14, 16, 18],
+            "node {} keeps the last three batches: purged {:?} snapshot {:?} applied {:?}",
+            n.id(),
+            h.raft.metrics().borrow_watched().purged,
+            h.raft.metrics().borrow_watched().snapshot,
+            h.raft.metrics().borrow_watched().last_applied,
+        );
+        assert_eq!(h.view.hw.load(Ordering::SeqCst), 20);
+    }
     for n in &nodes {
         n.stop().await;
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::machine::{GroupMachine, Observer};
 use super::net::{self, Groups, Network};
@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Raft timing.
     pub timing: Timing,
+    /// How often [`Node::maintain`] runs.
+    pub maintenance: Duration,
 }
 
 /// A partition this node holds a replica of.
@@ -155,10 +157,25 @@ impl Node {
                 }
             }
         });
+        let maintenance = tokio::spawn({
+            let node = Arc::downgrade(&node);
+            let every = node
+                .upgrade()
+                .map_or(Duration::from_secs(30), |n| n.cfg.maintenance);
+            async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(n) = node.upgrade() else { return };
+                    n.maintain(foundation::time::now_ms()).await;
+                }
+            }
+        });
         node.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([reconcile, register]);
+            .extend([reconcile, register, maintenance]);
         Ok(node)
     }
 
@@ -179,6 +196,18 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .get(&GroupId::Partition { topic, partition }.key())
             .cloned()
+    }
+
+    /// Stored batches of a hosted partition from `from` below `end` (tests and tools).
+    pub fn store_batches(&self, topic: u32, partition: u32, from: i64, end: i64) -> Vec<u8> {
+        self.store
+            .batches(
+                GroupId::Partition { topic, partition }.key(),
+                from,
+                end,
+                usize::MAX,
+            )
+            .unwrap_or_default()
     }
 
     /// The leader of a group this node hosts, as this node knows it.
@@ -274,6 +303,85 @@ impl Node {
         if let Err(e) = self.store.sync().await {
             warn!(error = %e, "the last writes of a stopping node did not reach the disk");
         }
+    }
+
+    /// One retention pass at `now_ms` over every partition this node hosts (see the module docs).
+    pub async fn maintain(&self, now_ms: i64) {
+        let meta = self.metadata();
+        let hosted: Vec<(u64, Hosted)> = self
+            .hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, h)| (*k, h.clone()))
+            .collect();
+        for (key, h) in hosted {
+            let Some(GroupId::Partition { topic, .. }) = GroupId::from_key(key) else {
+                continue;
+            };
+            let Some(config) = meta
+                .topics
+                .values()
+                .find(|t| t.id == topic)
+                .map(|t| t.config.clone())
+            else {
+                continue;
+            };
+            if h.raft.metrics().borrow_watched().current_leader == Some(self.cfg.id) {
+                let store = self.store.clone();
+                let code = h
+                    .sequencer
+                    .maintain(move |tip| {
+                        let raw = match store.batches(
+                            key,
+                            tip.head.log_start,
+                            tip.head.next_offset,
+                            usize::MAX,
+                        ) {
+                            Ok(raw) => raw,
+                            Err(e) => {
+                                warn!(group = key, error = %e, "reading batch headers for retention failed");
+                                return None;
+                            }
+                        };
+                        let headers = crate::batch::iter(&raw).map(|(h, _)| Ok::<_, ()>(h));
+                        tip.retention(&config, now_ms, headers).ok().flatten()
+                    })
+                    .await;
+                if code != crate::errors::Code::None {
+                    debug!(group = key, ?code, "no retention cut this pass");
+                }
+            }
+            if let Err(e) = self.purge(key, &h).await {
+                warn!(group = key, error = %e, "purging a partition's log failed");
+            }
+        }
+    }
+
+    /// Snapshots and purges a partition's log up to the last entry wholly below its applied
+    /// log start, when that moved past the last purge.
+    async fn purge(&self, key: u64, h: &Hosted) -> Result<(), String> {
+        let log_start = h.view.log_start.load(std::sync::atomic::Ordering::SeqCst);
+        let Some(upto) = self
+            .store
+            .purge_point(key, log_start)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let m = h.raft.metrics().borrow_watched().clone();
+        if m.purged.is_some_and(|p| p.index >= upto) || m.last_applied.is_none_or(|a| a.index < upto) {
+            return Ok(());
+        }
+        if m.snapshot.is_none_or(|s| s.index < upto) {
+            h.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+            h.raft
+                .wait(Some(Duration::from_secs(30)))
+                .metrics(|m| m.snapshot.is_some_and(|s| s.index >= upto), "the snapshot")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        h.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
     }
 
     /// Starts hosting a partition (after a restart, or when its topic appears).
