@@ -26,6 +26,7 @@ pub enum Code {
     InvalidPartitions = 37,
     InvalidReplicationFactor = 38,
     InvalidConfig = 40,
+    NotController = 41,
     InvalidRequest = 42,
     UnsupportedForMessageFormat = 43,
     OutOfOrderSequenceNumber = 45,

@@ -507,7 +507,7 @@ fn run(
 
 /// A topic id drawn at random (version 4 UUID): the shell's job, so that the metadata state
 /// machine stays deterministic.
-fn new_uuid() -> [u8; 16] {
+pub fn new_uuid() -> [u8; 16] {
     let mut u = [0u8; 16];
     u[..8].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());
     u[8..].copy_from_slice(&foundation::ids::random_u64().to_be_bytes());

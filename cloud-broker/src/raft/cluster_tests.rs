@@ -128,6 +128,46 @@ async fn a_topic_created_on_any_node_is_replicated_with_leaders_spread() {
         assert_eq!(r.code, Code::NotLeaderOrFollower);
     }
 
+    // Group offsets: committed from any node, replicated to every replica of the group's log.
+    let codes = nodes[2]
+        .commit_offsets(
+            "g",
+            vec![
+                ("readings".into(), 1, 42, "m".into()),
+                ("nope".into(), 0, 1, String::new()),
+            ],
+        )
+        .await;
+    assert_eq!(codes, vec![Code::None, Code::UnknownTopicOrPartition]);
+    assert!(nodes[0].coordinator_of("g").is_some());
+    until_async(Duration::from_secs(30), "the offset on every node", || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.offsets
+                    .read()
+                    .unwrap()
+                    .get(&("g".to_string(), "readings".to_string(), 1))
+                    .is_some_and(|o| o.offset == 42)
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // The Kafka-facing catalog names the topic with the hosted watermarks.
+    assert_eq!(
+        nodes[0].catalog.topic("readings").unwrap().partitions[2]
+            .hw
+            .load(Ordering::SeqCst),
+        10
+    );
+    let pid = nodes[1].producer_id().await.unwrap();
+    assert_ne!(
+        nodes[2].producer_id().await.unwrap(),
+        pid,
+        "nodes take separate blocks"
+    );
+
     // Node 2 restarts from its store and hosts its partitions again, caught up.
     let old = nodes.remove(1);
     old.stop().await;

@@ -208,8 +208,16 @@ impl GroupMachine {
                 });
             }
             (Observer::Offsets(view), State::Offsets(o)) => {
+                // The view holds every offsets log of the node: touch only this log's groups.
+                let log = match super::GroupId::from_key(self.group) {
+                    Some(super::GroupId::Offsets(n)) => Some(n),
+                    _ => None,
+                };
                 let mut v = view.write().unwrap_or_else(|e| e.into_inner());
-                v.retain(|k, _| o.offsets.contains_key(k));
+                v.retain(|k, _| {
+                    log.is_some_and(|n| crate::sm::offsets::partition_for(&k.0) != n)
+                        || o.offsets.contains_key(k)
+                });
                 for (k, c) in &o.offsets {
                     if v.get(k) != Some(c) {
                         v.insert(k.clone(), c.clone());

@@ -23,13 +23,20 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
+use super::machine::OffsetsView;
 use super::machine::{GroupMachine, Observer};
 use super::net::{self, Groups, Network};
 use super::sequencer::Sequencer;
 use super::store::{NodeStore, Slot};
 use super::{partition_config, Command, GroupId, GroupRaft, NodeAddr, NodeId, Response, Timing};
-use crate::sm::metadata::{MetaCommand, MetaOutcome, Metadata};
-use crate::state::PartitionView;
+use crate::errors::Code;
+use crate::sm::metadata::{assign, MetaCommand, MetaOutcome, Metadata, ProducerIdBlock};
+use crate::sm::offsets::{self, Commit, OffsetsCommand, OFFSETS_PARTITIONS};
+use crate::state::{Catalog, PartitionView, TopicView};
+use crate::storage::TopicConfig;
+
+/// Copies of each partition and offsets log (fewer on a smaller cluster).
+pub const REPLICATION_FACTOR: usize = 3;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -77,6 +84,12 @@ pub struct Node {
     hosted: Mutex<HashMap<u64, Hosted>>,
     /// Notified whenever any hosted partition's watermark moves.
     pub appended: Arc<Notify>,
+    /// Topics and the watermarks of the partitions hosted here, for the Kafka handlers.
+    pub catalog: Catalog,
+    /// Committed offsets of the offsets logs hosted here.
+    pub offsets: OffsetsView,
+    offsets_rafts: Mutex<HashMap<u32, GroupRaft>>,
+    pids: tokio::sync::Mutex<ProducerIdBlock>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -127,6 +140,10 @@ impl Node {
             meta,
             hosted: Mutex::new(HashMap::new()),
             appended: Arc::new(Notify::new()),
+            catalog: Arc::default(),
+            offsets: Arc::default(),
+            offsets_rafts: Mutex::new(HashMap::new()),
+            pids: tokio::sync::Mutex::new(ProducerIdBlock::default()),
             tasks: Mutex::new(vec![server]),
         });
         let lowest = node.cfg.peers.keys().copied().chain([node.cfg.id]).min();
@@ -139,6 +156,7 @@ impl Node {
             );
             node.meta_raft.initialize(members).await.map_err(io)?;
         }
+        node.host_offsets().await?;
         let reconcile = tokio::spawn(reconcile(Arc::downgrade(&node), node.meta.clone()));
         let register = tokio::spawn({
             let node = Arc::downgrade(&node);
@@ -187,6 +205,219 @@ impl Node {
     /// The applied metadata.
     pub fn metadata(&self) -> Arc<Metadata> {
         self.meta.borrow().clone()
+    }
+
+    /// Every node of the static member list, sorted.
+    fn all_nodes(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.cfg.peers.keys().copied().chain([self.cfg.id]).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The replicas of offsets log `n`: fixed by the static member list.
+    fn offsets_replicas(&self, n: u32) -> Vec<NodeId> {
+        assign(&self.all_nodes(), n + 1, REPLICATION_FACTOR, 0)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Starts the offsets logs this node holds a replica of.
+    async fn host_offsets(&self) -> std::io::Result<()> {
+        for n in 0..OFFSETS_PARTITIONS {
+            let replicas = self.offsets_replicas(n);
+            if !replicas.contains(&self.cfg.id) {
+                continue;
+            }
+            let key = GroupId::Offsets(n).key();
+            let machine =
+                GroupMachine::open(self.store.clone(), key, Observer::Offsets(self.offsets.clone()))?;
+            let fresh = self.store.get(key, Slot::Vote)?.is_none();
+            let config = Arc::new(small_group_config(self.cfg.timing).map_err(io)?);
+            let raft = GroupRaft::new(
+                self.cfg.id,
+                config,
+                self.net.factory(key),
+                self.store.log(key),
+                machine,
+            )
+            .await
+            .map_err(io)?;
+            self.groups.add(key, raft.clone());
+            self.offsets_rafts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(n, raft.clone());
+            if fresh && replicas.first() == Some(&self.cfg.id) {
+                let members = self.members(replicas.iter().copied());
+                if let Err(e) = raft.initialize(members).await {
+                    warn!(log = n, error = %e, "initializing an offsets log failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node coordinating consumer group `group`: the leader of its offsets log.
+    pub fn coordinator_of(&self, group: &str) -> Option<NodeId> {
+        self.leader_of(GroupId::Offsets(offsets::partition_for(group)))
+    }
+
+    /// The node leading the metadata (Kafka's controller).
+    pub fn controller(&self) -> Option<NodeId> {
+        self.leader_of(GroupId::Metadata)
+    }
+
+    /// Commits a consumer group's offsets through its offsets log (topics checked against
+    /// the metadata first); one code per entry.
+    pub async fn commit_offsets(&self, group: &str, entries: Vec<Commit>) -> Vec<Code> {
+        let meta = self.metadata();
+        let codes: Vec<Code> = entries
+            .iter()
+            .map(|(t, p, ..)| match meta.topics.get(t) {
+                Some(m) if *p < m.partitions => Code::None,
+                _ => Code::UnknownTopicOrPartition,
+            })
+            .collect();
+        let valid: Vec<Commit> = entries
+            .into_iter()
+            .zip(&codes)
+            .filter(|(_, c)| **c == Code::None)
+            .map(|(e, _)| e)
+            .collect();
+        if valid.is_empty() {
+            return codes;
+        }
+        let cmd = Command::Offsets(OffsetsCommand::Commit {
+            group: group.to_string(),
+            offsets: valid,
+        });
+        let log = GroupId::Offsets(offsets::partition_for(group));
+        match self.propose(log, cmd, Duration::from_secs(10)).await {
+            Ok(_) => codes,
+            Err(e) => {
+                debug!(group, error = %e, "committing offsets failed");
+                codes
+                    .into_iter()
+                    .map(|c| if c == Code::None { Code::NotCoordinator } else { c })
+                    .collect()
+            }
+        }
+    }
+
+    /// Forgets a consumer group's committed offsets.
+    pub async fn delete_group_offsets(&self, group: &str) -> Code {
+        let cmd = Command::Offsets(OffsetsCommand::DeleteGroup {
+            group: group.to_string(),
+        });
+        let log = GroupId::Offsets(offsets::partition_for(group));
+        match self.propose(log, cmd, Duration::from_secs(10)).await {
+            Ok(_) => Code::None,
+            Err(_) => Code::NotCoordinator,
+        }
+    }
+
+    /// Creates a topic with its partitions spread over the registered nodes.
+    pub async fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Code {
+        let meta = self.metadata();
+        let mut nodes: Vec<NodeId> = meta.nodes.keys().copied().collect();
+        if nodes.is_empty() {
+            nodes = self.all_nodes();
+        }
+        // The topic's place in the rotation: its name, hashed, so topics start on different nodes.
+        let seed = name
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let cmd = MetaCommand::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            config,
+            uuid: crate::state::new_uuid(),
+            replicas: assign(&nodes, partitions, REPLICATION_FACTOR, seed),
+        };
+        match self.propose_meta(cmd, Duration::from_secs(10)).await {
+            Ok(MetaOutcome::Refused(c)) => c,
+            Ok(_) => Code::None,
+            Err(e) => {
+                warn!(topic = name, error = %e, "creating a topic failed");
+                Code::NotController
+            }
+        }
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, name: &str) -> Code {
+        let cmd = MetaCommand::DeleteTopic {
+            name: name.to_string(),
+        };
+        match self.propose_meta(cmd, Duration::from_secs(10)).await {
+            Ok(MetaOutcome::Refused(c)) => c,
+            Ok(_) => {
+                let cmd = Command::Offsets(OffsetsCommand::DeleteTopic {
+                    name: name.to_string(),
+                });
+                for n in 0..OFFSETS_PARTITIONS {
+                    if let Err(e) = self
+                        .propose(GroupId::Offsets(n), cmd.clone(), Duration::from_secs(10))
+                        .await
+                    {
+                        warn!(topic = name, error = %e, "forgetting a deleted topic's offsets failed");
+                    }
+                }
+                Code::None
+            }
+            Err(_) => Code::NotController,
+        }
+    }
+
+    /// A producer id from this node's block (a new block through the metadata when it runs out).
+    pub async fn producer_id(&self) -> Result<i64, Code> {
+        let mut block = self.pids.lock().await;
+        if let Some(id) = block.take() {
+            return Ok(id);
+        }
+        let cmd = MetaCommand::AllocateProducerIds {
+            count: ProducerIdBlock::SIZE,
+        };
+        match self.propose_meta(cmd, Duration::from_secs(10)).await {
+            Ok(MetaOutcome::ProducerIds { first, count }) => {
+                block.refill(first, count);
+                block.take().ok_or(Code::KafkaStorageError)
+            }
+            _ => Err(Code::NotController),
+        }
+    }
+
+    /// Brings the Kafka-facing catalog in line with the metadata and the hosted partitions.
+    fn publish_catalog(&self, meta: &Metadata) {
+        let hosted = self.hosted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut cat = self.catalog.topics.write().unwrap_or_else(|e| e.into_inner());
+        cat.retain(|name, v| meta.topics.get(name).is_some_and(|m| m.id == v.meta.id));
+        for (name, t) in &meta.topics {
+            let partitions = (0..t.partitions)
+                .map(|p| {
+                    hosted
+                        .get(
+                            &GroupId::Partition {
+                                topic: t.id,
+                                partition: p,
+                            }
+                            .key(),
+                        )
+                        .map(|h| h.view.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            cat.insert(
+                name.clone(),
+                Arc::new(TopicView {
+                    meta: t.clone(),
+                    partitions,
+                }),
+            );
+        }
+        drop(cat);
+        self.catalog.appended.notify_waiters();
     }
 
     /// A hosted partition.
@@ -297,6 +528,16 @@ impl Node {
         for (key, h) in hosted {
             self.groups.remove(key);
             let _ = h.raft.shutdown().await;
+        }
+        let logs: Vec<(u32, GroupRaft)> = self
+            .offsets_rafts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (n, raft) in logs {
+            self.groups.remove(GroupId::Offsets(n).key());
+            let _ = raft.shutdown().await;
         }
         self.groups.remove(GroupId::Metadata.key());
         let _ = self.meta_raft.shutdown().await;
@@ -473,6 +714,7 @@ async fn reconcile(node: std::sync::Weak<Node>, mut meta: watch::Receiver<Arc<Me
                 }
             }
         }
+        n.publish_catalog(&m);
         drop(n);
         if meta.changed().await.is_err() {
             return;
