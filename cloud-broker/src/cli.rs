@@ -101,8 +101,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 ticker.groups.tick(Instant::now());
                 if last_retention.elapsed() >= Duration::from_secs(30) {
                     last_retention = Instant::now();
-                    ticker.writer.send(crate::state::Request::Retention { now_ms: foundation::time::now_ms() });
-                    ticker.writer.send(crate::state::Request::Compact);
+                    if let Some(w) = ticker.writer() {
+                        w.send(crate::state::Request::Retention { now_ms: foundation::time::now_ms() });
+                        w.send(crate::state::Request::Compact);
+                    }
                 }
             }
         });

@@ -9,6 +9,7 @@ pub enum Code {
     OffsetOutOfRange = 1,
     CorruptMessage = 2,
     UnknownTopicOrPartition = 3,
+    LeaderNotAvailable = 5,
     NotLeaderOrFollower = 6,
     MessageTooLarge = 10,
     CoordinatorNotAvailable = 15,

@@ -12,40 +12,33 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use tokio::sync::oneshot;
 
 use super::Broker;
 use crate::errors::Code;
-use crate::state::Request;
 use crate::storage::TopicConfig;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-/// Asks the writer to create a topic and waits for the answer.
+/// Creates a topic with the default replication and waits for the answer.
 pub async fn create(b: &Broker, name: &str, partitions: u32, config: TopicConfig) -> Code {
-    let (tx, rx) = oneshot::channel();
-    if !b.writer.send(Request::CreateTopic {
-        name: name.into(),
-        partitions,
-        config,
-        reply: tx,
-    }) {
-        return Code::KafkaStorageError;
-    }
-    rx.await.unwrap_or(Code::KafkaStorageError)
+    b.create_topic(name, partitions, -1, config).await
 }
 
 /// Metadata: our one broker, and the topics asked for (all when `topics` is null).
 pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> MetadataResponse {
-    let me = BrokerId(b.cfg.node_id);
-    let (host, port) = b.cfg.advertised();
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(me)
-        .with_host(s(&host))
-        .with_port(port)
-        .with_rack(None);
+    let brokers: Vec<MetadataResponseBroker> = b
+        .brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(s(&host))
+                .with_port(port)
+                .with_rack(None)
+        })
+        .collect();
     let names: Vec<Result<String, uuid::Uuid>> = match &r.topics {
         None => b.catalog.all().iter().map(|t| Ok(t.meta.name.clone())).collect(),
         Some(ts) => ts
@@ -93,14 +86,22 @@ pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> Meta
                 continue;
             }
         };
-        let partitions = (0..t.meta.partitions as i32)
+        let partitions = (0..t.meta.partitions)
             .map(|p| {
+                let (leader, epoch, replicas) = b.place(&t, p);
+                let replicas: Vec<BrokerId> = replicas.into_iter().map(BrokerId).collect();
                 MetadataResponsePartition::default()
-                    .with_partition_index(p)
-                    .with_leader_id(me)
-                    .with_leader_epoch(0)
-                    .with_replica_nodes(vec![me])
-                    .with_isr_nodes(vec![me])
+                    .with_partition_index(p as i32)
+                    .with_error_code(if leader < 0 {
+                        Code::LeaderNotAvailable.code()
+                    } else {
+                        0
+                    })
+                    .with_leader_id(BrokerId(leader))
+                    .with_leader_epoch(epoch)
+                    // In-sync replicas are not tracked yet: every replica is named.
+                    .with_isr_nodes(replicas.clone())
+                    .with_replica_nodes(replicas)
             })
             .collect();
         let mut topic = MetadataResponseTopic::default()
@@ -112,9 +113,9 @@ pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> Meta
         topics.push(topic);
     }
     MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id(Some(s(&b.cluster_id)))
-        .with_controller_id(me)
+        .with_controller_id(BrokerId(b.controller()))
         .with_topics(topics)
 }
 
@@ -157,8 +158,6 @@ pub async fn create_topics(b: &Arc<Broker>, r: CreateTopicsRequest) -> CreateTop
             .with_error_message(None);
         let code = if partitions <= 0 {
             Code::InvalidPartitions
-        } else if t.replication_factor > 1 {
-            Code::InvalidReplicationFactor
         } else {
             match parse_configs(&t.configs) {
                 Err(msg) => {
@@ -166,7 +165,10 @@ pub async fn create_topics(b: &Arc<Broker>, r: CreateTopicsRequest) -> CreateTop
                     Code::InvalidConfig
                 }
                 Ok(_) if r.validate_only => Code::None,
-                Ok(cfg) => create(b, &name, partitions as u32, cfg).await,
+                Ok(cfg) => {
+                    b.create_topic(&name, partitions as u32, t.replication_factor, cfg)
+                        .await
+                }
             }
         };
         if code == Code::None && !r.validate_only {
@@ -174,10 +176,15 @@ pub async fn create_topics(b: &Arc<Broker>, r: CreateTopicsRequest) -> CreateTop
                 res = res.with_topic_id(uuid::Uuid::from_bytes(t.meta.uuid)); // v7+
             }
         }
+        let factor = b
+            .catalog
+            .topic(&name)
+            .and_then(|t| t.meta.replicas.first().map(|r| r.len() as i16))
+            .unwrap_or(1);
         results.push(
             res.with_error_code(code.code())
                 .with_num_partitions(partitions)
-                .with_replication_factor(1),
+                .with_replication_factor(factor),
         );
     }
     CreateTopicsResponse::default().with_topics(results)
@@ -206,16 +213,11 @@ pub async fn delete_topics(b: &Arc<Broker>, r: DeleteTopicsRequest) -> DeleteTop
         let code = match (&name, &topic) {
             (None, None) => Code::UnknownTopicId,
             _ => {
-                let (tx, rx) = oneshot::channel();
                 let name = topic.as_ref().map_or_else(
                     || name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
                     |t| t.meta.name.clone(),
                 );
-                if b.writer.send(Request::DeleteTopic { name, reply: tx }) {
-                    rx.await.unwrap_or(Code::KafkaStorageError)
-                } else {
-                    Code::KafkaStorageError
-                }
+                b.delete_topic(&name).await
             }
         };
         out.push(
@@ -236,12 +238,7 @@ pub async fn init_producer_id(b: &Arc<Broker>, r: InitProducerIdRequest) -> Init
             .with_error_code(Code::InvalidRequest.code())
             .with_producer_id(ProducerId(-1));
     }
-    let (tx, rx) = oneshot::channel();
-    let (code, pid, epoch) = if b.writer.send(Request::InitProducerId { reply: tx }) {
-        rx.await.unwrap_or((Code::KafkaStorageError, -1, -1))
-    } else {
-        (Code::KafkaStorageError, -1, -1)
-    };
+    let (code, pid, epoch) = b.init_producer_id().await;
     InitProducerIdResponse::default()
         .with_error_code(code.code())
         .with_producer_id(ProducerId(pid))

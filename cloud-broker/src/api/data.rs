@@ -15,9 +15,8 @@ use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::oneshot;
 
 use super::Broker;
-use crate::batch;
 use crate::errors::Code;
-use crate::state::{ProduceResult, Request};
+use crate::state::ProduceResult;
 
 /// Per partition: its index and where its result arrives (None: refused before the writer).
 type PartitionWaits = Vec<(i32, Option<oneshot::Receiver<ProduceResult>>)>;
@@ -42,15 +41,7 @@ pub fn produce_submit(b: &Broker, r: ProduceRequest) -> PendingProduce {
             let rx = if !matches!(acks, -1..=1) || p.index < 0 {
                 None
             } else {
-                let (tx, rx) = oneshot::channel();
-                let reply = (acks != 0).then_some(tx);
-                let cmd = Request::Produce {
-                    topic: t.name.0.to_string(),
-                    partition: p.index as u32,
-                    records,
-                    reply,
-                };
-                b.writer.send(cmd).then_some(rx)
+                b.submit_produce(t.name.0.as_str(), p.index as u32, records, acks != 0)
             };
             parts.push((p.index, rx));
         }
@@ -120,6 +111,9 @@ fn read_partition(
     let Some(pv) = usize::try_from(partition).ok().and_then(|p| t.partitions.get(p)) else {
         return Ok((Code::UnknownTopicOrPartition, -1, -1, Bytes::new()));
     };
+    if !b.serves(t.meta.id, partition as u32) {
+        return Ok((Code::NotLeaderOrFollower, -1, -1, Bytes::new()));
+    }
     let hw = pv.hw.load(Ordering::SeqCst);
     let start = pv.log_start.load(Ordering::SeqCst);
     if offset < start || offset > hw {
@@ -128,17 +122,7 @@ fn read_partition(
     if offset == hw || max_bytes == 0 {
         return Ok((Code::None, hw, start, Bytes::new()));
     }
-    let raw = b.storage.read(t.meta.id, partition as u32, offset, max_bytes)?;
-    // Only what is below the high watermark we read first (storage may be one commit ahead).
-    let mut end = 0;
-    for (h, bytes) in batch::iter(&raw) {
-        if h.base_offset >= hw {
-            break;
-        }
-        end += bytes.len();
-    }
-    let mut raw = raw;
-    raw.truncate(end);
+    let raw = b.read(t.meta.id, partition as u32, offset, hw, max_bytes)?;
     Ok((Code::None, hw, start, Bytes::from(raw)))
 }
 
@@ -207,7 +191,7 @@ fn offset_for_timestamp(
 ) -> anyhow::Result<Option<(i64, i64)>> {
     let mut from = start;
     while from < hw {
-        let headers = b.storage.headers(topic_id, partition, from, 1024)?;
+        let headers = b.headers(topic_id, partition, from, hw, 1024)?;
         let Some(last) = headers.last() else {
             return Ok(None);
         };
@@ -216,7 +200,7 @@ fn offset_for_timestamp(
                 continue;
             }
             // The batch holds a record at or after `ts`: find which.
-            let raw = b.storage.read(topic_id, partition, h.base_offset, 1)?;
+            let raw = b.read(topic_id, partition, h.base_offset, hw, 1)?;
             let mut buf = Bytes::from(raw);
             if let Ok(set) = RecordBatchDecoder::decode(&mut buf) {
                 if let Some(rec) = set.records.iter().find(|r| r.timestamp >= ts) {
@@ -258,9 +242,8 @@ pub async fn list_offsets(
                 -2 => (start, -1),
                 -3 => {
                     let (b2, id, part) = (b.clone(), view.meta.id, p.partition_index as u32);
-                    let hs =
-                        tokio::task::spawn_blocking(move || b2.storage.headers(id, part, start, usize::MAX))
-                            .await??;
+                    let hs = tokio::task::spawn_blocking(move || b2.headers(id, part, start, hw, usize::MAX))
+                        .await??;
                     hs.iter()
                         .max_by_key(|h| h.max_timestamp)
                         .map_or((hw, -1), |h| (h.last_offset(), h.max_timestamp))

@@ -33,7 +33,6 @@ use crate::coordinator::{
     SyncResponse, Token,
 };
 use crate::errors::Code;
-use crate::state::Request;
 use crate::storage::OffsetTable;
 
 /// DescribeGroups v3+ `authorized_operations` when asked for: every operation on a group
@@ -159,16 +158,21 @@ fn groups_with_offsets(offsets: &OffsetTable) -> BTreeSet<String> {
 
 /// FindCoordinator: always this node (v4+: for each key asked, in a list).
 pub fn find_coordinator(b: &Arc<Broker>, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    let (host, port) = b.cfg.advertised();
-    let me = BrokerId(b.cfg.node_id);
+    // Transaction coordinators are groups' too; the key names the group either way.
+    let answer = |key: &str| match b.coordinator(key) {
+        Some((id, host, port)) => (Code::None, BrokerId(id), host, port),
+        None => (Code::CoordinatorNotAvailable, BrokerId(-1), String::new(), -1),
+    };
     if version >= 4 {
         let coordinators = r
             .coordinator_keys
             .into_iter()
             .map(|key| {
+                let (code, id, host, port) = answer(key.as_str());
                 find_coordinator_response::Coordinator::default()
                     .with_key(key)
-                    .with_node_id(me)
+                    .with_error_code(code.code())
+                    .with_node_id(id)
                     .with_host(s(&host))
                     .with_port(port)
                     .with_error_message(None)
@@ -176,8 +180,10 @@ pub fn find_coordinator(b: &Arc<Broker>, r: FindCoordinatorRequest, version: i16
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
+    let (code, id, host, port) = answer(r.key.as_str());
     let mut r = FindCoordinatorResponse::default()
-        .with_node_id(me)
+        .with_error_code(code.code())
+        .with_node_id(id)
         .with_host(s(&host))
         .with_port(port);
     if version >= 1 {
@@ -345,12 +351,16 @@ pub fn leave(b: &Arc<Broker>, r: LeaveGroupRequest, version: i16) -> LeaveGroupR
 /// OffsetCommit: checks the member and generation, then commits durably.
 pub async fn offset_commit(b: &Arc<Broker>, r: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = r.group_id.to_string();
-    let check = b.groups.lock().core.commit(
-        Instant::now(),
-        &group,
-        r.member_id.as_str(),
-        r.generation_id_or_member_epoch,
-    );
+    let check = if b.coordinates(&group) {
+        b.groups.lock().core.commit(
+            Instant::now(),
+            &group,
+            r.member_id.as_str(),
+            r.generation_id_or_member_epoch,
+        )
+    } else {
+        Code::NotCoordinator
+    };
     let mut entries = Vec::new();
     for t in &r.topics {
         for p in &t.partitions {
@@ -369,17 +379,7 @@ pub async fn offset_commit(b: &Arc<Broker>, r: OffsetCommitRequest) -> OffsetCom
     let codes = if check != Code::None {
         vec![check; entries.len()]
     } else {
-        let (tx, rx) = oneshot::channel();
-        if b.writer.send(Request::CommitOffsets {
-            group,
-            offsets: entries.clone(),
-            reply: tx,
-        }) {
-            rx.await
-                .unwrap_or_else(|_| vec![Code::KafkaStorageError; entries.len()])
-        } else {
-            vec![Code::KafkaStorageError; entries.len()]
-        }
+        b.commit_offsets(&group, entries.clone()).await
     };
     let mut i = 0;
     let topics = r
@@ -612,17 +612,7 @@ pub async fn delete_groups(b: &Arc<Broker>, r: DeleteGroupsRequest) -> DeleteGro
         let deletion = b.groups.lock().core.delete(g.as_str(), offsets);
         let code = match deletion {
             Deletion::Refused(code) => code,
-            Deletion::DeleteOffsets => {
-                let (tx, rx) = oneshot::channel();
-                if b.writer.send(Request::DeleteGroup {
-                    group: g.to_string(),
-                    reply: tx,
-                }) {
-                    rx.await.unwrap_or(Code::KafkaStorageError)
-                } else {
-                    Code::KafkaStorageError
-                }
-            }
+            Deletion::DeleteOffsets => b.delete_group_offsets(g.as_str()).await,
         };
         results.push((g, code));
     }

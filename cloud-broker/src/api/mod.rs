@@ -1,29 +1,32 @@
 //! One handler per Kafka API. [`handle`] dispatches a decoded request.
 
 pub mod admin;
+pub mod backend;
 pub mod data;
 pub mod groups;
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::{RequestKind, ResponseKind};
+use kafka_protocol::messages::{
+    HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, RequestKind, ResponseKind, SyncGroupResponse,
+};
 
 use crate::config::Config;
+use crate::errors::Code;
 use crate::protocol::Request;
-use crate::state::{Catalog, Writer};
+use crate::state::Catalog;
 use crate::storage::{OffsetTable, Storage};
+use backend::Backend;
 
 /// Everything a handler needs.
 #[derive(Debug)]
 pub struct Broker {
     /// Settings.
     pub cfg: Config,
-    /// The single writer.
-    pub writer: Writer,
+    /// The engine: one node's writer, or a cluster node.
+    pub backend: Backend,
     /// Topics and watermarks.
     pub catalog: Catalog,
-    /// Storage (reads).
-    pub storage: Arc<dyn Storage>,
     /// Committed group offsets (kept current by the writer).
     pub offsets: OffsetTable,
     /// Consumer groups.
@@ -39,13 +42,34 @@ impl Broker {
         let (writer, catalog, offsets) = crate::state::start(storage.clone())?;
         Ok(Arc::new(Broker {
             cfg,
-            writer,
+            backend: Backend::Single { writer, storage },
             catalog,
-            storage,
             offsets,
             groups: groups::Coordinator::default(),
             cluster_id,
         }))
+    }
+}
+
+impl Broker {
+    /// The broker of a cluster node; the cluster id is the cluster's name.
+    pub fn start_cluster(cfg: Config, node: Arc<crate::raft::node::Node>, cluster_id: String) -> Arc<Self> {
+        Arc::new(Broker {
+            cfg,
+            catalog: node.catalog.clone(),
+            offsets: node.offsets.clone(),
+            backend: Backend::Cluster(node),
+            groups: groups::Coordinator::default(),
+            cluster_id,
+        })
+    }
+
+    /// The single writer, on one node.
+    pub fn writer(&self) -> Option<&crate::state::Writer> {
+        match &self.backend {
+            Backend::Single { writer, .. } => Some(writer),
+            Backend::Cluster(_) => None,
+        }
     }
 }
 
@@ -117,6 +141,23 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(admin::init_producer_id(b, r).await),
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(admin::describe_configs(b, r)),
         RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v)),
+        // On a cluster a group is served by the node leading its offsets log; clients that ask
+        // another are sent back to FindCoordinator.
+        RequestKind::JoinGroup(r) if !b.coordinates(r.group_id.as_str()) => ResponseKind::JoinGroup(
+            JoinGroupResponse::default()
+                .with_error_code(Code::NotCoordinator.code())
+                .with_generation_id(-1)
+                .with_protocol_name(Some(Default::default())),
+        ),
+        RequestKind::SyncGroup(r) if !b.coordinates(r.group_id.as_str()) => {
+            ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(Code::NotCoordinator.code()))
+        }
+        RequestKind::Heartbeat(r) if !b.coordinates(r.group_id.as_str()) => {
+            ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(Code::NotCoordinator.code()))
+        }
+        RequestKind::LeaveGroup(r) if !b.coordinates(r.group_id.as_str()) => ResponseKind::LeaveGroup(
+            LeaveGroupResponse::default().with_error_code(Code::NotCoordinator.code()),
+        ),
         RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join(b, r, v, &client).await),
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(b, r).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(b, r)),

@@ -429,6 +429,24 @@ impl Node {
             .cloned()
     }
 
+    /// Whole batches of a hosted partition from the one holding `from`, below `end`, up to
+    /// about `max_bytes` (at least one when there is any).
+    pub fn read(
+        &self,
+        topic: u32,
+        partition: u32,
+        from: i64,
+        end: i64,
+        max_bytes: usize,
+    ) -> std::io::Result<Vec<u8>> {
+        self.store.batches(
+            GroupId::Partition { topic, partition }.key(),
+            from,
+            end,
+            max_bytes,
+        )
+    }
+
     /// Stored batches of a hosted partition from `from` below `end` (tests and tools).
     pub fn store_batches(&self, topic: u32, partition: u32, from: i64, end: i64) -> Vec<u8> {
         self.store

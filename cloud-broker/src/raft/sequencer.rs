@@ -32,8 +32,6 @@ use crate::errors::Code;
 use crate::sm::partition::{Partition, PartitionCommand};
 use crate::state::ProduceResult;
 
-/// Requests queued per partition before producers wait.
-const QUEUE: usize = 1024;
 /// Most record bytes proposed in one entry.
 const MAX_ENTRY_BYTES: usize = 16 << 20;
 
@@ -44,7 +42,8 @@ type Decide = Box<dyn FnOnce(&Partition) -> Option<PartitionCommand> + Send>;
 enum Job {
     Produce {
         records: Vec<u8>,
-        reply: oneshot::Sender<ProduceResult>,
+        /// `None`: acks=0, nobody waits.
+        reply: Option<oneshot::Sender<ProduceResult>>,
     },
     /// A maintenance command (retention, compaction) decided from the tip by `decide`.
     Maintain {
@@ -54,15 +53,18 @@ enum Job {
 }
 
 /// Handle to a partition's sequencer task.
+///
+/// The queue is unbounded: what bounds it is the Kafka connections feeding it, each with at
+/// most [`crate::server::MAX_IN_FLIGHT`] requests outstanding.
 #[derive(Debug, Clone)]
 pub struct Sequencer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::UnboundedSender<Job>,
 }
 
 impl Sequencer {
     /// Starts the task of one partition group on node `me`.
     pub fn start(me: NodeId, raft: GroupRaft, machine: GroupMachine) -> Sequencer {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(me, raft, machine, rx));
         Sequencer { tx }
     }
@@ -70,11 +72,19 @@ impl Sequencer {
     /// Appends a record set; answers once it is committed (or why not).
     pub async fn produce(&self, records: Vec<u8>) -> ProduceResult {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job::Produce { records, reply }).await.is_err() {
-            return ProduceResult::failed(Code::NotLeaderOrFollower);
-        }
+        self.submit(records, Some(reply));
         rx.await
             .unwrap_or(ProduceResult::failed(Code::NotLeaderOrFollower))
+    }
+
+    /// Queues a record set at once (requests are decided in the order they are queued); the
+    /// result goes to `reply`.
+    pub fn submit(&self, records: Vec<u8>, reply: Option<oneshot::Sender<ProduceResult>>) {
+        if let Err(mpsc::error::SendError(Job::Produce { reply: Some(r), .. })) =
+            self.tx.send(Job::Produce { records, reply })
+        {
+            let _ = r.send(ProduceResult::failed(Code::NotLeaderOrFollower));
+        }
     }
 
     /// Proposes what `decide` makes of the tip (nothing when it gives `None`).
@@ -87,7 +97,7 @@ impl Sequencer {
             decide: Box::new(decide),
             reply,
         };
-        if self.tx.send(job).await.is_err() {
+        if self.tx.send(job).is_err() {
             return Code::NotLeaderOrFollower;
         }
         rx.await.unwrap_or(Code::NotLeaderOrFollower)
@@ -105,7 +115,7 @@ fn leads(me: NodeId, raft: &GroupRaft) -> Option<u64> {
     (m.current_leader == Some(me) && m.state.is_leader()).then_some(m.current_term)
 }
 
-async fn run(me: NodeId, raft: GroupRaft, machine: GroupMachine, mut rx: mpsc::Receiver<Job>) {
+async fn run(me: NodeId, raft: GroupRaft, machine: GroupMachine, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut tip: Option<Tip> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -166,7 +176,9 @@ fn refuse(jobs: Vec<Job>, code: Code) {
     for j in jobs {
         match j {
             Job::Produce { reply, .. } => {
-                let _ = reply.send(ProduceResult::failed(code));
+                if let Some(r) = reply {
+                    let _ = r.send(ProduceResult::failed(code));
+                }
             }
             Job::Maintain { reply, .. } => {
                 let _ = reply.send(code);
@@ -182,7 +194,7 @@ struct Round {
 }
 
 enum Answer {
-    Produce(oneshot::Sender<ProduceResult>, Result<i64, Code>),
+    Produce(Option<oneshot::Sender<ProduceResult>>, Result<i64, Code>),
     Maintain(oneshot::Sender<Code>, Code),
 }
 
@@ -192,7 +204,8 @@ impl Round {
     fn answer(self, tip: &Partition, committed: bool) {
         for a in self.answers {
             match a {
-                Answer::Produce(tx, Ok(base)) => {
+                Answer::Produce(None, _) => {}
+                Answer::Produce(Some(tx), Ok(base)) => {
                     let _ = tx.send(if committed {
                         ProduceResult {
                             code: Code::None,
@@ -203,7 +216,7 @@ impl Round {
                         ProduceResult::failed(Code::NotLeaderOrFollower)
                     });
                 }
-                Answer::Produce(tx, Err(code)) => {
+                Answer::Produce(Some(tx), Err(code)) => {
                     let _ = tx.send(ProduceResult::failed(code));
                 }
                 Answer::Maintain(tx, code) => {

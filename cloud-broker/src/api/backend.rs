@@ -1,0 +1,374 @@
+//! What the Kafka handlers stand on: one node's single writer over local storage, or a
+//! cluster node whose partitions are Raft groups. Handlers call these methods and never ask
+//! which.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::Broker;
+use crate::batch::{self, BatchHeader};
+use crate::errors::Code;
+use crate::raft::node::Node;
+use crate::raft::{GroupId, NodeId};
+use crate::sm::offsets::Commit;
+use crate::state::{ProduceResult, Request, Writer};
+use crate::storage::{Storage, TopicConfig};
+
+/// The broker's engine.
+#[derive(Debug)]
+pub enum Backend {
+    /// One node: the single writer applies everything to local storage.
+    Single {
+        /// The writer.
+        writer: Writer,
+        /// Reads.
+        storage: Arc<dyn Storage>,
+    },
+    /// A node of a replicated cluster.
+    Cluster(Arc<Node>),
+}
+
+/// A broker as Metadata and FindCoordinator name it: `(node id, host, port)`.
+pub type BrokerAddr = (i32, String, i32);
+
+fn parse_addr(id: NodeId, addr: &str) -> Option<BrokerAddr> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((i32::try_from(id).ok()?, host.to_string(), port.parse().ok()?))
+}
+
+/// Where a partition stands for Metadata: `(leader or -1, its epoch, replicas)`.
+pub type PartitionPlace = (i32, i32, Vec<i32>);
+
+impl Broker {
+    /// Creates a topic (`replication` -1: the default) and, on a cluster, waits until this
+    /// node's catalog has it.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication: i16,
+        config: TopicConfig,
+    ) -> Code {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                if replication > 1 {
+                    return Code::InvalidReplicationFactor;
+                }
+                let (tx, rx) = oneshot::channel();
+                if !writer.send(Request::CreateTopic {
+                    name: name.into(),
+                    partitions,
+                    config,
+                    reply: tx,
+                }) {
+                    return Code::KafkaStorageError;
+                }
+                rx.await.unwrap_or(Code::KafkaStorageError)
+            }
+            Backend::Cluster(node) => {
+                let nodes = node.metadata().nodes.len().max(1);
+                let factor = crate::raft::node::REPLICATION_FACTOR.min(nodes);
+                if replication > 0 && replication as usize != factor {
+                    return Code::InvalidReplicationFactor;
+                }
+                let code = node.create_topic(name, partitions, config).await;
+                if code == Code::None {
+                    let _ =
+                        foundation_wait(Duration::from_secs(5), || self.catalog.topic(name).is_some()).await;
+                }
+                code
+            }
+        }
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, name: &str) -> Code {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                if writer.send(Request::DeleteTopic {
+                    name: name.into(),
+                    reply: tx,
+                }) {
+                    rx.await.unwrap_or(Code::KafkaStorageError)
+                } else {
+                    Code::KafkaStorageError
+                }
+            }
+            Backend::Cluster(node) => node.delete_topic(name).await,
+        }
+    }
+
+    /// A new producer id: `(code, id, epoch)`.
+    pub async fn init_producer_id(&self) -> (Code, i64, i16) {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                if writer.send(Request::InitProducerId { reply: tx }) {
+                    rx.await.unwrap_or((Code::KafkaStorageError, -1, -1))
+                } else {
+                    (Code::KafkaStorageError, -1, -1)
+                }
+            }
+            Backend::Cluster(node) => match node.producer_id().await {
+                Ok(id) => (Code::None, id, 0),
+                Err(code) => (code, -1, -1),
+            },
+        }
+    }
+
+    /// Hands a record set to the partition's writer **now** (call in request order per
+    /// connection); the result arrives on the returned receiver (after the write is durable),
+    /// or nothing is sent when `reply` is false (acks=0).
+    pub fn submit_produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<u8>,
+        reply: bool,
+    ) -> Option<oneshot::Receiver<ProduceResult>> {
+        let (tx, rx) = oneshot::channel();
+        let tx = reply.then_some(tx);
+        match &self.backend {
+            Backend::Single { writer, .. } => writer
+                .send(Request::Produce {
+                    topic: topic.into(),
+                    partition,
+                    records,
+                    reply: tx,
+                })
+                .then_some(rx),
+            Backend::Cluster(node) => {
+                let hosted = self
+                    .catalog
+                    .topic(topic)
+                    .and_then(|t| node.partition(t.meta.id, partition));
+                match (hosted, tx) {
+                    (Some(h), tx) => h.sequencer.submit(records, tx),
+                    (None, Some(tx)) => {
+                        let code = if self.catalog.topic(topic).is_some() {
+                            Code::NotLeaderOrFollower
+                        } else {
+                            Code::UnknownTopicOrPartition
+                        };
+                        let _ = tx.send(ProduceResult::failed(code));
+                    }
+                    (None, None) => {}
+                }
+                Some(rx)
+            }
+        }
+    }
+
+    /// Whether this node serves reads of the partition (on a cluster: it leads it).
+    pub fn serves(&self, topic_id: u32, partition: u32) -> bool {
+        match &self.backend {
+            Backend::Single { .. } => true,
+            Backend::Cluster(node) => {
+                node.leader_of(GroupId::Partition {
+                    topic: topic_id,
+                    partition,
+                }) == Some(node.id())
+            }
+        }
+    }
+
+    /// Whole batches from the one holding `from`, below `end`, up to about `max_bytes` (at
+    /// least one when there is any).
+    pub fn read(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        from: i64,
+        end: i64,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<u8>> {
+        match &self.backend {
+            Backend::Single { storage, .. } => {
+                let mut raw = storage.read(topic_id, partition, from, max_bytes)?;
+                // Only what is below `end` (storage may be one commit ahead of the watermark).
+                let keep: usize = batch::iter(&raw)
+                    .take_while(|(h, _)| h.base_offset < end)
+                    .map(|(_, b)| b.len())
+                    .sum();
+                raw.truncate(keep);
+                Ok(raw)
+            }
+            Backend::Cluster(node) => Ok(node.read(topic_id, partition, from, end, max_bytes)?),
+        }
+    }
+
+    /// Headers of the batches from the one holding `from`, below `end`, at most `limit`.
+    pub fn headers(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        from: i64,
+        end: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<BatchHeader>> {
+        match &self.backend {
+            Backend::Single { storage, .. } => Ok(storage
+                .headers(topic_id, partition, from, limit)?
+                .into_iter()
+                .filter(|h| h.base_offset < end)
+                .collect()),
+            Backend::Cluster(_) => {
+                let mut out = Vec::new();
+                let mut at = from;
+                while out.len() < limit && at < end {
+                    let raw = self.read(topic_id, partition, at, end, 1 << 20)?;
+                    let before = out.len();
+                    for (h, _) in batch::iter(&raw) {
+                        if h.last_offset() >= at && out.len() < limit {
+                            at = h.last_offset() + 1;
+                            out.push(h);
+                        }
+                    }
+                    if out.len() == before {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Commits a consumer group's offsets durably; one code per entry.
+    pub async fn commit_offsets(&self, group: &str, entries: Vec<Commit>) -> Vec<Code> {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let n = entries.len();
+                let (tx, rx) = oneshot::channel();
+                if writer.send(Request::CommitOffsets {
+                    group: group.into(),
+                    offsets: entries,
+                    reply: tx,
+                }) {
+                    rx.await.unwrap_or_else(|_| vec![Code::KafkaStorageError; n])
+                } else {
+                    vec![Code::KafkaStorageError; n]
+                }
+            }
+            Backend::Cluster(node) => node.commit_offsets(group, entries).await,
+        }
+    }
+
+    /// Forgets a consumer group's committed offsets.
+    pub async fn delete_group_offsets(&self, group: &str) -> Code {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                if writer.send(Request::DeleteGroup {
+                    group: group.into(),
+                    reply: tx,
+                }) {
+                    rx.await.unwrap_or(Code::KafkaStorageError)
+                } else {
+                    Code::KafkaStorageError
+                }
+            }
+            Backend::Cluster(node) => node.delete_group_offsets(group).await,
+        }
+    }
+
+    /// This node as clients reach it.
+    pub fn me(&self) -> BrokerAddr {
+        let (host, port) = self.cfg.advertised();
+        (self.cfg.node_id, host, port)
+    }
+
+    /// Every broker of the cluster.
+    pub fn brokers(&self) -> Vec<BrokerAddr> {
+        match &self.backend {
+            Backend::Single { .. } => vec![self.me()],
+            Backend::Cluster(node) => {
+                let mut out: Vec<BrokerAddr> = node
+                    .metadata()
+                    .nodes
+                    .iter()
+                    .filter_map(|(id, a)| parse_addr(*id, &a.kafka))
+                    .collect();
+                if !out.iter().any(|b| b.0 == self.cfg.node_id) {
+                    out.push(self.me());
+                }
+                out
+            }
+        }
+    }
+
+    /// The controller's node id (-1: none known).
+    pub fn controller(&self) -> i32 {
+        match &self.backend {
+            Backend::Single { .. } => self.cfg.node_id,
+            Backend::Cluster(node) => node
+                .controller()
+                .and_then(|c| i32::try_from(c).ok())
+                .unwrap_or(-1),
+        }
+    }
+
+    /// A partition's leader, leader epoch and replicas.
+    pub fn place(&self, topic: &crate::state::TopicView, partition: u32) -> PartitionPlace {
+        match &self.backend {
+            Backend::Single { .. } => (self.cfg.node_id, 0, vec![self.cfg.node_id]),
+            Backend::Cluster(node) => {
+                let replicas: Vec<i32> = topic
+                    .meta
+                    .replicas
+                    .get(partition as usize)
+                    .map(|r| r.iter().filter_map(|id| i32::try_from(*id).ok()).collect())
+                    .unwrap_or_default();
+                let (leader, epoch) = node
+                    .partition(topic.meta.id, partition)
+                    .map(|h| {
+                        let m =
+                            openraft::async_runtime::WatchReceiver::borrow_watched(&h.raft.metrics()).clone();
+                        (
+                            m.current_leader.and_then(|l| i32::try_from(l).ok()).unwrap_or(-1),
+                            i32::try_from(m.current_term).unwrap_or(i32::MAX),
+                        )
+                    })
+                    .unwrap_or((-1, -1));
+                (leader, epoch, replicas)
+            }
+        }
+    }
+
+    /// The broker coordinating consumer group `group`, if one is known.
+    pub fn coordinator(&self, group: &str) -> Option<BrokerAddr> {
+        match &self.backend {
+            Backend::Single { .. } => Some(self.me()),
+            Backend::Cluster(node) => {
+                let id = node.coordinator_of(group)?;
+                if id == node.id() {
+                    return Some(self.me());
+                }
+                let meta = node.metadata();
+                parse_addr(id, &meta.nodes.get(&id)?.kafka)
+            }
+        }
+    }
+
+    /// Whether this node coordinates `group`.
+    pub fn coordinates(&self, group: &str) -> bool {
+        match &self.backend {
+            Backend::Single { .. } => true,
+            Backend::Cluster(node) => node.coordinator_of(group) == Some(node.id()),
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it held.
+async fn foundation_wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
