@@ -48,6 +48,26 @@ struct RunArgs {
     /// host:port that Metadata gives clients (Kafka's advertised.listeners) [default: the Kafka listen address].
     #[arg(long, env = "CLOUD_ADVERTISE")]
     advertise: Option<String>,
+    /// Raft listen address: run as a node of a replicated cluster (with --peer).
+    #[arg(long, env = "CLOUD_RAFT_LISTEN")]
+    raft_listen: Option<std::net::SocketAddr>,
+    /// Another node of the cluster, as ID=HOST:PORT of its Raft listener (repeat per node).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    peers: Vec<String>,
+    /// The cluster's name; nodes of another name are refused [default: iot-appliance].
+    #[arg(long, env = "CLOUD_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+}
+
+/// Parses `ID=HOST:PORT`.
+fn parse_peer(s: &str) -> anyhow::Result<(u64, String)> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--peer {s:?}: expected ID=HOST:PORT"))?;
+    let id = id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--peer {s:?}: the node id must be a number"))?;
+    Ok((id, addr.to_string()))
 }
 
 /// Parses `args` (the first is the program name) and runs the command.
@@ -83,11 +103,61 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.advertise.is_some() {
         cfg.advertise = a.advertise;
     }
+    if a.raft_listen.is_some() || !a.peers.is_empty() || a.cluster_name.is_some() {
+        let c = cfg.cluster.get_or_insert_with(|| crate::config::ClusterConfig {
+            name: "iot-appliance".into(),
+            raft_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9192)),
+            peers: Default::default(),
+            heartbeat_ms: 500,
+        });
+        if let Some(l) = a.raft_listen {
+            c.raft_listen = l;
+        }
+        if let Some(n) = a.cluster_name {
+            c.name = n;
+        }
+        for p in &a.peers {
+            let (id, addr) = parse_peer(p)?;
+            c.peers.insert(id, addr);
+        }
+    }
     cfg.validate()?;
-    let storage = Arc::new(RedbStorage::open(&cfg.data_dir.join("broker.redb"))?);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let broker = Broker::start(cfg.clone(), storage)?;
+        let broker = match &cfg.cluster {
+            None => {
+                let storage = Arc::new(RedbStorage::open(&cfg.data_dir.join("broker.redb"))?);
+                Broker::start(cfg.clone(), storage)?
+            }
+            Some(c) => {
+                anyhow::ensure!(
+                    !cfg.data_dir.join("broker.redb").exists(),
+                    "{} holds a single-node broker's data; a cluster node starts on an empty \
+                     directory (run this node without [cluster] to keep serving that data)",
+                    cfg.data_dir.display()
+                );
+                let (host, port) = cfg.advertised();
+                let node = crate::raft::node::Node::start(crate::raft::node::NodeConfig {
+                    id: cfg.node_id as u64,
+                    cluster: c.name.clone(),
+                    raft_listen: c.raft_listen,
+                    addr: crate::raft::NodeAddr {
+                        raft: c.raft_listen.to_string(),
+                        kafka: format!("{host}:{port}"),
+                    },
+                    peers: c.peers.clone(),
+                    data_dir: cfg.data_dir.clone(),
+                    timing: crate::raft::Timing {
+                        heartbeat_ms: c.heartbeat_ms,
+                        election_ms: (3 * c.heartbeat_ms, 6 * c.heartbeat_ms),
+                    },
+                    maintenance: Duration::from_secs(30),
+                })
+                .await?;
+                info!(node = cfg.node_id, raft = %c.raft_listen, peers = c.peers.len(), "cluster node started");
+                Broker::start_cluster(cfg.clone(), node, c.name.clone())
+            }
+        };
         let listener = crate::server::bind(cfg.kafka_listen).await?;
         let http = tokio::net::TcpListener::bind(cfg.http_listen)
             .await

@@ -8,6 +8,13 @@
 //! advertise = "broker.example.com:9092"   # what Metadata tells clients; default: kafka_listen
 //! auto_create_topics = true
 //! default_partitions = 1
+//!
+//! # A replicated cluster: every node lists the others (without it, one node on its own).
+//! [cluster]
+//! name = "plant-7"                        # peers of another name are refused
+//! raft_listen = "10.0.0.1:9192"           # node-to-node traffic, apart from Kafka clients
+//! peers = { 2 = "10.0.0.2:9192", 3 = "10.0.0.3:9192" }
+//! heartbeat_ms = 500                      # Raft timing (election timeout 3x-6x this)
 //! ```
 
 use std::net::SocketAddr;
@@ -33,6 +40,33 @@ pub struct Config {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics (and of CreateTopics with -1).
     pub default_partitions: u32,
+    /// Replication: absent for one node on its own.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The `[cluster]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name: nodes of another name are refused as peers.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// The Raft listener.
+    pub raft_listen: SocketAddr,
+    /// The other nodes' Raft addresses by node id.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// Raft heartbeat interval (ms); the election timeout is 3–6 times it.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+}
+
+fn default_cluster_name() -> String {
+    "iot-appliance".into()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    500
 }
 
 impl Default for Config {
@@ -45,6 +79,7 @@ impl Default for Config {
             advertise: None,
             auto_create_topics: true,
             default_partitions: 1,
+            cluster: None,
         }
     }
 }
@@ -72,6 +107,24 @@ impl Config {
             (1..=10_000).contains(&self.default_partitions),
             "default_partitions must be 1..=10000"
         );
+        if let Some(c) = &self.cluster {
+            anyhow::ensure!(
+                (20..=10_000).contains(&c.heartbeat_ms),
+                "cluster.heartbeat_ms must be 20..=10000"
+            );
+            anyhow::ensure!(
+                !c.peers.contains_key(&(self.node_id as u64)),
+                "cluster.peers names this node's own id {}",
+                self.node_id
+            );
+            for (id, addr) in &c.peers {
+                anyhow::ensure!(
+                    addr.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                    "cluster.peers.{id} must be host:port, got {addr:?}"
+                );
+            }
+        }
         if let Some(a) = &self.advertise {
             let (host, port) = a
                 .rsplit_once(':')

@@ -30,6 +30,8 @@ pub fn tempdir(tag: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct Broker {
     child: Option<Guard>,
+    /// Extra arguments it was started with (a cluster node's id, Raft listener and peers).
+    extra: Vec<String>,
     /// Kafka port.
     pub port: u16,
     /// HTTP port.
@@ -46,6 +48,11 @@ impl Broker {
 
     /// Starts a broker on these ports over `dir` and waits until it accepts connections.
     pub fn start_on(dir: &Path, port: u16, http: u16) -> Self {
+        Self::start_with(dir, port, http, Vec::new())
+    }
+
+    /// Like [`Broker::start_on`] with extra arguments.
+    pub fn start_with(dir: &Path, port: u16, http: u16, extra: Vec<String>) -> Self {
         let mut child = Guard::spawn(
             "cloud-broker",
             Command::new(env!("CARGO_BIN_EXE_cloud-broker"))
@@ -53,6 +60,7 @@ impl Broker {
                 .args(["--http-listen", &format!("127.0.0.1:{http}")])
                 .arg("--data-dir")
                 .arg(dir)
+                .args(&extra)
                 .env("CLOUD_LOG", "warn"),
         )
         .unwrap();
@@ -61,10 +69,35 @@ impl Broker {
             .unwrap();
         Broker {
             child: Some(child),
+            extra,
             port,
             http,
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// `n` cluster nodes (ids 1..=n) on loopback, each a process over its own directory
+    /// under `dir`.
+    pub fn cluster(dir: &Path, n: u64) -> Vec<Broker> {
+        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+        (1..=n)
+            .map(|id| {
+                let (kafka, http, raft) = ports[(id - 1) as usize];
+                let mut extra = vec![
+                    "--node-id".to_string(),
+                    id.to_string(),
+                    "--raft-listen".to_string(),
+                    format!("127.0.0.1:{raft}"),
+                ];
+                for (j, (_, _, r)) in ports.iter().enumerate() {
+                    if j as u64 + 1 != id {
+                        extra.push("--peer".into());
+                        extra.push(format!("{}=127.0.0.1:{r}", j + 1));
+                    }
+                }
+                Broker::start_with(&dir.join(format!("node-{id}")), kafka, http, extra)
+            })
+            .collect()
     }
 
     /// `host:port` of the Kafka listener.
@@ -82,7 +115,12 @@ impl Broker {
     /// Kills the broker (SIGKILL) and starts it again on the same ports and data directory.
     pub fn restart(&mut self) {
         self.kill9();
-        *self = Broker::start_on(&self.dir.clone(), self.port, self.http);
+        *self = Broker::start_with(&self.dir.clone(), self.port, self.http, self.extra.clone());
+    }
+
+    /// Starts a broker killed before, on the same ports, directory and arguments.
+    pub fn start_again(&mut self) {
+        *self = Broker::start_with(&self.dir.clone(), self.port, self.http, self.extra.clone());
     }
 }
 
