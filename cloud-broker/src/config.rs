@@ -148,3 +148,33 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_section_parses_and_is_checked() {
+        let c = Config::from_toml(
+            "node_id = 1\n[cluster]\nname = \"plant\"\nraft_listen = \"127.0.0.1:9192\"\n\
+             peers = { 2 = \"10.0.0.2:9192\", 3 = \"10.0.0.3:9192\" }\n",
+        )
+        .unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!(
+            (cl.name.as_str(), cl.peers.len(), cl.heartbeat_ms),
+            ("plant", 2, 500)
+        );
+        assert!(
+            Config::from_toml("").unwrap().cluster.is_none(),
+            "one node by default"
+        );
+        let own = Config::from_toml(
+            "node_id = 2\n[cluster]\nraft_listen = \"127.0.0.1:1\"\npeers = { 2 = \"h:1\" }\n",
+        );
+        assert!(own.unwrap_err().to_string().contains("own id"));
+        let bad = Config::from_toml("[cluster]\nraft_listen = \"127.0.0.1:1\"\npeers = { 2 = \"nohost\" }\n");
+        assert!(bad.unwrap_err().to_string().contains("host:port"));
+        assert!(Config::from_toml("[cluster]\nraft_listen = \"127.0.0.1:1\"\nsurprise = 1\n").is_err());
+    }
+}

@@ -11,6 +11,7 @@ pub enum Code {
     UnknownTopicOrPartition = 3,
     LeaderNotAvailable = 5,
     NotLeaderOrFollower = 6,
+    RequestTimedOut = 7,
     MessageTooLarge = 10,
     CoordinatorNotAvailable = 15,
     NotCoordinator = 16,

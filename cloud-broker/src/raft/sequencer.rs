@@ -12,8 +12,10 @@
 //! term is applied (`ensure_linearizable`), then takes the applied partition as the tip. A node
 //! that does not lead answers `NOT_LEADER_OR_FOLLOWER`; clients refresh metadata and retry.
 //! A proposal whose fate is unknown (the leader lost its term before the entry committed) is
-//! answered `NOT_LEADER_OR_FOLLOWER` too: an idempotent producer's retry is then recognised as
-//! a duplicate if the entry did commit, as in Kafka.
+//! answered `NOT_LEADER_OR_FOLLOWER` too, and one that waits longer than `PROPOSAL_TIMEOUT`
+//! (a leader cut off from its followers) `REQUEST_TIMED_OUT`: an idempotent producer's retry is
+//! then recognised as a duplicate if the entry did commit, as in Kafka. A timed-out entry stays
+//! in the tip, since it may still commit in this term; only a new term retakes the tip.
 //!
 //! Every answer follows from committed state: a duplicate is answered with its original offset
 //! only after that original is committed (the task has at most one proposal in flight, so what
@@ -34,6 +36,9 @@ use crate::state::ProduceResult;
 
 /// Most record bytes proposed in one entry.
 const MAX_ENTRY_BYTES: usize = 16 << 20;
+/// How long a proposal may wait for its commit before its producers are answered
+/// `REQUEST_TIMED_OUT` (a leader cut off from its followers commits nothing).
+const PROPOSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Decides a maintenance command from the tip.
 type Decide = Box<dyn FnOnce(&Partition) -> Option<PartitionCommand> + Send>;
@@ -152,23 +157,41 @@ async fn run(me: NodeId, raft: GroupRaft, machine: GroupMachine, mut rx: mpsc::U
         };
         let round = decide(&mut t.partition, jobs);
         if round.commands.is_empty() {
-            round.answer(&t.partition, true);
+            round.answer(&t.partition, Ok(()));
             continue;
         }
-        let mut ok = true;
+        let mut outcome = Ok(());
         for cmd in &round.commands {
-            if let Err(e) = raft.client_write(Command::Partition(cmd.clone())).await {
-                debug!(error = %e, "proposal failed; answering NOT_LEADER_OR_FOLLOWER");
-                ok = false;
-                break;
+            match tokio::time::timeout(
+                PROPOSAL_TIMEOUT,
+                raft.client_write(Command::Partition(cmd.clone())),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!(error = %e, "proposal failed; answering NOT_LEADER_OR_FOLLOWER");
+                    outcome = Err(Code::NotLeaderOrFollower);
+                    break;
+                }
+                Err(_) => {
+                    outcome = Err(Code::RequestTimedOut);
+                    break;
+                }
             }
         }
-        if !ok {
-            tip = None;
-            round.answer(&Partition::default(), false);
-            continue;
+        match outcome {
+            Ok(()) => round.answer(&t.partition, Ok(())),
+            // The entry was refused before it was logged, or this node stopped leading: the
+            // tip is retaken from the applied state of the next term.
+            Err(Code::NotLeaderOrFollower) => {
+                tip = None;
+                round.answer(&Partition::default(), Err(Code::NotLeaderOrFollower));
+            }
+            // Still logged in this term and may yet commit: the tip keeps it, so that nothing
+            // proposed after it can take its offsets. A retry is then a duplicate or next.
+            Err(code) => round.answer(&t.partition, Err(code)),
         }
-        round.answer(&t.partition, true);
     }
 }
 
@@ -199,32 +222,27 @@ enum Answer {
 }
 
 impl Round {
-    /// Answers everyone: what the round decided if its commands committed, otherwise
-    /// `NOT_LEADER_OR_FOLLOWER` for whatever depended on them.
-    fn answer(self, tip: &Partition, committed: bool) {
+    /// Answers everyone: what the round decided if its commands committed, otherwise the
+    /// error for whatever depended on them.
+    fn answer(self, tip: &Partition, committed: Result<(), Code>) {
         for a in self.answers {
             match a {
                 Answer::Produce(None, _) => {}
                 Answer::Produce(Some(tx), Ok(base)) => {
-                    let _ = tx.send(if committed {
-                        ProduceResult {
+                    let _ = tx.send(match committed {
+                        Ok(()) => ProduceResult {
                             code: Code::None,
                             base_offset: base,
                             log_start: tip.head.log_start,
-                        }
-                    } else {
-                        ProduceResult::failed(Code::NotLeaderOrFollower)
+                        },
+                        Err(code) => ProduceResult::failed(code),
                     });
                 }
                 Answer::Produce(Some(tx), Err(code)) => {
                     let _ = tx.send(ProduceResult::failed(code));
                 }
                 Answer::Maintain(tx, code) => {
-                    let _ = tx.send(if committed {
-                        code
-                    } else {
-                        Code::NotLeaderOrFollower
-                    });
+                    let _ = tx.send(committed.map_or_else(|e| e, |()| code));
                 }
             }
         }
