@@ -42,7 +42,7 @@ struct RunArgs {
     /// Kafka listen address [default: 127.0.0.1:9092].
     #[arg(long, env = "CLOUD_KAFKA_LISTEN")]
     kafka_listen: Option<std::net::SocketAddr>,
-    /// HTTP listen address (health) [default: 127.0.0.1:8080].
+    /// HTTP listen address (`/health`, `/api/cluster`) [default: 127.0.0.1:8080].
     #[arg(long, env = "CLOUD_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
     /// host:port that Metadata gives clients (Kafka's advertised.listeners) [default: the Kafka listen address].
@@ -178,7 +178,16 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 }
             }
         });
-        let health = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let status = broker.clone();
+        let health = axum::Router::new()
+            .route("/health", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/api/cluster",
+                axum::routing::get(move || {
+                    let b = status.clone();
+                    async move { axum::Json(b.cluster_status()) }
+                }),
+            );
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");
         tokio::select! {
             r = crate::server::serve(broker, listener) => r?,

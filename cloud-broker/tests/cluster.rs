@@ -152,6 +152,32 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
     );
     let leaders: HashSet<i32> = placed.values().map(|(l, _)| *l).collect();
     assert!(leaders.len() >= 2, "leaders spread over the nodes: {placed:?}");
+    // Every node's /api/cluster comes to tell the same story as Metadata (a follower learns
+    // its leader from the leader's first heartbeat).
+    for n in &nodes {
+        let agrees = |v: &serde_json::Value| {
+            v["mode"] == "cluster"
+                && v["nodes"].as_array().map(|a| a.len()) == Some(3)
+                && v["partitions"].as_array().is_some_and(|ps| {
+                    ps.len() == PARTITIONS as usize
+                        && ps.iter().all(|p| {
+                            let id = p["partition"].as_i64().unwrap_or(-1) as i32;
+                            p["hosted"] == true
+                                && placed.get(&id).map(|(l, _)| i64::from(*l)) == p["leader"].as_i64()
+                        })
+                })
+        };
+        foundation::wait::until(
+            Duration::from_secs(30),
+            "/api/cluster to agree with Metadata",
+            || {
+                foundation::http::json(&format!("127.0.0.1:{}", n.http), "GET", "/api/cluster")
+                    .ok()
+                    .filter(agrees)
+            },
+        )
+        .unwrap();
+    }
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &addr)

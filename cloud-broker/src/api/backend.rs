@@ -361,6 +361,50 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// What `/api/cluster` shows: the nodes, the controller, and where every partition stands
+    /// as this node sees it (leader, term, replicas; watermarks where it holds a replica).
+    pub fn cluster_status(&self) -> serde_json::Value {
+        let Backend::Cluster(node) = &self.backend else {
+            return serde_json::json!({ "mode": "single", "node": self.cfg.node_id });
+        };
+        let meta = node.metadata();
+        let nodes: Vec<serde_json::Value> = meta
+            .nodes
+            .iter()
+            .map(|(id, a)| serde_json::json!({ "id": id, "kafka": a.kafka, "raft": a.raft }))
+            .collect();
+        let mut partitions = Vec::new();
+        for t in meta.topics.values() {
+            for p in 0..t.partitions {
+                let (leader, term, replicas) = self
+                    .catalog
+                    .topic(&t.name)
+                    .map(|v| self.place(&v, p))
+                    .unwrap_or((-1, -1, Vec::new()));
+                let hosted = node.partition(t.id, p);
+                partitions.push(serde_json::json!({
+                    "topic": t.name,
+                    "partition": p,
+                    "leader": leader,
+                    "term": term,
+                    "replicas": replicas,
+                    "hosted": hosted.is_some(),
+                    "high_watermark": hosted.as_ref().map(|h| h.view.hw.load(std::sync::atomic::Ordering::SeqCst)),
+                    "log_start": hosted.as_ref().map(|h| h.view.log_start.load(std::sync::atomic::Ordering::SeqCst)),
+                }));
+            }
+        }
+        serde_json::json!({
+            "mode": "cluster",
+            "node": node.id(),
+            "controller": node.controller(),
+            "nodes": nodes,
+            "partitions": partitions,
+        })
+    }
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it held.
 async fn foundation_wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
