@@ -75,8 +75,7 @@ impl Broker {
                 }
                 let code = node.create_topic(name, partitions, config).await;
                 if code == Code::None {
-                    let _ =
-                        foundation_wait(Duration::from_secs(5), || self.catalog.topic(name).is_some()).await;
+                    let _ = wait_until(Duration::from_secs(5), || self.catalog.topic(name).is_some()).await;
                 }
                 code
             }
@@ -406,7 +405,7 @@ impl Broker {
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it held.
-async fn foundation_wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if cond() {

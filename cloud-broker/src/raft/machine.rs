@@ -228,6 +228,46 @@ impl GroupMachine {
         }
     }
 
+    /// Saves `state` as the applied state and as the snapshot `meta` describes: the machine
+    /// state first, so that a snapshot is never ahead of what a restart restores.
+    async fn save(&self, meta: SnapshotMetaOf<TypeConfig>, state: &Applied) -> io::Result<()> {
+        self.store
+            .put(self.group, Slot::Machine, Self::encode(state)?)
+            .await?;
+        let stored = Stored {
+            meta,
+            state: state.clone(),
+        };
+        self.store
+            .put(
+                self.group,
+                Slot::Snapshot,
+                postcard::to_allocvec(&stored).map_err(io_err)?,
+            )
+            .await
+    }
+
+    /// A snapshot of `state` whose batches are read from this node's store when it is sent.
+    fn local_snapshot(
+        &self,
+        meta: SnapshotMetaOf<TypeConfig>,
+        state: Applied,
+    ) -> SnapshotOf<TypeConfig, PartitionSnapshot> {
+        let head = state.head();
+        SnapshotOf::<TypeConfig, PartitionSnapshot> {
+            meta,
+            snapshot: PartitionSnapshot {
+                batches: SnapshotBatches::Local {
+                    store: self.store.clone(),
+                    group: self.group,
+                    from: head.log_start,
+                    end: head.next_offset,
+                },
+                state,
+            },
+        }
+    }
+
     fn encode(s: &Applied) -> io::Result<Vec<u8>> {
         postcard::to_allocvec(s).map_err(io_err)
     }
@@ -308,20 +348,7 @@ impl RaftStateMachine<TypeConfig> for GroupMachine {
         let upto = meta.last_log_id.map(|l| l.index);
         let mut s = self.state.lock().await;
         self.store.seal(self.group, upto, batches).await?;
-        let stored = Stored {
-            meta: meta.clone(),
-            state: state.clone(),
-        };
-        self.store
-            .put(
-                self.group,
-                Slot::Snapshot,
-                postcard::to_allocvec(&stored).map_err(io_err)?,
-            )
-            .await?;
-        self.store
-            .put(self.group, Slot::Machine, Self::encode(&state)?)
-            .await?;
+        self.save(meta.clone(), &state).await?;
         *s = state;
         self.publish(&s);
         Ok(())
@@ -334,19 +361,7 @@ impl RaftStateMachine<TypeConfig> for GroupMachine {
             return Ok(None);
         };
         let stored: Stored = postcard::from_bytes(&b).map_err(io_err)?;
-        let head = stored.state.head();
-        Ok(Some(SnapshotOf::<TypeConfig, PartitionSnapshot> {
-            meta: stored.meta,
-            snapshot: PartitionSnapshot {
-                batches: SnapshotBatches::Local {
-                    store: self.store.clone(),
-                    group: self.group,
-                    from: head.log_start,
-                    end: head.next_offset,
-                },
-                state: stored.state,
-            },
-        }))
+        Ok(Some(self.local_snapshot(stored.meta, stored.state)))
     }
 }
 
@@ -359,33 +374,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupMachine {
             last_log_id: s.last_applied,
             last_membership: s.membership.clone(),
         };
-        let stored = Stored {
-            meta: meta.clone(),
-            state: s.clone(),
-        };
-        // The machine state first: a snapshot must never be ahead of what a restart restores.
-        self.store
-            .put(self.group, Slot::Machine, Self::encode(&s)?)
-            .await?;
-        self.store
-            .put(
-                self.group,
-                Slot::Snapshot,
-                postcard::to_allocvec(&stored).map_err(io_err)?,
-            )
-            .await?;
-        let head = s.head();
-        Ok(SnapshotOf::<TypeConfig, PartitionSnapshot> {
-            meta,
-            snapshot: PartitionSnapshot {
-                batches: SnapshotBatches::Local {
-                    store: self.store.clone(),
-                    group: self.group,
-                    from: head.log_start,
-                    end: head.next_offset,
-                },
-                state: s,
-            },
-        })
+        self.save(meta.clone(), &s).await?;
+        Ok(self.local_snapshot(meta, s))
     }
 }

@@ -102,6 +102,25 @@ fn encode_frame(out: &mut Vec<u8>, f: &Frame) {
     out.extend_from_slice(&f.payload);
 }
 
+/// Writes queued frames until the queue closes or the socket fails, coalescing the frames
+/// waiting at once into one write (up to about 1 MiB).
+async fn write_frames(mut wr: impl AsyncWriteExt + Unpin, mut rx: mpsc::Receiver<Frame>) {
+    let mut buf = Vec::new();
+    while let Some(f) = rx.recv().await {
+        buf.clear();
+        encode_frame(&mut buf, &f);
+        while buf.len() <= 1 << 20 {
+            match rx.try_recv() {
+                Ok(f) => encode_frame(&mut buf, &f),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<Frame>> {
     let len = match rd.read_u32().await {
         Ok(n) => n as usize,
@@ -201,7 +220,7 @@ pub async fn serve(
 }
 
 async fn serve_conn(sock: TcpStream, cluster: &str, me: NodeId, groups: Groups) -> std::io::Result<()> {
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, wr) = sock.into_split();
     let hello = read_frame(&mut rd)
         .await?
         .ok_or(std::io::ErrorKind::UnexpectedEof)?;
@@ -213,23 +232,8 @@ async fn serve_conn(sock: TcpStream, cluster: &str, me: NodeId, groups: Groups) 
             "not a peer of this cluster",
         ));
     }
-    let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
-    let writer = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        while let Some(f) = rx.recv().await {
-            buf.clear();
-            encode_frame(&mut buf, &f);
-            while let Ok(f) = rx.try_recv() {
-                encode_frame(&mut buf, &f);
-                if buf.len() > 1 << 20 {
-                    break;
-                }
-            }
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (tx, rx) = mpsc::channel::<Frame>(QUEUE);
+    let writer = tokio::spawn(write_frames(wr, rx));
     let mut requests = tokio::task::JoinSet::new();
     let r = async {
         while let Some(f) = read_frame(&mut rd).await? {
@@ -465,23 +469,8 @@ impl Network {
         wr.write_all(&hello)
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            while let Some(f) = rx.recv().await {
-                buf.clear();
-                encode_frame(&mut buf, &f);
-                while let Ok(f) = rx.try_recv() {
-                    encode_frame(&mut buf, &f);
-                    if buf.len() > 1 << 20 {
-                        break;
-                    }
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (tx, rx) = mpsc::channel::<Frame>(QUEUE);
+        tokio::spawn(write_frames(wr, rx));
         let pending = peer.pending.clone();
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let addr = peer.addr.clone();
