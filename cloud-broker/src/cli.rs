@@ -42,7 +42,7 @@ struct RunArgs {
     /// Kafka listen address [default: 127.0.0.1:9092].
     #[arg(long, env = "CLOUD_KAFKA_LISTEN")]
     kafka_listen: Option<std::net::SocketAddr>,
-    /// HTTP listen address (`/health`, `/api/cluster`) [default: 127.0.0.1:8080].
+    /// HTTP listen address (`/health`, `/api/cluster`, `/api/cluster/digests`) [default: 127.0.0.1:8080].
     #[arg(long, env = "CLOUD_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
     /// host:port that Metadata gives clients (Kafka's advertised.listeners) [default: the Kafka listen address].
@@ -51,7 +51,7 @@ struct RunArgs {
     /// Raft listen address: run as a node of a replicated cluster (with --peer).
     #[arg(long, env = "CLOUD_RAFT_LISTEN")]
     raft_listen: Option<std::net::SocketAddr>,
-    /// Another node of the cluster, as ID=HOST:PORT of its Raft listener (repeat per node).
+    /// Another node of the cluster: ID=HOST:PORT, how this node reaches its Raft listener (repeat per node).
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     peers: Vec<String>,
     /// The cluster's name; nodes of another name are refused [default: iot-appliance].
@@ -108,7 +108,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             name: "iot-appliance".into(),
             raft_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9192)),
             peers: Default::default(),
-            heartbeat_ms: 500,
+            heartbeat_ms: crate::config::default_heartbeat_ms(),
         });
         if let Some(l) = a.raft_listen {
             c.raft_listen = l;
@@ -179,6 +179,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             }
         });
         let status = broker.clone();
+        let digests = broker.clone();
         let health = axum::Router::new()
             .route("/health", axum::routing::get(|| async { "ok" }))
             .route(
@@ -186,6 +187,19 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 axum::routing::get(move || {
                     let b = status.clone();
                     async move { axum::Json(b.cluster_status()) }
+                }),
+            )
+            .route(
+                "/api/cluster/digests",
+                axum::routing::get(move || {
+                    let b = digests.clone();
+                    // Reads every replica's log: off the runtime's worker threads.
+                    async move {
+                        let v = tokio::task::spawn_blocking(move || b.cluster_digests())
+                            .await
+                            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+                        axum::Json(v)
+                    }
                 }),
             );
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");

@@ -8,34 +8,15 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cluster::{bootstrap, create_topic, read_all as read_topic, wait_formed};
 use common::{tempdir, Broker};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const TOPIC: &str = "replicated";
 const PARTITIONS: i32 = 3;
-
-fn bootstrap(nodes: &[Broker]) -> String {
-    nodes.iter().map(|n| n.addr()).collect::<Vec<_>>().join(",")
-}
-
-/// `partition -> (leader, replicas)` from a Metadata request.
-fn placement(c: &BaseConsumer) -> BTreeMap<i32, (i32, usize)> {
-    let md = c
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .expect("metadata");
-    md.topics()
-        .iter()
-        .flat_map(|t| t.partitions())
-        .map(|p| (p.id(), (p.leader(), p.replicas().len())))
-        .collect()
-}
 
 async fn produce(p: &FutureProducer, from: usize, n: usize, acked: &mut BTreeMap<(i32, i64), String>) {
     let futures: Vec<_> = (from..from + n)
@@ -62,38 +43,7 @@ async fn produce(p: &FutureProducer, from: usize, n: usize, acked: &mut BTreeMap
 }
 
 fn read_all(addr: &str, group: &str, want: usize) -> BTreeMap<(i32, i64), String> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    c.subscribe(&[TOPIC]).unwrap();
-    let mut got = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < want {
-        assert!(
-            Instant::now() < deadline,
-            "read {} of {want} records in 60 s",
-            got.len()
-        );
-        if let Some(m) = c.poll(Duration::from_millis(200)) {
-            // librdkafka reports a dead broker's connection as an error; it carries on.
-            let Ok(m) = m else {
-                continue;
-            };
-            let value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
-            assert!(
-                got.insert((m.partition(), m.offset()), value).is_none(),
-                "read {}/{} twice",
-                m.partition(),
-                m.offset()
-            );
-        }
-    }
-    c.commit_consumer_state(CommitMode::Sync).expect("commit");
-    got
+    read_topic(addr, TOPIC, group, want)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,51 +51,8 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
     let dir = tempdir("cluster");
     let mut nodes = Broker::cluster(&dir, 3);
     let addr = bootstrap(&nodes);
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &addr)
-        .create()
-        .unwrap();
-    // The cluster is formed once every node has registered: Metadata then names all three.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while probe
-        .fetch_metadata(None, Duration::from_secs(5))
-        .map_or(0, |m| m.brokers().len())
-        < 3
-    {
-        assert!(Instant::now() < deadline, "the cluster did not form in 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &addr)
-        .create()
-        .expect("admin client");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    // The cluster forms while the client starts: retry until the controller answers.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let res = admin
-            .create_topics(
-                &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))],
-                &opts,
-            )
-            .await
-            .expect("CreateTopics");
-        match res.as_slice() {
-            [Ok(_)] => break,
-            [Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))] => break,
-            other => assert!(Instant::now() < deadline, "CreateTopics: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let placed = loop {
-        let p = placement(&probe);
-        if p.len() == PARTITIONS as usize && p.values().all(|(l, _)| *l > 0) {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "partitions without a leader: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    wait_formed(&addr, 3);
+    let placed = create_topic(&addr, TOPIC, PARTITIONS, 3).await;
     assert!(
         placed.values().all(|(_, r)| *r == 3),
         "three replicas each: {placed:?}"

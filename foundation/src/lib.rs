@@ -16,9 +16,9 @@
 //! - [`redb`] (`redb`) — a redb database that reopens itself after a failed write.
 //! - [`prom`] (`prom`) — Prometheus text pages (prometheus-parse): values, histograms,
 //!   quantiles between two scrapes.
-//! - [`wait`], [`net`], [`process`], [`procfs`], [`scratch`] (`testkit`) — waiting for a
-//!   condition with a deadline, loopback ports, child-process guards, CPU / memory figures from
-//!   `/proc`, and scratch directories removed on drop.
+//! - [`wait`], [`net`], [`process`], [`procfs`], [`scratch`], [`proxy`] (`testkit`) — waiting
+//!   for a condition with a deadline, loopback ports, child-process guards, CPU / memory figures
+//!   from `/proc`, scratch directories removed on drop, and a TCP proxy that cuts links.
 #![warn(missing_docs)]
 
 pub mod ids;
@@ -38,6 +38,8 @@ pub mod process;
 pub mod procfs;
 #[cfg(feature = "prom")]
 pub mod prom;
+#[cfg(feature = "testkit")]
+pub mod proxy;
 #[cfg(feature = "redb")]
 pub mod redb;
 #[cfg(feature = "testkit")]

@@ -18,9 +18,10 @@ pub mod acker;
 pub mod agent;
 pub mod cloud;
 pub mod mosquitto;
-pub mod proxy;
 pub mod qemu;
 pub mod sim;
+/// A TCP proxy that cuts its links on demand (the foundation crate's, re-exported).
+pub use foundation::proxy;
 /// Waiting for a condition with a deadline (the foundation crate's, re-exported).
 pub use foundation::wait;
 

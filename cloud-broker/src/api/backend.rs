@@ -11,7 +11,7 @@ use super::Broker;
 use crate::batch::{self, BatchHeader};
 use crate::errors::Code;
 use crate::raft::node::Node;
-use crate::raft::{GroupId, NodeId};
+use crate::raft::NodeId;
 use crate::sm::offsets::Commit;
 use crate::state::{ProduceResult, Request, Writer};
 use crate::storage::{Storage, TopicConfig};
@@ -165,12 +165,9 @@ impl Broker {
     pub fn serves(&self, topic_id: u32, partition: u32) -> bool {
         match &self.backend {
             Backend::Single { .. } => true,
-            Backend::Cluster(node) => {
-                node.leader_of(GroupId::Partition {
-                    topic: topic_id,
-                    partition,
-                }) == Some(node.id())
-            }
+            Backend::Cluster(node) => node
+                .partition(topic_id, partition)
+                .is_some_and(|h| node.leads(&h.raft)),
         }
     }
 
@@ -323,11 +320,13 @@ impl Broker {
                 let (leader, epoch) = node
                     .partition(topic.meta.id, partition)
                     .map(|h| {
-                        let m =
-                            openraft::async_runtime::WatchReceiver::borrow_watched(&h.raft.metrics()).clone();
+                        let term = openraft::async_runtime::WatchReceiver::borrow_watched(&h.raft.metrics())
+                            .current_term;
                         (
-                            m.current_leader.and_then(|l| i32::try_from(l).ok()).unwrap_or(-1),
-                            i32::try_from(m.current_term).unwrap_or(i32::MAX),
+                            node.partition_leader(&h.raft)
+                                .and_then(|l| i32::try_from(l).ok())
+                                .unwrap_or(-1),
+                            i32::try_from(term).unwrap_or(i32::MAX),
                         )
                     })
                     .unwrap_or((-1, -1));
@@ -401,6 +400,37 @@ impl Broker {
             "nodes": nodes,
             "partitions": partitions,
         })
+    }
+}
+
+impl Broker {
+    /// What `/api/cluster/digests` shows: for every partition replica on this node, its
+    /// committed log in brief ([`crate::raft::node::LogDigest`]), to compare across nodes.
+    pub fn cluster_digests(&self) -> serde_json::Value {
+        let Backend::Cluster(node) = &self.backend else {
+            return serde_json::json!({ "mode": "single", "node": self.cfg.node_id });
+        };
+        let meta = node.metadata();
+        let mut partitions = Vec::new();
+        for t in meta.topics.values() {
+            for p in 0..t.partitions {
+                let Some(d) = node.digest(t.id, p) else {
+                    continue;
+                };
+                let mut v = serde_json::json!({ "topic": t.name, "partition": p });
+                match d {
+                    Ok(d) => {
+                        v["log_start"] = d.log_start.into();
+                        v["high_watermark"] = d.high_watermark.into();
+                        v["bytes"] = d.bytes.into();
+                        v["crc32c"] = d.crc32c.into();
+                    }
+                    Err(e) => v["error"] = e.to_string().into(),
+                }
+                partitions.push(v);
+            }
+        }
+        serde_json::json!({ "mode": "cluster", "node": node.id(), "partitions": partitions })
     }
 }
 

@@ -203,14 +203,15 @@ pub async fn serve(
     cluster: String,
     me: NodeId,
     groups: Groups,
+    heard: Heard,
 ) -> std::io::Result<()> {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (sock, peer) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
-        let (cluster, groups) = (cluster.clone(), groups.clone());
+        let (cluster, groups, heard) = (cluster.clone(), groups.clone(), heard.clone());
         conns.spawn(async move {
-            if let Err(e) = serve_conn(sock, &cluster, me, groups).await {
+            if let Err(e) = serve_conn(sock, &cluster, me, groups, heard).await {
                 debug!(%peer, error = %e, "raft connection closed");
             }
         });
@@ -219,7 +220,13 @@ pub async fn serve(
     }
 }
 
-async fn serve_conn(sock: TcpStream, cluster: &str, me: NodeId, groups: Groups) -> std::io::Result<()> {
+async fn serve_conn(
+    sock: TcpStream,
+    cluster: &str,
+    me: NodeId,
+    groups: Groups,
+    heard: Heard,
+) -> std::io::Result<()> {
     let (mut rd, wr) = sock.into_split();
     let hello = read_frame(&mut rd)
         .await?
@@ -237,6 +244,7 @@ async fn serve_conn(sock: TcpStream, cluster: &str, me: NodeId, groups: Groups) 
     let mut requests = tokio::task::JoinSet::new();
     let r = async {
         while let Some(f) = read_frame(&mut rd).await? {
+            heard.now(h.node);
             let (groups, tx) = (groups.clone(), tx.clone());
             while requests.try_join_next().is_some() {}
             requests.spawn(async move {
@@ -317,9 +325,34 @@ async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>>;
 
+/// When this node last received a frame from each peer (a request on the peer's connection
+/// or a reply on its own): how a follower tells a live leader from one that stopped talking
+/// before an election has replaced it.
+#[derive(Debug, Clone, Default)]
+pub struct Heard(Arc<Mutex<HashMap<NodeId, std::time::Instant>>>);
+
+impl Heard {
+    fn now(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, std::time::Instant::now());
+    }
+
+    /// Whether a frame from `peer` arrived within `window`.
+    pub fn within(&self, peer: NodeId, window: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < window)
+    }
+}
+
 /// The connection to one peer, dialled on first use and again after a loss.
 #[derive(Debug)]
 struct Peer {
+    id: NodeId,
     addr: String,
     /// The live connection's queue, and whether its reader saw it end.
     conn: tokio::sync::Mutex<Option<(mpsc::Sender<Frame>, Arc<std::sync::atomic::AtomicBool>)>>,
@@ -332,21 +365,40 @@ pub struct Network {
     cluster: String,
     me: NodeId,
     peers: Arc<RwLock<HashMap<NodeId, Arc<Peer>>>>,
+    /// How this node reaches a peer, when its configuration says (`--peer ID=HOST:PORT`):
+    /// that wins over the address the peer registered, which is what the cluster's
+    /// membership carries and may not be routable from here (NAT, proxies).
+    routes: Arc<HashMap<NodeId, String>>,
+    heard: Heard,
     next_id: Arc<AtomicU64>,
 }
 
 impl Network {
     /// The network of node `me` in `cluster`.
     pub fn new(cluster: impl Into<String>, me: NodeId) -> Self {
+        Self::with_routes(cluster, me, HashMap::new())
+    }
+
+    /// Like [`Network::new`], reaching the peers in `routes` at those addresses whatever
+    /// address the membership gives for them.
+    pub fn with_routes(cluster: impl Into<String>, me: NodeId, routes: HashMap<NodeId, String>) -> Self {
         Network {
             cluster: cluster.into(),
             me,
             peers: Arc::default(),
+            routes: Arc::new(routes),
+            heard: Heard::default(),
             next_id: Arc::new(AtomicU64::new(1)),
         }
     }
 
+    /// When each peer was last heard from (shared with [`serve`]).
+    pub fn heard(&self) -> Heard {
+        self.heard.clone()
+    }
+
     fn peer(&self, id: NodeId, addr: &str) -> Arc<Peer> {
+        let addr = self.routes.get(&id).map_or(addr, String::as_str);
         if let Some(p) = self
             .peers
             .read()
@@ -357,6 +409,7 @@ impl Network {
             return p.clone();
         }
         let p = Arc::new(Peer {
+            id,
             addr: addr.to_string(),
             conn: tokio::sync::Mutex::new(None),
             pending: Arc::default(),
@@ -475,8 +528,10 @@ impl Network {
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let addr = peer.addr.clone();
         let ended = dead.clone();
+        let (heard, target) = (self.heard.clone(), peer.id);
         tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut rd).await {
+                heard.now(target);
                 let reply = match f.kind {
                     Kind::Reply => Ok(f.payload),
                     Kind::Failed => Err(from_bytes::<String>(&f.payload).unwrap_or_else(|e| e.to_string())),

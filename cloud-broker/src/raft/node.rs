@@ -59,6 +59,19 @@ pub struct NodeConfig {
     pub maintenance: Duration,
 }
 
+/// A replica's committed log in brief (see [`Node::digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LogDigest {
+    /// First offset stored.
+    pub log_start: i64,
+    /// High watermark (commit point).
+    pub high_watermark: i64,
+    /// Bytes of the stored batches below the high watermark.
+    pub bytes: u64,
+    /// CRC32C of those bytes, batch after batch.
+    pub crc32c: u32,
+}
+
 /// A partition this node holds a replica of.
 #[derive(Debug, Clone)]
 pub struct Hosted {
@@ -114,7 +127,8 @@ impl Node {
         let store = NodeStore::open(&cfg.data_dir.join("node.redb"))?;
         let listener = net::bind(cfg.raft_listen).await?;
         let groups = Groups::default();
-        let net = Network::new(cfg.cluster.clone(), cfg.id);
+        let routes = cfg.peers.iter().map(|(id, a)| (*id, a.clone())).collect();
+        let net = Network::with_routes(cfg.cluster.clone(), cfg.id, routes);
         let (tx, meta) = watch::channel(Arc::new(Metadata::default()));
         let key = GroupId::Metadata.key();
         let machine = GroupMachine::open(store.clone(), key, Observer::Metadata(tx))?;
@@ -124,9 +138,9 @@ impl Node {
             .map_err(io)?;
         groups.add(key, meta_raft.clone());
         let server = tokio::spawn({
-            let (cluster, groups, id) = (cfg.cluster.clone(), groups.clone(), cfg.id);
+            let (cluster, groups, id, heard) = (cfg.cluster.clone(), groups.clone(), cfg.id, net.heard());
             async move {
-                if let Err(e) = net::serve(listener, cluster, id, groups).await {
+                if let Err(e) = net::serve(listener, cluster, id, groups, heard).await {
                     warn!(error = %e, "the raft listener failed");
                 }
             }
@@ -459,6 +473,40 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// What this node's replica of a partition holds below its high watermark: where it
+    /// starts, its end, and the byte count and CRC32C of the stored batches in order. Equal
+    /// digests on two replicas mean byte-identical committed logs (tests and operators
+    /// compare them after a fault). Read in 1 MiB steps; `None` for a partition not hosted.
+    pub fn digest(&self, topic: u32, partition: u32) -> Option<std::io::Result<LogDigest>> {
+        let hosted = self.partition(topic, partition)?;
+        let hw = hosted.view.hw.load(std::sync::atomic::Ordering::SeqCst);
+        let log_start = hosted.view.log_start.load(std::sync::atomic::Ordering::SeqCst);
+        let mut d = LogDigest {
+            log_start,
+            high_watermark: hw,
+            bytes: 0,
+            crc32c: 0,
+        };
+        let mut from = log_start;
+        while from < hw {
+            let chunk = match self.read(topic, partition, from, hw, 1 << 20) {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            };
+            let mut next = from;
+            for (h, b) in crate::batch::iter(&chunk) {
+                d.bytes += b.len() as u64;
+                d.crc32c = crc32c::crc32c_append(d.crc32c, b);
+                next = next.max(h.last_offset() + 1);
+            }
+            if next == from {
+                break;
+            }
+            from = next;
+        }
+        Some(Ok(d))
+    }
+
     /// The leader of a group this node hosts, as this node knows it.
     pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
         let raft = if group == GroupId::Metadata {
@@ -467,6 +515,32 @@ impl Node {
             self.groups.get(group.key())
         };
         raft.and_then(|r| r.metrics().borrow_watched().current_leader)
+    }
+
+    /// Whether this node leads `raft`'s group with a quorum's backing (see
+    /// [`super::leading_term`]).
+    pub fn leads(&self, raft: &GroupRaft) -> bool {
+        super::leading_term(
+            self.cfg.id,
+            &raft.metrics().borrow_watched(),
+            self.cfg.timing.lease(),
+        )
+        .is_some()
+    }
+
+    /// The leader of a hosted partition as clients should be told: this node only while it
+    /// leads with a quorum's backing, another only while it is heard from (`None`: nobody
+    /// known).
+    pub fn partition_leader(&self, raft: &GroupRaft) -> Option<NodeId> {
+        let leader = raft.metrics().borrow_watched().current_leader;
+        match leader {
+            Some(l) if l == self.cfg.id => self.leads(raft).then_some(l),
+            // A leader not heard from within its lease is probably gone: saying "none" keeps
+            // clients asking (librdkafka refreshes fast while a leader is unknown) instead of
+            // dialling a dead node until the election is over.
+            Some(l) => self.net.heard().within(l, self.cfg.timing.lease()).then_some(l),
+            None => None,
+        }
     }
 
     /// Addresses of `ids`: from the registered nodes, else the static peer list.
@@ -586,7 +660,7 @@ impl Node {
             else {
                 continue;
             };
-            if h.raft.metrics().borrow_watched().current_leader == Some(self.cfg.id) {
+            if self.leads(&h.raft) {
                 let store = self.store.clone();
                 let code = h
                     .sequencer
@@ -664,7 +738,12 @@ impl Node {
         .await
         .map_err(io)?;
         self.groups.add(key, raft.clone());
-        let sequencer = Sequencer::start(self.cfg.id, raft.clone(), machine.clone());
+        let sequencer = Sequencer::start(
+            self.cfg.id,
+            raft.clone(),
+            machine.clone(),
+            self.cfg.timing.lease(),
+        );
         self.hosted.lock().unwrap_or_else(|e| e.into_inner()).insert(
             key,
             Hosted {

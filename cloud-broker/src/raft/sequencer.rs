@@ -22,6 +22,7 @@
 //! the tip holds is committed by the time the next requests are decided).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
@@ -38,7 +39,7 @@ use crate::state::ProduceResult;
 const MAX_ENTRY_BYTES: usize = 16 << 20;
 /// How long a proposal may wait for its commit before its producers are answered
 /// `REQUEST_TIMED_OUT` (a leader cut off from its followers commits nothing).
-const PROPOSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Decides a maintenance command from the tip.
 type Decide = Box<dyn FnOnce(&Partition) -> Option<PartitionCommand> + Send>;
@@ -68,9 +69,11 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// Starts the task of one partition group on node `me`.
-    pub fn start(me: NodeId, raft: GroupRaft, machine: GroupMachine) -> Sequencer {
+    /// It proposes only while this node leads with a quorum's backing within `lease` (see
+    /// [`super::leading_term`]).
+    pub fn start(me: NodeId, raft: GroupRaft, machine: GroupMachine, lease: Duration) -> Sequencer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(me, raft, machine, rx));
+        tokio::spawn(run(me, raft, machine, lease, rx));
         Sequencer { tx }
     }
 
@@ -115,12 +118,13 @@ struct Tip {
     partition: Partition,
 }
 
-fn leads(me: NodeId, raft: &GroupRaft) -> Option<u64> {
-    let m = raft.metrics().borrow_watched().clone();
-    (m.current_leader == Some(me) && m.state.is_leader()).then_some(m.current_term)
-}
-
-async fn run(me: NodeId, raft: GroupRaft, machine: GroupMachine, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(
+    me: NodeId,
+    raft: GroupRaft,
+    machine: GroupMachine,
+    lease: Duration,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
     let mut tip: Option<Tip> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -136,14 +140,23 @@ async fn run(me: NodeId, raft: GroupRaft, machine: GroupMachine, mut rx: mpsc::U
                 Err(_) => break,
             }
         }
-        let Some(term) = leads(me, &raft) else {
-            tip = None;
+        // Without the quorum's backing (or not leading at all) nothing is proposed. The tip
+        // stays: in the same term it still describes this node's log (entries a leader logged
+        // in its term are never taken back while that term lasts), and a new term retakes it.
+        let Some(term) = super::leading_term(me, &raft.metrics().borrow_watched(), lease) else {
             refuse(jobs, Code::NotLeaderOrFollower);
             continue;
         };
         if tip.as_ref().is_none_or(|t| t.term != term) {
             if let Err(e) = raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                 debug!(error = %e, "not ready to lead");
+                refuse(jobs, Code::NotLeaderOrFollower);
+                continue;
+            }
+            // The tip is taken from the applied state only once everything in this node's log
+            // is applied: an entry it logged earlier in this term and whose proposer stopped
+            // waiting is still to come, and a tip without it would hand out its offsets again.
+            if !applied_all(me, &raft, lease).await {
                 refuse(jobs, Code::NotLeaderOrFollower);
                 continue;
             }
@@ -157,40 +170,102 @@ async fn run(me: NodeId, raft: GroupRaft, machine: GroupMachine, mut rx: mpsc::U
         };
         let round = decide(&mut t.partition, jobs);
         if round.commands.is_empty() {
-            round.answer(&t.partition, Ok(()));
+            // Only duplicates (and refusals): a duplicate's first copy may still be waiting
+            // for its commit (its producer gave up waiting and retried), and a duplicate is
+            // acknowledged only once its first copy is committed, as Kafka does.
+            if applied_all(me, &raft, lease).await {
+                round.answer(&t.partition, Ok(()));
+            } else {
+                round.answer(&t.partition, Err(Code::NotLeaderOrFollower));
+            }
             continue;
         }
-        let mut outcome = Ok(());
+        let mut outcome = Outcome::Committed;
         for cmd in &round.commands {
-            match tokio::time::timeout(
-                PROPOSAL_TIMEOUT,
-                raft.client_write(Command::Partition(cmd.clone())),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    debug!(error = %e, "proposal failed; answering NOT_LEADER_OR_FOLLOWER");
-                    outcome = Err(Code::NotLeaderOrFollower);
-                    break;
+            // The write runs to its end even when nobody waits for it any more: once handed
+            // to openraft it may be logged, and the tip counts on knowing it was.
+            let mut write = tokio::spawn({
+                let (raft, cmd) = (raft.clone(), Command::Partition(cmd.clone()));
+                async move {
+                    raft.client_write(cmd)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }
-                Err(_) => {
-                    outcome = Err(Code::RequestTimedOut);
+            });
+            let lapsed = lease_lapsed(me, &raft, lease);
+            tokio::select! {
+                r = tokio::time::timeout(PROPOSAL_TIMEOUT, &mut write) => match r {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => {
+                        debug!(error = %e, "proposal failed; answering NOT_LEADER_OR_FOLLOWER");
+                        outcome = Outcome::Refused;
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "a proposal's task ended without an answer");
+                        outcome = Outcome::Pending(Code::NotLeaderOrFollower);
+                        break;
+                    }
+                    Err(_) => {
+                        outcome = Outcome::Pending(Code::RequestTimedOut);
+                        break;
+                    }
+                },
+                () = lapsed => {
+                    debug!("the quorum stopped answering; answering NOT_LEADER_OR_FOLLOWER");
+                    outcome = Outcome::Pending(Code::NotLeaderOrFollower);
                     break;
                 }
             }
         }
         match outcome {
-            Ok(()) => round.answer(&t.partition, Ok(())),
+            Outcome::Committed => round.answer(&t.partition, Ok(())),
             // The entry was refused before it was logged, or this node stopped leading: the
             // tip is retaken from the applied state of the next term.
-            Err(Code::NotLeaderOrFollower) => {
+            Outcome::Refused => {
                 tip = None;
                 round.answer(&Partition::default(), Err(Code::NotLeaderOrFollower));
             }
             // Still logged in this term and may yet commit: the tip keeps it, so that nothing
             // proposed after it can take its offsets. A retry is then a duplicate or next.
-            Err(code) => round.answer(&t.partition, Err(code)),
+            Outcome::Pending(code) => round.answer(&t.partition, Err(code)),
+        }
+    }
+}
+
+/// How a round's proposals ended.
+enum Outcome {
+    /// All committed.
+    Committed,
+    /// One was refused before it was logged (this node no longer leads).
+    Refused,
+    /// One is logged in this term and may yet commit, but its producers are answered `code`
+    /// now: the quorum stopped answering (a cut-off leader need not keep clients waiting for
+    /// a commit the majority's new leader has made impossible), or the wait timed out.
+    Pending(Code),
+}
+
+/// Waits until everything in this node's log is applied; false if this node stops leading
+/// with a quorum's backing first, or [`PROPOSAL_TIMEOUT`] passes.
+async fn applied_all(me: NodeId, raft: &GroupRaft, lease: Duration) -> bool {
+    let last = raft.metrics().borrow_watched().last_log_index;
+    let wait = raft.wait(Some(PROPOSAL_TIMEOUT));
+    let applied = wait.applied_index_at_least(last, "the log applied");
+    tokio::select! {
+        r = applied => r.is_ok(),
+        () = lease_lapsed(me, raft, lease) => false,
+    }
+}
+
+/// Completes once node `me` no longer leads `raft`'s group with a quorum's backing
+/// (checked every 100 ms).
+async fn lease_lapsed(me: NodeId, raft: &GroupRaft, lease: Duration) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        if super::leading_term(me, &raft.metrics().borrow_watched(), lease).is_none() {
+            return;
         }
     }
 }

@@ -362,7 +362,7 @@ async fn a_partition_replicates_over_tcp_through_a_leader_loss() {
         servers.push((
             id,
             groups.clone(),
-            tokio::spawn(net::serve(l, "test-cluster".into(), id, groups)),
+            tokio::spawn(net::serve(l, "test-cluster".into(), id, groups, network.heard())),
         ));
         nodes.push(r);
     }
@@ -500,7 +500,7 @@ impl Harness {
         let r = start(&self.router, self.dir.path(), id, fast()).await;
         self.seqs.write().unwrap().insert(
             id,
-            super::sequencer::Sequencer::start(id, r.raft.clone(), r.machine.clone()),
+            super::sequencer::Sequencer::start(id, r.raft.clone(), r.machine.clone(), fast().lease()),
         );
         self.rafts.write().unwrap().insert(id, r.raft.clone());
         self.nodes.push(r);

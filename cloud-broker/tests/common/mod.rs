@@ -2,11 +2,15 @@
 //! drop, and temporary data directories.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod cluster;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use foundation::process::Guard;
+use foundation::proxy::Proxy;
 
 pub use foundation::net::listening;
 
@@ -61,7 +65,12 @@ impl Broker {
                 .arg("--data-dir")
                 .arg(dir)
                 .args(&extra)
-                .env("CLOUD_LOG", "warn"),
+                // openraft warns of every RPC to a node that is down; the tests make that happen.
+                // `BROKER_TEST_LOG` overrides, to look into a failure.
+                .env(
+                    "CLOUD_LOG",
+                    std::env::var("BROKER_TEST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
+                ),
         )
         .unwrap();
         child
@@ -79,10 +88,28 @@ impl Broker {
     /// `n` cluster nodes (ids 1..=n) on loopback, each a process over its own directory
     /// under `dir`.
     pub fn cluster(dir: &Path, n: u64) -> Vec<Broker> {
+        Self::cluster_routed(dir, n, |_, _, raft| format!("127.0.0.1:{raft}"))
+    }
+
+    /// Like [`Broker::cluster`], with every Raft link through a proxy of its own, one per
+    /// direction: `links[&(from, to)]` carries what node `from` sends to node `to`.
+    pub fn cluster_linked(dir: &Path, n: u64) -> (Vec<Broker>, Links) {
+        let mut proxies = BTreeMap::new();
+        let nodes = Self::cluster_routed(dir, n, |from, to, raft| {
+            let p = Proxy::start(([127, 0, 0, 1], raft).into()).expect("proxy");
+            let addr = format!("127.0.0.1:{}", p.port());
+            proxies.insert((from, to), p);
+            addr
+        });
+        (nodes, Links(proxies))
+    }
+
+    /// `n` nodes where node `from` reaches node `to` at `route(from, to, to's raft port)`.
+    fn cluster_routed(dir: &Path, n: u64, mut route: impl FnMut(u64, u64, u16) -> String) -> Vec<Broker> {
         let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
-        (1..=n)
+        let args: Vec<Vec<String>> = (1..=n)
             .map(|id| {
-                let (kafka, http, raft) = ports[(id - 1) as usize];
+                let raft = ports[(id - 1) as usize].2;
                 let mut extra = vec![
                     "--node-id".to_string(),
                     id.to_string(),
@@ -90,14 +117,35 @@ impl Broker {
                     format!("127.0.0.1:{raft}"),
                 ];
                 for (j, (_, _, r)) in ports.iter().enumerate() {
-                    if j as u64 + 1 != id {
+                    let to = j as u64 + 1;
+                    if to != id {
                         extra.push("--peer".into());
-                        extra.push(format!("{}=127.0.0.1:{r}", j + 1));
+                        extra.push(format!("{to}={}", route(id, to, *r)));
                     }
                 }
+                extra
+            })
+            .collect();
+        (1..=n)
+            .zip(args)
+            .map(|(id, extra)| {
+                let (kafka, http, _) = ports[(id - 1) as usize];
                 Broker::start_with(&dir.join(format!("node-{id}")), kafka, http, extra)
             })
             .collect()
+    }
+
+    /// Whether the process was started and not killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends `signal` to the process (SIGSTOP, SIGCONT).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("the broker is not running").pid();
+        // SAFETY: kill(2) on our own child's pid, which is not reaped while we hold it.
+        let r = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(r, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
     }
 
     /// `host:port` of the Kafka listener.
@@ -127,5 +175,20 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// The Raft links of a [`Broker::cluster_linked`] cluster.
+#[derive(Debug)]
+pub struct Links(BTreeMap<(u64, u64), Proxy>);
+
+impl Links {
+    /// Cuts node `id` off from every other node (both directions), or heals it.
+    pub fn isolate(&self, id: u64, cut: bool) {
+        for ((from, to), p) in &self.0 {
+            if *from == id || *to == id {
+                p.set_down(cut);
+            }
+        }
     }
 }

@@ -1,0 +1,251 @@
+//! Faults on a three-process cluster while an idempotent `acks=all` producer (librdkafka)
+//! feeds a replicated topic without pause:
+//! - the leader of a partition is killed with SIGKILL and restarted, 20 times over (set
+//!   `CLUSTER_KILLS` for another count), printing each produce stall and p50/p99/max;
+//! - a leader is frozen with SIGSTOP past the election timeout, then resumed: it steps down;
+//! - a leader's Raft links are cut (a proxy on each): the majority keeps serving, the cut
+//!   node acknowledges nothing, and after healing it rejoins.
+//!
+//! After each, every replica holds the same committed log byte for byte
+//! (`/api/cluster/digests`), and a consumer reads every acknowledged record exactly once at
+//! the offset it was acknowledged with, and nothing that was not produced.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{
+    bootstrap, check_exactly_once, create_topic, leader_seen_by, produce_raw, read_all, stall_summary,
+    wait_formed, wait_replicas_agree, Feeder,
+};
+use common::{tempdir, Broker};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
+
+const PARTITIONS: i32 = 3;
+
+/// One cluster at a time: three processes each on two cores is what the timings assume.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An idempotent acks=all producer whose requests time out after 5 s, on the broker and on
+/// the socket (so one sent to a frozen node is retried elsewhere), and whose records wait up
+/// to 2 minutes for delivery.
+fn producer(addr: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("request.timeout.ms", "5000")
+        .set("socket.timeout.ms", "5000")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer")
+}
+
+/// The leader of `partition` that every running node agrees on.
+fn agreed_leader(nodes: &[Broker], topic: &str, partition: i32) -> u64 {
+    foundation::wait::until(
+        Duration::from_secs(30),
+        "the running nodes to agree on a leader",
+        || {
+            let seen: Vec<Option<i64>> = nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .map(|n| leader_seen_by(n, topic, partition))
+                .collect();
+            let first = (*seen.first()?)?;
+            seen.iter().all(|l| *l == Some(first)).then_some(first as u64)
+        },
+    )
+    .unwrap()
+}
+
+/// Waits until `feeder` has `n` more acknowledgements than `from`.
+async fn acks_beyond(feeder: &Feeder, from: usize, n: usize, what: &str) {
+    foundation::wait::until_async(Duration::from_secs(60), what, || {
+        (feeder.acked() >= from + n).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// How long after `t` partition `p` had an acknowledgement again.
+async fn stall(feeder: &Feeder, p: i32, t: Instant) -> Duration {
+    foundation::wait::until_async(Duration::from_secs(60), "produce to resume", || {
+        feeder.first_ack_after(p, t)
+    })
+    .await
+    .unwrap()
+        - t
+}
+
+/// Stops the feed, waits for the replicas to agree byte for byte, reads the topic back and
+/// checks it against what was acknowledged; returns the records read.
+async fn settle(
+    nodes: &[Broker],
+    topic: &str,
+    feeder: Feeder,
+) -> std::collections::BTreeMap<(i32, i64), String> {
+    let fed = feeder.stop().await;
+    assert!(
+        fed.failed.is_empty(),
+        "deliveries failed: {:?}",
+        &fed.failed[..fed.failed.len().min(5)]
+    );
+    let agreed = wait_replicas_agree(nodes, topic, PARTITIONS as usize);
+    let stored: i64 = agreed.values().map(|(start, hw, _, _)| hw - start).sum();
+    assert!(
+        stored as usize >= fed.acks.len(),
+        "{stored} stored, {} acknowledged",
+        fed.acks.len()
+    );
+    let read = read_all(&bootstrap(nodes), topic, "check", stored as usize);
+    check_exactly_once(&fed, &read);
+    println!(
+        "{topic}: {} acknowledged, {} stored, replicas identical: {agreed:?}",
+        fed.acks.len(),
+        stored
+    );
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_leader_kills_during_produce_lose_and_duplicate_nothing() {
+    let _one = SERIAL.lock().await;
+    const TOPIC: &str = "kills";
+    let rounds: usize = std::env::var("CLUSTER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempdir("kills");
+    let mut nodes = Broker::cluster(&dir, 3);
+    let addr = bootstrap(&nodes);
+    wait_formed(&addr, 3);
+    create_topic(&addr, TOPIC, PARTITIONS, 3).await;
+    let feeder = Feeder::start(producer(&addr), TOPIC, PARTITIONS);
+    acks_beyond(&feeder, 0, 500, "the first acknowledgements").await;
+
+    let mut stalls = Vec::new();
+    for round in 1..=rounds {
+        let leader = agreed_leader(&nodes, TOPIC, 0);
+        let victim = leader as usize - 1;
+        let t = Instant::now();
+        nodes[victim].kill9();
+        let elected = foundation::wait::until(Duration::from_secs(60), "a new leader", || {
+            nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .any(|n| leader_seen_by(n, TOPIC, 0).is_some_and(|l| l != leader as i64))
+                .then(|| t.elapsed())
+        })
+        .unwrap();
+        let s = stall(&feeder, 0, t).await;
+        println!(
+            "kill {round}/{rounds}: node {leader} (leader of partition 0) killed; a new leader after {elected:?}, \
+             partition 0 stalled {s:?}"
+        );
+        stalls.push(s);
+        // It comes back and catches up to where the others were when it died.
+        let high = feeder.high_offsets();
+        nodes[victim].start_again();
+        foundation::wait::until(Duration::from_secs(60), "the restarted node to catch up", || {
+            let d = common::cluster::digests(&nodes[victim], TOPIC)?;
+            (d.len() == PARTITIONS as usize
+                && d.iter()
+                    .all(|(p, (_, hw, _, _))| *hw > high.get(&(*p as i32)).copied().unwrap_or(-1)))
+            .then_some(())
+        })
+        .unwrap();
+    }
+    println!("leader kills: {}", stall_summary(&stalls));
+    settle(&nodes, TOPIC, feeder).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_the_election_timeout_steps_down_and_acknowledges_nothing_lost() {
+    let _one = SERIAL.lock().await;
+    const TOPIC: &str = "frozen";
+    let dir = tempdir("frozen");
+    let nodes = Broker::cluster(&dir, 3);
+    let addr = bootstrap(&nodes);
+    wait_formed(&addr, 3);
+    create_topic(&addr, TOPIC, PARTITIONS, 3).await;
+    let feeder = Feeder::start(producer(&addr), TOPIC, PARTITIONS);
+    acks_beyond(&feeder, 0, 500, "the first acknowledgements").await;
+
+    let leader = agreed_leader(&nodes, TOPIC, 0);
+    let frozen = &nodes[leader as usize - 1];
+    let t = Instant::now();
+    frozen.signal(libc::SIGSTOP);
+    // The others elect a new leader and the producer finds it.
+    let s = stall(&feeder, 0, t).await;
+    println!("node {leader} frozen; partition 0 stalled {s:?}");
+    let others: Vec<&Broker> = nodes
+        .iter()
+        .filter(|n| n.is_running() && n.port != frozen.port)
+        .collect();
+    let successor = foundation::wait::until(Duration::from_secs(30), "a new leader", || {
+        let l = leader_seen_by(others[0], TOPIC, 0)?;
+        (l != leader as i64 && leader_seen_by(others[1], TOPIC, 0) == Some(l)).then_some(l)
+    })
+    .unwrap();
+    // Frozen for at least twice the longest election timeout in all.
+    let frozen_for = Duration::from_secs(6);
+    tokio::time::sleep(frozen_for.saturating_sub(t.elapsed())).await;
+    let before = feeder.acked();
+    frozen.signal(libc::SIGCONT);
+    // It learns of the newer term and follows.
+    foundation::wait::until(Duration::from_secs(30), "the resumed node to follow", || {
+        (leader_seen_by(frozen, TOPIC, 0) == Some(successor)).then_some(())
+    })
+    .unwrap();
+    acks_beyond(&feeder, before, 1_000, "acknowledgements after the resume").await;
+    settle(&nodes, TOPIC, feeder).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_rejoins() {
+    let _one = SERIAL.lock().await;
+    const TOPIC: &str = "cut";
+    let dir = tempdir("cut");
+    let (nodes, links) = Broker::cluster_linked(&dir, 3);
+    let addr = bootstrap(&nodes);
+    wait_formed(&addr, 3);
+    create_topic(&addr, TOPIC, PARTITIONS, 3).await;
+    let feeder = Feeder::start(producer(&addr), TOPIC, PARTITIONS);
+    acks_beyond(&feeder, 0, 500, "the first acknowledgements").await;
+
+    let leader = agreed_leader(&nodes, TOPIC, 0);
+    let cut = &nodes[leader as usize - 1];
+    let t = Instant::now();
+    links.isolate(leader, true);
+    let s = stall(&feeder, 0, t).await;
+    println!("node {leader} cut off; partition 0 stalled {s:?}");
+    // The majority keeps serving.
+    acks_beyond(&feeder, feeder.acked(), 1_000, "the majority to keep serving").await;
+    // A produce sent straight to the cut node (no client routing around it) is refused: it
+    // no longer claims the leadership it cannot exercise.
+    const LONE: &str = "sent-to-the-cut-node";
+    let t = Instant::now();
+    let code = produce_raw(&cut.addr(), TOPIC, 0, LONE, 5_000).expect("a Produce answer");
+    println!("the cut node answered error code {code} in {:?}", t.elapsed());
+    assert_ne!(code, 0, "the cut node acknowledged a write");
+
+    let before = feeder.acked();
+    links.isolate(leader, false);
+    let successor = agreed_leader(&nodes, TOPIC, 0);
+    println!("healed; partition 0 led by node {successor}");
+    acks_beyond(&feeder, before, 1_000, "acknowledgements after healing").await;
+    let read = settle(&nodes, TOPIC, feeder).await;
+    assert!(
+        read.values().all(|v| v != LONE),
+        "a record the cut node never acknowledged is stored"
+    );
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}

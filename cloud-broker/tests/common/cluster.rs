@@ -1,0 +1,458 @@
+//! Cluster tests' shared parts: forming a cluster and creating a replicated topic through
+//! librdkafka, where each partition's leader is, a producer that feeds a topic until stopped
+//! and records every acknowledgement, reading a topic back exactly once, and the replicas'
+//! digests (`/api/cluster/digests`) that say whether they hold byte-identical logs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::Broker;
+
+/// The bootstrap list of these nodes.
+pub fn bootstrap(nodes: &[Broker]) -> String {
+    nodes.iter().map(|n| n.addr()).collect::<Vec<_>>().join(",")
+}
+
+/// Waits until Metadata through `addr` names `n` brokers (every node has registered).
+pub fn wait_formed(addr: &str, n: usize) {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    foundation::wait::until(Duration::from_secs(60), "the cluster to form", || {
+        let seen = probe
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_or(0, |m| m.brokers().len());
+        (seen >= n).then_some(())
+    })
+    .unwrap();
+}
+
+/// Creates `topic` with `partitions` partitions of `replicas` replicas, retrying while the
+/// controller is being elected; then waits until every partition has a leader.
+pub async fn create_topic(
+    addr: &str,
+    topic: &str,
+    partitions: i32,
+    replicas: i32,
+) -> BTreeMap<i32, (i32, usize)> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = admin
+            .create_topics(
+                &[NewTopic::new(
+                    topic,
+                    partitions,
+                    TopicReplication::Fixed(replicas),
+                )],
+                &opts,
+            )
+            .await;
+        match res.as_ref().map(Vec::as_slice) {
+            Ok([Ok(_)] | [Err((_, RDKafkaErrorCode::TopicAlreadyExists))]) => break,
+            other => assert!(Instant::now() < deadline, "CreateTopics: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    foundation::wait::until(
+        Duration::from_secs(60),
+        "every partition to have a leader",
+        || {
+            let p = placement(&probe, topic);
+            (p.len() == partitions as usize && p.values().all(|(l, _)| *l > 0)).then_some(p)
+        },
+    )
+    .unwrap()
+}
+
+/// `partition -> (leader, replica count)` from a Metadata request.
+pub fn placement(c: &BaseConsumer, topic: &str) -> BTreeMap<i32, (i32, usize)> {
+    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return BTreeMap::new();
+    };
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), (p.leader(), p.replicas().len())))
+        .collect()
+}
+
+/// `/api/cluster` of one node.
+pub fn status(node: &Broker) -> Option<serde_json::Value> {
+    foundation::http::json(&format!("127.0.0.1:{}", node.http), "GET", "/api/cluster").ok()
+}
+
+/// The leader of `topic`/`partition` as `node` sees it (its `/api/cluster`).
+pub fn leader_seen_by(node: &Broker, topic: &str, partition: i32) -> Option<i64> {
+    let v = status(node)?;
+    v["partitions"]
+        .as_array()?
+        .iter()
+        .find(|p| p["topic"] == topic && p["partition"] == partition)
+        .and_then(|p| p["leader"].as_i64())
+        .filter(|l| *l > 0)
+}
+
+/// `(partition -> (log_start, high_watermark, bytes, crc32c))` of `topic` on one node, from
+/// `/api/cluster/digests`.
+pub fn digests(node: &Broker, topic: &str) -> Option<BTreeMap<i64, (i64, i64, u64, u64)>> {
+    let v =
+        foundation::http::json(&format!("127.0.0.1:{}", node.http), "GET", "/api/cluster/digests").ok()?;
+    v["partitions"]
+        .as_array()?
+        .iter()
+        .filter(|p| p["topic"] == topic)
+        .map(|p| {
+            Some((
+                p["partition"].as_i64()?,
+                (
+                    p["log_start"].as_i64()?,
+                    p["high_watermark"].as_i64()?,
+                    p["bytes"].as_u64()?,
+                    p["crc32c"].as_u64()?,
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Waits until every node holds all `partitions` of `topic` with the same committed log,
+/// byte for byte (same start, end, length and CRC32C); returns the common digest.
+pub fn wait_replicas_agree(
+    nodes: &[Broker],
+    topic: &str,
+    partitions: usize,
+) -> BTreeMap<i64, (i64, i64, u64, u64)> {
+    let mut last = Vec::new();
+    let r = foundation::wait::until(Duration::from_secs(60), "the replicas to agree", || {
+        last = nodes.iter().map(|n| digests(n, topic)).collect();
+        let first = last.first()?.clone()?;
+        (first.len() == partitions && last.iter().all(|d| d.as_ref() == Some(&first))).then_some(first)
+    });
+    r.unwrap_or_else(|e| panic!("{e}: {last:#?}"))
+}
+
+/// One acknowledged record.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// Partition.
+    pub partition: i32,
+    /// Offset it was acknowledged at.
+    pub offset: i64,
+    /// Its value.
+    pub value: String,
+    /// When it was handed to the producer.
+    pub sent: Instant,
+    /// When the acknowledgement arrived.
+    pub at: Instant,
+}
+
+/// What a [`Feeder`] saw.
+#[derive(Debug, Default)]
+pub struct Fed {
+    /// Acknowledgements, in the order they arrived.
+    pub acks: Vec<Ack>,
+    /// Values whose delivery failed, and why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Produces to every partition of a topic in turn, a record about every millisecond, until
+/// stopped, recording each acknowledgement and failure; at most `IN_FLIGHT` records wait for
+/// their report at once (so a stall stops the feed rather than growing a queue).
+pub struct Feeder {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    /// What it has seen so far.
+    pub fed: Arc<Mutex<Fed>>,
+}
+
+const IN_FLIGHT: u32 = 5_000;
+
+impl Feeder {
+    /// Starts feeding `topic` (`partitions` partitions) through `producer`.
+    pub fn start(producer: FutureProducer, topic: &str, partitions: i32) -> Feeder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fed = Arc::new(Mutex::new(Fed::default()));
+        let (s, f, topic) = (stop.clone(), fed.clone(), topic.to_string());
+        let task = tokio::spawn(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize));
+            let mut i = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                let permit = permits.clone().acquire_owned().await.expect("semaphore");
+                let value = format!("v{i}");
+                let partition = (i % partitions as u64) as i32;
+                let sent = producer.send_result(
+                    FutureRecord::<(), _>::to(&topic)
+                        .partition(partition)
+                        .payload(&value),
+                );
+                let delivery = match sent {
+                    Ok(d) => d,
+                    Err((e, _)) => {
+                        // The local queue is full: wait a little and send the same value again.
+                        drop(permit);
+                        assert!(
+                            matches!(
+                                e,
+                                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                            ),
+                            "{value} was not queued: {e} (the producer's fatal error: {:?})",
+                            rdkafka::producer::Producer::client(&producer).fatal_error()
+                        );
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                i += 1;
+                let sent = Instant::now();
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let report = delivery.await;
+                    let at = Instant::now();
+                    let mut fed = f.lock().unwrap();
+                    match report {
+                        Ok(Ok(d)) => fed.acks.push(Ack {
+                            partition: d.partition,
+                            offset: d.offset,
+                            value,
+                            sent,
+                            at,
+                        }),
+                        Ok(Err((e, _))) => fed.failed.push((value, e.to_string())),
+                        Err(_) => fed.failed.push((value, "the producer went away".into())),
+                    }
+                    drop(permit);
+                });
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Every report is in once all permits are back.
+            let _all = permits.acquire_many(IN_FLIGHT).await.expect("semaphore");
+        });
+        Feeder { stop, task, fed }
+    }
+
+    /// Acknowledgements so far.
+    pub fn acked(&self) -> usize {
+        self.fed.lock().unwrap().acks.len()
+    }
+
+    /// When a record handed over after `t` was first acknowledged on `partition`, if one
+    /// has been: `t` plus the produce stall, when `t` is the moment of a fault.
+    pub fn first_ack_after(&self, partition: i32, t: Instant) -> Option<Instant> {
+        let fed = self.fed.lock().unwrap();
+        fed.acks
+            .iter()
+            .rev()
+            .take_while(|a| a.at > t)
+            .filter(|a| a.partition == partition && a.sent > t)
+            .map(|a| a.at)
+            .min()
+    }
+
+    /// The highest offset acknowledged on each partition so far.
+    pub fn high_offsets(&self) -> HashMap<i32, i64> {
+        let mut out = HashMap::new();
+        for a in &self.fed.lock().unwrap().acks {
+            let e = out.entry(a.partition).or_insert(a.offset);
+            *e = (*e).max(a.offset);
+        }
+        out
+    }
+
+    /// Stops feeding and waits for every outstanding report.
+    pub async fn stop(self) -> Fed {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the feeder panicked");
+        std::mem::take(&mut *self.fed.lock().unwrap())
+    }
+}
+
+/// How long each of `stalls` was: p50, p99 and max, for a closing line.
+pub fn stall_summary(stalls: &[Duration]) -> String {
+    let mut s = stalls.to_vec();
+    s.sort();
+    let at = |q: f64| s[((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1];
+    format!(
+        "{} stalls: p50 {:?}, p99 {:?}, max {:?}",
+        s.len(),
+        at(0.50),
+        at(0.99),
+        s[s.len() - 1]
+    )
+}
+
+/// Reads `topic` from the beginning as group `group` until `want` records have arrived
+/// (60 s at most), failing on any offset read twice; commits, and returns `(partition,
+/// offset) -> value`.
+pub fn read_all(addr: &str, topic: &str, group: &str, want: usize) -> BTreeMap<(i32, i64), String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).unwrap();
+    let mut got = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {want} records in 60 s",
+            got.len()
+        );
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            // librdkafka reports a dead broker's connection as an error; it carries on.
+            let Ok(m) = m else {
+                continue;
+            };
+            let value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+            assert!(
+                got.insert((m.partition(), m.offset()), value).is_none(),
+                "read {}/{} twice",
+                m.partition(),
+                m.offset()
+            );
+        }
+    }
+    c.commit_consumer_state(CommitMode::Sync).expect("commit");
+    got
+}
+
+/// Checks what was read against what a [`Feeder`] saw: every acknowledged record at its
+/// acknowledged offset, no value twice, and nothing else but records whose delivery failed
+/// (a write that was never acknowledged may or may not have been committed).
+pub fn check_exactly_once(fed: &Fed, read: &BTreeMap<(i32, i64), String>) {
+    for a in &fed.acks {
+        assert_eq!(
+            read.get(&(a.partition, a.offset)),
+            Some(&a.value),
+            "{} acknowledged at {}/{}",
+            a.value,
+            a.partition,
+            a.offset
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for ((p, o), v) in read {
+        assert!(seen.insert(v), "{v} stored twice (second at {p}/{o})");
+    }
+    let failed: std::collections::HashSet<&String> = fed.failed.iter().map(|(v, _)| v).collect();
+    let acked: std::collections::HashSet<(i32, i64)> =
+        fed.acks.iter().map(|a| (a.partition, a.offset)).collect();
+    let extra: Vec<_> = read
+        .iter()
+        .filter(|(k, v)| !failed.contains(v) && !acked.contains(k))
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "records nobody produced or acknowledged: {extra:?}"
+    );
+}
+
+/// Sends one Produce request (v7, `acks=all`, the broker waits up to `timeout_ms`) with one
+/// record to `topic`/`partition` straight to the broker at `addr`, with no client routing
+/// around it, and returns the partition's error code (0: acknowledged).
+pub fn produce_raw(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    value: &str,
+    timeout_ms: i32,
+) -> std::io::Result<i16> {
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    use std::io::{Read, Write};
+
+    const VERSION: i16 = 7;
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: foundation::time::now_ms(),
+        key: None,
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: Default::default(),
+    };
+    let mut records = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut records,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(std::io::Error::other)?;
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records.freeze()))])]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(VERSION)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("produce-raw")));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, ApiKey::Produce.request_header_version(VERSION))
+        .map_err(std::io::Error::other)?;
+    req.encode(&mut body, VERSION).map_err(std::io::Error::other)?;
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    let mut sock = std::net::TcpStream::connect(addr)?;
+    sock.set_read_timeout(Some(Duration::from_millis(timeout_ms as u64 + 15_000)))?;
+    sock.write_all(&frame)?;
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len)?;
+    let mut buf = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+    sock.read_exact(&mut buf)?;
+    let mut buf = Bytes::from(buf);
+    ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(VERSION))
+        .map_err(std::io::Error::other)?;
+    let resp = ProduceResponse::decode(&mut buf, VERSION).map_err(std::io::Error::other)?;
+    let _ = buf.remaining();
+    resp.responses
+        .first()
+        .and_then(|t| t.partition_responses.first())
+        .map(|p| p.error_code)
+        .ok_or_else(|| std::io::Error::other("an empty Produce response"))
+}
