@@ -26,6 +26,24 @@ struct Cli {
 enum Cmd {
     /// Run a broker node until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Look at a running cluster through its nodes' HTTP listeners.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Nodes, controller, and per partition: leader, term, replicas, in-sync replicas, each
+    /// follower's lag (log entries behind its leader) and the high watermark. Give every
+    /// node's HTTP address: each partition is shown as its leader sees it.
+    Status {
+        /// A node's HTTP listen address (host:port); repeat for every node.
+        #[arg(long = "node", value_name = "HOST:PORT", required = true)]
+        nodes: Vec<String>,
+        /// Print the merged JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -72,9 +90,14 @@ fn parse_peer(s: &str) -> anyhow::Result<(u64, String)> {
 
 /// Parses `args` (the first is the program name) and runs the command.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    let Cmd::Run(a) = Cli::parse_from(args).cmd;
-    foundation::logging::init("CLOUD_LOG", "info");
-    match run(a) {
+    let result = match Cli::parse_from(args).cmd {
+        Cmd::Run(a) => {
+            foundation::logging::init("CLOUD_LOG", "info");
+            run(a)
+        }
+        Cmd::Cluster(ClusterCmd::Status { nodes, json }) => cluster_status(&nodes, json),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cloud-broker: {e:#}");
@@ -126,6 +149,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let broker = match &cfg.cluster {
             None => {
+                anyhow::ensure!(
+                    !cfg.data_dir.join("node.redb").exists(),
+                    "{} holds a cluster node's data; start it as that node ([cluster], or \
+                     --raft-listen and --peer), or give a single-node broker a directory of its own",
+                    cfg.data_dir.display()
+                );
                 let storage = Arc::new(RedbStorage::open(&cfg.data_dir.join("broker.redb"))?);
                 Broker::start(cfg.clone(), storage)?
             }
@@ -210,4 +239,151 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `cluster status`: asks every node for `/api/cluster`, takes each partition from the node
+/// that leads it (else the first that answered), and prints the result.
+fn cluster_status(nodes: &[String], json: bool) -> anyhow::Result<()> {
+    let mut views = Vec::new();
+    for n in nodes {
+        match foundation::http::json(n, "GET", "/api/cluster") {
+            Ok(v) if v["mode"] == "cluster" => views.push(v),
+            Ok(v) => anyhow::bail!("{n} is not a cluster node (mode {})", v["mode"]),
+            Err(e) => eprintln!("cloud-broker: {n}: {e} (left out)"),
+        }
+    }
+    if views.is_empty() {
+        anyhow::bail!("no node answered");
+    }
+    let merged = merge_status(&views);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&merged)?);
+        return Ok(());
+    }
+    print!("{}", render_status(&merged));
+    Ok(())
+}
+
+/// One status from several nodes' `/api/cluster`: the first answer's nodes and controller,
+/// and every partition as the node leading it reports it (with the answering node noted).
+fn merge_status(views: &[serde_json::Value]) -> serde_json::Value {
+    let mut partitions: std::collections::BTreeMap<(String, i64), serde_json::Value> = Default::default();
+    for v in views {
+        for p in v["partitions"].as_array().into_iter().flatten() {
+            let key = (
+                p["topic"].as_str().unwrap_or_default().to_string(),
+                p["partition"].as_i64().unwrap_or(-1),
+            );
+            let leads = p["leader"] == v["node"];
+            let mut p = p.clone();
+            p["seen_by"] = v["node"].clone();
+            match partitions.get(&key) {
+                Some(have) if !leads || have["leader"] == have["seen_by"] => {}
+                _ => {
+                    partitions.insert(key, p);
+                }
+            }
+        }
+    }
+    let controller = views
+        .iter()
+        .map(|v| v["controller"].clone())
+        .find(|c| c.as_i64().is_some_and(|c| c > 0))
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "nodes": views.first().map(|v| v["nodes"].clone()).unwrap_or_default(),
+        "answered": views.iter().map(|v| v["node"].clone()).collect::<Vec<_>>(),
+        "controller": controller,
+        "partitions": partitions.into_values().collect::<Vec<_>>(),
+    })
+}
+
+/// The tables `cluster status` prints.
+fn render_status(s: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    let answered = ids(&s["answered"]);
+    let _ = writeln!(out, "controller: node {}   answered: {answered}", s["controller"]);
+    let _ = writeln!(out, "\n{:<6} {:<22} {:<22}", "NODE", "KAFKA", "RAFT");
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<6} {:<22} {:<22}",
+            n["id"],
+            n["kafka"].as_str().unwrap_or("-"),
+            n["raft"].as_str().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:>9} {:>6} {:>5} {:<10} {:<10} {:<16} {:>14}",
+        "TOPIC", "PARTITION", "LEADER", "TERM", "REPLICAS", "ISR", "LAG (entries)", "HIGH WATERMARK"
+    );
+    for p in s["partitions"].as_array().into_iter().flatten() {
+        let leader = match p["leader"].as_i64() {
+            Some(l) if l > 0 => l.to_string(),
+            _ => "none".into(),
+        };
+        let lag = p["lag"]
+            .as_object()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|| "-".into());
+        let hw = p["high_watermark"].as_i64().map_or("-".into(), |h| h.to_string());
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>6} {:>5} {:<10} {:<10} {:<16} {:>14}",
+            p["topic"].as_str().unwrap_or_default(),
+            p["partition"],
+            leader,
+            p["term"],
+            ids(&p["replicas"]),
+            ids(&p["isr"]),
+            lag,
+            hw
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_takes_each_partition_from_its_leader() {
+        let node = |id: i64, leader: i64, hw: i64| {
+            serde_json::json!({
+                "mode": "cluster", "node": id, "controller": 1,
+                "nodes": [{"id": 1, "kafka": "a:1", "raft": "a:2"}],
+                "partitions": [{"topic": "t", "partition": 0, "leader": leader, "term": 3,
+                                "replicas": [1, 2], "isr": [1, 2], "lag": {}, "high_watermark": hw}],
+            })
+        };
+        // Node 1 follows (stale watermark), node 2 leads: node 2's view wins, in either order.
+        for views in [
+            vec![node(1, 2, 5), node(2, 2, 9)],
+            vec![node(2, 2, 9), node(1, 2, 5)],
+        ] {
+            let m = merge_status(&views);
+            assert_eq!(m["partitions"][0]["high_watermark"], 9);
+            assert_eq!(m["partitions"][0]["seen_by"], 2);
+        }
+        let text = render_status(&merge_status(&[node(1, -1, 5)]));
+        assert!(
+            text.contains("none"),
+            "a partition without a leader says so: {text}"
+        );
+        assert!(text.contains("HIGH WATERMARK"));
+    }
 }

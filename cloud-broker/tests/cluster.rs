@@ -10,9 +10,10 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::cluster::{bootstrap, create_topic, read_all as read_topic, wait_formed};
+use common::cluster::{bootstrap, create_topic, placement, read_all as read_topic, wait_formed};
 use common::{tempdir, Broker};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const TOPIC: &str = "replicated";
@@ -44,6 +45,34 @@ async fn produce(p: &FutureProducer, from: usize, n: usize, acked: &mut BTreeMap
 
 fn read_all(addr: &str, group: &str, want: usize) -> BTreeMap<(i32, i64), String> {
     read_topic(addr, TOPIC, group, want)
+}
+
+/// `partition -> in-sync replicas` from a Metadata request.
+fn in_sync(c: &BaseConsumer) -> BTreeMap<i32, Vec<i32>> {
+    let Ok(md) = c.fetch_metadata(Some(TOPIC), Duration::from_secs(5)) else {
+        return BTreeMap::new();
+    };
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), p.isr().to_vec()))
+        .collect()
+}
+
+/// What `cloud-broker cluster status` prints for the running nodes.
+fn cluster_status(nodes: &[Broker]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloud-broker"));
+    cmd.args(["cluster", "status"]);
+    for n in nodes.iter().filter(|n| n.is_running()) {
+        cmd.args(["--node", &format!("127.0.0.1:{}", n.http)]);
+    }
+    let out = cmd.output().expect("cloud-broker cluster status");
+    assert!(
+        out.status.success(),
+        "cluster status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,11 +140,56 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
     let rest = read_all(&addr, "readers", 2_000);
     assert_eq!(rest.len(), 2_000);
     assert!(rest.values().all(|v| v[1..].parse::<usize>().unwrap() >= 3_000));
+    // Metadata stops naming the dead node as in sync, and `cluster status` shows it.
+    let dead = victim as i32 + 1;
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .create()
+        .unwrap();
+    foundation::wait::until(Duration::from_secs(30), "the dead node out of every ISR", || {
+        let isr = in_sync(&probe);
+        (isr.len() == PARTITIONS as usize && isr.values().all(|i| !i.contains(&dead) && i.len() == 2))
+            .then_some(())
+    })
+    .unwrap();
+    let status = cluster_status(&nodes);
+    assert!(
+        status.lines().filter(|l| l.starts_with(TOPIC)).count() == PARTITIONS as usize,
+        "a line per partition: {status}"
+    );
 
-    // The dead node comes back and catches up; nothing changes for the clients.
+    // The dead node comes back and catches up; nothing changes for the clients; the leader
+    // balancer hands its partitions back, and it is in sync again everywhere.
     nodes[victim].start_again();
     let again = read_all(&addr, "after-restart", 5_000);
     assert_eq!(again, acked);
+    foundation::wait::until(
+        Duration::from_secs(60),
+        "leadership back where creation put it",
+        || {
+            let now = placement(&probe, TOPIC);
+            let isr = in_sync(&probe);
+            (now.iter()
+                .all(|(p, (l, _))| placed.get(p).map(|(pl, _)| pl) == Some(l))
+                && isr.values().all(|i| i.len() == 3))
+            .then_some(())
+        },
+    )
+    .unwrap();
+    let status = cluster_status(&nodes);
+    for (p, (leader, _)) in &placed {
+        assert!(
+            status.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 6
+                    && f[0] == TOPIC
+                    && f[1] == p.to_string()
+                    && f[2] == leader.to_string()
+                    && f[5] == "1,2,3"
+            }),
+            "partition {p} led by {leader}, all in sync: {status}"
+        );
+    }
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }

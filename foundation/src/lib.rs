@@ -13,7 +13,8 @@
 //!   layering every binary uses is: built-in defaults < the file < environment < flags (clap's
 //!   `env = ...` gives a flag's environment variable; a flag wins over it).
 //! - [`http`] (`http`) — a blocking HTTP client (ureq) for admin APIs.
-//! - [`redb`] (`redb`) — a redb database that reopens itself after a failed write.
+//! - [`redb`] (`redb`) — a redb database that reopens itself after a failed write and checks
+//!   the layout version its store records.
 //! - [`prom`] (`prom`) — Prometheus text pages (prometheus-parse): values, histograms,
 //!   quantiles between two scrapes.
 //! - [`wait`], [`net`], [`process`], [`procfs`], [`scratch`], [`proxy`] (`testkit`) — waiting

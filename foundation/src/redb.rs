@@ -4,12 +4,33 @@
 //! marks it ([`Reopening::poison`]) and the next use closes and reopens the file (redb
 //! allows one open handle per file, so the old one is dropped first). A disk that filled up
 //! and was freed, or a transient I/O error, is thereby recovered without a restart.
+//!
+//! # Layout versions
+//! A store opened with [`Reopening::open_versioned`] records the version of its layout (its
+//! tables and their encodings) in the table [`LAYOUT`], key `"version"`, a `u64`:
+//! - a file without tables is new and gets the version this build writes;
+//! - a file with tables but no record predates the record: it is version
+//!   [`UNRECORDED_LAYOUT`], and is stamped with it when that is the version this build reads;
+//! - any other version is refused ([`OpenError::Layout`]): the file is never read as a layout
+//!   it is not, and never changed. The check reads the file through a read-only handle first,
+//!   because a read-write handle commits when it closes even when nothing changed. Only a file a
+//!   crash left needing redb's own recovery is recovered (by redb, at the file level) before
+//!   its version is checked.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
-use redb::Database;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+/// The table holding a file's layout version, under the key `"version"`.
+pub const LAYOUT: TableDefinition<&str, u64> = TableDefinition::new("layout");
+
+const LAYOUT_KEY: &str = "version";
+
+/// The layout version of a file that has tables but no version record: every file written
+/// before versions were recorded.
+pub const UNRECORDED_LAYOUT: u64 = 1;
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +63,28 @@ pub enum OpenError {
     /// A reopen failed earlier and left no database.
     #[error("the database {0} is closed (reopening it failed)")]
     Closed(PathBuf),
+    /// The file's layout version is not the one this build reads; nothing was written to it.
+    #[error(
+        "{path} has data layout version {found}, and this build reads version {reads}: run a build \
+         that reads version {found}, or restore the directory from a backup made by this build \
+         (do not edit or repair the file)"
+    )]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// The version the file records.
+        found: u64,
+        /// The version this build reads.
+        reads: u64,
+    },
+    /// Reading or recording the layout version failed.
+    #[error("{path}: layout version: {source}")]
+    LayoutIo {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: redb::Error,
+    },
 }
 
 /// A redb database file, reopened before its next use after a failure.
@@ -76,20 +119,44 @@ impl Reopening {
         Ok(r)
     }
 
+    /// [`Reopening::open`] for a store whose layout is versioned (see the module doc): a file of
+    /// layout `version`, or without tables, opens and carries the record afterwards; a file of
+    /// any other layout is refused with [`OpenError::Layout`] before anything is written to it.
+    pub fn open_versioned(
+        path: &Path,
+        cache_bytes: usize,
+        holder: &'static str,
+        version: u64,
+    ) -> Result<Reopening, OpenError> {
+        let layout_io = |source: redb::Error| OpenError::LayoutIo {
+            path: path.into(),
+            source,
+        };
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            match Database::builder()
+                .set_cache_size(cache_bytes)
+                .open_read_only(path)
+            {
+                Ok(db) => {
+                    let found = read_layout(&db).map_err(layout_io)?;
+                    refuse_other(path, found, version)?;
+                }
+                // A crash left it: only the recovery in the read-write open below can read it,
+                // and the check there still runs before the store writes anything.
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(e) => return Err(db_error(path, holder, e)),
+            }
+        }
+        let r = Reopening::open(path, cache_bytes, holder)?;
+        r.with(|db| stamp_layout(db, path, version))?;
+        Ok(r)
+    }
+
     fn open_db(&self) -> Result<Database, OpenError> {
         Database::builder()
             .set_cache_size(self.cache_bytes)
             .create(&self.path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
-                    path: self.path.clone(),
-                    holder: self.holder,
-                },
-                source => OpenError::Db {
-                    path: self.path.clone(),
-                    source,
-                },
-            })
+            .map_err(|e| db_error(&self.path, self.holder, e))
     }
 
     /// The file.
@@ -115,6 +182,75 @@ impl Reopening {
     /// Marks the database for reopening before its next use (after a storage error).
     pub fn poison(&self) {
         self.poisoned.store(true, Ordering::SeqCst);
+    }
+}
+
+fn db_error(path: &Path, holder: &'static str, e: redb::DatabaseError) -> OpenError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
+            path: path.into(),
+            holder,
+        },
+        source => OpenError::Db {
+            path: path.into(),
+            source,
+        },
+    }
+}
+
+/// The layout version of a file, read without writing: `None` for a file without tables.
+fn read_layout(db: &redb::ReadOnlyDatabase) -> Result<Option<u64>, redb::Error> {
+    let tx = db.begin_read()?;
+    let recorded = match tx.open_table(LAYOUT) {
+        Ok(t) => t.get(LAYOUT_KEY)?.map(|v| v.value()),
+        Err(TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let has_tables = tx.list_tables()?.next().is_some();
+    Ok(recorded.or(has_tables.then_some(UNRECORDED_LAYOUT)))
+}
+
+/// Checks the layout version again in a write transaction and records it if it is missing.
+fn stamp_layout(db: &Database, path: &Path, version: u64) -> Result<(), OpenError> {
+    let layout_io = |source: redb::Error| OpenError::LayoutIo {
+        path: path.into(),
+        source,
+    };
+    let tx = db.begin_write().map_err(|e| layout_io(e.into()))?;
+    // Before `open_table`, which creates the table in this transaction.
+    let has_tables = tx
+        .list_tables()
+        .map_err(|e| layout_io(e.into()))?
+        .next()
+        .is_some();
+    let mut t = tx.open_table(LAYOUT).map_err(|e| layout_io(e.into()))?;
+    let recorded = t
+        .get(LAYOUT_KEY)
+        .map_err(|e| layout_io(e.into()))?
+        .map(|v| v.value());
+    // Dropping `tx` on a refusal aborts it.
+    refuse_other(
+        path,
+        recorded.or(has_tables.then_some(UNRECORDED_LAYOUT)),
+        version,
+    )?;
+    if recorded.is_some() {
+        return Ok(());
+    }
+    t.insert(LAYOUT_KEY, version).map_err(|e| layout_io(e.into()))?;
+    drop(t);
+    tx.commit().map_err(|e| layout_io(e.into()))
+}
+
+/// Refuses a file whose layout version is known and is not `version`.
+fn refuse_other(path: &Path, found: Option<u64>, version: u64) -> Result<(), OpenError> {
+    match found {
+        Some(found) if found != version => Err(OpenError::Layout {
+            path: path.into(),
+            found,
+            reads: version,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -148,6 +284,51 @@ mod tests {
         let e = Reopening::open(&path, 1 << 20, "is the test running?").unwrap_err();
         assert!(e.to_string().contains("is the test running?"), "{e}");
         drop(r);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn recorded(path: &Path) -> Option<u64> {
+        let db = redb::ReadOnlyDatabase::open(path).unwrap();
+        read_layout(&db).unwrap()
+    }
+
+    #[test]
+    fn a_file_without_a_record_is_the_unrecorded_layout() {
+        let dir = std::env::temp_dir().join(format!("foundation-layout-{}", crate::ids::unique_tag()));
+        let new = dir.join("new.redb");
+        drop(Reopening::open_versioned(&new, 1 << 20, "test", 2).unwrap());
+        assert_eq!(
+            recorded(&new),
+            Some(2),
+            "a new file gets the version this build writes"
+        );
+
+        let old = dir.join("old.redb");
+        let db = Database::create(&old).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(T).unwrap().insert(1, 1).unwrap();
+        tx.commit().unwrap();
+        drop(db);
+        let before = std::fs::read(&old).unwrap();
+        let e = Reopening::open_versioned(&old, 1 << 20, "test", 2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpenError::Layout {
+                    found: UNRECORDED_LAYOUT,
+                    reads: 2,
+                    ..
+                }
+            ),
+            "a build past layout 1 must not take an unrecorded file for its own: {e}"
+        );
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            before,
+            "a refused file is not written"
+        );
+        drop(Reopening::open_versioned(&old, 1 << 20, "test", UNRECORDED_LAYOUT).unwrap());
+        assert_eq!(recorded(&old), Some(UNRECORDED_LAYOUT));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -88,20 +88,18 @@ pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> Meta
         };
         let partitions = (0..t.meta.partitions)
             .map(|p| {
-                let (leader, epoch, replicas) = b.place(&t, p);
-                let replicas: Vec<BrokerId> = replicas.into_iter().map(BrokerId).collect();
+                let place = b.place(&t, p);
                 MetadataResponsePartition::default()
                     .with_partition_index(p as i32)
-                    .with_error_code(if leader < 0 {
+                    .with_error_code(if place.leader < 0 {
                         Code::LeaderNotAvailable.code()
                     } else {
                         0
                     })
-                    .with_leader_id(BrokerId(leader))
-                    .with_leader_epoch(epoch)
-                    // In-sync replicas are not tracked yet: every replica is named.
-                    .with_isr_nodes(replicas.clone())
-                    .with_replica_nodes(replicas)
+                    .with_leader_id(BrokerId(place.leader))
+                    .with_leader_epoch(place.epoch)
+                    .with_isr_nodes(place.isr.into_iter().map(BrokerId).collect())
+                    .with_replica_nodes(place.replicas.into_iter().map(BrokerId).collect())
             })
             .collect();
         let mut topic = MetadataResponseTopic::default()

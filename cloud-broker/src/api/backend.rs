@@ -2,6 +2,7 @@
 //! cluster node whose partitions are Raft groups. Handlers call these methods and never ask
 //! which.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +39,32 @@ fn parse_addr(id: NodeId, addr: &str) -> Option<BrokerAddr> {
     Some((i32::try_from(id).ok()?, host.to_string(), port.parse().ok()?))
 }
 
-/// Where a partition stands for Metadata: `(leader or -1, its epoch, replicas)`.
-pub type PartitionPlace = (i32, i32, Vec<i32>);
+/// Where a partition stands, for Metadata and `/api/cluster` (by default: nowhere known).
+#[derive(Debug, Clone)]
+pub struct PartitionPlace {
+    /// The leader (-1: none known).
+    pub leader: i32,
+    /// Its epoch (the Raft term; -1 when not hosted here).
+    pub epoch: i32,
+    /// Every replica, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// The replicas in sync, as this node knows them (see [`crate::raft::node::Node::in_sync`]).
+    pub isr: Vec<i32>,
+    /// On the leader: how many log entries each follower is behind.
+    pub lag: BTreeMap<i32, u64>,
+}
+
+impl Default for PartitionPlace {
+    fn default() -> Self {
+        PartitionPlace {
+            leader: -1,
+            epoch: -1,
+            replicas: Vec::new(),
+            isr: Vec::new(),
+            lag: BTreeMap::new(),
+        }
+    }
+}
 
 impl Broker {
     /// Creates a topic (`replication` -1: the default) and, on a cluster, waits until this
@@ -306,31 +331,45 @@ impl Broker {
         }
     }
 
-    /// A partition's leader, leader epoch and replicas.
+    /// A partition's leader, leader epoch, replicas and in-sync replicas.
     pub fn place(&self, topic: &crate::state::TopicView, partition: u32) -> PartitionPlace {
+        let id = |n: NodeId| i32::try_from(n).unwrap_or(-1);
         match &self.backend {
-            Backend::Single { .. } => (self.cfg.node_id, 0, vec![self.cfg.node_id]),
+            Backend::Single { .. } => PartitionPlace {
+                leader: self.cfg.node_id,
+                epoch: 0,
+                replicas: vec![self.cfg.node_id],
+                isr: vec![self.cfg.node_id],
+                lag: BTreeMap::new(),
+            },
             Backend::Cluster(node) => {
                 let replicas: Vec<i32> = topic
                     .meta
                     .replicas
                     .get(partition as usize)
-                    .map(|r| r.iter().filter_map(|id| i32::try_from(*id).ok()).collect())
+                    .map(|r| r.iter().map(|n| id(*n)).collect())
                     .unwrap_or_default();
-                let (leader, epoch) = node
-                    .partition(topic.meta.id, partition)
-                    .map(|h| {
-                        let term = openraft::async_runtime::WatchReceiver::borrow_watched(&h.raft.metrics())
-                            .current_term;
-                        (
-                            node.partition_leader(&h.raft)
-                                .and_then(|l| i32::try_from(l).ok())
-                                .unwrap_or(-1),
-                            i32::try_from(term).unwrap_or(i32::MAX),
-                        )
-                    })
-                    .unwrap_or((-1, -1));
-                (leader, epoch, replicas)
+                let Some(h) = node.partition(topic.meta.id, partition) else {
+                    return PartitionPlace {
+                        leader: -1,
+                        epoch: -1,
+                        replicas,
+                        ..Default::default()
+                    };
+                };
+                let term =
+                    openraft::async_runtime::WatchReceiver::borrow_watched(&h.raft.metrics()).current_term;
+                PartitionPlace {
+                    leader: node.partition_leader(&h.raft).map_or(-1, id),
+                    epoch: i32::try_from(term).unwrap_or(i32::MAX),
+                    replicas,
+                    isr: node.in_sync(&h.raft).into_iter().map(id).collect(),
+                    lag: node
+                        .follower_lag(&h.raft)
+                        .into_iter()
+                        .map(|(n, l)| (id(n), l))
+                        .collect(),
+                }
             }
         }
     }
@@ -375,18 +414,20 @@ impl Broker {
         let mut partitions = Vec::new();
         for t in meta.topics.values() {
             for p in 0..t.partitions {
-                let (leader, term, replicas) = self
+                let place = self
                     .catalog
                     .topic(&t.name)
                     .map(|v| self.place(&v, p))
-                    .unwrap_or((-1, -1, Vec::new()));
+                    .unwrap_or_default();
                 let hosted = node.partition(t.id, p);
                 partitions.push(serde_json::json!({
                     "topic": t.name,
                     "partition": p,
-                    "leader": leader,
-                    "term": term,
-                    "replicas": replicas,
+                    "leader": place.leader,
+                    "term": place.epoch,
+                    "replicas": place.replicas,
+                    "isr": place.isr,
+                    "lag": place.lag.iter().map(|(n, l)| (n.to_string(), *l)).collect::<BTreeMap<String, u64>>(),
                     "hosted": hosted.is_some(),
                     "high_watermark": hosted.as_ref().map(|h| h.view.hw.load(std::sync::atomic::Ordering::SeqCst)),
                     "log_start": hosted.as_ref().map(|h| h.view.log_start.load(std::sync::atomic::Ordering::SeqCst)),

@@ -232,6 +232,11 @@ pub fn partition_config(t: Timing) -> Result<openraft::Config, openraft::ConfigE
         purge_batch_size: 256,
         replication_lag_threshold: u64::MAX,
         install_snapshot_timeout: 60_000,
+        // A leader restarted before the others noticed must win an election again rather than
+        // resume its term: its state machine is saved without a fsync (a restart re-applies the
+        // log), and a resumed leader would take a stale state for the current one (openraft's
+        // own warning; it showed here as a tip reusing offsets after a kill -9).
+        enable_leader_restore: Some(false),
         ..openraft::Config::default()
     }
     .validate()

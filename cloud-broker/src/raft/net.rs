@@ -53,6 +53,9 @@ enum Kind {
     Reply = 5,
     Failed = 6,
     Propose = 7,
+    /// A node-level "are you there" (answered empty), so every node hears from every other
+    /// even when no group has them talk (two followers of the same leaders).
+    Ping = 8,
 }
 
 impl Kind {
@@ -66,6 +69,7 @@ impl Kind {
             5 => Kind::Reply,
             6 => Kind::Failed,
             7 => Kind::Propose,
+            8 => Kind::Ping,
             _ => return None,
         })
     }
@@ -272,6 +276,9 @@ async fn serve_conn(
 
 /// Serves one request frame: the encoded response, or why not.
 async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
+    if f.kind == Kind::Ping {
+        return Ok(Vec::new());
+    }
     let raft = groups
         .get(f.group)
         .ok_or_else(|| format!("no group {:#x} on this node", f.group))?;
@@ -319,7 +326,9 @@ async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
                 .map(|r| to_bytes(&r.data))
                 .map_err(|e| e.to_string())
         }
-        Kind::Hello | Kind::Reply | Kind::Failed => Err(format!("unexpected {:?} frame", f.kind)),
+        Kind::Hello | Kind::Reply | Kind::Failed | Kind::Ping => {
+            Err(format!("unexpected {:?} frame", f.kind))
+        }
     }
 }
 
@@ -436,6 +445,13 @@ impl Network {
             .await
             .map_err(|e| format!("{e:?}"))?;
         from_bytes(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// Pings node `target` at `addr` (whatever answers proves it alive: see [`Heard`]).
+    pub async fn ping(&self, target: NodeId, addr: &str, ttl: Duration) -> bool {
+        self.call(target, addr, Kind::Ping, 0, Vec::new(), ttl)
+            .await
+            .is_ok()
     }
 
     /// The factory for one group's clients.

@@ -38,6 +38,13 @@ use crate::storage::TopicConfig;
 /// Copies of each partition and offsets log (fewer on a smaller cluster).
 pub const REPLICATION_FACTOR: usize = 3;
 
+/// How often the leader balancer looks (see [`Node::balance`]).
+pub const BALANCE_EVERY: Duration = Duration::from_secs(5);
+
+/// A follower more log entries than this behind its leader is out of sync (one entry is one
+/// produce round, usually many records; a follower in step is a few entries behind at most).
+pub const ISR_MAX_LAG: u64 = 1_000;
+
 /// How a node is set up.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -204,11 +211,170 @@ impl Node {
                 }
             }
         });
-        node.tasks
+        let pinger = tokio::spawn({
+            let node = Arc::downgrade(&node);
+            async move {
+                let every = Duration::from_millis(node.upgrade().map_or(250, |n| n.cfg.timing.heartbeat_ms));
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(n) = node.upgrade() else { return };
+                    let peers = n.members(n.all_nodes().into_iter().filter(|id| *id != n.cfg.id));
+                    let net = n.net.clone();
+                    drop(n);
+                    let pings = peers
+                        .into_iter()
+                        .map(|(id, a)| {
+                            let net = net.clone();
+                            async move { net.ping(id, &a.raft, every).await }
+                        })
+                        .collect::<Vec<_>>();
+                    futures::future::join_all(pings).await;
+                }
+            }
+        });
+        let balancer = tokio::spawn({
+            let node = Arc::downgrade(&node);
+            async move {
+                let mut tick = tokio::time::interval(BALANCE_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(n) = node.upgrade() else { return };
+                    n.balance().await;
+                }
+            }
+        });
+        node.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend([
+            reconcile,
+            register,
+            maintenance,
+            pinger,
+            balancer,
+        ]);
+        Ok(node)
+    }
+
+    /// The leader balancer's round: every group this node leads whose preferred leader (the
+    /// first of its replicas) is another node that is heard from and holds the whole log is
+    /// handed to that node (openraft's leadership transfer: the target starts an election at
+    /// once and wins it). So leadership spreads back over the nodes after one returns, as the
+    /// topic's creation spread it, and the group coordinators with the offsets logs.
+    pub async fn balance(&self) {
+        let meta = self.metadata();
+        let mut groups: Vec<(GroupRaft, NodeId)> = Vec::new();
+        let hosted: Vec<(u64, GroupRaft)> = self
+            .hosted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([reconcile, register, maintenance]);
-        Ok(node)
+            .iter()
+            .map(|(k, h)| (*k, h.raft.clone()))
+            .collect();
+        for (key, raft) in hosted {
+            let Some(GroupId::Partition { topic, partition }) = GroupId::from_key(key) else {
+                continue;
+            };
+            let preferred = meta
+                .topics
+                .values()
+                .find(|t| t.id == topic)
+                .and_then(|t| t.replicas.get(partition as usize))
+                .and_then(|r| r.first().copied());
+            if let Some(p) = preferred {
+                groups.push((raft, p));
+            }
+        }
+        let logs: Vec<(u32, GroupRaft)> = self
+            .offsets_rafts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, r)| (*n, r.clone()))
+            .collect();
+        for (n, raft) in logs {
+            if let Some(p) = self.offsets_replicas(n).first().copied() {
+                groups.push((raft, p));
+            }
+        }
+        for (raft, preferred) in groups {
+            if preferred == self.cfg.id
+                || !self.leads(&raft)
+                || !self.net.heard().within(preferred, self.cfg.timing.lease())
+            {
+                continue;
+            }
+            let m = raft.metrics().borrow_watched().clone();
+            let caught_up = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&preferred).cloned().flatten())
+                .is_some_and(|matched| Some(matched.index) >= m.last_log_index);
+            if caught_up {
+                debug!(to = preferred, "handing leadership back to the preferred replica");
+                if let Err(e) = raft.trigger().transfer_leader(preferred).await {
+                    warn!(error = %e, "a leadership transfer failed");
+                }
+            }
+        }
+    }
+
+    /// The in-sync replicas of a group this node hosts, as far as it knows: on the leader,
+    /// itself and every follower heard from within the lease whose log is no more than
+    /// [`ISR_MAX_LAG`] entries behind; on a follower, while the leader is heard from, every
+    /// replica it hears from and itself (how far behind the others are is the leader's to
+    /// know; `cluster status` shows each partition as its leader sees it).
+    pub fn in_sync(&self, raft: &GroupRaft) -> Vec<NodeId> {
+        let m = raft.metrics().borrow_watched().clone();
+        let lease = self.cfg.timing.lease();
+        if self.leads(raft) {
+            let last = m.last_log_index.unwrap_or(0);
+            let mut isr = vec![self.cfg.id];
+            for (id, matched) in m.replication.iter().flatten() {
+                let behind = matched
+                    .as_ref()
+                    .map_or(u64::MAX, |l| last.saturating_sub(l.index));
+                if *id != self.cfg.id && self.net.heard().within(*id, lease) && behind <= ISR_MAX_LAG {
+                    isr.push(*id);
+                }
+            }
+            isr.sort_unstable();
+            return isr;
+        }
+        if self.partition_leader(raft).is_none() {
+            return Vec::new();
+        }
+        let mut isr: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id == self.cfg.id || self.net.heard().within(*id, lease))
+            .collect();
+        isr.sort_unstable();
+        isr
+    }
+
+    /// How many log entries each follower of a group this node leads is behind it (empty when
+    /// it does not lead).
+    pub fn follower_lag(&self, raft: &GroupRaft) -> BTreeMap<NodeId, u64> {
+        if !self.leads(raft) {
+            return BTreeMap::new();
+        }
+        let m = raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        m.replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != self.cfg.id)
+            .map(|(id, matched)| {
+                (
+                    *id,
+                    matched
+                        .as_ref()
+                        .map_or(last + 1, |l| last.saturating_sub(l.index)),
+                )
+            })
+            .collect()
     }
 
     /// This node's id.

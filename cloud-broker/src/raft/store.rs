@@ -51,7 +51,6 @@ const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log")
 const OFFSET_INDEX: TableDefinition<(u64, i64), u64> = TableDefinition::new("offset_index");
 const GROUP_STATE: TableDefinition<(u64, u8), &[u8]> = TableDefinition::new("group_state");
 const SEALED: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("sealed");
-const LAYOUT: TableDefinition<&str, u64> = TableDefinition::new("layout");
 
 /// Slots of `group_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,28 +170,14 @@ impl NodeStore {
     /// Opens (or creates) the store at `path` and starts its writer thread. A file of another
     /// layout version is refused with a message saying so.
     pub fn open(path: &Path) -> io::Result<NodeStore> {
-        let db = Arc::new(Reopening::open(path, 256 << 20, "is a broker node running?").map_err(io_err)?);
+        // The layout version is checked through a read-only handle before anything writes.
+        let db = Arc::new(
+            Reopening::open_versioned(path, 256 << 20, "is a broker node running?", LAYOUT_VERSION)
+                .map_err(io_err)?,
+        );
         with_db(&db, |db| -> io::Result<()> {
             let tx = db.begin_write().map_err(io_err)?;
             {
-                let mut layout = tx.open_table(LAYOUT).map_err(io_err)?;
-                let found = layout.get("version").map_err(io_err)?.map(|v| v.value());
-                match found {
-                    None => {
-                        layout.insert("version", LAYOUT_VERSION).map_err(io_err)?;
-                    }
-                    Some(v) if v == LAYOUT_VERSION => {}
-                    Some(v) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "{}: data layout version {v}, this build reads version {LAYOUT_VERSION}; \
-                                 run the build that wrote it, or move the directory aside",
-                                path.display()
-                            ),
-                        ))
-                    }
-                }
                 tx.open_table(LOG).map_err(io_err)?;
                 tx.open_table(OFFSET_INDEX).map_err(io_err)?;
                 tx.open_table(GROUP_STATE).map_err(io_err)?;

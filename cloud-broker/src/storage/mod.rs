@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::BatchHeader;
 
-/// Storage failures. Retryable: nothing of the failed write was applied.
+/// Storage failures. Nothing of a failed write was applied; `Io` is worth retrying.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -36,6 +36,9 @@ pub enum StoreError {
     /// Stored data failed to decode.
     #[error("corrupt storage: {0}")]
     Corrupt(String),
+    /// The file is of a layout this build does not read (fatal; the file was left as it was).
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// Per-topic settings (the Kafka topic configs we honour).
@@ -198,6 +201,9 @@ pub(crate) fn gather_batch(out: &mut Vec<u8>, b: &[u8], from: i64, max_bytes: us
 
 impl From<foundation::redb::OpenError> for StoreError {
     fn from(e: foundation::redb::OpenError) -> Self {
-        StoreError::Io(e.to_string())
+        match e {
+            foundation::redb::OpenError::Layout { .. } => StoreError::Layout(e.to_string()),
+            e => StoreError::Io(e.to_string()),
+        }
     }
 }

@@ -8,6 +8,14 @@
 //! | `producers` | `(topic id, partition, producer id)` | JSON [`ProducerState`] |
 //! | `offsets` | `(group, topic, partition)` | JSON [`CommittedOffset`] |
 //! | `meta` | key | bytes |
+//! | `layout` | `"version"` | [`LAYOUT_VERSION`] |
+//!
+//! # Layout version
+//! The file records the version of this layout ([`foundation::redb`]'s `layout` table, apart
+//! from `meta`, whose keys are the broker's). A new file gets [`LAYOUT_VERSION`]; a file from
+//! before the record (tables, no version) is version 1 and is stamped on open; a file of any
+//! other version is refused on open, naming the file and both versions, before anything is
+//! written to it.
 //!
 //! Each [`Storage::apply`] is one write transaction with `Durability::Immediate`. After an I/O
 //! error redb refuses further writes until reopened; the store reopens before the next write.
@@ -30,6 +38,9 @@ const HEADS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("heads");
 const PRODUCERS: TableDefinition<(u32, u32, i64), &[u8]> = TableDefinition::new("producers");
 const OFFSETS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("offsets");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The on-disk layout this build reads and writes.
+pub const LAYOUT_VERSION: u64 = 1;
 
 /// redb-backed storage.
 #[derive(Debug)]
@@ -76,10 +87,11 @@ fn missing_ok<T>(r: Result<T, TableError>) -> Result<Option<T>, StoreError> {
 }
 
 impl RedbStorage {
-    /// Opens or creates the database at `path`.
+    /// Opens or creates the database at `path`. A file of another layout version is refused
+    /// ([`StoreError::Layout`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let s = RedbStorage {
-            db: Reopening::open(path, 256 << 20, "is a broker running?")?,
+            db: Reopening::open_versioned(path, 256 << 20, "is a broker running?", LAYOUT_VERSION)?,
         };
         s.apply(&WriteSet::default())?; // creates the tables
         Ok(s)
@@ -248,5 +260,111 @@ impl Storage for RedbStorage {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use foundation::redb::LAYOUT;
+
+    use super::*;
+    use crate::storage::TopicConfig;
+
+    fn scratch() -> PathBuf {
+        std::env::temp_dir().join(format!("cloud-layout-{}", foundation::ids::unique_tag()))
+    }
+
+    /// A store holding one topic and one metadata value.
+    fn store_with_data(path: &Path) {
+        let s = RedbStorage::open(path).unwrap();
+        let mut w = WriteSet::default();
+        w.put_topics.push(TopicMeta {
+            id: 3,
+            uuid: [3; 16],
+            name: "t".into(),
+            partitions: 2,
+            config: TopicConfig::default(),
+            replicas: Vec::new(),
+        });
+        w.meta.push(("next_producer_id".into(), b"7".to_vec()));
+        s.apply(&w).unwrap();
+    }
+
+    fn recorded_layout(path: &Path) -> Option<u64> {
+        let db = redb::ReadOnlyDatabase::open(path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let v = tx
+            .open_table(LAYOUT)
+            .ok()?
+            .get("version")
+            .unwrap()
+            .map(|v| v.value());
+        v
+    }
+
+    /// Sets (`Some`) or removes with its table (`None`) the version record.
+    fn rewrite_layout(path: &Path, version: Option<u64>) {
+        let db = Database::create(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        match version {
+            Some(v) => drop(tx.open_table(LAYOUT).unwrap().insert("version", v).unwrap()),
+            None => assert!(tx.delete_table(LAYOUT).unwrap()),
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_new_store_records_the_current_layout() {
+        let dir = scratch();
+        let path = dir.join("broker.redb");
+        drop(RedbStorage::open(&path).unwrap());
+        assert_eq!(recorded_layout(&path), Some(LAYOUT_VERSION));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_store_without_a_layout_record_opens_with_its_data_and_is_stamped() {
+        let dir = scratch();
+        let path = dir.join("broker.redb");
+        store_with_data(&path);
+        // What a broker before layout versions left: its tables, no `layout`.
+        rewrite_layout(&path, None);
+        assert_eq!(recorded_layout(&path), None);
+
+        let s = RedbStorage::open(&path).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.topics.len(), 1);
+        assert_eq!(snap.topics[0].name, "t");
+        assert_eq!(
+            snap.meta.get("next_producer_id").map(Vec::as_slice),
+            Some(&b"7"[..])
+        );
+        drop(s);
+        assert_eq!(recorded_layout(&path), Some(1), "stamped as today's layout");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_store_of_an_unknown_layout_is_refused_and_left_untouched() {
+        let dir = scratch();
+        let path = dir.join("broker.redb");
+        store_with_data(&path);
+        rewrite_layout(&path, Some(999));
+        let before = std::fs::read(&path).unwrap();
+
+        let e = RedbStorage::open(&path).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, StoreError::Layout(_)), "{e:?}");
+        assert!(msg.contains(&path.display().to_string()), "names the file: {msg}");
+        assert!(msg.contains("version 999"), "names its version: {msg}");
+        assert!(
+            msg.contains(&format!("reads version {LAYOUT_VERSION}")),
+            "names ours: {msg}"
+        );
+        assert!(msg.contains("backup"), "says what to do: {msg}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

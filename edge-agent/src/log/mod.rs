@@ -54,6 +54,10 @@ pub enum LogError {
     /// The storage engine failed (I/O, disk full). Retryable: nothing was half-applied.
     #[error("storage: {0}")]
     Storage(String),
+    /// The log file is of a layout this build does not read (fatal; the file was left as it
+    /// was).
+    #[error("{0}")]
+    Layout(String),
 }
 
 impl LogError {
@@ -365,6 +369,9 @@ impl From<LogError> for bridge::Error {
 
 impl From<foundation::redb::OpenError> for LogError {
     fn from(e: foundation::redb::OpenError) -> Self {
-        LogError::Storage(e.to_string())
+        match e {
+            foundation::redb::OpenError::Layout { .. } => LogError::Layout(e.to_string()),
+            e => LogError::Storage(e.to_string()),
+        }
     }
 }

@@ -8,6 +8,14 @@
 //! | `chunks` | `(topic id, partition, base offset)` | a chunk ([`super::chunk`]) |
 //! | `streams` | `(device, boot)` | next expected sequence |
 //! | `meta` | key | bytes |
+//! | `layout` | `"version"` | [`LAYOUT_VERSION`] |
+//!
+//! # Layout version
+//! The file records the version of this layout ([`foundation::redb`]'s `layout` table, apart
+//! from `meta`, whose keys belong to the store's callers). A new file gets [`LAYOUT_VERSION`];
+//! a file from before the record (tables, no version) is version 1 and is stamped on open; a
+//! file of any other version is refused on open ([`LogError::Layout`]), naming the file and
+//! both versions, before anything is written to it.
 //!
 //! Every write is one transaction committed with `Durability::Immediate` (one fsync); an
 //! append's records, partition heads and stream states are in the same transaction, so the
@@ -36,6 +44,9 @@ const PARTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("partitio
 const CHUNKS: TableDefinition<(u32, u32, u64), &[u8]> = TableDefinition::new("chunks");
 const STREAMS: TableDefinition<(&str, u32), u64> = TableDefinition::new("streams");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The on-disk layout this build reads and writes.
+pub const LAYOUT_VERSION: u64 = 1;
 
 /// redb's page cache (read cache and write buffer together): the agent is meant for small
 /// gateways. Appends touch only the right edge of the trees, so a small cache costs no
@@ -83,10 +94,15 @@ fn parts_decode(b: &[u8]) -> Result<PartitionStats, LogError> {
 
 impl RedbLog {
     /// Opens (or creates) the log at `path`. Fails with a clear error if another process
-    /// has it open (redb allows one).
+    /// has it open (redb allows one), or if the file is of another layout version.
     pub fn open(path: &Path) -> Result<Self, LogError> {
         let store = RedbLog {
-            db: Reopening::open(path, CACHE_BYTES, "is the agent running? use its admin API")?,
+            db: Reopening::open_versioned(
+                path,
+                CACHE_BYTES,
+                "is the agent running? use its admin API",
+                LAYOUT_VERSION,
+            )?,
             topics: RwLock::new(HashMap::new()),
         };
         store.init()?;
@@ -579,5 +595,102 @@ impl LogStore for RedbLog {
                 .map_err(storage)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use foundation::redb::LAYOUT;
+    use redb::Database;
+
+    use super::*;
+    use crate::log::suite::{one, rec};
+
+    fn scratch() -> PathBuf {
+        std::env::temp_dir().join(format!("edge-layout-{}", foundation::ids::unique_tag()))
+    }
+
+    /// A log holding one record and one metadata value.
+    fn log_with_data(path: &Path) {
+        let s = RedbLog::open(path).unwrap();
+        s.ensure_topic(&TopicSpec::new("t", 1)).unwrap();
+        s.append(&one("t", 0, vec![rec(5, Some("k"), "v")])).unwrap();
+        s.set_meta("gateway_id", b"gw-1").unwrap();
+    }
+
+    fn recorded_layout(path: &Path) -> Option<u64> {
+        let db = redb::ReadOnlyDatabase::open(path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let v = tx
+            .open_table(LAYOUT)
+            .ok()?
+            .get("version")
+            .unwrap()
+            .map(|v| v.value());
+        v
+    }
+
+    /// Sets (`Some`) or removes with its table (`None`) the version record.
+    fn rewrite_layout(path: &Path, version: Option<u64>) {
+        let db = Database::create(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        match version {
+            Some(v) => drop(tx.open_table(LAYOUT).unwrap().insert("version", v).unwrap()),
+            None => assert!(tx.delete_table(LAYOUT).unwrap()),
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_new_log_records_the_current_layout() {
+        let dir = scratch();
+        let path = dir.join("log.redb");
+        drop(RedbLog::open(&path).unwrap());
+        assert_eq!(recorded_layout(&path), Some(LAYOUT_VERSION));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_log_without_a_layout_record_opens_with_its_data_and_is_stamped() {
+        let dir = scratch();
+        let path = dir.join("log.redb");
+        log_with_data(&path);
+        // What an agent before layout versions left: its tables, no `layout`.
+        rewrite_layout(&path, None);
+        assert_eq!(recorded_layout(&path), None);
+
+        let s = RedbLog::open(&path).unwrap();
+        let got = s.read("t", 0, 0, 10, usize::MAX).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].value, b"v");
+        assert_eq!(s.meta("gateway_id").unwrap().as_deref(), Some(&b"gw-1"[..]));
+        drop(s);
+        assert_eq!(recorded_layout(&path), Some(1), "stamped as today's layout");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_log_of_an_unknown_layout_is_refused_and_left_untouched() {
+        let dir = scratch();
+        let path = dir.join("log.redb");
+        log_with_data(&path);
+        rewrite_layout(&path, Some(999));
+        let before = std::fs::read(&path).unwrap();
+
+        let e = RedbLog::open(&path).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, LogError::Layout(_)), "{e:?}");
+        assert!(!e.is_retryable());
+        assert!(msg.contains(&path.display().to_string()), "names the file: {msg}");
+        assert!(msg.contains("version 999"), "names its version: {msg}");
+        assert!(
+            msg.contains(&format!("reads version {LAYOUT_VERSION}")),
+            "names ours: {msg}"
+        );
+        assert!(msg.contains("backup"), "says what to do: {msg}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+        std::fs::remove_dir_all(dir).ok();
     }
 }
