@@ -1,4 +1,4 @@
-//! `demo` end to end: the whole appliance from one command — the cloud broker and the edge
+//! `demo` end to end: the whole appliance from one command — a three-node cloud and the edge
 //! agent as child processes, the fleet in-process — with the gateway's uplink cut for 7 s and
 //! restored. It must exit 0 with every reading the devices got acknowledged in the edge log and
 //! in the cloud exactly once, and leave no process and no port behind.
@@ -19,12 +19,20 @@ fn number_after(out: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {label:?} line in the output:\n{out}"))
 }
 
-/// Four different free ports.
+/// Four different free ports, the first followed by two more free ones (the Kafka ports of a
+/// three-node cloud).
 fn four_ports() -> [u16; 4] {
-    let mut ports = Vec::new();
+    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let kafka = loop {
+        let p = free_port();
+        if p < u16::MAX - 2 && free(p + 1) && free(p + 2) {
+            break p;
+        }
+    };
+    let mut ports = vec![kafka];
     while ports.len() < 4 {
         let p = free_port();
-        if !ports.contains(&p) {
+        if !ports.contains(&p) && !(kafka..=kafka + 2).contains(&p) {
             ports.push(p);
         }
     }

@@ -1,5 +1,6 @@
-//! `demo`: the whole appliance in one command — a single-node cloud broker, an edge agent
-//! with its bridge, a simulated fleet and (when QEMU is present) one firmware image.
+//! `demo`: the whole appliance in one command — a three-node replicated cloud (`--nodes 1` for
+//! a single broker), an edge agent with its bridge, a simulated fleet and (when QEMU is
+//! present) one firmware image.
 //!
 //! The binary is also the cloud broker and the edge agent: `demo cloud-broker run ...` and
 //! `demo edge-agent ...` run those commands (so `cargo run --bin demo` builds everything it
@@ -10,8 +11,9 @@
 //!   its own process group (a terminal's Ctrl-C reaches only the demo, which then stops them
 //!   in order: fleet, QEMU, agent, broker) and gets `PR_SET_PDEATHSIG` = SIGTERM (if the demo
 //!   is killed, they stop too). Their output goes to `<data-dir>/logs/<name>.log`.
-//! - The uplink is an in-process [`Proxy`] listening on `--kafka-port` in front of the broker,
-//!   which listens on a private port and advertises the proxy. Every Kafka client — the
+//! - The uplink is an in-process [`Proxy`] per cloud node, listening on `--kafka-port` (node N
+//!   on that port + N - 1) in front of the node, which listens on a private port and
+//!   advertises its proxy. Every Kafka client — the
 //!   agent's bridge and a user's kcat alike — goes through it, because librdkafka connects to
 //!   the advertised address; so cutting the proxy really cuts the gateway off the cloud.
 //! - The fleet runs in-process ([`sim::run`]) on its own tokio runtime; shutting that runtime
@@ -92,8 +94,12 @@ struct Args {
     /// Do not start the firmware image under QEMU.
     #[arg(long)]
     no_qemu: bool,
+    /// Cloud broker nodes: 3 make a replicated cluster (every partition on three nodes, one
+    /// can die); 1 is a single broker.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=5))]
+    nodes: u16,
     /// The cloud's Kafka port on 127.0.0.1, for kcat and any Kafka client (the uplink proxy
-    /// listens here, in front of the broker).
+    /// listens here, in front of the broker); node N of a cluster is on this port + N - 1.
     #[arg(long, value_name = "PORT", default_value_t = 9092, value_parser = clap::value_parser!(u16).range(1..))]
     kafka_port: u16,
     /// The edge agent's MQTT port on 127.0.0.1 (devices publish here).
@@ -102,7 +108,8 @@ struct Args {
     /// The edge agent's admin HTTP port on 127.0.0.1 (/api/bridge, /metrics, /api/devices).
     #[arg(long, value_name = "PORT", default_value_t = 8081, value_parser = clap::value_parser!(u16).range(1..))]
     admin_port: u16,
-    /// The cloud broker's HTTP port on 127.0.0.1 (/health).
+    /// The cloud broker's HTTP port on 127.0.0.1 (/health, /api/cluster); a cluster's other
+    /// nodes take free ports (the banner names them).
     #[arg(long, value_name = "PORT", default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
     cloud_http_port: u16,
 }
@@ -160,12 +167,31 @@ fn validate(a: &Args) -> anyhow::Result<()> {
         );
     }
     ensure!(a.duration != Some(0), "--duration must be at least 1 second");
-    let ports = [
-        (a.kafka_port, "--kafka-port"),
+    let kafka_ports: Vec<(u16, &str)> = (0..a.nodes)
+        .map(|i| {
+            let p = a.kafka_port.checked_add(i).unwrap_or(0);
+            (
+                p,
+                if i == 0 {
+                    "--kafka-port"
+                } else {
+                    "--kafka-port (+ node)"
+                },
+            )
+        })
+        .collect();
+    ensure!(
+        kafka_ports.iter().all(|(p, _)| *p > 0),
+        "--kafka-port {} leaves no room for {} nodes",
+        a.kafka_port,
+        a.nodes
+    );
+    let mut ports = kafka_ports;
+    ports.extend([
         (a.mqtt_port, "--mqtt-port"),
         (a.admin_port, "--admin-port"),
         (a.cloud_http_port, "--cloud-http-port"),
-    ];
+    ]);
     for (i, (p, flag)) in ports.iter().enumerate() {
         if let Some((_, other)) = ports[..i].iter().find(|(q, _)| q == p) {
             bail!("{other} and {flag} are both {p}: give them different ports");
@@ -181,7 +207,7 @@ fn validate(a: &Args) -> anyhow::Result<()> {
 /// A child process; stopping it (or dropping it) sends SIGTERM, then SIGKILL after a grace time.
 #[derive(Debug)]
 struct Proc {
-    name: &'static str,
+    name: String,
     child: Option<Guard>,
     log: PathBuf,
 }
@@ -189,7 +215,8 @@ struct Proc {
 impl Proc {
     /// Starts `cmd` with its output appended to `log`, in its own process group, with SIGTERM
     /// as its parent-death signal. Call from the main thread only (see the module docs).
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+    fn spawn(name: impl Into<String>, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let name = name.into();
         let err = OpenOptions::new()
             .create(true)
             .append(true)
@@ -413,33 +440,16 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             .context("installing the signal handlers")?
     };
 
-    // The cloud, behind the uplink proxy on the user-facing Kafka port.
-    let broker_port = foundation::net::free_port().context("finding a free loopback port")?;
-    let broker_addr = SocketAddr::from(([127, 0, 0, 1], broker_port));
-    let proxy = Proxy::start_on(a.kafka_port, broker_addr).with_context(|| {
-        format!(
-            "127.0.0.1:{} is in use: choose another port with --kafka-port",
-            a.kafka_port
-        )
-    })?;
-    let kafka = format!("127.0.0.1:{}", a.kafka_port);
-    let mut cmd = Command::new(&exe);
-    cmd.args(["cloud-broker", "run", "--kafka-listen"])
-        .arg(broker_addr.to_string())
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{}", a.cloud_http_port))
-        .arg("--data-dir")
-        .arg(data_dir.join("cloud"))
-        .arg("--advertise")
-        .arg(&kafka)
-        .env("NO_COLOR", "1");
-    let broker_log = logs.join("cloud-broker.log");
-    let mut broker = Proc::spawn("cloud broker", cmd, &broker_log)?;
-    let http_port = a.cloud_http_port;
-    broker.wait_ready("the cloud broker to be up", &events, || {
-        std::net::TcpStream::connect(broker_addr).is_ok()
-            && http_get(http_port, "/health").is_ok_and(|(code, _)| code == 200)
-    })?;
+    // The cloud, each node behind an uplink proxy on its user-facing Kafka port.
+    let cloud = start_cloud(&a, &exe, &data_dir, &logs, &events)?;
+    let kafka = cloud
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.proxy.port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let http_ports: Vec<u16> = cloud.iter().map(|n| n.http).collect();
+    let (proxies, mut brokers): (Vec<Proxy>, Vec<Proc>) =
+        cloud.into_iter().map(|n| (n.proxy, n.proc)).unzip();
 
     // The gateway, forwarding to the cloud through the proxy.
     let mut cmd = Command::new(&exe);
@@ -502,11 +512,12 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let mut logs = vec![broker_log.as_path(), agent_log.as_path()];
+    let mut logs: Vec<&Path> = brokers.iter().map(|b| b.log.as_path()).collect();
+    logs.push(agent_log.as_path());
     if qemu.is_some() {
         logs.push(&qemu_log);
     }
-    print_banner(&a, &data_dir, qemu.is_some(), &logs);
+    print_banner(&a, &data_dir, qemu.is_some(), &logs, &http_ports);
 
     let at = |s: Option<u64>| s.map(|s| started + Duration::from_secs(s));
     let (mut offline_at, mut online_at) = (at(a.offline_after), at(a.online_after));
@@ -519,8 +530,10 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         let now = Instant::now();
         if offline_at.is_some_and(|t| t <= now) {
             offline_at = None;
-            proxy.set_down(true);
-            proxy.cut();
+            for proxy in &proxies {
+                proxy.set_down(true);
+                proxy.cut();
+            }
             uplink_down = true;
             cuts += 1;
             println!(
@@ -531,7 +544,9 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         if online_at.is_some_and(|t| t <= now) {
             online_at = None;
-            proxy.set_down(false);
+            for proxy in &proxies {
+                proxy.set_down(false);
+            }
             uplink_down = false;
             println!(
                 "[{:>4}s] uplink UP again: the bridge reconnects and the backlog drains into the cloud",
@@ -547,7 +562,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 next_status += STATUS_EVERY;
             }
         }
-        for p in [&mut broker, &mut agent] {
+        for p in brokers.iter_mut().chain([&mut agent]) {
             if let Some(st) = p.exited() {
                 bail!(
                     "the {} exited unexpectedly ({st}): see {}",
@@ -639,7 +654,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     let last = snapshot(admin);
     // 4. The gateway (it commits and acks what it has), then the cloud.
     let mut clean = true;
-    for p in [&mut agent, &mut broker] {
+    for p in [&mut agent].into_iter().chain(brokers.iter_mut()) {
         match p.stop() {
             Some((st, false)) if st.success() => {}
             Some((st, killed)) => {
@@ -654,7 +669,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             None => {}
         }
     }
-    drop(proxy);
+    drop(proxies);
     drop(signals);
 
     print_summary(reason, started.elapsed(), report.as_ref(), last, cuts);
@@ -665,8 +680,37 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]) {
+fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path], http_ports: &[u16]) {
     let k = a.kafka_port;
+    let cloud = if a.nodes == 1 {
+        format!(
+            "cloud broker  Kafka 127.0.0.1:{k} (through the uplink), health http://127.0.0.1:{}/health",
+            a.cloud_http_port
+        )
+    } else {
+        let nodes: Vec<String> = http_ports
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                format!(
+                    "\n                node {}: Kafka 127.0.0.1:{}, http://127.0.0.1:{h}",
+                    i + 1,
+                    k + i as u16
+                )
+            })
+            .collect();
+        let status: Vec<String> = http_ports
+            .iter()
+            .map(|h| format!("--node 127.0.0.1:{h}"))
+            .collect();
+        format!(
+            "cloud         a {}-node replicated cluster (through the uplink):{}\n                \
+             status: demo cloud-broker cluster status {}",
+            a.nodes,
+            nodes.concat(),
+            status.join(" ")
+        )
+    };
     let admin = format!("http://127.0.0.1:{}", a.admin_port);
     let fleet = if a.devices > 0 {
         format!("{} simulated devices x {} readings/s", a.devices, a.rate)
@@ -681,7 +725,7 @@ fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]) {
     let logs: Vec<String> = logs.iter().map(|p| p.display().to_string()).collect();
     println!(
         "\nThe appliance is running. Data: {data} (a second start resumes from it)\n\
-         \n  cloud broker  Kafka 127.0.0.1:{k} (through the uplink), health http://127.0.0.1:{http}/health\
+         \n  {cloud}\
          \n  edge agent    gateway {GATEWAY_ID}, MQTT 127.0.0.1:{mqtt}, admin {admin}\
          \n  devices       {fleet}{q}\
          \n  logs          {logs}\n\
@@ -692,7 +736,6 @@ fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]) {
          \n  curl {admin}/metrics        Prometheus metrics\
          \n  curl {admin}/api/devices    the devices as the gateway sees them",
         data = data_dir.display(),
-        http = a.cloud_http_port,
         mqtt = a.mqtt_port,
         logs = logs.join(", "),
     );
@@ -758,4 +801,92 @@ fn print_summary(
         Err(e) => println!("  the edge agent did not answer at the end: {e:#}"),
     }
     println!("  uplink cuts                  {cuts}");
+}
+
+/// One cloud node: its process, the uplink proxy in front of it, its HTTP port.
+struct CloudNode {
+    proc: Proc,
+    proxy: Proxy,
+    /// Where the broker itself listens (behind the proxy).
+    private: SocketAddr,
+    http: u16,
+}
+
+/// Starts the cloud: `--nodes` broker processes (a cluster when more than one: node N in
+/// `<data>/cloud/node-N`, Raft on private loopback ports; one node in `<data>/cloud`), each
+/// behind an uplink proxy on its user-facing Kafka port and advertising it, and waits until
+/// every node is up and, for a cluster, every node has joined.
+fn start_cloud(
+    a: &Args,
+    exe: &Path,
+    data_dir: &Path,
+    logs: &Path,
+    events: &mpsc::Receiver<Event>,
+) -> anyhow::Result<Vec<CloudNode>> {
+    let free = || foundation::net::free_port().context("finding a free loopback port");
+    let n = a.nodes;
+    let raft: Vec<u16> = (0..n).map(|_| free()).collect::<anyhow::Result<_>>()?;
+    let mut nodes: Vec<CloudNode> = Vec::new();
+    for i in 0..n {
+        let private = SocketAddr::from(([127, 0, 0, 1], free()?));
+        let user = a.kafka_port + i;
+        let proxy = Proxy::start_on(user, private)
+            .with_context(|| format!("127.0.0.1:{user} is in use: choose another port with --kafka-port"))?;
+        let http = if i == 0 { a.cloud_http_port } else { free()? };
+        let mut cmd = Command::new(exe);
+        cmd.args(["cloud-broker", "run", "--kafka-listen"])
+            .arg(private.to_string())
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--advertise")
+            .arg(format!("127.0.0.1:{user}"))
+            .env("NO_COLOR", "1");
+        let (name, log) = if n == 1 {
+            cmd.arg("--data-dir").arg(data_dir.join("cloud"));
+            ("cloud broker".to_string(), logs.join("cloud-broker.log"))
+        } else {
+            let id = i + 1;
+            cmd.arg("--data-dir")
+                .arg(data_dir.join("cloud").join(format!("node-{id}")))
+                .args(["--node-id", &id.to_string()])
+                .arg("--raft-listen")
+                .arg(format!("127.0.0.1:{}", raft[i as usize]));
+            for (j, port) in raft.iter().enumerate() {
+                if j as u16 != i {
+                    cmd.arg("--peer").arg(format!("{}=127.0.0.1:{port}", j + 1));
+                }
+            }
+            (
+                format!("cloud node {id}"),
+                logs.join(format!("cloud-node-{id}.log")),
+            )
+        };
+        let proc = Proc::spawn(name, cmd, &log)?;
+        nodes.push(CloudNode {
+            proc,
+            proxy,
+            private,
+            http,
+        });
+    }
+    for node in &mut nodes {
+        let http = node.http;
+        let private = node.private;
+        node.proc.wait_ready("the cloud broker to be up", events, || {
+            std::net::TcpStream::connect(private).is_ok()
+                && http_get(http, "/health").is_ok_and(|(code, _)| code == 200)
+        })?;
+    }
+    if n > 1 {
+        let http = nodes[0].http;
+        nodes[0]
+            .proc
+            .wait_ready("the cloud nodes to form a cluster", events, || {
+                foundation::http::json(&format!("127.0.0.1:{http}"), "GET", "/api/cluster").is_ok_and(|v| {
+                    v["nodes"].as_array().is_some_and(|a| a.len() == n as usize)
+                        && v["controller"].as_i64().is_some_and(|c| c > 0)
+                })
+            })?;
+    }
+    Ok(nodes)
 }
