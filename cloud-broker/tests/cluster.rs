@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::cluster::{bootstrap, create_topic, placement, read_all as read_topic, wait_formed};
-use common::{tempdir, Broker};
+use common::Broker;
+use foundation::scratch::TempDir;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -77,8 +78,8 @@ fn cluster_status(nodes: &[Broker]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
-    let dir = tempdir("cluster");
-    let mut nodes = Broker::cluster(&dir, 3);
+    let dir = TempDir::new("cluster").unwrap();
+    let mut nodes = Broker::cluster(dir.path(), 3);
     let addr = bootstrap(&nodes);
     wait_formed(&addr, 3);
     let placed = create_topic(&addr, TOPIC, PARTITIONS, 3).await;
@@ -191,5 +192,4 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
         );
     }
     drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }

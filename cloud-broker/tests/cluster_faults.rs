@@ -18,7 +18,8 @@ use common::cluster::{
     bootstrap, check_exactly_once, create_topic, leader_seen_by, produce_raw, read_all, stall_summary,
     wait_formed, wait_replicas_agree, Feeder,
 };
-use common::{tempdir, Broker};
+use common::Broker;
+use foundation::scratch::TempDir;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
 
@@ -118,8 +119,8 @@ async fn twenty_leader_kills_during_produce_lose_and_duplicate_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let dir = tempdir("kills");
-    let mut nodes = Broker::cluster(&dir, 3);
+    let dir = TempDir::new("kills").unwrap();
+    let mut nodes = Broker::cluster(dir.path(), 3);
     let addr = bootstrap(&nodes);
     wait_formed(&addr, 3);
     create_topic(&addr, TOPIC, PARTITIONS, 3).await;
@@ -161,15 +162,14 @@ async fn twenty_leader_kills_during_produce_lose_and_duplicate_nothing() {
     println!("leader kills: {}", stall_summary(&stalls));
     settle(&nodes, TOPIC, feeder).await;
     drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_frozen_past_the_election_timeout_steps_down_and_acknowledges_nothing_lost() {
     let _one = SERIAL.lock().await;
     const TOPIC: &str = "frozen";
-    let dir = tempdir("frozen");
-    let nodes = Broker::cluster(&dir, 3);
+    let dir = TempDir::new("frozen").unwrap();
+    let nodes = Broker::cluster(dir.path(), 3);
     let addr = bootstrap(&nodes);
     wait_formed(&addr, 3);
     create_topic(&addr, TOPIC, PARTITIONS, 3).await;
@@ -205,15 +205,14 @@ async fn a_leader_frozen_past_the_election_timeout_steps_down_and_acknowledges_n
     acks_beyond(&feeder, before, 1_000, "acknowledgements after the resume").await;
     settle(&nodes, TOPIC, feeder).await;
     drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_rejoins() {
     let _one = SERIAL.lock().await;
     const TOPIC: &str = "cut";
-    let dir = tempdir("cut");
-    let (nodes, links) = Broker::cluster_linked(&dir, 3);
+    let dir = TempDir::new("cut").unwrap();
+    let (nodes, links) = Broker::cluster_linked(dir.path(), 3);
     let addr = bootstrap(&nodes);
     wait_formed(&addr, 3);
     create_topic(&addr, TOPIC, PARTITIONS, 3).await;
@@ -247,5 +246,4 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_rejoins() {
         "a record the cut node never acknowledged is stored"
     );
     drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -399,8 +399,10 @@ impl Broker {
 }
 
 impl Broker {
-    /// What `/api/cluster` shows: the nodes, the controller, and where every partition stands
-    /// as this node sees it (leader, term, replicas; watermarks where it holds a replica).
+    /// What `/api/cluster` shows: the nodes, the controller, the leader of each offsets log
+    /// (the coordinator of the groups it holds: `offsets::partition_for`), and where every
+    /// partition stands as this node sees it (leader, term, replicas, in-sync replicas,
+    /// followers' lag; watermarks where it holds a replica).
     pub fn cluster_status(&self) -> serde_json::Value {
         let Backend::Cluster(node) = &self.backend else {
             return serde_json::json!({ "mode": "single", "node": self.cfg.node_id });
@@ -434,10 +436,17 @@ impl Broker {
                 }));
             }
         }
+        let offsets_logs: Vec<serde_json::Value> = (0..crate::sm::offsets::OFFSETS_PARTITIONS)
+            .map(|n| {
+                let leader = node.leader_of(crate::raft::GroupId::Offsets(n));
+                serde_json::json!({ "log": n, "leader": leader })
+            })
+            .collect();
         serde_json::json!({
             "mode": "cluster",
             "node": node.id(),
             "controller": node.controller(),
+            "offsets_logs": offsets_logs,
             "nodes": nodes,
             "partitions": partitions,
         })

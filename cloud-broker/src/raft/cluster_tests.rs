@@ -238,8 +238,8 @@ async fn retention_cuts_every_replica_and_purges_their_logs() {
         nodes
             .iter()
             .find(|n| {
-                n.partition(topic.id, 0)
-                    .is_some_and(|h| h.raft.metrics().borrow_watched().current_leader == Some(n.id()))
+                // Leading with the quorum's backing: what the sequencer needs to propose.
+                n.partition(topic.id, 0).is_some_and(|h| n.leads(&h.raft))
             })
             .cloned()
     })

@@ -673,14 +673,15 @@ impl Node {
         Some(Ok(d))
     }
 
-    /// The leader of a group this node hosts, as this node knows it.
+    /// The leader of a group this node hosts, as this node knows it and clients should be told
+    /// (see [`Node::partition_leader`]).
     pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
         let raft = if group == GroupId::Metadata {
             Some(self.meta_raft.clone())
         } else {
             self.groups.get(group.key())
         };
-        raft.and_then(|r| r.metrics().borrow_watched().current_leader)
+        raft.and_then(|r| self.partition_leader(&r))
     }
 
     /// Whether this node leads `raft`'s group with a quorum's backing (see
@@ -694,7 +695,7 @@ impl Node {
         .is_some()
     }
 
-    /// The leader of a hosted partition as clients should be told: this node only while it
+    /// The leader of a hosted group as clients should be told: this node only while it
     /// leads with a quorum's backing, another only while it is heard from (`None`: nobody
     /// known).
     pub fn partition_leader(&self, raft: &GroupRaft) -> Option<NodeId> {

@@ -38,6 +38,29 @@ pub fn wait_formed(addr: &str, n: usize) {
     .unwrap();
 }
 
+/// Waits until the cluster is formed (see [`wait_formed`]) and every node knows the
+/// controller and the leader of every offsets log (so FindCoordinator has an answer: a client
+/// such as kafka-python's admin does not retry COORDINATOR_NOT_AVAILABLE).
+pub fn wait_ready(nodes: &[Broker]) {
+    wait_formed(&bootstrap(nodes), nodes.len());
+    for n in nodes {
+        foundation::wait::until(
+            Duration::from_secs(60),
+            "the controller and every coordinator",
+            || {
+                let v = status(n)?;
+                (v["controller"].as_i64().is_some_and(|c| c > 0)
+                    && v["offsets_logs"]
+                        .as_array()?
+                        .iter()
+                        .all(|l| l["leader"].as_i64().is_some_and(|c| c > 0)))
+                .then_some(())
+            },
+        )
+        .unwrap();
+    }
+}
+
 /// Creates `topic` with `partitions` partitions of `replicas` replicas, retrying while the
 /// controller is being elected; then waits until every partition has a leader.
 pub async fn create_topic(

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod cluster;
+pub mod python;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -125,6 +125,7 @@ def main():
     ap.add_argument("--bootstrap", required=True, help="HOST:PORT")
     ap.add_argument("--topic", default="ck-idempotent")
     ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--replication-factor", type=int, default=1, help="3 on a three-node cluster")
     ap.add_argument("--count", type=int, default=5000, help="records per producer")
     ap.add_argument(
         "--restart-midway", action="store_true",
@@ -133,8 +134,21 @@ def main():
     a = ap.parse_args()
 
     admin = AdminClient({"bootstrap.servers": a.bootstrap, "logger": LOG})
-    for topic, f in admin.create_topics([NewTopic(a.topic, a.partitions, 1)], operation_timeout=10).items():
-        f.result()  # raises on error
+    # A cluster elects its controller while it starts: CreateTopics is retried for up to 60 s.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            for topic, f in admin.create_topics(
+                [NewTopic(a.topic, a.partitions, a.replication_factor)], operation_timeout=10
+            ).items():
+                f.result()  # raises on error
+            break
+        except Exception as e:  # noqa: BLE001 - any refusal is retried until the deadline
+            if "already exists" in str(e).lower() or "TOPIC_ALREADY_EXISTS" in str(e):
+                break
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
     delivered = {}
     for codec in ("lz4", "zstd"):

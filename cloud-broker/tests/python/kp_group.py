@@ -159,7 +159,7 @@ def phase_member(a):
 
 def phase_group(a):
     admin = KafkaAdminClient(bootstrap_servers=a.bootstrap, request_timeout_ms=10000)
-    admin.create_topics({a.topic: {"num_partitions": a.partitions, "replication_factor": 1}})
+    admin.create_topics({a.topic: {"num_partitions": a.partitions, "replication_factor": a.replication_factor}})
     all_parts = frozenset(range(a.partitions))
     tps = [TopicPartition(a.topic, p) for p in sorted(all_parts)]
     fresh = admin.list_group_offsets({a.group: tps})[a.group]
@@ -324,6 +324,7 @@ def main():
     ap.add_argument("--topic", default="kp-group")
     ap.add_argument("--group", default="kp-group")
     ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--replication-factor", type=int, default=1, help="group: 3 on a three-node cluster")
     ap.add_argument("--count", type=int, default=300, help="records per round")
     ap.add_argument("--prefix", default="r3", help="produce: value prefix")
     ap.add_argument("--expect", nargs="*", default=[], help="resume: PREFIX:COUNT of the records to read")
