@@ -29,19 +29,36 @@ const PARTITIONS: i32 = 3;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An idempotent acks=all producer whose requests time out after 5 s, on the broker and on
-/// the socket (so one sent to a frozen node is retried elsewhere), and whose records wait up
-/// to 2 minutes for delivery.
-fn producer(addr: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", addr)
+/// the socket (so one sent to a frozen node is retried elsewhere), that retries a restarted
+/// broker at least every second, and whose records wait up to 2 minutes for delivery.
+fn producer(addr: &str) -> FutureProducer<Stamped> {
+    let mut c = ClientConfig::new();
+    // librdkafka's own account of a failover, to look into a stall: RDKAFKA_DEBUG=metadata,eos.
+    if let Ok(d) = std::env::var("RDKAFKA_DEBUG") {
+        c.set("debug", d)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    c.set("bootstrap.servers", addr)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("request.timeout.ms", "5000")
         .set("socket.timeout.ms", "5000")
+        // librdkafka backs off reconnecting to a broker it saw die, doubling up to 10 s by
+        // default; each round here kills and restarts a node, which then leads again.
+        .set("reconnect.backoff.max.ms", "1000")
         .set("message.timeout.ms", "120000")
-        .create()
+        .create_with_context(Stamped(Instant::now()))
         .expect("producer")
+}
+
+/// librdkafka's log lines on stderr, stamped with the seconds since the producer started.
+struct Stamped(Instant);
+
+impl rdkafka::ClientContext for Stamped {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+        eprintln!("[{:9.3}] rdkafka {fac}: {line}", self.0.elapsed().as_secs_f64());
+    }
 }
 
 /// The leader of `partition` that every running node agrees on.
@@ -133,6 +150,7 @@ async fn twenty_leader_kills_during_produce_lose_and_duplicate_nothing() {
         let victim = leader as usize - 1;
         let t = Instant::now();
         nodes[victim].kill9();
+        eprintln!("kill {round}: node {leader} killed");
         let elected = foundation::wait::until(Duration::from_secs(60), "a new leader", || {
             nodes
                 .iter()

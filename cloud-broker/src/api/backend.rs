@@ -320,14 +320,15 @@ impl Broker {
         }
     }
 
-    /// The controller's node id (-1: none known).
+    /// The controller's node id, for Metadata: the metadata group's leader when one is known,
+    /// else this node. Any node takes the controller's requests (CreateTopics, DeleteTopics)
+    /// and hands them to the metadata leader, waiting for one to be elected; so a client is
+    /// never left without a controller to ask while an election runs (librdkafka's admin
+    /// client would wait for one until its request times out).
     pub fn controller(&self) -> i32 {
         match &self.backend {
             Backend::Single { .. } => self.cfg.node_id,
-            Backend::Cluster(node) => node
-                .controller()
-                .and_then(|c| i32::try_from(c).ok())
-                .unwrap_or(-1),
+            Backend::Cluster(node) => node.controller().unwrap_or(node.id()).try_into().unwrap_or(-1),
         }
     }
 

@@ -212,7 +212,11 @@ const IN_FLIGHT: u32 = 5_000;
 
 impl Feeder {
     /// Starts feeding `topic` (`partitions` partitions) through `producer`.
-    pub fn start(producer: FutureProducer, topic: &str, partitions: i32) -> Feeder {
+    pub fn start<C: rdkafka::ClientContext + 'static>(
+        producer: FutureProducer<C>,
+        topic: &str,
+        partitions: i32,
+    ) -> Feeder {
         let stop = Arc::new(AtomicBool::new(false));
         let fed = Arc::new(Mutex::new(Fed::default()));
         let (s, f, topic) = (stop.clone(), fed.clone(), topic.to_string());

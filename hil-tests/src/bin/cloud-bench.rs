@@ -143,6 +143,10 @@ struct Cli {
     /// Cluster only: records per second fed while leaders are killed.
     #[arg(long, default_value_t = 2_000.0)]
     failover_rate: f64,
+    /// Cluster only: the failover producer's `reconnect.backoff.max.ms` (librdkafka's default
+    /// is 10000: a broker it saw die is retried up to 10 s apart, even once it leads again).
+    #[arg(long, default_value_t = 1_000)]
+    reconnect_backoff_max_ms: u32,
     /// Cluster only: RSS and idle CPU per node of a fresh cluster holding this many partitions
     /// (RF 3; 0: not measured).
     #[arg(long, default_value_t = 0)]
@@ -263,6 +267,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     if with_cluster {
         settings["failovers"] = json!(cli.failovers);
         settings["failover_rate"] = json!(cli.failover_rate);
+        settings["reconnect_backoff_max_ms"] = json!(cli.reconnect_backoff_max_ms);
         settings["rss_partitions"] = json!(cli.rss_partitions);
         settings["rss_batch"] = json!(cli.rss_batch);
         settings["idle_seconds"] = json!(cli.idle_seconds);
@@ -1108,7 +1113,10 @@ async fn failovers(cli: &Cli, cluster: &mut Cluster) -> anyhow::Result<Value> {
     // Partitions of every topic on the cluster: the bench topic and this one.
     let all_partitions = 2 * cli.partitions as usize;
     // Requests time out after 5 s, on the broker and on the socket, so one sent to a dead
-    // node is retried elsewhere; records wait up to 2 minutes for delivery.
+    // node is retried elsewhere; records wait up to 2 minutes for delivery. librdkafka backs
+    // off reconnecting to a broker it saw die, doubling up to 10 s by default: every round
+    // here kills and restarts a node, and when that node later leads, the backoff (not the
+    // cluster) would make the stall; 1 s caps it (`--reconnect-backoff-max-ms`).
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &addr)
         .set("enable.idempotence", "true")
@@ -1117,6 +1125,10 @@ async fn failovers(cli: &Cli, cluster: &mut Cluster) -> anyhow::Result<Value> {
         .set("linger.ms", cli.linger_ms.to_string())
         .set("request.timeout.ms", "5000")
         .set("socket.timeout.ms", "5000")
+        .set(
+            "reconnect.backoff.max.ms",
+            cli.reconnect_backoff_max_ms.to_string(),
+        )
         .set("message.timeout.ms", "120000")
         .create()?;
     let feed = Feed::start(
