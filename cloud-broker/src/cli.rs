@@ -147,6 +147,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        // The listeners first: a node that cannot serve clients must not join a cluster (it
+        // would register an address nobody answers on).
+        let listener = crate::server::bind(cfg.kafka_listen).await?;
+        let http = tokio::net::TcpListener::bind(cfg.http_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("http listen address {}: {e}", cfg.http_listen))?;
         let broker = match &cfg.cluster {
             None => {
                 anyhow::ensure!(
@@ -187,10 +193,6 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 Broker::start_cluster(cfg.clone(), node, c.name.clone())
             }
         };
-        let listener = crate::server::bind(cfg.kafka_listen).await?;
-        let http = tokio::net::TcpListener::bind(cfg.http_listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("http listen address {}: {e}", cfg.http_listen))?;
         let ticker = broker.clone();
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(Duration::from_millis(100));

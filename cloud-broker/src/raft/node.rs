@@ -750,7 +750,19 @@ impl Node {
             .ok_or_else(|| format!("{group} is not on this node"))?;
         let mut last = String::from("no leader");
         while Instant::now() < deadline {
-            match raft.client_write(cmd.clone()).await {
+            // A leader whose followers do not answer would wait for the commit forever: the
+            // caller's deadline bounds it (the entry may still commit later; a retry of a
+            // metadata or offsets command is then refused or overwrites with the same).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(written) = tokio::time::timeout(left, raft.client_write(cmd.clone())).await else {
+                let m = raft.metrics().borrow_watched().clone();
+                last = format!(
+                    "no commit in time (this node: {:?} in term {}, leader {:?}, last log {:?}, committed {:?})",
+                    m.state, m.current_term, m.current_leader, m.last_log_index, m.cluster_committed
+                );
+                break;
+            };
+            match written {
                 Ok(r) => return Ok(r.data),
                 Err(e) => {
                     let forward = e.forward_to_leader().cloned();

@@ -107,7 +107,16 @@ impl Broker {
 
     /// `n` nodes where node `from` reaches node `to` at `route(from, to, to's raft port)`.
     fn cluster_routed(dir: &Path, n: u64, mut route: impl FnMut(u64, u64, u16) -> String) -> Vec<Broker> {
-        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+        // Nine distinct ports: two nodes given the same one would have one of them answer for
+        // the other.
+        let mut all: Vec<u16> = Vec::new();
+        while all.len() < 3 * n as usize {
+            let p = free_port();
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+        let ports: Vec<(u16, u16, u16)> = all.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let args: Vec<Vec<String>> = (1..=n)
             .map(|id| {
                 let raft = ports[(id - 1) as usize].2;

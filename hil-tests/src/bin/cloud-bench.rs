@@ -937,11 +937,15 @@ impl Cluster {
     /// Starts three nodes (ids 1–3) over `dir/node-N` and waits until each accepts
     /// connections (not until they have formed: see [`Cluster::formed`]).
     async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
-        let mut ports = Vec::new();
-        for _ in 0..NODE_NAMES.len() {
-            let p = foundation::net::free_port;
-            ports.push((p()?, p()?, p()?));
+        // Distinct ports: two nodes given the same one would have one answer for the other.
+        let mut all: Vec<u16> = Vec::new();
+        while all.len() < 3 * NODE_NAMES.len() {
+            let p = foundation::net::free_port()?;
+            if !all.contains(&p) {
+                all.push(p);
+            }
         }
+        let ports: Vec<(u16, u16, u16)> = all.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let mut nodes = Vec::new();
         for (i, &(kafka, http, raft)) in ports.iter().enumerate() {
             let mut args = vec![
@@ -1468,10 +1472,14 @@ const NATS_NAMES: [&str; 3] = ["nats-server-1", "nats-server-2", "nats-server-3"
 /// loopback, a stream of three replicas, one client connected to the three.
 async fn bench_jetstream_r3(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<Value> {
     let dir = dirs.fresh(root, "jetstream-r3")?;
-    let mut ports = Vec::new();
-    for _ in 0..NATS_NAMES.len() {
-        ports.push((foundation::net::free_port()?, foundation::net::free_port()?));
+    let mut all: Vec<u16> = Vec::new();
+    while all.len() < 2 * NATS_NAMES.len() {
+        let p = foundation::net::free_port()?;
+        if !all.contains(&p) {
+            all.push(p);
+        }
     }
+    let ports: Vec<(u16, u16)> = all.chunks(2).map(|c| (c[0], c[1])).collect();
     let mut servers = Vec::new();
     for (i, &(port, cluster_port)) in ports.iter().enumerate() {
         let routes: Vec<String> = ports

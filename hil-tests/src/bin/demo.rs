@@ -823,16 +823,30 @@ fn start_cloud(
     logs: &Path,
     events: &mpsc::Receiver<Event>,
 ) -> anyhow::Result<Vec<CloudNode>> {
-    let free = || foundation::net::free_port().context("finding a free loopback port");
     let n = a.nodes;
-    let raft: Vec<u16> = (0..n).map(|_| free()).collect::<anyhow::Result<_>>()?;
+    // Distinct free ports for every node's Raft, private Kafka and HTTP listeners (two given
+    // the same port would have one answer for the other), none of the user-facing ones.
+    let taken: Vec<u16> = [a.mqtt_port, a.admin_port, a.cloud_http_port]
+        .into_iter()
+        .chain((0..n).map(|i| a.kafka_port + i))
+        .collect();
+    let mut free: Vec<u16> = Vec::new();
+    while free.len() < 3 * n as usize {
+        let p = foundation::net::free_port().context("finding a free loopback port")?;
+        if !free.contains(&p) && !taken.contains(&p) {
+            free.push(p);
+        }
+    }
+    let raft: Vec<u16> = free[..n as usize].to_vec();
+    let mut free = free[n as usize..].iter().copied();
+    let mut next = || free.next().context("out of free ports");
     let mut nodes: Vec<CloudNode> = Vec::new();
     for i in 0..n {
-        let private = SocketAddr::from(([127, 0, 0, 1], free()?));
+        let private = SocketAddr::from(([127, 0, 0, 1], next()?));
         let user = a.kafka_port + i;
         let proxy = Proxy::start_on(user, private)
             .with_context(|| format!("127.0.0.1:{user} is in use: choose another port with --kafka-port"))?;
-        let http = if i == 0 { a.cloud_http_port } else { free()? };
+        let http = if i == 0 { a.cloud_http_port } else { next()? };
         let mut cmd = Command::new(exe);
         cmd.args(["cloud-broker", "run", "--kafka-listen"])
             .arg(private.to_string())
