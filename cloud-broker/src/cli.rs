@@ -182,10 +182,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     },
                     peers: c.peers.clone(),
                     data_dir: cfg.data_dir.clone(),
-                    timing: crate::raft::Timing {
-                        heartbeat_ms: c.heartbeat_ms,
-                        election_ms: (3 * c.heartbeat_ms, 6 * c.heartbeat_ms),
-                    },
+                    timing: crate::raft::Timing::from_heartbeat(c.heartbeat_ms),
                     maintenance: Duration::from_secs(30),
                 })
                 .await?;

@@ -14,7 +14,7 @@
 //! name = "plant-7"                        # peers of another name are refused
 //! raft_listen = "10.0.0.1:9192"           # node-to-node traffic, apart from Kafka clients
 //! peers = { 2 = "10.0.0.2:9192", 3 = "10.0.0.3:9192" }
-//! heartbeat_ms = 250                      # Raft timing (election timeout 3x-6x this)
+//! heartbeat_ms = 200                      # Raft timing (election timeout 3x-5x this)
 //! ```
 
 use std::net::SocketAddr;
@@ -56,7 +56,7 @@ pub struct ClusterConfig {
     /// The other nodes' Raft addresses by node id.
     #[serde(default)]
     pub peers: std::collections::BTreeMap<u64, String>,
-    /// Raft heartbeat interval (ms); the election timeout is 3–6 times it.
+    /// Raft heartbeat interval (ms); the election timeout is 3–5 times it.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
 }
@@ -65,11 +65,12 @@ fn default_cluster_name() -> String {
     "iot-appliance".into()
 }
 
-/// A leader unheard of for the longest election timeout (6 heartbeats, 1.5 s) is replaced:
-/// what keeps a produce stall after a node's death under 3 s. 300 partitions' heartbeats at
-/// this rate cost a node a few percent of one core (BENCHMARKS.md).
+/// A leader unheard of for 8 to 10 heartbeats (1.6–2 s) is replaced (see
+/// [`crate::raft::Timing::from_heartbeat`]): what keeps a produce stall after a node's death
+/// under 3 s. 300 partitions' heartbeats at this rate cost a node about a tenth of one core
+/// (BENCHMARKS.md).
 pub(crate) fn default_heartbeat_ms() -> u64 {
-    250
+    200
 }
 
 impl Default for Config {
@@ -166,7 +167,7 @@ mod tests {
         let cl = c.cluster.unwrap();
         assert_eq!(
             (cl.name.as_str(), cl.peers.len(), cl.heartbeat_ms),
-            ("plant", 2, 250)
+            ("plant", 2, 200)
         );
         assert!(
             Config::from_toml("").unwrap().cluster.is_none(),

@@ -164,19 +164,22 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
     nodes[victim].start_again();
     let again = read_all(&addr, "after-restart", 5_000);
     assert_eq!(again, acked);
+    let mut seen = (BTreeMap::new(), BTreeMap::new());
     foundation::wait::until(
         Duration::from_secs(60),
         "leadership back where creation put it",
         || {
             let now = placement(&probe, TOPIC);
             let isr = in_sync(&probe);
-            (now.iter()
+            let back = now
+                .iter()
                 .all(|(p, (l, _))| placed.get(p).map(|(pl, _)| pl) == Some(l))
-                && isr.values().all(|i| i.len() == 3))
-            .then_some(())
+                && isr.values().all(|i| i.len() == 3);
+            seen = (now, isr);
+            back.then_some(())
         },
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}: placed {placed:?}, now {seen:?}\n{}", cluster_status(&nodes)));
     let status = cluster_status(&nodes);
     for (p, (leader, _)) in &placed {
         assert!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{
     bootstrap, check_exactly_once, create_topic, leader_seen_by, produce_raw, read_all, stall_summary,
-    wait_formed, wait_replicas_agree, Feeder,
+    wait_formed, wait_replicas_agree, Feeder, Stamped,
 };
 use common::Broker;
 use foundation::scratch::TempDir;
@@ -50,15 +50,6 @@ fn producer(addr: &str) -> FutureProducer<Stamped> {
         .set("message.timeout.ms", "120000")
         .create_with_context(Stamped(Instant::now()))
         .expect("producer")
-}
-
-/// librdkafka's log lines on stderr, stamped with the seconds since the producer started.
-struct Stamped(Instant);
-
-impl rdkafka::ClientContext for Stamped {
-    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
-        eprintln!("[{:9.3}] rdkafka {fac}: {line}", self.0.elapsed().as_secs_f64());
-    }
 }
 
 /// The leader of `partition` that every running node agrees on.

@@ -146,6 +146,7 @@ pub async fn create_topics(b: &Arc<Broker>, r: CreateTopicsRequest) -> CreateTop
     let mut results = Vec::with_capacity(r.topics.len());
     for t in r.topics {
         let name = t.name.0.to_string();
+        tracing::debug!(topic = %name, "CreateTopics");
         let partitions = if t.num_partitions == -1 {
             b.cfg.default_partitions as i32
         } else {

@@ -320,15 +320,20 @@ impl Broker {
         }
     }
 
-    /// The controller's node id, for Metadata: the metadata group's leader when one is known,
-    /// else this node. Any node takes the controller's requests (CreateTopics, DeleteTopics)
-    /// and hands them to the metadata leader, waiting for one to be elected; so a client is
-    /// never left without a controller to ask while an election runs (librdkafka's admin
-    /// client would wait for one until its request times out).
+    /// The controller's node id, for Metadata: the metadata group's leader when one is known
+    /// and among the brokers this node lists, else this node. Any node takes the controller's
+    /// requests (CreateTopics, DeleteTopics) and hands them to the metadata leader, waiting for
+    /// one to be elected. A controller missing from the broker list (a node whose applied
+    /// metadata does not have the leader's registration yet) left librdkafka's admin client
+    /// waiting for that broker to appear until its request timed out, never sending it.
     pub fn controller(&self) -> i32 {
         match &self.backend {
             Backend::Single { .. } => self.cfg.node_id,
-            Backend::Cluster(node) => node.controller().unwrap_or(node.id()).try_into().unwrap_or(-1),
+            Backend::Cluster(node) => node
+                .controller()
+                .and_then(|c| i32::try_from(c).ok())
+                .filter(|c| self.brokers().iter().any(|b| b.0 == *c))
+                .unwrap_or(self.cfg.node_id),
         }
     }
 

@@ -120,6 +120,7 @@ impl Started {
 
 /// Serves one request. `Ok(None)`: no response (produce with acks=0).
 pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<ResponseKind>> {
+    tracing::trace!(api = ?req.header.request_api_key, version = req.header.request_api_version, "request");
     let v = req.version;
     let client = groups::Client {
         id: req.header.client_id.as_deref().unwrap_or_default().to_string(),

@@ -168,8 +168,10 @@ impl fmt::Display for GroupId {
 
 /// Raft timing for many groups per node: openraft's defaults (a 50 ms heartbeat) are made for
 /// one group; hundreds of them would spend two cores on ticks and heartbeats. The failover
-/// time follows the longest election timeout: openraft's followers refuse to vote while the
-/// leader's lease (that timeout) lasts, so a dead leader is replaced after 1 to 1.5 times it.
+/// time follows from the election timeout: an openraft follower starts an election only once
+/// the leader's lease (the longest election timeout) *and* its own random timeout have passed
+/// since it last heard from the leader, so a dead leader is replaced after min + max to
+/// 2 × max; and a leader is never deposed by less silence than that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     /// Leader heartbeat interval (ms).
@@ -181,9 +183,17 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
+        Timing::from_heartbeat(200)
+    }
+}
+
+impl Timing {
+    /// The timing of a heartbeat every `ms`: election timeouts of 3 to 5 heartbeats, so a dead
+    /// leader is replaced after 8 to 10 heartbeats of silence (1.6–2 s at 200 ms).
+    pub fn from_heartbeat(ms: u64) -> Timing {
         Timing {
-            heartbeat_ms: 250,
-            election_ms: (750, 1500),
+            heartbeat_ms: ms,
+            election_ms: (3 * ms, 5 * ms),
         }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -69,9 +68,16 @@ pub async fn create_topic(
     partitions: i32,
     replicas: i32,
 ) -> BTreeMap<i32, (i32, usize)> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .create()
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", addr);
+    // librdkafka's own account, to look into a failure: RDKAFKA_DEBUG=admin,metadata,broker.
+    if let Ok(d) = std::env::var("RDKAFKA_DEBUG") {
+        config
+            .set("debug", d)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    let admin: AdminClient<Stamped> = config
+        .create_with_context(Stamped(Instant::now()))
         .expect("admin client");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -172,6 +178,15 @@ pub fn wait_replicas_agree(
         (first.len() == partitions && last.iter().all(|d| d.as_ref() == Some(&first))).then_some(first)
     });
     r.unwrap_or_else(|e| panic!("{e}: {last:#?}"))
+}
+
+/// librdkafka's log lines on stderr, stamped with the seconds since the client started.
+pub struct Stamped(pub Instant);
+
+impl rdkafka::ClientContext for Stamped {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+        eprintln!("[{:9.3}] rdkafka {fac}: {line}", self.0.elapsed().as_secs_f64());
+    }
 }
 
 /// One acknowledged record.
@@ -361,7 +376,32 @@ pub fn read_all(addr: &str, topic: &str, group: &str, want: usize) -> BTreeMap<(
             );
         }
     }
-    c.commit_consumer_state(CommitMode::Sync).expect("commit");
+    // What was read, committed explicitly (the next offset of each partition). A commit can
+    // meet a rebalance: when the group's coordinator moves (a node died, or the leader
+    // balancer hands the offsets log back to its preferred node), the new coordinator knows
+    // the group's offsets but not its members, and answers ILLEGAL_GENERATION until the
+    // consumer has joined again, as Kafka's does for a group it does not know. Polling serves
+    // the rejoin; records delivered again meanwhile were read already and are not counted.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o) in got.keys() {
+        let e = next.entry(*p).or_insert(0);
+        *e = (*e).max(o + 1);
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, o) in &next {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o))
+            .expect("an offset");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "commit: {e}");
+                let _ = c.poll(Duration::from_millis(200));
+            }
+        }
+    }
     got
 }
 
