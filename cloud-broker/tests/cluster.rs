@@ -81,8 +81,12 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
     let dir = TempDir::new("cluster").unwrap();
     let mut nodes = Broker::cluster(dir.path(), 3);
     let addr = bootstrap(&nodes);
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| println!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
     wait_formed(&addr, 3);
+    step("formed");
     let placed = create_topic(&addr, TOPIC, PARTITIONS, 3).await;
+    step("topic created");
     assert!(
         placed.values().all(|(_, r)| *r == 3),
         "three replicas each: {placed:?}"
@@ -125,13 +129,16 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
         .expect("producer");
     let mut acked = BTreeMap::new();
     produce(&producer, 0, 3_000, &mut acked).await;
+    step("3,000 produced");
     let first = read_all(&addr, "readers", 3_000);
+    step("read and committed");
     assert_eq!(first, acked, "the group reads exactly what was acknowledged");
 
     // The leader of partition 0 dies; the producer carries on through the new leaders.
     let victim = placed[&0].0 as usize - 1;
     nodes[victim].kill9();
     produce(&producer, 3_000, 2_000, &mut acked).await;
+    step("2,000 more produced after the kill");
     let all = read_all(&addr, "late-readers", 5_000);
     assert_eq!(
         all, acked,
@@ -153,6 +160,7 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
             .then_some(())
     })
     .unwrap();
+    step("the dead node out of every ISR");
     let status = cluster_status(&nodes);
     assert!(
         status.lines().filter(|l| l.starts_with(TOPIC)).count() == PARTITIONS as usize,
@@ -163,6 +171,7 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
     // balancer hands its partitions back, and it is in sync again everywhere.
     nodes[victim].start_again();
     let again = read_all(&addr, "after-restart", 5_000);
+    step("restarted and read again");
     assert_eq!(again, acked);
     let mut seen = (BTreeMap::new(), BTreeMap::new());
     foundation::wait::until(
@@ -180,6 +189,7 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}: placed {placed:?}, now {seen:?}\n{}", cluster_status(&nodes)));
+    step("leadership back, all in sync");
     let status = cluster_status(&nodes);
     for (p, (leader, _)) in &placed {
         assert!(

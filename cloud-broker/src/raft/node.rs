@@ -39,7 +39,7 @@ use crate::storage::TopicConfig;
 pub const REPLICATION_FACTOR: usize = 3;
 
 /// How often the leader balancer looks (see [`Node::balance`]).
-pub const BALANCE_EVERY: Duration = Duration::from_secs(5);
+pub const BALANCE_EVERY: Duration = Duration::from_secs(2);
 
 /// A follower more log entries than this behind its leader is out of sync (one entry is one
 /// produce round, usually many records; a follower in step is a few entries behind at most).
