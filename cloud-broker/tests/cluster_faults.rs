@@ -89,6 +89,17 @@ async fn stall(feeder: &Feeder, p: i32, t: Instant) -> Duration {
         - t
 }
 
+/// Forms the cluster of `nodes`, creates `topic` (three replicas) and starts feeding it; once
+/// 500 records are acknowledged.
+async fn feed(nodes: &[Broker], topic: &str) -> Feeder {
+    let addr = bootstrap(nodes);
+    wait_formed(&addr, nodes.len());
+    create_topic(&addr, topic, PARTITIONS, 3).await;
+    let feeder = Feeder::start(producer(&addr), topic, PARTITIONS);
+    acks_beyond(&feeder, 0, 500, "the first acknowledgements").await;
+    feeder
+}
+
 /// Stops the feed, waits for the replicas to agree byte for byte, reads the topic back and
 /// checks it against what was acknowledged; returns the records read.
 async fn settle(
@@ -129,11 +140,7 @@ async fn twenty_leader_kills_during_produce_lose_and_duplicate_nothing() {
         .unwrap_or(20);
     let dir = TempDir::new("kills").unwrap();
     let mut nodes = Broker::cluster(dir.path(), 3);
-    let addr = bootstrap(&nodes);
-    wait_formed(&addr, 3);
-    create_topic(&addr, TOPIC, PARTITIONS, 3).await;
-    let feeder = Feeder::start(producer(&addr), TOPIC, PARTITIONS);
-    acks_beyond(&feeder, 0, 500, "the first acknowledgements").await;
+    let feeder = feed(&nodes, TOPIC).await;
 
     let mut stalls = Vec::new();
     for round in 1..=rounds {
@@ -179,11 +186,7 @@ async fn a_leader_frozen_past_the_election_timeout_steps_down_and_acknowledges_n
     const TOPIC: &str = "frozen";
     let dir = TempDir::new("frozen").unwrap();
     let nodes = Broker::cluster(dir.path(), 3);
-    let addr = bootstrap(&nodes);
-    wait_formed(&addr, 3);
-    create_topic(&addr, TOPIC, PARTITIONS, 3).await;
-    let feeder = Feeder::start(producer(&addr), TOPIC, PARTITIONS);
-    acks_beyond(&feeder, 0, 500, "the first acknowledgements").await;
+    let feeder = feed(&nodes, TOPIC).await;
 
     let leader = agreed_leader(&nodes, TOPIC, 0);
     let frozen = &nodes[leader as usize - 1];
@@ -222,11 +225,7 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_rejoins() {
     const TOPIC: &str = "cut";
     let dir = TempDir::new("cut").unwrap();
     let (nodes, links) = Broker::cluster_linked(dir.path(), 3);
-    let addr = bootstrap(&nodes);
-    wait_formed(&addr, 3);
-    create_topic(&addr, TOPIC, PARTITIONS, 3).await;
-    let feeder = Feeder::start(producer(&addr), TOPIC, PARTITIONS);
-    acks_beyond(&feeder, 0, 500, "the first acknowledgements").await;
+    let feeder = feed(&nodes, TOPIC).await;
 
     let leader = agreed_leader(&nodes, TOPIC, 0);
     let cut = &nodes[leader as usize - 1];

@@ -4,34 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use common::{tempdir, Broker};
-
-fn kcat(args: &[&str], stdin: Option<&[u8]>) -> String {
-    let mut c = Command::new("kcat")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is not installed: run the README's test command");
-    if let Some(data) = stdin {
-        c.stdin.take().unwrap().write_all(data).unwrap();
-    }
-    let out = c.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kcat {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{kcat, tempdir, Broker};
 
 #[test]
 fn kcat_lists_produces_and_consumes_100k_lines_byte_identically() {

@@ -306,10 +306,14 @@ impl Broker {
         match &self.backend {
             Backend::Single { .. } => vec![self.me()],
             Backend::Cluster(node) => {
+                // Only the nodes alive as far as this one knows, as Kafka lists only brokers
+                // with a live session: a client picks any listed broker for its requests (a
+                // dead one's id may still stand among a partition's replicas).
                 let mut out: Vec<BrokerAddr> = node
                     .metadata()
                     .nodes
                     .iter()
+                    .filter(|(id, _)| node.alive(**id))
                     .filter_map(|(id, a)| parse_addr(*id, &a.kafka))
                     .collect();
                 if !out.iter().any(|b| b.0 == self.cfg.node_id) {

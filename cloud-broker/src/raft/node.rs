@@ -684,6 +684,12 @@ impl Node {
         raft.and_then(|r| self.partition_leader(&r))
     }
 
+    /// Whether node `id` is alive as far as this node knows: itself, or a peer heard from
+    /// within the lease (nodes ping each other every heartbeat).
+    pub fn alive(&self, id: NodeId) -> bool {
+        id == self.cfg.id || self.net.heard().within(id, self.cfg.timing.lease())
+    }
+
     /// Whether this node leads `raft`'s group with a quorum's backing (see
     /// [`super::leading_term`]).
     pub fn leads(&self, raft: &GroupRaft) -> bool {

@@ -6,8 +6,9 @@ pub mod cluster;
 pub mod python;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use foundation::process::Guard;
@@ -201,4 +202,30 @@ impl Links {
             }
         }
     }
+}
+
+/// Runs Debian's kcat with `args` (and `stdin`, if given); panics with its stderr unless it
+/// exits 0; returns its stdout.
+pub fn kcat(args: &[&str], stdin: Option<&[u8]>) -> String {
+    let mut c = Command::new("kcat")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is not installed: run the README's test command");
+    if let Some(data) = stdin {
+        c.stdin.take().unwrap().write_all(data).unwrap();
+    }
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
