@@ -20,14 +20,21 @@
 //!   down drops every device task (the devices' sockets close, as a power cut would).
 //! - Children are spawned from the main thread only: the parent-death signal fires when the
 //!   *thread* that forked the child exits, and the main thread lives as long as the process.
+//!
+//! # Layout
+//! - [`child`]: a child process ([`Proc`]): started in its own process group with a
+//!   parent-death signal, waited on until ready, stopped with SIGTERM then SIGKILL.
+//! - [`cloud`]: the cloud nodes, each behind its uplink proxy.
+//! - [`status`]: what the edge agent says, and what the demo prints (banner, status lines,
+//!   summary).
 
-use foundation::process::Guard;
+mod child;
+mod cloud;
+mod status;
+
 use std::ffi::OsString;
-use std::fs::OpenOptions;
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +44,10 @@ use hil_tests::agent::http_get;
 use hil_tests::proxy::Proxy;
 use hil_tests::sim::{self, Report, SimConfig};
 use hil_tests::wait;
+
+use crate::child::{stop_requested, Proc};
+use crate::cloud::start_cloud;
+use crate::status::{print_banner, print_summary, snapshot, status_line};
 
 #[global_allocator]
 static ALLOC: cloud_broker::alloc::LazyHuge = cloud_broker::alloc::LazyHuge;
@@ -204,109 +215,6 @@ fn validate(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A child process; stopping it (or dropping it) sends SIGTERM, then SIGKILL after a grace time.
-#[derive(Debug)]
-struct Proc {
-    name: String,
-    child: Option<Guard>,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `cmd` with its output appended to `log`, in its own process group, with SIGTERM
-    /// as its parent-death signal. Call from the main thread only (see the module docs).
-    fn spawn(name: impl Into<String>, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
-        let name = name.into();
-        let err = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let out = err
-            .try_clone()
-            .with_context(|| format!("opening {}", log.display()))?;
-        let parent = std::process::id() as libc::pid_t;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: the closure runs in the forked child before exec and makes only
-        // async-signal-safe system calls (prctl, getppid, setpgid); it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent died before prctl took effect: no signal would ever come.
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = Guard::spawn(&format!("the {name}"), &mut cmd)?;
-        Ok(Proc {
-            name,
-            child: Some(child),
-            log: log.to_path_buf(),
-        })
-    }
-
-    /// The exit status, if it has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut()?.exited()
-    }
-
-    /// Waits until `ready` returns true, failing if the process exits first, the deadline
-    /// passes, or a stop signal arrives.
-    fn wait_ready(
-        &mut self,
-        what: &str,
-        events: &mpsc::Receiver<Event>,
-        mut ready: impl FnMut() -> bool,
-    ) -> anyhow::Result<()> {
-        let log = self.log.display().to_string();
-        let outcome = wait::until(START_TIMEOUT, what, || {
-            if let Some(st) = self.exited() {
-                return Some(Err(anyhow::anyhow!(
-                    "the {} exited during start-up ({st}): see {log}",
-                    self.name
-                )));
-            }
-            if let Some(sig) = stop_requested(events) {
-                return Some(Err(anyhow::anyhow!("{sig} during start-up")));
-            }
-            ready().then_some(Ok(()))
-        });
-        match outcome {
-            Ok(r) => r,
-            Err(timeout) => Err(timeout.context(format!("the {} did not come up: see {log}", self.name))),
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if it is still there after [`STOP_GRACE`]. Returns the exit
-    /// status and whether it had to be killed (`None` if it was already stopped).
-    fn stop(&mut self) -> Option<(ExitStatus, bool)> {
-        self.child.take()?.terminate(STOP_GRACE)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A stop signal that arrived, if any (other events are not expected where this is used).
-fn stop_requested(events: &mpsc::Receiver<Event>) -> Option<&'static str> {
-    while let Ok(ev) = events.try_recv() {
-        if let Event::Stop(sig) = ev {
-            return Some(sig);
-        }
-    }
-    None
-}
-
 /// Whether QEMU runs, or one line saying why not.
 fn qemu_image(no_qemu: bool) -> Result<PathBuf, String> {
     if no_qemu {
@@ -333,92 +241,6 @@ fn start_qemu(mqtt_port: u16, rate: f64, log: &Path) -> anyhow::Result<Proc> {
     let args = ["id=qemu-1".to_string(), "n=0".into(), format!("rate={rate}")];
     let cmd = hil_tests::qemu::command(mqtt_port, &args)?;
     Proc::spawn("firmware under QEMU", cmd, log)
-}
-
-fn get_json(port: u16, path: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(foundation::http::json(&format!("127.0.0.1:{port}"), "GET", path)?)
-}
-
-/// What the edge agent says, at one moment.
-#[derive(Debug, Clone, Default)]
-struct Snapshot {
-    /// Devices whose last status is online.
-    devices_online: u64,
-    /// Readings the gateway stored — and so acknowledged — since it started.
-    device_readings: u64,
-    /// Telemetry records in the edge log (all runs on this data dir).
-    edge_telemetry: u64,
-    /// Telemetry records the cloud acknowledged (sum of the bridge's checkpoints).
-    cloud_telemetry: u64,
-    /// Telemetry records not yet acknowledged by the cloud.
-    telemetry_backlog: u64,
-    /// Records of every forwarded topic not yet acknowledged by the cloud.
-    backlog: u64,
-    /// The bridge has a working session with the cloud.
-    connected: bool,
-    /// When the cloud last acknowledged a record, ms since the Unix epoch (0 = never).
-    last_ack_ms: i64,
-}
-
-fn snapshot(admin_port: u16) -> anyhow::Result<Snapshot> {
-    let u = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-    let mut s = Snapshot::default();
-    let devices = get_json(admin_port, "/api/devices")?;
-    if let Some(map) = devices.get("devices").and_then(|d| d.as_object()) {
-        for d in map.values() {
-            s.device_readings += u(d, "readings");
-            if d.get("online").and_then(|o| o.as_bool()) == Some(true) {
-                s.devices_online += 1;
-            }
-        }
-    }
-    let log = get_json(admin_port, "/api/log")?;
-    let topics = log.get("topics").and_then(|t| t.as_array());
-    for t in topics.into_iter().flatten() {
-        if t.get("name").and_then(|n| n.as_str()) == Some("telemetry") {
-            let parts = t.get("partitions").and_then(|p| p.as_array());
-            s.edge_telemetry = parts.into_iter().flatten().map(|p| u(p, "next_offset")).sum();
-        }
-    }
-    let bridge = get_json(admin_port, "/api/bridge")?;
-    s.connected = bridge.get("connected").and_then(|c| c.as_bool()) == Some(true);
-    s.last_ack_ms = bridge.get("last_ack_ms").and_then(|x| x.as_i64()).unwrap_or(0);
-    let sources = bridge.get("sources").and_then(|x| x.as_array());
-    for src in sources.into_iter().flatten() {
-        let backlog = u(src, "backlog_records");
-        s.backlog += backlog;
-        if src.get("topic").and_then(|t| t.as_str()) == Some("telemetry") {
-            s.telemetry_backlog += backlog;
-            s.cloud_telemetry += u(src, "checkpoint");
-        }
-    }
-    Ok(s)
-}
-
-fn status_line(elapsed: Duration, admin_port: u16, uplink_down: bool) -> String {
-    let t = elapsed.as_secs();
-    let down = if uplink_down { " | UPLINK DOWN" } else { "" };
-    let s = match snapshot(admin_port) {
-        Ok(s) => s,
-        Err(e) => return format!("[{t:>4}s] the edge agent does not answer: {e:#}{down}"),
-    };
-    // The bridge calls itself connected until 10 s pass without an ack; say sooner when
-    // records wait and no ack comes.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let silent_s = (now_ms - s.last_ack_ms) / 1000;
-    let bridge = if !s.connected {
-        "bridge not connected".to_string()
-    } else if s.backlog > 0 && s.last_ack_ms > 0 && silent_s >= 2 {
-        format!("no cloud ack for {silent_s} s")
-    } else {
-        "bridge connected".to_string()
-    };
-    format!(
-        "[{t:>4}s] devices {} online, {} readings acked | edge log {} | cloud {}, backlog {} ({bridge}){down}",
-        s.devices_online, s.device_readings, s.edge_telemetry, s.cloud_telemetry, s.telemetry_backlog,
-    )
 }
 
 fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -678,229 +500,4 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path], http_ports: &[u16]) {
-    let k = a.kafka_port;
-    let cloud = if a.nodes == 1 {
-        format!(
-            "cloud broker  Kafka 127.0.0.1:{k} (through the uplink), health http://127.0.0.1:{}/health",
-            a.cloud_http_port
-        )
-    } else {
-        let nodes: Vec<String> = http_ports
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                format!(
-                    "\n                node {}: Kafka 127.0.0.1:{}, http://127.0.0.1:{h}",
-                    i + 1,
-                    k + i as u16
-                )
-            })
-            .collect();
-        let status: Vec<String> = http_ports
-            .iter()
-            .map(|h| format!("--node 127.0.0.1:{h}"))
-            .collect();
-        format!(
-            "cloud         a {}-node replicated cluster (through the uplink):{}\n                \
-             status: demo cloud-broker cluster status {}",
-            a.nodes,
-            nodes.concat(),
-            status.join(" ")
-        )
-    };
-    let admin = format!("http://127.0.0.1:{}", a.admin_port);
-    let fleet = if a.devices > 0 {
-        format!("{} simulated devices x {} readings/s", a.devices, a.rate)
-    } else {
-        "no simulated devices".to_string()
-    };
-    let q = if qemu {
-        " + the firmware image under QEMU (qemu-1)"
-    } else {
-        ""
-    };
-    let logs: Vec<String> = logs.iter().map(|p| p.display().to_string()).collect();
-    println!(
-        "\nThe appliance is running. Data: {data} (a second start resumes from it)\n\
-         \n  {cloud}\
-         \n  edge agent    gateway {GATEWAY_ID}, MQTT 127.0.0.1:{mqtt}, admin {admin}\
-         \n  devices       {fleet}{q}\
-         \n  logs          {logs}\n\
-         \nWhere to look:\
-         \n  kcat -C -b 127.0.0.1:{k} -t telemetry -f '%p %o %k %h\\n'   readings in the cloud\
-         \n  kcat -C -b 127.0.0.1:{k} -t gateways -f '%s\\n'             gateway heartbeats\
-         \n  curl {admin}/api/bridge     bridge: connected, backlog, acked, checkpoints\
-         \n  curl {admin}/metrics        Prometheus metrics\
-         \n  curl {admin}/api/devices    the devices as the gateway sees them",
-        data = data_dir.display(),
-        mqtt = a.mqtt_port,
-        logs = logs.join(", "),
-    );
-    if let Some(off) = a.offline_after {
-        let until = a
-            .online_after
-            .map_or("until the end".to_string(), |on| format!("until {on} s"));
-        println!(
-            "\nThe uplink goes down at {off} s, {until}. The gateway reaches the cloud at \
-             127.0.0.1:{k}, the address kcat uses, so kcat pauses too: meanwhile watch the \
-             backlog grow on /api/bridge, then kcat catch up."
-        );
-    }
-    println!("\nCtrl-C stops everything.\n");
-}
-
-fn print_summary(
-    reason: Reason,
-    elapsed: Duration,
-    report: Option<&Report>,
-    last: anyhow::Result<Snapshot>,
-    cuts: u32,
-) {
-    let why = match reason {
-        Reason::Duration => "--duration".to_string(),
-        Reason::Signal(sig) => sig.to_string(),
-    };
-    println!("\nSummary (stopped by {why} after {} s)", elapsed.as_secs());
-    match report {
-        Some(r) => println!(
-            "  readings acked to devices    {}  (simulated fleet: generated {}, dropped {}, unacked {}, re-sent {}, reconnects {})",
-            r.acked(),
-            r.generated(),
-            r.dropped(),
-            r.unacked(),
-            r.resent(),
-            r.reconnects()
-        ),
-        None => {
-            if let Ok(s) = &last {
-                println!(
-                    "  readings acked to devices    {}  (stored by the gateway since it started)",
-                    s.device_readings
-                );
-            }
-        }
-    }
-    match last {
-        Ok(s) => {
-            println!(
-                "  readings in the edge log     {}  (telemetry, every run on this data dir)",
-                s.edge_telemetry
-            );
-            println!(
-                "  readings acked by the cloud  {}  (the bridge's telemetry checkpoints)",
-                s.cloud_telemetry
-            );
-            println!(
-                "  not yet in the cloud         {}  (kept at the edge; the next start forwards them)",
-                s.telemetry_backlog
-            );
-        }
-        Err(e) => println!("  the edge agent did not answer at the end: {e:#}"),
-    }
-    println!("  uplink cuts                  {cuts}");
-}
-
-/// One cloud node: its process, the uplink proxy in front of it, its HTTP port.
-struct CloudNode {
-    proc: Proc,
-    proxy: Proxy,
-    /// Where the broker itself listens (behind the proxy).
-    private: SocketAddr,
-    http: u16,
-}
-
-/// Starts the cloud: `--nodes` broker processes (a cluster when more than one: node N in
-/// `<data>/cloud/node-N`, Raft on private loopback ports; one node in `<data>/cloud`), each
-/// behind an uplink proxy on its user-facing Kafka port and advertising it, and waits until
-/// every node is up and, for a cluster, every node has joined.
-fn start_cloud(
-    a: &Args,
-    exe: &Path,
-    data_dir: &Path,
-    logs: &Path,
-    events: &mpsc::Receiver<Event>,
-) -> anyhow::Result<Vec<CloudNode>> {
-    let n = a.nodes;
-    // Distinct free ports for every node's Raft, private Kafka and HTTP listeners (two given
-    // the same port would have one answer for the other), none of the user-facing ones.
-    let taken: Vec<u16> = [a.mqtt_port, a.admin_port, a.cloud_http_port]
-        .into_iter()
-        .chain((0..n).map(|i| a.kafka_port + i))
-        .collect();
-    let mut free: Vec<u16> = Vec::new();
-    while free.len() < 3 * n as usize {
-        let p = foundation::net::free_port().context("finding a free loopback port")?;
-        if !free.contains(&p) && !taken.contains(&p) {
-            free.push(p);
-        }
-    }
-    let raft: Vec<u16> = free[..n as usize].to_vec();
-    let mut free = free[n as usize..].iter().copied();
-    let mut next = || free.next().context("out of free ports");
-    let mut nodes: Vec<CloudNode> = Vec::new();
-    for i in 0..n {
-        let private = SocketAddr::from(([127, 0, 0, 1], next()?));
-        let user = a.kafka_port + i;
-        let proxy = Proxy::start_on(user, private)
-            .with_context(|| format!("127.0.0.1:{user} is in use: choose another port with --kafka-port"))?;
-        let http = if i == 0 { a.cloud_http_port } else { next()? };
-        let mut cmd = Command::new(exe);
-        cmd.args(["cloud-broker", "run", "--kafka-listen"])
-            .arg(private.to_string())
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{http}"))
-            .arg("--advertise")
-            .arg(format!("127.0.0.1:{user}"))
-            .env("NO_COLOR", "1");
-        let (name, log) = if n == 1 {
-            cmd.arg("--data-dir").arg(data_dir.join("cloud"));
-            ("cloud broker".to_string(), logs.join("cloud-broker.log"))
-        } else {
-            let id = i + 1;
-            cmd.arg("--data-dir")
-                .arg(data_dir.join("cloud").join(format!("node-{id}")))
-                .args(["--node-id", &id.to_string()])
-                .arg("--raft-listen")
-                .arg(format!("127.0.0.1:{}", raft[i as usize]));
-            for (j, port) in raft.iter().enumerate() {
-                if j as u16 != i {
-                    cmd.arg("--peer").arg(format!("{}=127.0.0.1:{port}", j + 1));
-                }
-            }
-            (
-                format!("cloud node {id}"),
-                logs.join(format!("cloud-node-{id}.log")),
-            )
-        };
-        let proc = Proc::spawn(name, cmd, &log)?;
-        nodes.push(CloudNode {
-            proc,
-            proxy,
-            private,
-            http,
-        });
-    }
-    for node in &mut nodes {
-        let http = node.http;
-        let private = node.private;
-        node.proc.wait_ready("the cloud broker to be up", events, || {
-            std::net::TcpStream::connect(private).is_ok()
-                && http_get(http, "/health").is_ok_and(|(code, _)| code == 200)
-        })?;
-    }
-    if n > 1 {
-        let http = nodes[0].http;
-        nodes[0]
-            .proc
-            .wait_ready("the cloud nodes to form a cluster", events, || {
-                foundation::http::json(&format!("127.0.0.1:{http}"), "GET", "/api/cluster").is_ok_and(|v| {
-                    v["nodes"].as_array().is_some_and(|a| a.len() == n as usize)
-                        && v["controller"].as_i64().is_some_and(|c| c > 0)
-                })
-            })?;
-    }
-    Ok(nodes)
 }
