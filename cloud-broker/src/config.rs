@@ -15,6 +15,8 @@
 //! raft_listen = "10.0.0.1:9192"           # node-to-node traffic, apart from Kafka clients
 //! peers = { 2 = "10.0.0.2:9192", 3 = "10.0.0.3:9192" }
 //! heartbeat_ms = 200                      # Raft timing (election timeout 3x-5x this)
+//! join = false                            # true: a new node taking a dead one's place
+//!                                         # (`cloud-broker cluster replace`)
 //! ```
 
 use std::net::SocketAddr;
@@ -59,6 +61,10 @@ pub struct ClusterConfig {
     /// Raft heartbeat interval (ms); the election timeout is 3–5 times it.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// Join a running cluster in a replaced node's place (`cluster replace`): initialize
+    /// nothing, wait to be added.
+    #[serde(default)]
+    pub join: bool,
 }
 
 fn default_cluster_name() -> String {

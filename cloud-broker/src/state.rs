@@ -353,7 +353,7 @@ impl<'a> Staged<'a> {
                     .meta
                     .push(("next_producer_id".into(), next.to_be_bytes().to_vec()));
             }
-            MetaOutcome::Registered | MetaOutcome::Refused(_) => {}
+            MetaOutcome::Registered | MetaOutcome::Replaced | MetaOutcome::Refused(_) => {}
         }
         out
     }

@@ -4,7 +4,10 @@
 //!   `CLUSTER_KILLS` for another count), printing each produce stall and p50/p99/max;
 //! - a leader is frozen with SIGSTOP past the election timeout, then resumed: it steps down;
 //! - a leader's Raft links are cut (a proxy on each): the majority keeps serving, the cut
-//!   node acknowledges nothing, and after healing it rejoins.
+//!   node acknowledges nothing, and after healing it rejoins;
+//! - a node dies for good and `cloud-broker cluster replace` puts a new node in its place:
+//!   the new node ends holding every replica the dead one held, and is a voter in its own
+//!   right (the cluster keeps serving when another original node dies after).
 //!
 //! After each, every replica holds the same committed log byte for byte
 //! (`/api/cluster/digests`), and a consumer reads every acknowledged record exactly once at
@@ -254,4 +257,82 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_rejoins() {
         "a record the cut node never acknowledged is stored"
     );
     drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_by_a_new_one_while_producing() {
+    let _one = SERIAL.lock().await;
+    const TOPIC: &str = "replaced";
+    let dir = TempDir::new("replace").unwrap();
+    let mut nodes = Broker::cluster(dir.path(), 3);
+    let feeder = feed(&nodes, TOPIC).await;
+    let raft_of = |v: &serde_json::Value, id: u64| -> String {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .and_then(|n| n["raft"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let v = common::cluster::status(&nodes[0]).unwrap();
+    let (raft1, raft2) = (raft_of(&v, 1), raft_of(&v, 2));
+
+    // Node 3 dies for good; the others keep serving.
+    let mut dead = nodes.remove(2);
+    dead.kill9();
+    let t = Instant::now();
+    acks_beyond(&feeder, feeder.acked(), 1_000, "the two left to keep serving").await;
+
+    // Node 4 joins through nodes 1 and 2, and is named in node 3's place.
+    let r4 = common::free_port();
+    let extra: Vec<String> = [
+        "--node-id",
+        "4",
+        "--raft-listen",
+        &format!("127.0.0.1:{r4}"),
+        "--join",
+        "--peer",
+        &format!("1={raft1}"),
+        "--peer",
+        &format!("2={raft2}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    nodes.push(Broker::start_with(
+        &dir.path().join("node-4"),
+        common::free_port(),
+        common::free_port(),
+        extra,
+    ));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloud-broker"));
+    cmd.args(["cluster", "replace", "--wait-secs", "120"]);
+    for n in &nodes {
+        cmd.args(["--node", &format!("127.0.0.1:{}", n.http)]);
+    }
+    cmd.args(["3", &format!("4=127.0.0.1:{r4}")]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("cluster replace ({:?} after node 3 died):\n{text}", t.elapsed());
+    assert!(out.status.success(), "cluster replace failed: {text}");
+    assert!(text.contains("done"), "{text}");
+    let v = common::cluster::status(&nodes[0]).unwrap();
+    assert_eq!(v["replaced"]["3"], 4, "{v}");
+    for p in v["partitions"].as_array().unwrap() {
+        let replicas: Vec<u64> = serde_json::from_value(p["replicas"].clone()).unwrap();
+        assert!(replicas.contains(&4) && !replicas.contains(&3), "{p}");
+    }
+
+    // Node 4 is a voter in its own right: with node 1 dead too, nodes 2 and 4 serve.
+    let mut first = nodes.remove(0);
+    first.kill9();
+    acks_beyond(&feeder, feeder.acked(), 1_000, "nodes 2 and 4 to serve").await;
+    settle(&nodes, TOPIC, feeder).await;
+    drop(dead);
+    drop(first);
 }

@@ -11,6 +11,9 @@
 //! - a file without tables is new and gets the version this build writes;
 //! - a file with tables but no record predates the record: it is version
 //!   [`UNRECORDED_LAYOUT`], and is stamped with it when that is the version this build reads;
+//! - a version the caller says it can still read ([`Reopening::open_upgrading`]) opens and is
+//!   recorded as the current one: the caller reads the older records and writes only current
+//!   ones from then on, and a build that reads only the older layout refuses the file after;
 //! - any other version is refused ([`OpenError::Layout`]): the file is never read as a layout
 //!   it is not, and never changed. The check reads the file through a read-only handle first,
 //!   because a read-write handle commits when it closes even when nothing changed. Only a file a
@@ -128,6 +131,18 @@ impl Reopening {
         holder: &'static str,
         version: u64,
     ) -> Result<Reopening, OpenError> {
+        Self::open_upgrading(path, cache_bytes, holder, version, &[])
+    }
+
+    /// [`Reopening::open_versioned`] for a build that also reads the layouts in `older`: a
+    /// file of one of those opens too, and is recorded as `version` (see the module doc).
+    pub fn open_upgrading(
+        path: &Path,
+        cache_bytes: usize,
+        holder: &'static str,
+        version: u64,
+        older: &[u64],
+    ) -> Result<Reopening, OpenError> {
         let layout_io = |source: redb::Error| OpenError::LayoutIo {
             path: path.into(),
             source,
@@ -139,7 +154,7 @@ impl Reopening {
             {
                 Ok(db) => {
                     let found = read_layout(&db).map_err(layout_io)?;
-                    refuse_other(path, found, version)?;
+                    refuse_other(path, found, version, older)?;
                 }
                 // A crash left it: only the recovery in the read-write open below can read it,
                 // and the check there still runs before the store writes anything.
@@ -148,7 +163,7 @@ impl Reopening {
             }
         }
         let r = Reopening::open(path, cache_bytes, holder)?;
-        r.with(|db| stamp_layout(db, path, version))?;
+        r.with(|db| stamp_layout(db, path, version, older))?;
         Ok(r)
     }
 
@@ -211,7 +226,7 @@ fn read_layout(db: &redb::ReadOnlyDatabase) -> Result<Option<u64>, redb::Error> 
 }
 
 /// Checks the layout version again in a write transaction and records it if it is missing.
-fn stamp_layout(db: &Database, path: &Path, version: u64) -> Result<(), OpenError> {
+fn stamp_layout(db: &Database, path: &Path, version: u64, older: &[u64]) -> Result<(), OpenError> {
     let layout_io = |source: redb::Error| OpenError::LayoutIo {
         path: path.into(),
         source,
@@ -233,8 +248,9 @@ fn stamp_layout(db: &Database, path: &Path, version: u64) -> Result<(), OpenErro
         path,
         recorded.or(has_tables.then_some(UNRECORDED_LAYOUT)),
         version,
+        older,
     )?;
-    if recorded.is_some() {
+    if recorded == Some(version) {
         return Ok(());
     }
     t.insert(LAYOUT_KEY, version).map_err(|e| layout_io(e.into()))?;
@@ -242,10 +258,10 @@ fn stamp_layout(db: &Database, path: &Path, version: u64) -> Result<(), OpenErro
     tx.commit().map_err(|e| layout_io(e.into()))
 }
 
-/// Refuses a file whose layout version is known and is not `version`.
-fn refuse_other(path: &Path, found: Option<u64>, version: u64) -> Result<(), OpenError> {
+/// Refuses a file whose layout version is known and is neither `version` nor in `older`.
+fn refuse_other(path: &Path, found: Option<u64>, version: u64, older: &[u64]) -> Result<(), OpenError> {
     match found {
-        Some(found) if found != version => Err(OpenError::Layout {
+        Some(found) if found != version && !older.contains(&found) => Err(OpenError::Layout {
             path: path.into(),
             found,
             reads: version,
@@ -329,6 +345,42 @@ mod tests {
         );
         drop(Reopening::open_versioned(&old, 1 << 20, "test", UNRECORDED_LAYOUT).unwrap());
         assert_eq!(recorded(&old), Some(UNRECORDED_LAYOUT));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_older_layout_the_build_reads_is_upgraded_and_then_refused_by_the_old_build() {
+        let dir = std::env::temp_dir().join(format!("foundation-layout-{}", crate::ids::unique_tag()));
+        let path = dir.join("s.redb");
+        drop(Reopening::open_versioned(&path, 1 << 20, "test", 1).unwrap());
+        let e = Reopening::open_upgrading(&path, 1 << 20, "test", 3, &[2]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpenError::Layout {
+                    found: 1,
+                    reads: 3,
+                    ..
+                }
+            ),
+            "only the older layouts named are read: {e}"
+        );
+        drop(Reopening::open_upgrading(&path, 1 << 20, "test", 2, &[1]).unwrap());
+        assert_eq!(recorded(&path), Some(2), "upgraded on open");
+        let e = Reopening::open_versioned(&path, 1 << 20, "test", 1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpenError::Layout {
+                    found: 2,
+                    reads: 1,
+                    ..
+                }
+            ),
+            "a build of the older layout refuses the upgraded file: {e}"
+        );
+        drop(Reopening::open_upgrading(&path, 1 << 20, "test", 2, &[1]).unwrap());
+        assert_eq!(recorded(&path), Some(2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

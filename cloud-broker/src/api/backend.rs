@@ -432,12 +432,17 @@ impl Broker {
                     .map(|v| self.place(&v, p))
                     .unwrap_or_default();
                 let hosted = node.partition(t.id, p);
+                let voters = node.voters(crate::raft::GroupId::Partition {
+                    topic: t.id,
+                    partition: p,
+                });
                 partitions.push(serde_json::json!({
                     "topic": t.name,
                     "partition": p,
                     "leader": place.leader,
                     "term": place.epoch,
                     "replicas": place.replicas,
+                    "voters": voters,
                     "isr": place.isr,
                     "lag": place.lag.iter().map(|(n, l)| (n.to_string(), *l)).collect::<BTreeMap<String, u64>>(),
                     "hosted": hosted.is_some(),
@@ -448,8 +453,13 @@ impl Broker {
         }
         let offsets_logs: Vec<serde_json::Value> = (0..crate::sm::offsets::OFFSETS_PARTITIONS)
             .map(|n| {
-                let leader = node.leader_of(crate::raft::GroupId::Offsets(n));
-                serde_json::json!({ "log": n, "leader": leader })
+                let log = crate::raft::GroupId::Offsets(n);
+                serde_json::json!({
+                    "log": n,
+                    "leader": node.leader_of(log),
+                    "replicas": node.offsets_replicas(n),
+                    "voters": node.voters(log),
+                })
             })
             .collect();
         serde_json::json!({
@@ -457,6 +467,8 @@ impl Broker {
             "node": node.id(),
             "controller": node.controller(),
             "offsets_logs": offsets_logs,
+            "metadata_voters": node.voters(crate::raft::GroupId::Metadata),
+            "replaced": meta.replaced.iter().map(|(o, n)| (o.to_string(), *n)).collect::<BTreeMap<String, u64>>(),
             "nodes": nodes,
             "partitions": partitions,
         })
@@ -464,6 +476,15 @@ impl Broker {
 }
 
 impl Broker {
+    /// Replaces cluster node `old` with node `new`, whose Raft listener is `raft` (see
+    /// [`crate::raft::node::membership`]).
+    pub async fn replace_node(&self, old: NodeId, new: NodeId, raft: &str) -> Result<(), String> {
+        match &self.backend {
+            Backend::Single { .. } => Err("a single-node broker has no cluster nodes to replace".into()),
+            Backend::Cluster(node) => node.replace(old, new, raft).await,
+        }
+    }
+
     /// What `/api/cluster/digests` shows: for every partition replica on this node, its
     /// committed log in brief ([`crate::raft::node::LogDigest`]), to compare across nodes.
     pub fn cluster_digests(&self) -> serde_json::Value {

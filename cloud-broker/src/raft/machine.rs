@@ -94,6 +94,69 @@ struct Stored {
     state: Applied,
 }
 
+/// [`State`] as layout 1 of the store encoded it.
+#[derive(Debug, Deserialize)]
+enum StateV1 {
+    Partition(Partition),
+    Metadata(crate::sm::metadata::MetadataV1),
+    Offsets(GroupOffsets),
+}
+
+/// [`Applied`] as layout 1 of the store encoded it.
+#[derive(Debug, Deserialize)]
+struct AppliedV1 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: StateV1,
+}
+
+impl From<AppliedV1> for Applied {
+    fn from(a: AppliedV1) -> Self {
+        Applied {
+            last_applied: a.last_applied,
+            membership: a.membership,
+            state: match a.state {
+                StateV1::Partition(p) => State::Partition(p),
+                StateV1::Metadata(m) => State::Metadata(m.into()),
+                StateV1::Offsets(o) => State::Offsets(o),
+            },
+        }
+    }
+}
+
+/// [`Stored`] as layout 1 of the store encoded it.
+#[derive(Debug, Deserialize)]
+struct StoredV1 {
+    meta: SnapshotMetaOf<TypeConfig>,
+    state: AppliedV1,
+}
+
+/// Decodes a stored [`Applied`], of this layout or of layout 1 (whose metadata lacked the
+/// fields replacements added; the record is written in this layout at the next apply). A
+/// record of this layout never decodes as layout 1 the other way round: it is longer, and
+/// the store refuses to open for a build that reads only layout 1.
+fn decode_applied(b: &[u8]) -> io::Result<Applied> {
+    match postcard::from_bytes::<Applied>(b) {
+        Ok(a) => Ok(a),
+        Err(e) => postcard::from_bytes::<AppliedV1>(b)
+            .map(Applied::from)
+            .map_err(|_| io_err(e)),
+    }
+}
+
+/// Decodes a stored snapshot of this layout or of layout 1 (see [`decode_applied`]).
+fn decode_stored(b: &[u8]) -> io::Result<Stored> {
+    match postcard::from_bytes::<Stored>(b) {
+        Ok(s) => Ok(s),
+        Err(e) => postcard::from_bytes::<StoredV1>(b)
+            .map(|s| Stored {
+                meta: s.meta,
+                state: s.state.into(),
+            })
+            .map_err(|_| io_err(e)),
+    }
+}
+
 /// The batches a snapshot carries: the partition's data from its log start to the snapshot.
 #[derive(Debug, Clone)]
 pub enum SnapshotBatches {
@@ -156,7 +219,7 @@ impl GroupMachine {
     /// learns what it applies.
     pub fn open(store: NodeStore, group: u64, observer: Observer) -> io::Result<Self> {
         let state: Applied = match store.get(group, Slot::Machine)? {
-            Some(b) => postcard::from_bytes(&b).map_err(io_err)?,
+            Some(b) => decode_applied(&b)?,
             None => Applied::new(match observer {
                 Observer::Partition { .. } => State::Partition(Partition::default()),
                 Observer::Metadata(_) => State::Metadata(Metadata::default()),
@@ -360,7 +423,7 @@ impl RaftStateMachine<TypeConfig> for GroupMachine {
         let Some(b) = self.store.get(self.group, Slot::Snapshot)? else {
             return Ok(None);
         };
-        let stored: Stored = postcard::from_bytes(&b).map_err(io_err)?;
+        let stored = decode_stored(&b)?;
         Ok(Some(self.local_snapshot(stored.meta, stored.state)))
     }
 }
@@ -376,5 +439,68 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupMachine {
         };
         self.save(meta.clone(), &s).await?;
         Ok(self.local_snapshot(meta, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sm::metadata::NodeAddr;
+
+    /// The shapes layout 1 wrote, to write such records here.
+    #[derive(Serialize)]
+    struct MetadataV1Out {
+        topics: std::collections::BTreeMap<String, crate::storage::TopicMeta>,
+        next_topic_id: u32,
+        next_producer_id: i64,
+        nodes: std::collections::BTreeMap<u64, NodeAddr>,
+    }
+    #[derive(Serialize)]
+    enum StateV1Out {
+        #[allow(dead_code)]
+        Partition(Partition),
+        Metadata(MetadataV1Out),
+    }
+    #[derive(Serialize)]
+    struct AppliedV1Out {
+        last_applied: Option<LogIdOf<TypeConfig>>,
+        membership: StoredMembershipOf<TypeConfig>,
+        state: StateV1Out,
+    }
+
+    #[test]
+    fn metadata_written_by_layout_1_is_read_and_written_back_in_this_layout() {
+        let nodes: std::collections::BTreeMap<u64, NodeAddr> = [(
+            1,
+            NodeAddr {
+                raft: "a:1".into(),
+                kafka: "a:2".into(),
+            },
+        )]
+        .into();
+        let old = AppliedV1Out {
+            last_applied: None,
+            membership: Default::default(),
+            state: StateV1Out::Metadata(MetadataV1Out {
+                topics: Default::default(),
+                next_topic_id: 7,
+                next_producer_id: 5000,
+                nodes: nodes.clone(),
+            }),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        assert!(
+            postcard::from_bytes::<Applied>(&bytes).is_err(),
+            "a layout-1 record does not pass for this layout"
+        );
+        let read = decode_applied(&bytes).unwrap();
+        let State::Metadata(m) = &read.state else {
+            panic!("{read:?}")
+        };
+        assert_eq!((m.next_topic_id, m.next_producer_id, &m.nodes), (7, 5000, &nodes));
+        assert!(m.replaced.is_empty() && m.offsets_replicas.is_empty());
+        let again = GroupMachine::encode(&read).unwrap();
+        assert_eq!(decode_applied(&again).unwrap(), read);
+        assert!(decode_applied(&[0xff, 0xff]).is_err(), "garbage is an error");
     }
 }

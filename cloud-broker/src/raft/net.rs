@@ -25,7 +25,8 @@ use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,9 @@ enum Kind {
     /// A node-level "are you there" (answered empty), so every node hears from every other
     /// even when no group has them talk (two followers of the same leaders).
     Ping = 8,
+    /// A leader handing its group over: the target starts an election at once, the others
+    /// stop honouring the old leader's lease (openraft's `handle_transfer_leader`).
+    TransferLeader = 9,
 }
 
 impl Kind {
@@ -70,6 +74,7 @@ impl Kind {
             6 => Kind::Failed,
             7 => Kind::Propose,
             8 => Kind::Ping,
+            9 => Kind::TransferLeader,
             _ => return None,
         })
     }
@@ -169,13 +174,31 @@ fn from_bytes<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
     postcard::from_bytes(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
-/// The groups this node serves, by group key.
+/// The groups this node serves, by group key, and the nodes it no longer talks to.
 #[derive(Debug, Clone, Default)]
 pub struct Groups {
     inner: Arc<RwLock<HashMap<u64, GroupRaft>>>,
+    retired: Arc<RwLock<std::collections::BTreeSet<NodeId>>>,
 }
 
 impl Groups {
+    /// Refuses connections from `ids` from now on (nodes replaced for good: a retired node
+    /// that comes back must not disturb the groups it was removed from).
+    pub fn retire(&self, ids: impl IntoIterator<Item = NodeId>) {
+        self.retired
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ids);
+    }
+
+    /// Whether node `id` is retired.
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        self.retired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
     /// Serves `group` with `raft`.
     pub fn add(&self, group: u64, raft: GroupRaft) {
         self.inner
@@ -241,6 +264,16 @@ async fn serve_conn(
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "not a peer of this cluster",
+        ));
+    }
+    if groups.is_retired(h.node) {
+        warn!(
+            node = h.node,
+            "refused a retired node (it was replaced; give its directory up)"
+        );
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "this node was replaced and is no longer a member of the cluster",
         ));
     }
     let (tx, rx) = mpsc::channel::<Frame>(QUEUE);
@@ -315,6 +348,13 @@ async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
                 },
             };
             raft.install_full_snapshot(w.vote, snapshot)
+                .await
+                .map(|r| to_bytes(&r))
+                .map_err(|e| e.to_string())
+        }
+        Kind::TransferLeader => {
+            let rpc: TransferLeaderRequest<TypeConfig> = from_bytes(&f.payload).map_err(e)?;
+            raft.handle_transfer_leader(rpc)
                 .await
                 .map(|r| to_bytes(&r))
                 .map_err(|e| e.to_string())
@@ -668,6 +708,14 @@ impl RaftNetworkV2<TypeConfig> for NetClient {
         o: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(Kind::PreVote, &rpc, &o).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        o: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(Kind::TransferLeader, &rpc, &o).await
     }
 
     async fn full_snapshot(

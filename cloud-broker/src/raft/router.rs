@@ -148,6 +148,17 @@ impl RaftNetworkV2<TypeConfig> for RouterClient {
         r.pre_vote(rpc).await.map_err(|e| unreachable(e).into())
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        _o: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let r = self.router.target(self.from, self.to, self.group)?;
+        r.handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| unreachable(e).into())
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,

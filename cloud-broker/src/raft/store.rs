@@ -44,8 +44,12 @@ use super::{io_err, Command, TypeConfig};
 use crate::batch;
 use crate::sm::partition::PartitionCommand;
 
-/// The on-disk layout this build reads and writes.
-pub const LAYOUT_VERSION: u64 = 1;
+/// The on-disk layout this build writes: 2 added the metadata's record of replaced nodes.
+pub const LAYOUT_VERSION: u64 = 2;
+
+/// Older layouts this build reads (and records as [`LAYOUT_VERSION`] on open): 1, whose
+/// metadata state is decoded by its own shape (see the state machine).
+pub const READS_LAYOUTS: &[u64] = &[1];
 
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
 const OFFSET_INDEX: TableDefinition<(u64, i64), u64> = TableDefinition::new("offset_index");
@@ -172,8 +176,14 @@ impl NodeStore {
     pub fn open(path: &Path) -> io::Result<NodeStore> {
         // The layout version is checked through a read-only handle before anything writes.
         let db = Arc::new(
-            Reopening::open_versioned(path, 256 << 20, "is a broker node running?", LAYOUT_VERSION)
-                .map_err(io_err)?,
+            Reopening::open_upgrading(
+                path,
+                256 << 20,
+                "is a broker node running?",
+                LAYOUT_VERSION,
+                READS_LAYOUTS,
+            )
+            .map_err(io_err)?,
         );
         with_db(&db, |db| -> io::Result<()> {
             let tx = db.begin_write().map_err(io_err)?;

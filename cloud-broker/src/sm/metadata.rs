@@ -6,8 +6,17 @@
 //! Producer ids are handed out in blocks (Kafka's `AllocateProducerIds`): a node takes a block
 //! through this log and serves `InitProducerId` from it without a write per producer; ids of a
 //! block a node never used are skipped, never reused.
+//!
+//! # Replacing a node
+//! [`MetaCommand::ReplaceNode`] retires a node for good and puts a new one in every place it
+//! held: in each partition's replicas (at the same rank, so the new node becomes the preferred
+//! leader where the old one was), in the offsets logs' replicas, and in the node list. This
+//! log records only the decision: each group's leader then brings its Raft membership in line
+//! (adds the new node as a learner, and makes it a voter in the old one's place once it has
+//! caught up). A group whose replicas changed is never initialized again: its log exists on
+//! the remaining replicas, and a new replica gets it from them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +76,19 @@ pub enum MetaCommand {
         /// Its addresses.
         addr: NodeAddr,
     },
+    /// Retire node `old` for good and put node `new` in every place it held (see the module
+    /// docs).
+    ReplaceNode {
+        /// The node retired.
+        old: u64,
+        /// The node taking its places.
+        new: u64,
+        /// How the new node's Raft listener is reached (it registers its Kafka address itself).
+        raft: String,
+        /// The offsets logs' replicas as the proposer computed them from the static member
+        /// list: recorded here by the first replacement (the metadata holds them from then on).
+        offsets: Vec<Vec<u64>>,
+    },
 }
 
 /// What applying a [`MetaCommand`] did.
@@ -85,6 +107,8 @@ pub enum MetaOutcome {
     },
     /// The node's addresses are recorded.
     Registered,
+    /// The node is retired and its replacement named in its places.
+    Replaced,
     /// Refused; nothing changed.
     Refused(Code),
 }
@@ -100,6 +124,14 @@ pub struct Metadata {
     pub next_producer_id: i64,
     /// The cluster's nodes by id.
     pub nodes: BTreeMap<u64, NodeAddr>,
+    /// The offsets logs' replicas once a replacement changed them (empty: as the static member
+    /// list places them).
+    pub offsets_replicas: Vec<Vec<u64>>,
+    /// Partitions `(topic id, partition)` whose replicas changed since their creation: never
+    /// initialized again.
+    pub moved: BTreeSet<(u32, u32)>,
+    /// Retired nodes and the node that took each one's places.
+    pub replaced: BTreeMap<u64, u64>,
 }
 
 impl Default for Metadata {
@@ -109,6 +141,31 @@ impl Default for Metadata {
             next_topic_id: 0,
             next_producer_id: FIRST_PRODUCER_ID,
             nodes: BTreeMap::new(),
+            offsets_replicas: Vec::new(),
+            moved: BTreeSet::new(),
+            replaced: BTreeMap::new(),
+        }
+    }
+}
+
+/// [`Metadata`] as layout 1 of a node's store encoded it (before replacements): read from
+/// a store written then, never written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetadataV1 {
+    topics: BTreeMap<String, TopicMeta>,
+    next_topic_id: u32,
+    next_producer_id: i64,
+    nodes: BTreeMap<u64, NodeAddr>,
+}
+
+impl From<MetadataV1> for Metadata {
+    fn from(m: MetadataV1) -> Self {
+        Metadata {
+            topics: m.topics,
+            next_topic_id: m.next_topic_id,
+            next_producer_id: m.next_producer_id,
+            nodes: m.nodes,
+            ..Metadata::default()
         }
     }
 }
@@ -132,8 +189,20 @@ impl Metadata {
             next_topic_id: topics.values().map(|t| t.id + 1).max().unwrap_or(0),
             next_producer_id: next_producer_id.unwrap_or(FIRST_PRODUCER_ID),
             topics,
-            nodes: BTreeMap::new(),
+            ..Metadata::default()
         }
+    }
+
+    /// The node that now holds the places of `id` (itself when it was never replaced).
+    pub fn successor(&self, mut id: u64) -> u64 {
+        // Bounded: each step goes to a node replaced later, and there are finitely many.
+        for _ in 0..=self.replaced.len() {
+            match self.replaced.get(&id) {
+                Some(next) => id = *next,
+                None => break,
+            }
+        }
+        id
     }
 
     /// Applies a command.
@@ -170,7 +239,10 @@ impl Metadata {
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
                 None => MetaOutcome::Refused(Code::UnknownTopicOrPartition),
-                Some(meta) => MetaOutcome::Deleted(meta),
+                Some(meta) => {
+                    self.moved.retain(|(t, _)| *t != meta.id);
+                    MetaOutcome::Deleted(meta)
+                }
             },
             MetaCommand::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;
@@ -178,10 +250,65 @@ impl Metadata {
                 MetaOutcome::ProducerIds { first, count: *count }
             }
             MetaCommand::RegisterNode { id, addr } => {
+                if self.replaced.contains_key(id) {
+                    return MetaOutcome::Refused(Code::InvalidRequest);
+                }
                 self.nodes.insert(*id, addr.clone());
                 MetaOutcome::Registered
             }
+            MetaCommand::ReplaceNode {
+                old,
+                new,
+                raft,
+                offsets,
+            } => self.replace(*old, *new, raft, offsets),
         }
+    }
+
+    fn replace(&mut self, old: u64, new: u64, raft: &str, offsets: &[Vec<u64>]) -> MetaOutcome {
+        let known = |m: &Metadata, id: u64| {
+            m.nodes.contains_key(&id)
+                || m.topics
+                    .values()
+                    .any(|t| t.replicas.iter().any(|r| r.contains(&id)))
+                || m.offsets_replicas.iter().any(|r| r.contains(&id))
+        };
+        if old == new
+            || self.replaced.contains_key(&old)
+            || self.replaced.contains_key(&new)
+            || known(self, new)
+            || !(known(self, old) || offsets.iter().any(|r| r.contains(&old)))
+        {
+            return MetaOutcome::Refused(Code::InvalidRequest);
+        }
+        if self.offsets_replicas.is_empty() {
+            self.offsets_replicas = offsets.to_vec();
+        }
+        let swap = |r: &mut Vec<u64>| {
+            let mut changed = false;
+            for id in r.iter_mut().filter(|id| **id == old) {
+                *id = new;
+                changed = true;
+            }
+            changed
+        };
+        for r in &mut self.offsets_replicas {
+            swap(r);
+        }
+        for t in self.topics.values_mut() {
+            for (p, r) in t.replicas.iter_mut().enumerate() {
+                if swap(r) {
+                    self.moved.insert((t.id, p as u32));
+                }
+            }
+        }
+        self.nodes.remove(&old);
+        self.nodes.entry(new).or_insert_with(|| NodeAddr {
+            raft: raft.to_string(),
+            kafka: String::new(),
+        });
+        self.replaced.insert(old, new);
+        MetaOutcome::Replaced
     }
 }
 
@@ -322,5 +449,85 @@ mod tests {
                 count: 2
             }
         );
+    }
+
+    #[test]
+    fn a_replacement_takes_every_place_of_the_old_node_once() {
+        let mut m = Metadata::default();
+        let addr = |r: &str| NodeAddr {
+            raft: r.into(),
+            kafka: format!("k{r}"),
+        };
+        for id in 1..=3 {
+            m.apply(&MetaCommand::RegisterNode {
+                id,
+                addr: addr(&id.to_string()),
+            });
+        }
+        let cmd = MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 3,
+            config: TopicConfig::default(),
+            uuid: [0; 16],
+            replicas: assign(&[1, 2, 3], 3, 3, 0),
+        };
+        let MetaOutcome::Created(t) = m.apply(&cmd) else {
+            panic!()
+        };
+        let offsets = vec![vec![1, 2, 3], vec![2, 3, 1]];
+        let replace = |old, new| MetaCommand::ReplaceNode {
+            old,
+            new,
+            raft: "new:1".into(),
+            offsets: offsets.clone(),
+        };
+        let refused = MetaOutcome::Refused(Code::InvalidRequest);
+        assert_eq!(m.apply(&replace(3, 3)), refused, "not by itself");
+        assert_eq!(m.apply(&replace(3, 2)), refused, "not by a member");
+        assert_eq!(m.apply(&replace(9, 4)), refused, "not a node never known");
+        let before = m.clone();
+        assert_eq!(m.apply(&replace(3, 4)), MetaOutcome::Replaced);
+        assert_ne!(m, before);
+        assert_eq!(
+            m.topics["t"].replicas,
+            vec![vec![1, 2, 4], vec![2, 4, 1], vec![4, 1, 2]],
+            "the new node takes the old one's rank in every list"
+        );
+        assert_eq!(m.offsets_replicas, vec![vec![1, 2, 4], vec![2, 4, 1]]);
+        assert_eq!(m.moved, (0..3).map(|p| (t.id, p)).collect());
+        assert_eq!(m.nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2, 4]);
+        assert_eq!(m.nodes[&4].raft, "new:1");
+        assert_eq!(
+            m.apply(&replace(3, 5)),
+            refused,
+            "a retired node is replaced once"
+        );
+        assert_eq!(m.apply(&replace(4, 3)), refused, "a retired id never comes back");
+        assert_eq!(
+            m.apply(&MetaCommand::RegisterNode {
+                id: 3,
+                addr: addr("3")
+            }),
+            refused,
+            "a retired node cannot register again"
+        );
+        assert_eq!(
+            m.apply(&MetaCommand::RegisterNode {
+                id: 4,
+                addr: addr("4")
+            }),
+            MetaOutcome::Registered
+        );
+        assert_eq!(m.nodes[&4].kafka, "k4");
+        // A second replacement of the new node: the chain of successors leads to the last.
+        assert_eq!(m.apply(&replace(4, 5)), MetaOutcome::Replaced);
+        assert_eq!((m.successor(3), m.successor(4), m.successor(1)), (5, 5, 1));
+        assert_eq!(
+            m.offsets_replicas,
+            vec![vec![1, 2, 5], vec![2, 5, 1]],
+            "recorded once, then kept"
+        );
+        m.apply(&MetaCommand::DeleteTopic { name: "t".into() });
+        assert!(m.moved.is_empty(), "a deleted topic's partitions are forgotten");
     }
 }

@@ -13,6 +13,8 @@ use crate::storage::redb_store::RedbStorage;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+mod cluster;
+
 /// A Kafka-wire-protocol broker: kcat, librdkafka, kafka-python and confluent-kafka work
 /// against it unmodified.
 #[derive(Debug, Parser)]
@@ -44,6 +46,24 @@ enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a dead node for good with a new one: start the new node first with `run --join`
+    /// (same cluster name, any peers to reach the cluster by), then name both here. The new
+    /// node takes the old one's place in every partition and offsets log; each group's
+    /// leader adds it, lets it catch up, and swaps it in. Waits until every group has moved.
+    Replace {
+        /// A node's HTTP listen address (host:port); repeat for every node (the old one need
+        /// not answer). The first that answers records the replacement.
+        #[arg(long = "node", value_name = "HOST:PORT", required = true)]
+        nodes: Vec<String>,
+        /// The id of the node replaced (it must be stopped: it is retired for good).
+        old: u64,
+        /// The new node: ID=HOST:PORT of its Raft listener.
+        #[arg(value_name = "NEW=HOST:PORT")]
+        new: String,
+        /// How long to wait for every group to move, in seconds.
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -60,7 +80,7 @@ struct RunArgs {
     /// Kafka listen address [default: 127.0.0.1:9092].
     #[arg(long, env = "CLOUD_KAFKA_LISTEN")]
     kafka_listen: Option<std::net::SocketAddr>,
-    /// HTTP listen address (`/health`, `/api/cluster`, `/api/cluster/digests`) [default: 127.0.0.1:8080].
+    /// HTTP listen address (`/health`, `/api/cluster`, `/api/cluster/digests`, `/api/cluster/replace`) [default: 127.0.0.1:8080].
     #[arg(long, env = "CLOUD_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
     /// host:port that Metadata gives clients (Kafka's advertised.listeners) [default: the Kafka listen address].
@@ -75,6 +95,18 @@ struct RunArgs {
     /// The cluster's name; nodes of another name are refused [default: iot-appliance].
     #[arg(long, env = "CLOUD_CLUSTER_NAME")]
     cluster_name: Option<String>,
+    /// Join a running cluster in a replaced node's place: initialize nothing, wait to be
+    /// added (`cluster replace`). Give --peer for the members to reach.
+    #[arg(long)]
+    join: bool,
+}
+
+/// `POST /api/cluster/replace?old=ID&new=ID&raft=HOST:PORT`.
+#[derive(Debug, serde::Deserialize)]
+struct ReplaceQuery {
+    old: u64,
+    new: u64,
+    raft: String,
 }
 
 /// Parses `ID=HOST:PORT`.
@@ -95,7 +127,13 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             foundation::logging::init("CLOUD_LOG", "info");
             run(a)
         }
-        Cmd::Cluster(ClusterCmd::Status { nodes, json }) => cluster_status(&nodes, json),
+        Cmd::Cluster(ClusterCmd::Status { nodes, json }) => cluster::status(&nodes, json),
+        Cmd::Cluster(ClusterCmd::Replace {
+            nodes,
+            old,
+            new,
+            wait_secs,
+        }) => cluster::replace(&nodes, old, &new, Duration::from_secs(wait_secs)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,13 +164,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.advertise.is_some() {
         cfg.advertise = a.advertise;
     }
-    if a.raft_listen.is_some() || !a.peers.is_empty() || a.cluster_name.is_some() {
+    if a.raft_listen.is_some() || !a.peers.is_empty() || a.cluster_name.is_some() || a.join {
         let c = cfg.cluster.get_or_insert_with(|| crate::config::ClusterConfig {
             name: "iot-appliance".into(),
             raft_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9192)),
             peers: Default::default(),
             heartbeat_ms: crate::config::default_heartbeat_ms(),
+            join: false,
         });
+        c.join |= a.join;
         if let Some(l) = a.raft_listen {
             c.raft_listen = l;
         }
@@ -184,6 +224,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     data_dir: cfg.data_dir.clone(),
                     timing: crate::raft::Timing::from_heartbeat(c.heartbeat_ms),
                     maintenance: Duration::from_secs(30),
+                    join: c.join,
                 })
                 .await?;
                 info!(node = cfg.node_id, raft = %c.raft_listen, peers = c.peers.len(), "cluster node started");
@@ -208,6 +249,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         });
         let status = broker.clone();
         let digests = broker.clone();
+        let replacer = broker.clone();
         let health = axum::Router::new()
             .route("/health", axum::routing::get(|| async { "ok" }))
             .route(
@@ -215,6 +257,24 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 axum::routing::get(move || {
                     let b = status.clone();
                     async move { axum::Json(b.cluster_status()) }
+                }),
+            )
+            .route(
+                "/api/cluster/replace",
+                axum::routing::post(move |q: axum::extract::Query<ReplaceQuery>| {
+                    let b = replacer.clone();
+                    async move {
+                        match b.replace_node(q.old, q.new, &q.raft).await {
+                            Ok(()) => (
+                                axum::http::StatusCode::OK,
+                                axum::Json(serde_json::json!({ "replaced": q.old, "by": q.new })),
+                            ),
+                            Err(e) => (
+                                axum::http::StatusCode::CONFLICT,
+                                axum::Json(serde_json::json!({ "error": e })),
+                            ),
+                        }
+                    }
                 }),
             )
             .route(
@@ -238,151 +298,4 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
-}
-
-/// `cluster status`: asks every node for `/api/cluster`, takes each partition from the node
-/// that leads it (else the first that answered), and prints the result.
-fn cluster_status(nodes: &[String], json: bool) -> anyhow::Result<()> {
-    let mut views = Vec::new();
-    for n in nodes {
-        match foundation::http::json(n, "GET", "/api/cluster") {
-            Ok(v) if v["mode"] == "cluster" => views.push(v),
-            Ok(v) => anyhow::bail!("{n} is not a cluster node (mode {})", v["mode"]),
-            Err(e) => eprintln!("cloud-broker: {n}: {e} (left out)"),
-        }
-    }
-    if views.is_empty() {
-        anyhow::bail!("no node answered");
-    }
-    let merged = merge_status(&views);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&merged)?);
-        return Ok(());
-    }
-    print!("{}", render_status(&merged));
-    Ok(())
-}
-
-/// One status from several nodes' `/api/cluster`: the first answer's nodes and controller,
-/// and every partition as the node leading it reports it (with the answering node noted).
-fn merge_status(views: &[serde_json::Value]) -> serde_json::Value {
-    let mut partitions: std::collections::BTreeMap<(String, i64), serde_json::Value> = Default::default();
-    for v in views {
-        for p in v["partitions"].as_array().into_iter().flatten() {
-            let key = (
-                p["topic"].as_str().unwrap_or_default().to_string(),
-                p["partition"].as_i64().unwrap_or(-1),
-            );
-            let leads = p["leader"] == v["node"];
-            let mut p = p.clone();
-            p["seen_by"] = v["node"].clone();
-            match partitions.get(&key) {
-                Some(have) if !leads || have["leader"] == have["seen_by"] => {}
-                _ => {
-                    partitions.insert(key, p);
-                }
-            }
-        }
-    }
-    let controller = views
-        .iter()
-        .map(|v| v["controller"].clone())
-        .find(|c| c.as_i64().is_some_and(|c| c > 0))
-        .unwrap_or(serde_json::Value::Null);
-    serde_json::json!({
-        "nodes": views.first().map(|v| v["nodes"].clone()).unwrap_or_default(),
-        "answered": views.iter().map(|v| v["node"].clone()).collect::<Vec<_>>(),
-        "controller": controller,
-        "partitions": partitions.into_values().collect::<Vec<_>>(),
-    })
-}
-
-/// The tables `cluster status` prints.
-fn render_status(s: &serde_json::Value) -> String {
-    use std::fmt::Write as _;
-    let ids = |v: &serde_json::Value| {
-        v.as_array()
-            .map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
-            .unwrap_or_default()
-    };
-    let mut out = String::new();
-    let answered = ids(&s["answered"]);
-    let _ = writeln!(out, "controller: node {}   answered: {answered}", s["controller"]);
-    let _ = writeln!(out, "\n{:<6} {:<22} {:<22}", "NODE", "KAFKA", "RAFT");
-    for n in s["nodes"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "{:<6} {:<22} {:<22}",
-            n["id"],
-            n["kafka"].as_str().unwrap_or("-"),
-            n["raft"].as_str().unwrap_or("-")
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n{:<20} {:>9} {:>6} {:>5} {:<10} {:<10} {:<16} {:>14}",
-        "TOPIC", "PARTITION", "LEADER", "TERM", "REPLICAS", "ISR", "LAG (entries)", "HIGH WATERMARK"
-    );
-    for p in s["partitions"].as_array().into_iter().flatten() {
-        let leader = match p["leader"].as_i64() {
-            Some(l) if l > 0 => l.to_string(),
-            _ => "none".into(),
-        };
-        let lag = p["lag"]
-            .as_object()
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}:{v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_else(|| "-".into());
-        let hw = p["high_watermark"].as_i64().map_or("-".into(), |h| h.to_string());
-        let _ = writeln!(
-            out,
-            "{:<20} {:>9} {:>6} {:>5} {:<10} {:<10} {:<16} {:>14}",
-            p["topic"].as_str().unwrap_or_default(),
-            p["partition"],
-            leader,
-            p["term"],
-            ids(&p["replicas"]),
-            ids(&p["isr"]),
-            lag,
-            hw
-        );
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_takes_each_partition_from_its_leader() {
-        let node = |id: i64, leader: i64, hw: i64| {
-            serde_json::json!({
-                "mode": "cluster", "node": id, "controller": 1,
-                "nodes": [{"id": 1, "kafka": "a:1", "raft": "a:2"}],
-                "partitions": [{"topic": "t", "partition": 0, "leader": leader, "term": 3,
-                                "replicas": [1, 2], "isr": [1, 2], "lag": {}, "high_watermark": hw}],
-            })
-        };
-        // Node 1 follows (stale watermark), node 2 leads: node 2's view wins, in either order.
-        for views in [
-            vec![node(1, 2, 5), node(2, 2, 9)],
-            vec![node(2, 2, 9), node(1, 2, 5)],
-        ] {
-            let m = merge_status(&views);
-            assert_eq!(m["partitions"][0]["high_watermark"], 9);
-            assert_eq!(m["partitions"][0]["seen_by"], 2);
-        }
-        let text = render_status(&merge_status(&[node(1, -1, 5)]));
-        assert!(
-            text.contains("none"),
-            "a partition without a leader says so: {text}"
-        );
-        assert!(text.contains("HIGH WATERMARK"));
-    }
 }

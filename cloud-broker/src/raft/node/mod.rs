@@ -12,6 +12,15 @@
 //! node gets a Raft group, a state machine and a sequencer (the preferred leader, first in the
 //! replica list, initializes a new group); a partition of a deleted topic is shut down and its
 //! data dropped. After a restart the same reconciliation brings every group back from the store.
+//!
+//! # Replacing a node
+//! A node that died for good is replaced by a new one (see [`membership`]): the new node starts
+//! with `join` set (it initializes nothing and waits to be added), and
+//! [`MetaCommand::ReplaceNode`] puts it in the old one's places; every group's leader then
+//! changes the group's membership to match.
+
+mod leadership;
+pub mod membership;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -64,6 +73,9 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// How often [`Node::maintain`] runs.
     pub maintenance: Duration,
+    /// A node joining a running cluster in a replaced node's place: it initializes no group
+    /// (not even on an empty store) and waits to be added.
+    pub join: bool,
 }
 
 /// A replica's committed log in brief (see [`Node::digest`]).
@@ -111,6 +123,8 @@ pub struct Node {
     offsets_rafts: Mutex<HashMap<u32, GroupRaft>>,
     pids: tokio::sync::Mutex<ProducerIdBlock>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Groups whose membership change this node is driving (see [`membership`]).
+    changing: Arc<Mutex<std::collections::HashSet<u64>>>,
 }
 
 /// The openraft configuration of the metadata and offsets groups: like a partition's, but
@@ -166,9 +180,10 @@ impl Node {
             offsets_rafts: Mutex::new(HashMap::new()),
             pids: tokio::sync::Mutex::new(ProducerIdBlock::default()),
             tasks: Mutex::new(vec![server]),
+            changing: Arc::default(),
         });
         let lowest = node.cfg.peers.keys().copied().chain([node.cfg.id]).min();
-        if lowest == Some(node.cfg.id) && node.store.get(key, Slot::Vote)?.is_none() {
+        if !node.cfg.join && lowest == Some(node.cfg.id) && node.store.get(key, Slot::Vote)?.is_none() {
             let members: BTreeMap<NodeId, NodeAddr> =
                 node.members(node.cfg.peers.keys().copied().chain([node.cfg.id]));
             info!(
@@ -177,7 +192,6 @@ impl Node {
             );
             node.meta_raft.initialize(members).await.map_err(io)?;
         }
-        node.host_offsets().await?;
         let reconcile = tokio::spawn(reconcile(Arc::downgrade(&node), node.meta.clone()));
         let register = tokio::spawn({
             let node = Arc::downgrade(&node);
@@ -220,7 +234,7 @@ impl Node {
                 loop {
                     tick.tick().await;
                     let Some(n) = node.upgrade() else { return };
-                    let peers = n.members(n.all_nodes().into_iter().filter(|id| *id != n.cfg.id));
+                    let peers = n.members(n.peer_ids());
                     let net = n.net.clone();
                     drop(n);
                     let pings = peers
@@ -242,6 +256,7 @@ impl Node {
                 loop {
                     tick.tick().await;
                     let Some(n) = node.upgrade() else { return };
+                    n.converge().await;
                     n.balance().await;
                 }
             }
@@ -254,127 +269,6 @@ impl Node {
             balancer,
         ]);
         Ok(node)
-    }
-
-    /// The leader balancer's round: every group this node leads whose preferred leader (the
-    /// first of its replicas) is another node that is heard from and holds the whole log is
-    /// handed to that node (openraft's leadership transfer: the target starts an election at
-    /// once and wins it). So leadership spreads back over the nodes after one returns, as the
-    /// topic's creation spread it, and the group coordinators with the offsets logs.
-    pub async fn balance(&self) {
-        let meta = self.metadata();
-        let mut groups: Vec<(GroupRaft, NodeId)> = Vec::new();
-        let hosted: Vec<(u64, GroupRaft)> = self
-            .hosted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, h)| (*k, h.raft.clone()))
-            .collect();
-        for (key, raft) in hosted {
-            let Some(GroupId::Partition { topic, partition }) = GroupId::from_key(key) else {
-                continue;
-            };
-            let preferred = meta
-                .topics
-                .values()
-                .find(|t| t.id == topic)
-                .and_then(|t| t.replicas.get(partition as usize))
-                .and_then(|r| r.first().copied());
-            if let Some(p) = preferred {
-                groups.push((raft, p));
-            }
-        }
-        let logs: Vec<(u32, GroupRaft)> = self
-            .offsets_rafts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(n, r)| (*n, r.clone()))
-            .collect();
-        for (n, raft) in logs {
-            if let Some(p) = self.offsets_replicas(n).first().copied() {
-                groups.push((raft, p));
-            }
-        }
-        for (raft, preferred) in groups {
-            if preferred == self.cfg.id
-                || !self.leads(&raft)
-                || !self.net.heard().within(preferred, self.cfg.timing.lease())
-            {
-                continue;
-            }
-            let m = raft.metrics().borrow_watched().clone();
-            let caught_up = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&preferred).cloned().flatten())
-                .is_some_and(|matched| Some(matched.index) >= m.last_log_index);
-            if caught_up {
-                debug!(to = preferred, "handing leadership back to the preferred replica");
-                if let Err(e) = raft.trigger().transfer_leader(preferred).await {
-                    warn!(error = %e, "a leadership transfer failed");
-                }
-            }
-        }
-    }
-
-    /// The in-sync replicas of a group this node hosts, as far as it knows: on the leader,
-    /// itself and every follower heard from within the lease whose log is no more than
-    /// [`ISR_MAX_LAG`] entries behind; on a follower, while the leader is heard from, every
-    /// replica it hears from and itself (how far behind the others are is the leader's to
-    /// know; `cluster status` shows each partition as its leader sees it).
-    pub fn in_sync(&self, raft: &GroupRaft) -> Vec<NodeId> {
-        let m = raft.metrics().borrow_watched().clone();
-        let lease = self.cfg.timing.lease();
-        if self.leads(raft) {
-            let last = m.last_log_index.unwrap_or(0);
-            let mut isr = vec![self.cfg.id];
-            for (id, matched) in m.replication.iter().flatten() {
-                let behind = matched
-                    .as_ref()
-                    .map_or(u64::MAX, |l| last.saturating_sub(l.index));
-                if *id != self.cfg.id && self.net.heard().within(*id, lease) && behind <= ISR_MAX_LAG {
-                    isr.push(*id);
-                }
-            }
-            isr.sort_unstable();
-            return isr;
-        }
-        if self.partition_leader(raft).is_none() {
-            return Vec::new();
-        }
-        let mut isr: Vec<NodeId> = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|id| *id == self.cfg.id || self.net.heard().within(*id, lease))
-            .collect();
-        isr.sort_unstable();
-        isr
-    }
-
-    /// How many log entries each follower of a group this node leads is behind it (empty when
-    /// it does not lead).
-    pub fn follower_lag(&self, raft: &GroupRaft) -> BTreeMap<NodeId, u64> {
-        if !self.leads(raft) {
-            return BTreeMap::new();
-        }
-        let m = raft.metrics().borrow_watched().clone();
-        let last = m.last_log_index.unwrap_or(0);
-        m.replication
-            .iter()
-            .flatten()
-            .filter(|(id, _)| **id != self.cfg.id)
-            .map(|(id, matched)| {
-                (
-                    *id,
-                    matched
-                        .as_ref()
-                        .map_or(last + 1, |l| last.saturating_sub(l.index)),
-                )
-            })
-            .collect()
     }
 
     /// This node's id.
@@ -395,21 +289,106 @@ impl Node {
         ids
     }
 
-    /// The replicas of offsets log `n`: fixed by the static member list.
-    fn offsets_replicas(&self, n: u32) -> Vec<NodeId> {
+    /// The other nodes this node talks to: the registered and the statically listed ones,
+    /// less the retired.
+    fn peer_ids(&self) -> Vec<NodeId> {
+        let meta = self.metadata();
+        let mut ids: Vec<NodeId> = meta
+            .nodes
+            .keys()
+            .chain(self.cfg.peers.keys())
+            .copied()
+            .filter(|id| *id != self.cfg.id && !meta.replaced.contains_key(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Every partition and offsets log hosted here, with its replicas as the metadata places
+    /// them (the preferred leader first).
+    fn placed_groups(&self) -> Vec<(u64, GroupRaft, Vec<NodeId>)> {
+        let meta = self.metadata();
+        let mut out = Vec::new();
+        let hosted: Vec<(u64, GroupRaft)> = self
+            .hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, h)| (*k, h.raft.clone()))
+            .collect();
+        for (key, raft) in hosted {
+            let Some(GroupId::Partition { topic, partition }) = GroupId::from_key(key) else {
+                continue;
+            };
+            let replicas = meta
+                .topics
+                .values()
+                .find(|t| t.id == topic)
+                .and_then(|t| t.replicas.get(partition as usize));
+            if let Some(r) = replicas {
+                out.push((key, raft, r.clone()));
+            }
+        }
+        let logs: Vec<(u32, GroupRaft)> = self
+            .offsets_rafts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, r)| (*n, r.clone()))
+            .collect();
+        for (n, raft) in logs {
+            out.push((GroupId::Offsets(n).key(), raft, self.offsets_replicas(n)));
+        }
+        out
+    }
+
+    /// The replicas of offsets log `n`: as the metadata records them once a replacement
+    /// changed them, else as the static member list places them.
+    pub fn offsets_replicas(&self, n: u32) -> Vec<NodeId> {
+        let meta = self.metadata();
+        if let Some(r) = meta.offsets_replicas.get(n as usize) {
+            return r.clone();
+        }
         assign(&self.all_nodes(), n + 1, REPLICATION_FACTOR, 0)
             .pop()
             .unwrap_or_default()
     }
 
-    /// Starts the offsets logs this node holds a replica of.
-    async fn host_offsets(&self) -> std::io::Result<()> {
+    /// Starts the offsets logs this node holds a replica of and stops (dropping their data)
+    /// those it no longer does. A joining node holds none until the metadata that named it
+    /// has reached it.
+    async fn host_offsets(&self, meta: &Metadata) -> std::io::Result<()> {
         for n in 0..OFFSETS_PARTITIONS {
             let replicas = self.offsets_replicas(n);
-            if !replicas.contains(&self.cfg.id) {
+            let key = GroupId::Offsets(n).key();
+            let want =
+                replicas.contains(&self.cfg.id) && !(self.cfg.join && meta.offsets_replicas.is_empty());
+            let hosted = self
+                .offsets_rafts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&n);
+            if !want {
+                if hosted {
+                    let raft = self
+                        .offsets_rafts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&n);
+                    self.groups.remove(key);
+                    if let Some(r) = raft {
+                        let _ = r.shutdown().await;
+                    }
+                    if let Err(e) = self.store.drop_group(key).await {
+                        warn!(log = n, error = %e, "dropping an offsets log's data failed");
+                    }
+                }
                 continue;
             }
-            let key = GroupId::Offsets(n).key();
+            if hosted {
+                continue;
+            }
             let machine =
                 GroupMachine::open(self.store.clone(), key, Observer::Offsets(self.offsets.clone()))?;
             let fresh = self.store.get(key, Slot::Vote)?.is_none();
@@ -428,7 +407,13 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(n, raft.clone());
-            if fresh && replicas.first() == Some(&self.cfg.id) {
+            // Offsets logs are made once, with the cluster: after a replacement recorded
+            // their replicas, a new replica gets the log from the others.
+            if fresh
+                && replicas.first() == Some(&self.cfg.id)
+                && !self.cfg.join
+                && meta.offsets_replicas.is_empty()
+            {
                 let members = self.members(replicas.iter().copied());
                 if let Err(e) = raft.initialize(members).await {
                     warn!(log = n, error = %e, "initializing an offsets log failed");
@@ -673,49 +658,6 @@ impl Node {
         Some(Ok(d))
     }
 
-    /// The leader of a group this node hosts, as this node knows it and clients should be told
-    /// (see [`Node::partition_leader`]).
-    pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
-        let raft = if group == GroupId::Metadata {
-            Some(self.meta_raft.clone())
-        } else {
-            self.groups.get(group.key())
-        };
-        raft.and_then(|r| self.partition_leader(&r))
-    }
-
-    /// Whether node `id` is alive as far as this node knows: itself, or a peer heard from
-    /// within the lease (nodes ping each other every heartbeat).
-    pub fn alive(&self, id: NodeId) -> bool {
-        id == self.cfg.id || self.net.heard().within(id, self.cfg.timing.lease())
-    }
-
-    /// Whether this node leads `raft`'s group with a quorum's backing (see
-    /// [`super::leading_term`]).
-    pub fn leads(&self, raft: &GroupRaft) -> bool {
-        super::leading_term(
-            self.cfg.id,
-            &raft.metrics().borrow_watched(),
-            self.cfg.timing.lease(),
-        )
-        .is_some()
-    }
-
-    /// The leader of a hosted group as clients should be told: this node only while it
-    /// leads with a quorum's backing, another only while it is heard from (`None`: nobody
-    /// known).
-    pub fn partition_leader(&self, raft: &GroupRaft) -> Option<NodeId> {
-        let leader = raft.metrics().borrow_watched().current_leader;
-        match leader {
-            Some(l) if l == self.cfg.id => self.leads(raft).then_some(l),
-            // A leader not heard from within its lease is probably gone: saying "none" keeps
-            // clients asking (librdkafka refreshes fast while a leader is unknown) instead of
-            // dialling a dead node until the election is over.
-            Some(l) => self.net.heard().within(l, self.cfg.timing.lease()).then_some(l),
-            None => None,
-        }
-    }
-
     /// Addresses of `ids`: from the registered nodes, else the static peer list.
     fn members(&self, ids: impl IntoIterator<Item = NodeId>) -> BTreeMap<NodeId, NodeAddr> {
         let meta = self.metadata();
@@ -903,7 +845,13 @@ impl Node {
     }
 
     /// Starts hosting a partition (after a restart, or when its topic appears).
-    async fn host(&self, topic: u32, partition: u32, replicas: &[NodeId]) -> std::io::Result<()> {
+    async fn host(
+        &self,
+        topic: u32,
+        partition: u32,
+        replicas: &[NodeId],
+        moved: bool,
+    ) -> std::io::Result<()> {
         let key = GroupId::Partition { topic, partition }.key();
         let view = Arc::new(PartitionView::default());
         let observer = Observer::Partition {
@@ -938,7 +886,9 @@ impl Node {
                 view,
             },
         );
-        if fresh && replicas.first() == Some(&self.cfg.id) {
+        // A partition whose replicas changed has its log on the others: a new replica gets it
+        // from them, and must not start a group of its own.
+        if fresh && !moved && replicas.first() == Some(&self.cfg.id) {
             let members = self.members(replicas.iter().copied());
             if let Err(e) = raft.initialize(members).await {
                 warn!(topic, partition, error = %e, "initializing a partition group failed");
@@ -991,11 +941,16 @@ async fn reconcile(node: std::sync::Weak<Node>, mut meta: watch::Receiver<Arc<Me
         }
         for (key, (topic, partition, replicas)) in &want {
             if !have.contains(key) {
-                if let Err(e) = n.host(*topic, *partition, replicas).await {
+                let moved = m.moved.contains(&(*topic, *partition));
+                if let Err(e) = n.host(*topic, *partition, replicas, moved).await {
                     warn!(topic, partition, error = %e, "hosting a partition failed");
                 }
             }
         }
+        if let Err(e) = n.host_offsets(&m).await {
+            warn!(error = %e, "hosting the offsets logs failed");
+        }
+        n.groups.retire(m.replaced.keys().copied());
         n.publish_catalog(&m);
         drop(n);
         if meta.changed().await.is_err() {
