@@ -161,13 +161,21 @@ async fn a_topic_created_on_any_node_is_replicated_with_leaders_spread() {
     })
     .await
     .unwrap();
-    // The Kafka-facing catalog names the topic with the hosted watermarks.
-    assert_eq!(
-        nodes[0].catalog.topic("readings").unwrap().partitions[2]
-            .hw
-            .load(Ordering::SeqCst),
-        10
-    );
+    // The Kafka-facing catalog names the topic with the hosted watermarks (a follower's
+    // learns the commit with the leader's next append or heartbeat).
+    until_async(
+        Duration::from_secs(30),
+        "node 1's catalog at the high watermark",
+        || {
+            (nodes[0].catalog.topic("readings")?.partitions[2]
+                .hw
+                .load(Ordering::SeqCst)
+                == 10)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let pid = nodes[1].producer_id().await.unwrap();
     assert_ne!(
         nodes[2].producer_id().await.unwrap(),

@@ -194,7 +194,7 @@ pub(crate) async fn produce_phases<P: Phases>(
             peak.first_error.unwrap_or_default()
         );
     }
-    let half = peak.rate / 2.0;
+    let half = cli.latency_rate.unwrap_or(peak.rate / 2.0);
     let lat = driver.phase(cli.latency_seconds, Some(half), pids).await?;
     let lat_rss = rss_mib(pids);
     if lat.failed > 0 {

@@ -117,6 +117,10 @@ struct Cli {
     /// least).
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
+    /// Rate of the latency phase, records/s, instead of half the peak (to compare builds or
+    /// systems at one rate).
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Value size of every record.
     #[arg(long, default_value_t = 100)]
     record_bytes: usize,

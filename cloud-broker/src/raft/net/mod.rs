@@ -14,8 +14,13 @@
 //! Frames are bounded ([`MAX_FRAME`]); a frame over the limit, an unknown kind or a payload
 //! that does not decode closes only that connection.
 
+mod stream;
+
 use std::collections::HashMap;
 use std::future::Future;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +30,7 @@ use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
@@ -60,6 +65,8 @@ enum Kind {
     /// A leader handing its group over: the target starts an election at once, the others
     /// stop honouring the old leader's lease (openraft's `handle_transfer_leader`).
     TransferLeader = 9,
+    /// One request of a pipelined AppendEntries stream (see [`stream`]).
+    StreamAppend = 10,
 }
 
 impl Kind {
@@ -75,6 +82,7 @@ impl Kind {
             7 => Kind::Propose,
             8 => Kind::Ping,
             9 => Kind::TransferLeader,
+            10 => Kind::StreamAppend,
             _ => return None,
         })
     }
@@ -279,9 +287,15 @@ async fn serve_conn(
     let (tx, rx) = mpsc::channel::<Frame>(QUEUE);
     let writer = tokio::spawn(write_frames(wr, rx));
     let mut requests = tokio::task::JoinSet::new();
+    let mut streams = stream::Streams::default();
     let r = async {
         while let Some(f) = read_frame(&mut rd).await? {
             heard.now(h.node);
+            // A stream's requests are handed on in the order they arrived, never concurrently.
+            if f.kind == Kind::StreamAppend {
+                streams.take(&groups, f, &tx);
+                continue;
+            }
             let (groups, tx) = (groups.clone(), tx.clone());
             while requests.try_join_next().is_some() {}
             requests.spawn(async move {
@@ -366,7 +380,7 @@ async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
                 .map(|r| to_bytes(&r.data))
                 .map_err(|e| e.to_string())
         }
-        Kind::Hello | Kind::Reply | Kind::Failed | Kind::Ping => {
+        Kind::Hello | Kind::Reply | Kind::Failed | Kind::Ping | Kind::StreamAppend => {
             Err(format!("unexpected {:?} frame", f.kind))
         }
     }
@@ -511,6 +525,26 @@ impl Network {
         payload: Vec<u8>,
         ttl: Duration,
     ) -> Result<Vec<u8>, CallError> {
+        match tokio::time::timeout(ttl, async {
+            self.send(target, addr, kind, group, payload).await?.reply().await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    /// Sends a request frame and returns what waits for its reply: requests sent one after
+    /// another from one task reach the peer in that order (one connection, one writer).
+    async fn send(
+        &self,
+        target: NodeId,
+        addr: &str,
+        kind: Kind,
+        group: u64,
+        payload: Vec<u8>,
+    ) -> Result<InFlight, CallError> {
         let peer = self.peer(target, addr);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -518,32 +552,22 @@ impl Network {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        let sent = async {
-            let conn = self.connection(&peer).await?;
-            conn.send(Frame {
-                kind,
-                group,
-                id,
-                payload,
-            })
-            .await
-            .map_err(|_| CallError::Unreachable("connection closed".into()))
+        // From here on the entry goes when the reply has come or the wait is given up.
+        let flight = InFlight {
+            pending: peer.pending.clone(),
+            id,
+            rx,
         };
-        let r = match tokio::time::timeout(ttl, async {
-            sent.await?;
-            match rx.await {
-                Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err(CallError::Remote(e)),
-                Err(_) => Err(CallError::Unreachable("connection lost".into())),
-            }
+        let conn = self.connection(&peer).await?;
+        conn.send(Frame {
+            kind,
+            group,
+            id,
+            payload,
         })
         .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Timeout),
-        };
-        peer.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        r
+        .map_err(|_| CallError::Unreachable("connection closed".into()))?;
+        Ok(flight)
     }
 
     async fn connection(&self, peer: &Arc<Peer>) -> Result<mpsc::Sender<Frame>, CallError> {
@@ -606,6 +630,34 @@ impl Network {
         *conn = Some((tx.clone(), dead));
         info!(peer = %peer.addr, "raft connection up");
         Ok(tx)
+    }
+}
+
+/// A request sent, its reply awaited; dropping it forgets the request (a late reply is
+/// discarded).
+struct InFlight {
+    pending: Pending,
+    id: u64,
+    rx: oneshot::Receiver<Result<Vec<u8>, String>>,
+}
+
+impl InFlight {
+    /// The reply: the payload, the peer's refusal, or the connection's loss.
+    async fn reply(mut self) -> Result<Vec<u8>, CallError> {
+        match (&mut self.rx).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err(CallError::Remote(e)),
+            Err(_) => Err(CallError::Unreachable("connection lost".into())),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -708,6 +760,23 @@ impl RaftNetworkV2<TypeConfig> for NetClient {
         o: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(Kind::PreVote, &rpc, &o).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        self.pipelined(input, option)
     }
 
     async fn transfer_leader(
