@@ -48,6 +48,9 @@ pub const MAX_FRAME: usize = 256 << 20;
 /// Frames queued per peer before RPCs wait.
 const QUEUE: usize = 4096;
 
+/// How long a new connection may take to say who it is.
+const HELLO_DEADLINE: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum Kind {
@@ -263,8 +266,9 @@ async fn serve_conn(
     heard: Heard,
 ) -> std::io::Result<()> {
     let (mut rd, wr) = sock.into_split();
-    let hello = read_frame(&mut rd)
-        .await?
+    let hello = tokio::time::timeout(HELLO_DEADLINE, read_frame(&mut rd))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello in time"))??
         .ok_or(std::io::ErrorKind::UnexpectedEof)?;
     let h: Hello = from_bytes(&hello.payload)?;
     if hello.kind != Kind::Hello || h.cluster != cluster || h.node == me {
@@ -818,3 +822,6 @@ impl RaftNetworkV2<TypeConfig> for NetClient {
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
+
+#[cfg(test)]
+mod tests;

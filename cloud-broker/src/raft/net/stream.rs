@@ -9,7 +9,11 @@
 //! arrived (one connection, one reader), which answers each once its entries are on disk, so
 //! the follower's store writes many rounds in one fsync.
 //!
-//! A stream is named by an id its sender draws; its frames carry `(stream id, request)`. A
+//! A stream is named by an id its sender draws; its frames carry `(stream id, request, last)`,
+//! `last` set on the request the stream ends with when the sender knows it then (else a frame
+//! without a request ends it), so the receiver's worker for the stream ends with it. openraft
+//! sends each heartbeat as a stream of one request: such a stream is answered like a unary
+//! append, without a worker. A
 //! group has several streams to a follower at once (openraft sends heartbeats on a stream of
 //! their own), each kept in order. A stream ends at its first error (a conflict, a newer vote,
 //! a lost connection, a timeout): the receiver refuses the rest of its frames, and the leader
@@ -22,10 +26,10 @@ use std::sync::atomic::Ordering;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::error::RPCError;
 use openraft::network::RPCOption;
-use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult};
 use tokio::sync::mpsc;
 
 use super::{from_bytes, to_bytes, CallError, Frame, Groups, InFlight, Kind, NetClient};
@@ -45,6 +49,10 @@ type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// A request of a stream as the receiver queues it: the frame id to answer, and the request.
 type Queued = (u64, AppendEntriesRequest<TypeConfig>);
+
+/// A `StreamAppend` frame's payload: the stream, the request (none: the stream ends), and
+/// whether it is the stream's last.
+type Message = (u64, Option<AppendEntriesRequest<TypeConfig>>, bool);
 
 impl NetClient {
     /// The sending half (see the module docs).
@@ -66,12 +74,36 @@ impl NetClient {
             // The queue of requests sent, in order; its bound is the window.
             let (sent_tx, sent_rx) = mpsc::channel::<Result<InFlight, CallError>>(WINDOW);
             tokio::spawn(async move {
-                while let Some(req) = input.next().await {
-                    let frame = to_bytes(&(stream, &req));
-                    let r = net.send(target, &addr, Kind::StreamAppend, group, frame).await;
+                let mut held = None;
+                loop {
+                    let req = match held.take() {
+                        Some(r) => r,
+                        None => match input.next().await {
+                            Some(r) => r,
+                            None => {
+                                // Ended after a request that was not known to be the last.
+                                let end: Message = (stream, None, true);
+                                let _ = net
+                                    .send(target, &addr, Kind::StreamAppend, group, to_bytes(&end))
+                                    .await;
+                                return;
+                            }
+                        },
+                    };
+                    // Whether another request is there already, or the input has ended.
+                    let last = match input.next().now_or_never() {
+                        Some(Some(next)) => {
+                            held = Some(next);
+                            false
+                        }
+                        Some(None) => true,
+                        None => false,
+                    };
+                    let msg = to_bytes(&(stream, Some(&req), last));
+                    let r = net.send(target, &addr, Kind::StreamAppend, group, msg).await;
                     let failed = r.is_err();
                     // The output side gone (openraft dropped the stream): stop sending.
-                    if sent_tx.send(r).await.is_err() || failed {
+                    if sent_tx.send(r).await.is_err() || failed || last {
                         return;
                     }
                 }
@@ -122,13 +154,22 @@ impl Streams {
                 payload: to_bytes(&why.to_string()),
             });
         };
-        let Ok((stream, req)) = from_bytes::<(u64, AppendEntriesRequest<TypeConfig>)>(&f.payload) else {
+        let Ok((stream, req, last)) = from_bytes::<Message>(&f.payload) else {
             return refuse("undecodable stream append");
+        };
+        let key = (f.group, stream);
+        let Some(req) = req else {
+            // The stream's end: its worker answers what it holds and stops.
+            self.open.remove(&key);
+            return;
         };
         let Some(raft) = groups.get(f.group) else {
             return refuse("no such group on this node");
         };
-        let key = (f.group, stream);
+        if last && !self.open.contains_key(&key) {
+            tokio::spawn(answer_one(raft, f.group, f.id, req, replies.clone()));
+            return;
+        }
         if !self.open.contains_key(&key) {
             // Forget the streams that ended before taking a new one.
             self.open.retain(|_, q| !q.is_closed());
@@ -145,7 +186,45 @@ impl Streams {
         if queue.try_send((f.id, req)).is_err() {
             refuse("stream ended or over its window");
         }
+        if last {
+            // Its worker ends once it has answered what it holds.
+            self.open.remove(&key);
+        }
     }
+}
+
+/// Answers a stream of one request (a heartbeat) as a unary append.
+async fn answer_one(
+    raft: GroupRaft,
+    group: u64,
+    id: u64,
+    req: AppendEntriesRequest<TypeConfig>,
+    replies: mpsc::Sender<Frame>,
+) {
+    let prev = req.prev_log_id;
+    let last = req.entries.last().map(|e| e.log_id).or(prev);
+    let answer: Result<StreamAppendResult<TypeConfig>, String> = match raft.append_entries(req).await {
+        Ok(AppendEntriesResponse::Success) => Ok(Ok(last)),
+        Ok(AppendEntriesResponse::PartialSuccess(upto)) => Ok(Ok(upto)),
+        Ok(AppendEntriesResponse::HigherVote(v)) => Ok(Err(StreamAppendError::HigherVote(v))),
+        Ok(AppendEntriesResponse::Conflict) => match prev {
+            Some(p) => Ok(Err(StreamAppendError::Conflict(p))),
+            None => Err("a conflict without a previous entry".into()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let (kind, payload) = match answer {
+        Ok(r) => (Kind::Reply, to_bytes(&r)),
+        Err(e) => (Kind::Failed, to_bytes(&e)),
+    };
+    let _ = replies
+        .send(Frame {
+            kind,
+            group,
+            id,
+            payload,
+        })
+        .await;
 }
 
 /// Feeds one stream's requests to openraft in order and answers each, in order, once openraft

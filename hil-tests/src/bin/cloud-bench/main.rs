@@ -244,6 +244,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     let dirs = Dirs::default();
     let mut systems = serde_json::Map::new();
     for &sys in cli.system.systems() {
+        dirs.settle();
         let r = match sys {
             System::Single => bench_kafka(cli, &root, &dirs).await,
             System::JetStream => bench_jetstream(cli, &root, &dirs).await,

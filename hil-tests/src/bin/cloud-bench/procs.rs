@@ -31,6 +31,21 @@ impl Dirs {
     }
 }
 
+impl Dirs {
+    /// Removes every directory made so far and waits until the disk has written out what the
+    /// system before left in the page cache: the next system's fsyncs must not queue behind
+    /// a gigabyte of someone else's write-back (measured: it cost the cluster after the single
+    /// node half its peak, and runs of one build varied threefold).
+    pub(crate) fn settle(&self) {
+        for d in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
 impl Drop for Dirs {
     fn drop(&mut self) {
         for d in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
