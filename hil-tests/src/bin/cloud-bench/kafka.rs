@@ -225,12 +225,26 @@ pub(crate) async fn bench_kafka(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::
             ])
             .arg("--data-dir")
             .arg(&dir)
+            .args(if cli.single_as_raft {
+                vec![
+                    "--raft-listen".to_string(),
+                    format!("127.0.0.1:{}", foundation::net::free_port()?),
+                ]
+            } else {
+                Vec::new()
+            })
             .env("CLOUD_LOG", "warn"),
         port,
     )
     .await?;
     let addr = format!("127.0.0.1:{port}");
-    create_topic(&addr, TOPIC, cli.partitions, 1, Duration::ZERO).await?;
+    // A one-node cluster elects its controller as it starts.
+    let retry = if cli.single_as_raft {
+        Duration::from_secs(60)
+    } else {
+        Duration::ZERO
+    };
+    create_topic(&addr, TOPIC, cli.partitions, 1, retry).await?;
     let r = kafka_phases(cli, &addr, &[("cloud-broker", broker.pid())]).await;
     drop(broker);
     r

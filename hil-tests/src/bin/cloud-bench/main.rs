@@ -121,6 +121,11 @@ struct Cli {
     /// systems at one rate).
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// Run the single node (`cloud-broker` in the tables) as a one-node Raft cluster
+    /// (`--raft-listen`, no peers: every partition a Raft group of one) instead of the
+    /// single-node writer, to measure what replication's machinery costs on its own.
+    #[arg(long)]
+    single_as_raft: bool,
     /// Value size of every record.
     #[arg(long, default_value_t = 100)]
     record_bytes: usize,
