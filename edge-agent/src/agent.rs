@@ -165,7 +165,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // from the checkpoint at the next start.
         b.shutdown();
     }
-    info!("stopped");
+    // Threads and tasks that are not joined may still hold the store: closing it here, not
+    // when the last of them lets go, is what leaves the file clean.
+    store.close();
+    info!("stopped; the log file is closed");
     Ok(())
 }
 

@@ -86,6 +86,10 @@ async fn device_fleet_lands_exactly_once_and_sigterm_is_graceful() {
     assert!(devices.contains("\"fleet-19\""), "{devices}");
     let status = agent.terminate(Duration::from_secs(20)).unwrap();
     assert!(status.success(), "graceful shutdown exits 0: {status}");
+    assert!(
+        !foundation::redb::needs_recovery(&agent.data_dir.join("log.redb")).unwrap(),
+        "SIGTERM left the log needing a repair"
+    );
     assert_exactly_once_in_order(&log_contents(&agent.data_dir), "fleet-", 20, 300);
 }
 
@@ -127,6 +131,10 @@ async fn kill_9_during_ingest_loses_and_duplicates_nothing() {
     );
     assert!(total >= 4_000.0);
     agent.terminate(Duration::from_secs(20)).unwrap();
+    assert!(
+        !foundation::redb::needs_recovery(&agent.data_dir.join("log.redb")).unwrap(),
+        "SIGTERM after four crashes and restarts left the log needing a repair"
+    );
     // Everything any device saw acked (here: everything) is in the log exactly once, in order.
     assert_exactly_once_in_order(&log_contents(&agent.data_dir), "crash-", 20, 1_500);
 }

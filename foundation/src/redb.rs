@@ -35,6 +35,17 @@ const LAYOUT_KEY: &str = "version";
 /// before versions were recorded.
 pub const UNRECORDED_LAYOUT: u64 = 1;
 
+/// Whether the redb file at `path` carries redb's "recovery required" mark (byte 9, bit
+/// 0x02): set while a handle is open, written off when the last handle is dropped. A file
+/// left with it (a crash, or an exit with the database still open) is repaired at its next
+/// open, which reads the whole file. Read without opening the database.
+pub fn needs_recovery(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 10];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    Ok(head[9] & 0x02 != 0)
+}
+
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -98,6 +109,7 @@ pub struct Reopening {
     holder: &'static str,
     db: RwLock<Option<Database>>,
     poisoned: AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Reopening {
@@ -117,6 +129,7 @@ impl Reopening {
             holder,
             db: RwLock::new(None),
             poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         };
         *r.db.write().unwrap_or_else(|e| e.into_inner()) = Some(r.open_db()?);
         Ok(r)
@@ -181,6 +194,9 @@ impl Reopening {
 
     /// Runs `f` on the database, reopening it first if a failure poisoned it.
     pub fn with<T, E: From<OpenError>>(&self, f: impl FnOnce(&Database) -> Result<T, E>) -> Result<T, E> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(OpenError::Closed(self.path.clone()).into());
+        }
         if self.poisoned.load(Ordering::SeqCst) {
             let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
             if self.poisoned.load(Ordering::SeqCst) {
@@ -197,6 +213,15 @@ impl Reopening {
     /// Marks the database for reopening before its next use (after a storage error).
     pub fn poison(&self) {
         self.poisoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the file now, for a clean shutdown while other parts of the process still hold
+    /// this store: waits for the use in progress, drops the handle (redb writes its
+    /// "recovery required" mark off when its last handle goes, so the next open needs no
+    /// repair), and refuses every later use with [`OpenError::Closed`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -300,6 +325,40 @@ mod tests {
         let e = Reopening::open(&path, 1 << 20, "is the test running?").unwrap_err();
         assert!(e.to_string().contains("is the test running?"), "{e}");
         drop(r);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn needs_recovery(path: &Path) -> bool {
+        super::needs_recovery(path).unwrap()
+    }
+
+    #[test]
+    fn close_leaves_a_clean_file_while_the_store_is_still_held() {
+        let dir = std::env::temp_dir().join(format!("foundation-close-{}", crate::ids::unique_tag()));
+        let path = dir.join("c.redb");
+        let r = std::sync::Arc::new(Reopening::open(&path, 1 << 20, "test").unwrap());
+        let held = r.clone();
+        r.with(|db| {
+            let tx = db.begin_write().unwrap();
+            tx.open_table(T).unwrap().insert(1, 1).unwrap();
+            tx.commit().unwrap();
+            Ok::<_, OpenError>(())
+        })
+        .unwrap();
+        assert!(needs_recovery(&path), "redb marks an open file");
+        r.close();
+        assert!(!needs_recovery(&path), "closed: no repair at the next open");
+        r.poison();
+        let e = held.with(|_| Ok::<_, OpenError>(())).unwrap_err();
+        assert!(matches!(e, OpenError::Closed(_)), "{e}");
+        assert!(
+            !needs_recovery(&path),
+            "a closed store is not reopened, even poisoned"
+        );
+        drop((r, held));
+        let db = Database::open(&path).unwrap();
+        assert_eq!(db.begin_read().unwrap().open_table(T).unwrap().len().unwrap(), 1);
+        drop(db);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -476,6 +476,17 @@ impl Broker {
 }
 
 impl Broker {
+    /// Stops the engine for a clean exit: a cluster node stops its groups and writes out its
+    /// store; then the data file is closed, so redb's "recovery required" mark is off and the
+    /// next start needs no repair. Requests still in flight fail (nothing unacknowledged is
+    /// lost: every acknowledgement follows a commit).
+    pub async fn shutdown(&self) {
+        match &self.backend {
+            Backend::Single { storage, .. } => storage.close(),
+            Backend::Cluster(node) => node.stop().await,
+        }
+    }
+
     /// Replaces cluster node `old` with node `new`, whose Raft listener is `raft` (see
     /// [`crate::raft::node::membership`]).
     pub async fn replace_node(&self, old: NodeId, new: NodeId, raft: &str) -> Result<(), String> {

@@ -291,11 +291,17 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 }),
             );
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");
-        tokio::select! {
-            r = crate::server::serve(broker, listener) => r?,
-            r = axum::serve(http, health) => r?,
-            _ = foundation::shutdown::signal_received() => info!("shutting down"),
-        }
-        anyhow::Ok(())
+        let closer = broker.clone();
+        let r = tokio::select! {
+            r = crate::server::serve(broker, listener) => r.map_err(anyhow::Error::from),
+            r = axum::serve(http, health) => r.map_err(anyhow::Error::from),
+            _ = foundation::shutdown::signal_received() => {
+                info!("shutting down");
+                Ok(())
+            }
+        };
+        closer.shutdown().await;
+        info!("stopped; the data files are closed");
+        r
     })
 }

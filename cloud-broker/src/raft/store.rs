@@ -250,6 +250,12 @@ impl NodeStore {
         self.write(Op::Sync, true).await
     }
 
+    /// Closes the file for a clean stop (after [`NodeStore::sync`]): later writes and reads
+    /// fail.
+    pub fn close(&self) {
+        self.inner.db.close();
+    }
+
     /// Forgets a group: its log, state and batches.
     pub async fn drop_group(&self, group: u64) -> io::Result<()> {
         self.write(Op::Drop { group }, true).await

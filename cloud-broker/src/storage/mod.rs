@@ -183,6 +183,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         from: i64,
         limit: usize,
     ) -> Result<Vec<BatchHeader>, StoreError>;
+    /// Closes the store for a clean stop: later calls fail. (Nothing to do in memory.)
+    fn close(&self) {}
 }
 
 /// [`Storage::read`]'s rule for one stored batch `b`, in offset order: skipped while it ends

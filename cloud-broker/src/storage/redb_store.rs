@@ -103,6 +103,10 @@ impl RedbStorage {
 }
 
 impl Storage for RedbStorage {
+    fn close(&self) {
+        self.db.close();
+    }
+
     fn apply(&self, w: &WriteSet) -> Result<(), StoreError> {
         let r = self.with_db(|db| {
             let mut tx = db.begin_write().map_err(io)?;

@@ -164,6 +164,17 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// SIGTERM, and the exit status once it is gone (a panic if it had to be killed after 30 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("the broker is not running");
+        let (status, killed) = c
+            .terminate(Duration::from_secs(30))
+            .expect("the broker had exited");
+        assert!(!killed, "the broker did not exit within 30 s of SIGTERM");
+        self.child = None;
+        status
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -93,6 +93,12 @@ fn parts_decode(b: &[u8]) -> Result<PartitionStats, LogError> {
 }
 
 impl RedbLog {
+    /// Closes the file for a clean stop, whoever still holds the store: later calls fail, and
+    /// redb's "recovery required" mark is off, so the next start needs no repair.
+    pub fn close(&self) {
+        self.db.close();
+    }
+
     /// Opens (or creates) the log at `path`. Fails with a clear error if another process
     /// has it open (redb allows one), or if the file is of another layout version.
     pub fn open(path: &Path) -> Result<Self, LogError> {

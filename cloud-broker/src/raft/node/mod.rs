@@ -763,6 +763,9 @@ impl Node {
         if let Err(e) = self.store.sync().await {
             warn!(error = %e, "the last writes of a stopping node did not reach the disk");
         }
+        // Closed here rather than when the last handle goes: tasks the runtime has not
+        // dropped yet may still hold one, and a file left open needs a repair at the next start.
+        self.store.close();
     }
 
     /// One retention pass at `now_ms` over every partition this node hosts (see the module docs).
