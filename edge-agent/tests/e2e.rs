@@ -432,41 +432,10 @@ fn firmware_under_qemu_is_acked_by_the_agent() {
     assert_exactly_once_in_order(&log_contents(&agent.data_dir), "qemu-edge", 1, 300);
 }
 
-/// A small tmpfs, unmounted on drop: a disk that can really fill up.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(mib: u32) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "edge-small-disk-{}-{}",
-            std::process::id(),
-            hil_tests::free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("running mount");
-        assert!(
-            st.success(),
-            "mounting a tmpfs failed: this test needs root (the README's test command runs as root)"
-        );
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_acks_and_the_agent_recovers_by_itself() {
-    let disk = SmallDisk::mount(24);
-    let data = disk.0.join("edge");
+    let disk = foundation::scratch::Tmpfs::mount("edge-small-disk", 24).unwrap();
+    let data = disk.path().join("edge");
     let mut agent =
         EdgeAgent::start_with(&bin(), &data, hil_tests::free_port(), hil_tests::free_port()).unwrap();
     let mut cfg = sim_cfg(agent.mqtt_addr(), 5, 1_000, "disk-");
@@ -481,12 +450,7 @@ async fn a_full_disk_stops_acks_and_the_agent_recovers_by_itself() {
     .await
     .unwrap();
     // Take every free byte of the disk.
-    let filler = disk.0.join("filler");
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k"])
-        .arg(format!("of={}", filler.display()))
-        .stderr(std::process::Stdio::null())
-        .status();
+    let filler = disk.fill().unwrap();
     wait::until_async(Duration::from_secs(30), "the agent to report degraded", || {
         (agent.get("/health").ok()?.0 == 503).then_some(())
     })

@@ -110,6 +110,8 @@ pub struct Reopening {
     db: RwLock<Option<Database>>,
     poisoned: AtomicBool,
     closed: AtomicBool,
+    /// Why the last write failed, until one succeeds.
+    write_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Reopening {
@@ -130,6 +132,7 @@ impl Reopening {
             db: RwLock::new(None),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            write_failure: std::sync::Mutex::new(None),
         };
         *r.db.write().unwrap_or_else(|e| e.into_inner()) = Some(r.open_db()?);
         Ok(r)
@@ -213,6 +216,30 @@ impl Reopening {
     /// Marks the database for reopening before its next use (after a storage error).
     pub fn poison(&self) {
         self.poisoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Records a failed write: the handle is reopened before its next use ([`Reopening::poison`])
+    /// and the store reports the failure ([`Reopening::write_failure`]) until a write succeeds.
+    pub fn write_failed(&self, why: impl std::fmt::Display) {
+        self.poison();
+        *self.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+    }
+
+    /// Records a successful write: the store is healthy again.
+    pub fn write_succeeded(&self) {
+        let mut f = self.write_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_some() {
+            *f = None;
+        }
+    }
+
+    /// Why the last write failed, while no write has succeeded since (a full disk, an I/O
+    /// error): what a health check reports.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Closes the file now, for a clean shutdown while other parts of the process still hold

@@ -476,6 +476,19 @@ impl Broker {
 }
 
 impl Broker {
+    /// What `/health` says: `Err` with the reason while the data store's writes fail (a full
+    /// disk, an I/O error), until one succeeds again.
+    pub fn health(&self) -> Result<(), String> {
+        let failure = match &self.backend {
+            Backend::Single { storage, .. } => storage.write_failure(),
+            Backend::Cluster(node) => node.write_failure(),
+        };
+        match failure {
+            Some(why) => Err(format!("storage writes are failing: {why}")),
+            None => Ok(()),
+        }
+    }
+
     /// Stops the engine for a clean exit: a cluster node stops its groups and writes out its
     /// store; then the data file is closed, so redb's "recovery required" mark is off and the
     /// next start needs no repair. Requests still in flight fail (nothing unacknowledged is

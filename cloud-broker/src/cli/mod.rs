@@ -250,8 +250,23 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let status = broker.clone();
         let digests = broker.clone();
         let replacer = broker.clone();
+        let checker = broker.clone();
         let health = axum::Router::new()
-            .route("/health", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/health",
+                axum::routing::get(move || {
+                    let b = checker.clone();
+                    async move {
+                        match b.health() {
+                            Ok(()) => (axum::http::StatusCode::OK, "ok".to_string()),
+                            Err(why) => (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                format!("degraded: {why}"),
+                            ),
+                        }
+                    }
+                }),
+            )
             .route(
                 "/api/cluster",
                 axum::routing::get(move || {

@@ -250,6 +250,11 @@ impl NodeStore {
         self.write(Op::Sync, true).await
     }
 
+    /// Why the last write failed, while none has succeeded since (`None`: healthy).
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.db.write_failure()
+    }
+
     /// Closes the file for a clean stop (after [`NodeStore::sync`]): later writes and reads
     /// fail.
     pub fn close(&self) {
@@ -456,9 +461,12 @@ fn writer(db: Arc<Reopening>, rx: mpsc::Receiver<Job>) {
             }
             tx.commit().map_err(io_err)
         });
-        if let Err(e) = &r {
-            warn!(error = %e, jobs = jobs.len(), "raft store write failed");
-            db.poison();
+        match &r {
+            Ok(()) => db.write_succeeded(),
+            Err(e) => {
+                warn!(error = %e, jobs = jobs.len(), "raft store write failed");
+                db.write_failed(e);
+            }
         }
         for j in jobs {
             if let Some(done) = j.done {

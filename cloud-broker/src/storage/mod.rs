@@ -185,6 +185,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<BatchHeader>, StoreError>;
     /// Closes the store for a clean stop: later calls fail. (Nothing to do in memory.)
     fn close(&self) {}
+    /// Why the last write failed, while none has succeeded since (`None`: healthy).
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// [`Storage::read`]'s rule for one stored batch `b`, in offset order: skipped while it ends

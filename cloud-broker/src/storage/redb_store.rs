@@ -107,6 +107,10 @@ impl Storage for RedbStorage {
         self.db.close();
     }
 
+    fn write_failure(&self) -> Option<String> {
+        self.db.write_failure()
+    }
+
     fn apply(&self, w: &WriteSet) -> Result<(), StoreError> {
         let r = self.with_db(|db| {
             let mut tx = db.begin_write().map_err(io)?;
@@ -171,8 +175,9 @@ impl Storage for RedbStorage {
             }
             tx.commit().map_err(io)
         });
-        if r.is_err() {
-            self.db.poison();
+        match &r {
+            Ok(()) => self.db.write_succeeded(),
+            Err(e) => self.db.write_failed(e),
         }
         r
     }

@@ -151,8 +151,10 @@ impl RedbLog {
             tx.commit().map_err(storage)?;
             Ok(value)
         });
-        if let Err(LogError::Storage(_)) = &result {
-            self.db.poison();
+        match &result {
+            Ok(_) => self.db.write_succeeded(),
+            Err(e @ LogError::Storage(_)) => self.db.write_failed(e),
+            Err(_) => {}
         }
         result
     }

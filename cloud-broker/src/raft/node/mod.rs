@@ -271,6 +271,11 @@ impl Node {
         Ok(node)
     }
 
+    /// Why the node's store last failed to write, while no write has succeeded since.
+    pub fn write_failure(&self) -> Option<String> {
+        self.store.write_failure()
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.cfg.id
