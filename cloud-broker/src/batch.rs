@@ -170,6 +170,29 @@ pub fn set_base_offset(batch: &mut [u8], base: i64) {
     batch[0..8].copy_from_slice(&base.to_be_bytes());
 }
 
+/// Checks batches read back from storage: the length of the prefix of whole batches whose
+/// CRC-32C still holds, and the base offset of the first that does not, if any (`Some(None)`
+/// when not even its header reads). The store does not checksum its pages (redb returns a
+/// flipped bit in a data page as data): the batch's own CRC, checked on produce, is what tells
+/// damaged bytes from records.
+pub fn check_stored(bytes: &[u8]) -> (usize, Option<Option<i64>>) {
+    let mut good = 0;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Ok(h) = header(rest) else {
+            return (good, Some(None));
+        };
+        let b = &rest[..h.size];
+        let crc = u32::from_be_bytes(b[17..21].try_into().unwrap_or_default());
+        if crc32c::crc32c(&b[21..]) != crc {
+            return (good, Some(Some(h.base_offset)));
+        }
+        good += h.size;
+        rest = &rest[h.size..];
+    }
+    (good, None)
+}
+
 /// Walks stored batches (already validated on the way in): yields each header and its bytes.
 /// Stops at the first inconsistency instead of failing, since a reader cannot fix the log.
 pub fn iter(mut bytes: &[u8]) -> impl Iterator<Item = (BatchHeader, &[u8])> {
@@ -261,6 +284,21 @@ pub(crate) mod tests {
             }
         }
         got
+    }
+
+    #[test]
+    fn stored_batches_are_checked_up_to_the_first_damaged_one() {
+        let (a, b) = (make_batch(2, -1, -1, -1, 1), make_batch(3, -1, -1, -1, 1));
+        let all = [a.clone(), b.clone()].concat();
+        assert_eq!(check_stored(&all), (all.len(), None));
+        let mut bad = all.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x10;
+        assert_eq!(check_stored(&bad), (a.len(), Some(Some(0))));
+        let mut bad = all.clone();
+        bad[30] ^= 0x01;
+        assert_eq!(check_stored(&bad), (0, Some(Some(0))));
+        assert_eq!(check_stored(&all[..a.len() + 5]), (a.len(), Some(None)));
     }
 
     #[test]

@@ -39,6 +39,12 @@ fn parse_addr(id: NodeId, addr: &str) -> Option<BrokerAddr> {
     Some((i32::try_from(id).ok()?, host.to_string(), port.parse().ok()?))
 }
 
+/// A read ran into damaged stored data (see [`Broker::read`]); clients get
+/// `KAFKA_STORAGE_ERROR` for the partition.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DamagedData(pub String);
+
 /// Where a partition stands, for Metadata and `/api/cluster` (by default: nowhere known).
 #[derive(Debug, Clone)]
 pub struct PartitionPlace {
@@ -197,8 +203,49 @@ impl Broker {
     }
 
     /// Whole batches from the one holding `from`, below `end`, up to about `max_bytes` (at
-    /// least one when there is any).
+    /// least one when there is any), each checked against its CRC-32C: damaged stored bytes
+    /// are never served. The batches before a damaged one are; a read that starts at one
+    /// fails with [`DamagedData`]. Either way the damage is logged with its topic, partition
+    /// and offset, and `/health` reports it from then on.
     pub fn read(
+        &self,
+        topic_id: u32,
+        partition: u32,
+        from: i64,
+        end: i64,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<u8>> {
+        let mut raw = self.read_unchecked(topic_id, partition, from, end, max_bytes)?;
+        let (good, bad) = batch::check_stored(&raw);
+        if let Some(at) = bad {
+            let topic = self
+                .catalog
+                .topics
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .find(|t| t.meta.id == topic_id)
+                .map_or_else(|| format!("#{topic_id}"), |t| t.meta.name.clone());
+            let at = at.map_or_else(
+                || "an unreadable batch header".to_string(),
+                |o| format!("offset {o}"),
+            );
+            let what =
+                format!("damaged stored batch in {topic} partition {partition} at {at} (CRC-32C mismatch)");
+            tracing::error!(topic, partition, from, "{what}: not served");
+            self.damage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(what.clone());
+            if good == 0 {
+                return Err(DamagedData(what).into());
+            }
+            raw.truncate(good);
+        }
+        Ok(raw)
+    }
+
+    fn read_unchecked(
         &self,
         topic_id: u32,
         partition: u32,
@@ -479,6 +526,9 @@ impl Broker {
     /// What `/health` says: `Err` with the reason while the data store's writes fail (a full
     /// disk, an I/O error), until one succeeds again.
     pub fn health(&self) -> Result<(), String> {
+        if let Some(d) = self.damage.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(d);
+        }
         let failure = match &self.backend {
             Backend::Single { storage, .. } => storage.write_failure(),
             Backend::Cluster(node) => node.write_failure(),

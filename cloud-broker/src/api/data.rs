@@ -122,8 +122,13 @@ fn read_partition(
     if offset == hw || max_bytes == 0 {
         return Ok((Code::None, hw, start, Bytes::new()));
     }
-    let raw = b.read(t.meta.id, partition as u32, offset, hw, max_bytes)?;
-    Ok((Code::None, hw, start, Bytes::from(raw)))
+    match b.read(t.meta.id, partition as u32, offset, hw, max_bytes) {
+        Ok(raw) => Ok((Code::None, hw, start, Bytes::from(raw))),
+        Err(e) if e.is::<super::backend::DamagedData>() => {
+            Ok((Code::KafkaStorageError, hw, start, Bytes::new()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Fetch with long polling: answers once `min_bytes` are there or `max_wait_ms` passed.

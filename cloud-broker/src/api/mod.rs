@@ -33,6 +33,8 @@ pub struct Broker {
     pub groups: groups::Coordinator,
     /// Cluster id given in Metadata.
     pub cluster_id: String,
+    /// The first damaged stored data a read ran into (see [`Broker::read`]).
+    pub damage: std::sync::Mutex<Option<String>>,
 }
 
 impl Broker {
@@ -46,6 +48,7 @@ impl Broker {
             catalog,
             offsets,
             groups: groups::Coordinator::default(),
+            damage: std::sync::Mutex::new(None),
             cluster_id,
         }))
     }
@@ -60,6 +63,7 @@ impl Broker {
             offsets: node.offsets.clone(),
             backend: Backend::Cluster(node),
             groups: groups::Coordinator::default(),
+            damage: std::sync::Mutex::new(None),
             cluster_id,
         })
     }
