@@ -82,14 +82,29 @@ async fn acks_beyond(feeder: &Feeder, from: usize, n: usize, what: &str) {
     .unwrap();
 }
 
-/// How long after `t` partition `p` had an acknowledgement again.
-async fn stall(feeder: &Feeder, p: i32, t: Instant) -> Duration {
+/// How long after `t` partition `p` had an acknowledgement again (on a timeout, the panic
+/// shows how each node sees the partitions).
+async fn stall(nodes: &[Broker], feeder: &Feeder, p: i32, t: Instant) -> Duration {
     foundation::wait::until_async(Duration::from_secs(60), "produce to resume", || {
         feeder.first_ack_after(p, t)
     })
     .await
-    .unwrap()
-        - t
+    .unwrap_or_else(|e| {
+        let seen: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                common::cluster::status(n).map_or_else(
+                    || format!("{}: no answer", n.http),
+                    |v| format!("node {}: {}", v["node"], v["partitions"]),
+                )
+            })
+            .collect();
+        panic!(
+            "{e}; {} acknowledged in all:\n{}",
+            feeder.acked(),
+            seen.join("\n")
+        )
+    }) - t
 }
 
 /// Forms the cluster of `nodes`, creates `topic` (three replicas) and starts feeding it; once
@@ -160,7 +175,7 @@ async fn twenty_leader_kills_during_produce_lose_and_duplicate_nothing() {
                 .then(|| t.elapsed())
         })
         .unwrap();
-        let s = stall(&feeder, 0, t).await;
+        let s = stall(&nodes, &feeder, 0, t).await;
         println!(
             "kill {round}/{rounds}: node {leader} (leader of partition 0) killed; a new leader after {elected:?}, \
              partition 0 stalled {s:?}"
@@ -196,7 +211,7 @@ async fn a_leader_frozen_past_the_election_timeout_steps_down_and_acknowledges_n
     let t = Instant::now();
     frozen.signal(libc::SIGSTOP);
     // The others elect a new leader and the producer finds it.
-    let s = stall(&feeder, 0, t).await;
+    let s = stall(&nodes, &feeder, 0, t).await;
     println!("node {leader} frozen; partition 0 stalled {s:?}");
     let others: Vec<&Broker> = nodes
         .iter()
@@ -234,7 +249,7 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_rejoins() {
     let cut = &nodes[leader as usize - 1];
     let t = Instant::now();
     links.isolate(leader, true);
-    let s = stall(&feeder, 0, t).await;
+    let s = stall(&nodes, &feeder, 0, t).await;
     println!("node {leader} cut off; partition 0 stalled {s:?}");
     // The majority keeps serving.
     acks_beyond(&feeder, feeder.acked(), 1_000, "the majority to keep serving").await;

@@ -355,12 +355,19 @@ impl Broker {
             Backend::Cluster(node) => {
                 // Only the nodes alive as far as this one knows, as Kafka lists only brokers
                 // with a live session: a client picks any listed broker for its requests (a
-                // dead one's id may still stand among a partition's replicas).
-                let mut out: Vec<BrokerAddr> = node
-                    .metadata()
+                // dead one's id may still stand among a partition's replicas). But a node
+                // that hears from fewer than a majority is the one cut off, and its view is
+                // the wrong one to narrow the list by: it lists every node, so that a client
+                // asking it does not forget the others (librdkafka drops brokers missing from
+                // a Metadata answer, and was left with only the cut node, whose partitions
+                // have no leader it knows, stalling every partition).
+                let meta = node.metadata();
+                let heard = meta.nodes.keys().filter(|id| node.alive(**id)).count();
+                let cut_off = heard < meta.nodes.len() / 2 + 1;
+                let mut out: Vec<BrokerAddr> = meta
                     .nodes
                     .iter()
-                    .filter(|(id, _)| node.alive(**id))
+                    .filter(|(id, _)| cut_off || node.alive(**id))
                     .filter_map(|(id, a)| parse_addr(*id, &a.kafka))
                     .collect();
                 if !out.iter().any(|b| b.0 == self.cfg.node_id) {
