@@ -19,8 +19,10 @@
 //! [`MetaCommand::ReplaceNode`] puts it in the old one's places; every group's leader then
 //! changes the group's membership to match.
 
+mod catalog;
 mod leadership;
 pub mod membership;
+mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::machine::OffsetsView;
 use super::machine::{GroupMachine, Observer};
@@ -38,11 +40,9 @@ use super::net::{self, Groups, Network};
 use super::sequencer::Sequencer;
 use super::store::{NodeStore, Slot};
 use super::{partition_config, Command, GroupId, GroupRaft, NodeAddr, NodeId, Response, Timing};
-use crate::errors::Code;
 use crate::sm::metadata::{assign, MetaCommand, MetaOutcome, Metadata, ProducerIdBlock};
-use crate::sm::offsets::{self, Commit, OffsetsCommand, OFFSETS_PARTITIONS};
+use crate::sm::offsets::{self, OFFSETS_PARTITIONS};
 use crate::state::{Catalog, PartitionView, TopicView};
-use crate::storage::TopicConfig;
 
 /// Copies of each partition and offsets log (fewer on a smaller cluster).
 pub const REPLICATION_FACTOR: usize = 3;
@@ -438,126 +438,6 @@ impl Node {
         self.leader_of(GroupId::Metadata)
     }
 
-    /// Commits a consumer group's offsets through its offsets log (topics checked against
-    /// the metadata first); one code per entry.
-    pub async fn commit_offsets(&self, group: &str, entries: Vec<Commit>) -> Vec<Code> {
-        let meta = self.metadata();
-        let codes: Vec<Code> = entries
-            .iter()
-            .map(|(t, p, ..)| match meta.topics.get(t) {
-                Some(m) if *p < m.partitions => Code::None,
-                _ => Code::UnknownTopicOrPartition,
-            })
-            .collect();
-        let valid: Vec<Commit> = entries
-            .into_iter()
-            .zip(&codes)
-            .filter(|(_, c)| **c == Code::None)
-            .map(|(e, _)| e)
-            .collect();
-        if valid.is_empty() {
-            return codes;
-        }
-        let cmd = Command::Offsets(OffsetsCommand::Commit {
-            group: group.to_string(),
-            offsets: valid,
-        });
-        let log = GroupId::Offsets(offsets::partition_for(group));
-        match self.propose(log, cmd, Duration::from_secs(10)).await {
-            Ok(_) => codes,
-            Err(e) => {
-                debug!(group, error = %e, "committing offsets failed");
-                codes
-                    .into_iter()
-                    .map(|c| if c == Code::None { Code::NotCoordinator } else { c })
-                    .collect()
-            }
-        }
-    }
-
-    /// Forgets a consumer group's committed offsets.
-    pub async fn delete_group_offsets(&self, group: &str) -> Code {
-        let cmd = Command::Offsets(OffsetsCommand::DeleteGroup {
-            group: group.to_string(),
-        });
-        let log = GroupId::Offsets(offsets::partition_for(group));
-        match self.propose(log, cmd, Duration::from_secs(10)).await {
-            Ok(_) => Code::None,
-            Err(_) => Code::NotCoordinator,
-        }
-    }
-
-    /// Creates a topic with its partitions spread over the registered nodes.
-    pub async fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Code {
-        let meta = self.metadata();
-        let mut nodes: Vec<NodeId> = meta.nodes.keys().copied().collect();
-        if nodes.is_empty() {
-            nodes = self.all_nodes();
-        }
-        // The topic's place in the rotation: its name, hashed, so topics start on different nodes.
-        let seed = name
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        let cmd = MetaCommand::CreateTopic {
-            name: name.to_string(),
-            partitions,
-            config,
-            uuid: crate::state::new_uuid(),
-            replicas: assign(&nodes, partitions, REPLICATION_FACTOR, seed),
-        };
-        match self.propose_meta(cmd, Duration::from_secs(10)).await {
-            Ok(MetaOutcome::Refused(c)) => c,
-            Ok(_) => Code::None,
-            Err(e) => {
-                warn!(topic = name, error = %e, "creating a topic failed");
-                Code::NotController
-            }
-        }
-    }
-
-    /// Deletes a topic.
-    pub async fn delete_topic(&self, name: &str) -> Code {
-        let cmd = MetaCommand::DeleteTopic {
-            name: name.to_string(),
-        };
-        match self.propose_meta(cmd, Duration::from_secs(10)).await {
-            Ok(MetaOutcome::Refused(c)) => c,
-            Ok(_) => {
-                let cmd = Command::Offsets(OffsetsCommand::DeleteTopic {
-                    name: name.to_string(),
-                });
-                for n in 0..OFFSETS_PARTITIONS {
-                    if let Err(e) = self
-                        .propose(GroupId::Offsets(n), cmd.clone(), Duration::from_secs(10))
-                        .await
-                    {
-                        warn!(topic = name, error = %e, "forgetting a deleted topic's offsets failed");
-                    }
-                }
-                Code::None
-            }
-            Err(_) => Code::NotController,
-        }
-    }
-
-    /// A producer id from this node's block (a new block through the metadata when it runs out).
-    pub async fn producer_id(&self) -> Result<i64, Code> {
-        let mut block = self.pids.lock().await;
-        if let Some(id) = block.take() {
-            return Ok(id);
-        }
-        let cmd = MetaCommand::AllocateProducerIds {
-            count: ProducerIdBlock::SIZE,
-        };
-        match self.propose_meta(cmd, Duration::from_secs(10)).await {
-            Ok(MetaOutcome::ProducerIds { first, count }) => {
-                block.refill(first, count);
-                block.take().ok_or(Code::KafkaStorageError)
-            }
-            _ => Err(Code::NotController),
-        }
-    }
-
     /// Brings the Kafka-facing catalog in line with the metadata and the hosted partitions.
     fn publish_catalog(&self, meta: &Metadata) {
         let hosted = self.hosted.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -771,85 +651,6 @@ impl Node {
         // Closed here rather than when the last handle goes: tasks the runtime has not
         // dropped yet may still hold one, and a file left open needs a repair at the next start.
         self.store.close();
-    }
-
-    /// One retention pass at `now_ms` over every partition this node hosts (see the module docs).
-    pub async fn maintain(&self, now_ms: i64) {
-        let meta = self.metadata();
-        let hosted: Vec<(u64, Hosted)> = self
-            .hosted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, h)| (*k, h.clone()))
-            .collect();
-        for (key, h) in hosted {
-            let Some(GroupId::Partition { topic, .. }) = GroupId::from_key(key) else {
-                continue;
-            };
-            let Some(config) = meta
-                .topics
-                .values()
-                .find(|t| t.id == topic)
-                .map(|t| t.config.clone())
-            else {
-                continue;
-            };
-            if self.leads(&h.raft) {
-                let store = self.store.clone();
-                let code = h
-                    .sequencer
-                    .maintain(move |tip| {
-                        let raw = match store.batches(
-                            key,
-                            tip.head.log_start,
-                            tip.head.next_offset,
-                            usize::MAX,
-                        ) {
-                            Ok(raw) => raw,
-                            Err(e) => {
-                                warn!(group = key, error = %e, "reading batch headers for retention failed");
-                                return None;
-                            }
-                        };
-                        let headers = crate::batch::iter(&raw).map(|(h, _)| Ok::<_, ()>(h));
-                        tip.retention(&config, now_ms, headers).ok().flatten()
-                    })
-                    .await;
-                if code != crate::errors::Code::None {
-                    debug!(group = key, ?code, "no retention cut this pass");
-                }
-            }
-            if let Err(e) = self.purge(key, &h).await {
-                warn!(group = key, error = %e, "purging a partition's log failed");
-            }
-        }
-    }
-
-    /// Snapshots and purges a partition's log up to the last entry wholly below its applied
-    /// log start, when that moved past the last purge.
-    async fn purge(&self, key: u64, h: &Hosted) -> Result<(), String> {
-        let log_start = h.view.log_start.load(std::sync::atomic::Ordering::SeqCst);
-        let Some(upto) = self
-            .store
-            .purge_point(key, log_start)
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
-        let m = h.raft.metrics().borrow_watched().clone();
-        if m.purged.is_some_and(|p| p.index >= upto) || m.last_applied.is_none_or(|a| a.index < upto) {
-            return Ok(());
-        }
-        if m.snapshot.is_none_or(|s| s.index < upto) {
-            h.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
-            h.raft
-                .wait(Some(Duration::from_secs(30)))
-                .metrics(|m| m.snapshot.is_some_and(|s| s.index >= upto), "the snapshot")
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        h.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
     }
 
     /// Starts hosting a partition (after a restart, or when its topic appears).
