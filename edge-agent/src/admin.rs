@@ -1,5 +1,5 @@
 //! The admin HTTP API: `/health`, `/metrics` (Prometheus text), `/api/log`,
-//! `/api/log/records`, `/api/devices`, and with the bridge on: `/api/bridge` (status),
+//! `/api/log/records`, `/api/log/verify`, `POST /api/log/quarantine`, `/api/devices`, and with the bridge on: `/api/bridge` (status),
 //! `POST /api/bridge/restart` (a new session: reconnect, reconcile, resend what was in flight),
 //! `POST /api/replay?topic=T[&partition=P](&from_offset=N|&since_ms=MS)` and
 //! `/api/replay/{id}` (progress).
@@ -44,6 +44,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/log", get(log))
         .route("/api/log/records", get(records))
+        .route("/api/log/verify", get(verify))
+        .route("/api/log/quarantine", axum::routing::post(quarantine))
         .route("/api/devices", get(devices))
         .route("/api/bridge", get(bridge_status))
         .route("/api/bridge/restart", axum::routing::post(bridge_restart))
@@ -61,18 +63,59 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn health(State(s): State<Arc<AdminState>>) -> Response {
-    let degraded = read(&s.metrics.degraded) == 1;
-    let body = Json(json!({
+    let writes_failing = read(&s.metrics.degraded) == 1;
+    let damage = s.store.damage();
+    let degraded = writes_failing || damage.is_some();
+    let mut body = json!({
         "status": if degraded { "degraded" } else { "ok" },
         "gateway_id": s.gateway_id,
         "uptime_s": s.started.elapsed().as_secs(),
-    }));
+    });
+    if writes_failing {
+        body["reason"] = "log writes are failing: acking stopped, devices keep their readings".into();
+    }
+    if let Some(d) = damage {
+        body["reason"] = "damaged log data: run `edge-agent log verify`".into();
+        body["damage"] = json!(d);
+    }
+    let body = Json(body);
     let code = if degraded {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
     (code, body).into_response()
+}
+
+/// `GET /api/log/verify`: every row and chunk checked, and redb's page checksums; the report.
+async fn verify(State(s): State<Arc<AdminState>>) -> Response {
+    verify_report(&s, false).await
+}
+
+/// `POST /api/log/quarantine`: damaged items put aside; the report of what was.
+async fn quarantine(State(s): State<Arc<AdminState>>) -> Response {
+    verify_report(&s, true).await
+}
+
+async fn verify_report(s: &Arc<AdminState>, quarantine: bool) -> Response {
+    let store = s.store.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        if quarantine {
+            store.quarantine()
+        } else {
+            store.verify()
+        }
+    })
+    .await;
+    match r {
+        Ok(Ok(report)) => {
+            let mut v = json!(report);
+            v["clean"] = report.is_clean().into();
+            Json(v).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
 }
 
 /// Per-partition and per-device gauges for `/metrics`.
@@ -97,6 +140,16 @@ fn gauges(s: &AdminState) -> Result<String, crate::log::LogError> {
             let _ = writeln!(out, "{name}{{topic=\"{topic}\",partition=\"{p}\"}} {v}");
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP edge_log_damaged_reads Reads that met damaged stored data (checksum or decoding) since start or the last quarantine; /health is degraded while above 0\n# TYPE edge_log_damaged_reads gauge\nedge_log_damaged_reads {}",
+        s.store.damage().map_or(0, |d| d.failures)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP edge_log_opened_with_repair 1 if opening the log needed redb's full repair (reads the whole file)\n# TYPE edge_log_opened_with_repair gauge\nedge_log_opened_with_repair {}",
+        u8::from(s.store.opened_with_repair())
+    );
     let reg = s.devices.lock().unwrap_or_else(|e| e.into_inner());
     let _ = writeln!(
         out,

@@ -48,7 +48,19 @@ fn gateway_id(store: &dyn LogStore, configured: Option<&str>) -> anyhow::Result<
 fn preload_devices(store: &dyn LogStore, reg: &mut Registry) -> anyhow::Result<()> {
     let mut from = 0;
     loop {
-        let batch = store.read(DEVICE_STATUS, 0, from, 10_000, 64 << 20)?;
+        let batch = match store.read(DEVICE_STATUS, 0, from, 10_000, 64 << 20) {
+            Ok(b) => b,
+            // Damaged records (reported by the store): the devices they named are known again
+            // at their next status.
+            Err(crate::log::LogError::Corrupt(_)) => match store.skip_damaged(DEVICE_STATUS, 0, from)? {
+                Some(next) => {
+                    from = next;
+                    continue;
+                }
+                None => return Ok(()),
+            },
+            Err(e) => return Err(e.into()),
+        };
         let Some(last) = batch.last() else { return Ok(()) };
         from = last.offset + 1;
         for r in &batch {

@@ -118,6 +118,21 @@ enum LogCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check every stored row and chunk (checksums, decoding, counts) and redb's pages; list
+    /// what is damaged and which offsets it held. Exits with status 1 if anything is.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        /// Also move each damaged item to the log's quarantine table (its bytes kept) and
+        /// rebuild what counted it: reads and forwarding go on past the hole, offsets are never
+        /// reused. What a damaged chunk held is lost at the edge (the devices were told it was
+        /// stored); the report says which offsets.
+        #[arg(long)]
+        quarantine: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Records of one partition, decoded to readable JSON (one per line).
     Tail {
         #[command(flatten)]
@@ -204,6 +219,40 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Log {
             cmd:
+                LogCmd::Verify {
+                    common,
+                    quarantine,
+                    json,
+                },
+        } => {
+            let cfg = load(&common)?;
+            let v = match open_local(&cfg)? {
+                Some(store) => {
+                    let r = if quarantine {
+                        store.quarantine()?
+                    } else {
+                        store.verify()?
+                    };
+                    let mut v = serde_json::to_value(&r)?;
+                    v["clean"] = r.is_clean().into();
+                    v
+                }
+                None if quarantine => http_json(cfg.admin.listen, "POST", "/api/log/quarantine")?,
+                None => http_get_json(cfg.admin.listen, "/api/log/verify")?,
+            };
+            if json {
+                println!("{v}");
+            } else {
+                print_verify(&v, quarantine);
+            }
+            let damaged = v["damaged"].as_array().is_some_and(|d| !d.is_empty());
+            if damaged && !quarantine {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Log {
+            cmd:
                 LogCmd::Tail {
                     common,
                     topic,
@@ -249,6 +298,43 @@ fn open_local(cfg: &Config) -> anyhow::Result<Option<RedbLog>> {
         Ok(s) => Ok(Some(s)),
         Err(LogError::Storage(msg)) if msg.contains("another process") => Ok(None),
         Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+fn print_verify(v: &serde_json::Value, quarantined: bool) {
+    println!(
+        "checked {} topics, {} partitions, {} chunks ({} records, {} bytes), {} dedup states, {} metadata values",
+        v["topics"], v["partitions"], v["chunks"], v["records"], v["bytes"], v["streams"], v["meta"]
+    );
+    let damaged = v["damaged"].as_array().cloned().unwrap_or_default();
+    if damaged.is_empty() {
+        println!("no damaged rows or chunks");
+    }
+    for d in &damaged {
+        println!(
+            "{} {}: {} ({})",
+            if quarantined { "QUARANTINED" } else { "DAMAGED" },
+            d["key"].as_str().unwrap_or("?"),
+            d["what"].as_str().unwrap_or(""),
+            d["error"].as_str().unwrap_or("")
+        );
+    }
+    match v["page_damage"].as_str() {
+        Some(p) => println!("redb page check: {p}"),
+        None => println!("redb page check: ok"),
+    }
+    if v["orphan_chunks"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "{} chunks belong to a topic whose row was quarantined",
+            v["orphan_chunks"]
+        );
+    }
+    let q = v["quarantined"].as_array().map_or(0, Vec::len);
+    if q > 0 {
+        println!("{q} items are in the quarantine table");
+    }
+    if !damaged.is_empty() && !quarantined {
+        println!("run `edge-agent log verify --quarantine` to put them aside and go on");
     }
 }
 

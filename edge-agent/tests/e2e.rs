@@ -130,6 +130,11 @@ async fn kill_9_during_ingest_loses_and_duplicates_nothing() {
         "devices re-sent what the crashes left unacked"
     );
     assert!(total >= 4_000.0);
+    assert_eq!(
+        agent.metric("edge_log_opened_with_repair").unwrap(),
+        0.0,
+        "quick repair: a restart after kill -9 opens the log without reading all of it"
+    );
     agent.terminate(Duration::from_secs(20)).unwrap();
     assert!(
         !foundation::redb::needs_recovery(&agent.data_dir.join("log.redb")).unwrap(),
@@ -478,4 +483,109 @@ async fn a_full_disk_stops_acks_and_the_agent_recovers_by_itself() {
     assert!(report.lossless(), "{}", report.to_json());
     agent.terminate(Duration::from_secs(20)).unwrap();
     assert_exactly_once_in_order(&log_contents(&data), "disk-", 5, 1_000);
+}
+
+/// Flips one bit in every copy of `needle` in the file (the agent stopped): what a failing disk
+/// does to the pages that hold a device's readings, its dedup state and its status records.
+fn flip_everywhere(file: &Path, needle: &[u8]) -> usize {
+    let mut bytes = std::fs::read(file).unwrap();
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
+        bytes[i + at + needle.len() - 1] ^= 0x01;
+        i += at + needle.len();
+        n += 1;
+    }
+    std::fs::write(file, bytes).unwrap();
+    n
+}
+
+#[test]
+fn damaged_log_data_is_reported_contained_and_quarantined() {
+    let mut agent = EdgeAgent::start(&bin()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let report = rt
+        .block_on(sim::run(sim_cfg(agent.mqtt_addr(), 6, 40, "dmg-")))
+        .unwrap();
+    assert!(report.lossless(), "{}", report.to_json());
+    agent.terminate(Duration::from_secs(20)).unwrap();
+    let file = agent.data_dir.join("log.redb");
+    assert!(flip_everywhere(&file, b"dmg-3") > 0);
+    // It starts (the registry's preload met the damaged status records) and says so.
+    agent.restart_until_health(503).unwrap();
+
+    let part = edge_agent::partitioner::partition_for(b"dmg-3", 6);
+    let (code, body) = agent
+        .get(&format!(
+            "/api/log/records?topic=telemetry&partition={part}&from=0&limit=1000"
+        ))
+        .unwrap();
+    assert_eq!(
+        code, 500,
+        "a damaged chunk is an error, never other records: {body}"
+    );
+    assert!(
+        body.contains("checksum") && body.contains(&format!("partition {part}")),
+        "{body}"
+    );
+    let (code, health) = agent.get("/health").unwrap();
+    assert_eq!(code, 503, "{health}");
+    assert!(health.contains("damaged log data"), "{health}");
+    assert!(agent.metric("edge_log_damaged_reads").unwrap() >= 1.0);
+
+    // Contained: other devices (and new ones) are ingested and acked meanwhile.
+    let report = rt
+        .block_on(sim::run(sim_cfg(agent.mqtt_addr(), 4, 30, "after-")))
+        .unwrap();
+    assert!(report.lossless(), "{}", report.to_json());
+
+    let (data_dir, admin) = (agent.data_dir.clone(), format!("127.0.0.1:{}", agent.admin_port));
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .args(["log", "verify", "--json"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--admin-listen")
+            .arg(&admin)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[]);
+    assert_eq!(out.status.code(), Some(1), "damage found: exit 1");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = v["damaged"].as_array().unwrap();
+    assert!(
+        damaged.iter().any(|d| d["topic"] == "telemetry"
+            && d["partition"] == part
+            && d["offsets"].is_array()
+            && d["key"].as_str().unwrap().starts_with("chunks/")),
+        "names the chunk and its offsets: {v}"
+    );
+    let out = cli(&["--quarantine"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, health) = agent.get("/health").unwrap();
+    assert_eq!(code, 200, "{health}");
+    let (code, body) = agent
+        .get(&format!(
+            "/api/log/records?topic=telemetry&partition={part}&from=0&limit=1000"
+        ))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("dmg-3"), "the damaged records are aside: {body}");
+    agent.terminate(Duration::from_secs(20)).unwrap();
+
+    // Stopped: the same command on the file finds it clean, and lists what is aside.
+    let out = cli(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], true, "{v}");
+    assert!(!v["quarantined"].as_array().unwrap().is_empty(), "{v}");
+    let log = log_contents(&data_dir);
+    assert_exactly_once_in_order(&log, "after-", 4, 30);
+    for d in ["dmg-0", "dmg-1", "dmg-2", "dmg-4", "dmg-5"] {
+        if edge_agent::partitioner::partition_for(d.as_bytes(), 6) != part {
+            assert_eq!(log[d].len(), 40, "{d}: untouched partitions keep everything");
+        }
+    }
 }

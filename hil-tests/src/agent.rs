@@ -64,6 +64,17 @@ impl EdgeAgent {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_until(200)
+    }
+
+    /// Starts the agent again on the same data dir and ports, ready when `/health` answers
+    /// `health` (503: an agent that found damaged data or failing writes and says so).
+    pub fn restart_until_health(&mut self, health: u16) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn_until(health)
+    }
+
+    fn spawn_until(&mut self, health: u16) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.pre_args)
             .arg("run")
@@ -80,9 +91,11 @@ impl EdgeAgent {
             .stderr(Stdio::inherit());
         let mut child = Guard::spawn("the edge agent", &mut cmd)?;
         let port = self.admin_port;
-        child.wait_ready(Duration::from_secs(20), "/health to answer 200", || {
-            http_get(port, "/health").is_ok_and(|(code, _)| code == 200)
-        })?;
+        child.wait_ready(
+            Duration::from_secs(20),
+            &format!("/health to answer {health}"),
+            || http_get(port, "/health").is_ok_and(|(code, _)| code == health),
+        )?;
         self.child = Some(child);
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The byte format of a chunk: the records of one append to one partition.
 //!
 //! ```text
-//! chunk   := version:u8(=1) min_ts:i64le max_ts:i64le count:varint last_delta:varint record*
+//! chunk   := body crc:u32le
+//! body    := version:u8(=2) min_ts:i64le max_ts:i64le count:varint last_delta:varint record*
 //! record  := offset_delta:varint ts_delta:varint key value headers
 //! key     := 0 | (len+1):varint bytes          (0 = no key)
 //! value   := len:varint bytes
@@ -10,13 +11,70 @@
 //! `offset_delta` is the record's offset minus the chunk's base offset (its key in the store);
 //! deltas rise strictly (compaction leaves holes). `ts_delta` is the timestamp minus `min_ts`.
 //! The header (`count`, `last_delta`, `min_ts`, `max_ts`) lets retention and stats work without
-//! decoding records. Decoding checks every length against the bytes left; counts are capped
-//! by the bytes left too, so a damaged chunk cannot make the decoder allocate wildly.
+//! decoding records.
+//!
+//! `crc` is the CRC-32C of the chunk's base offset (8 bytes LE: its key in the store) followed
+//! by `body`, so a flipped bit in the value *or* in the key it is stored under is caught. Every
+//! function here checks it before reading anything else, and answers [`LogError::Corrupt`]
+//! (never wrong records) when it does not match. Version 1 chunks (layout 1 of the store) had
+//! no `crc`; [`upgrade_v1`] seals one when the store upgrades its file. Decoding still checks
+//! every length against the bytes left, and caps counts by the bytes left, so even a chunk
+//! whose checksum happens to match cannot make the decoder allocate wildly.
 
 use super::{LogError, NewRecord, Record, RecordRef};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const V1: u8 = 1;
 const HEADER_MIN: usize = 1 + 8 + 8 + 1 + 1;
+const CRC: usize = 4;
+
+fn crc(base: u64, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&base.to_le_bytes()), body)
+}
+
+/// The body of a chunk stored at `base`, once its checksum matched.
+fn body(base: u64, bytes: &[u8]) -> Result<&[u8], LogError> {
+    if bytes.len() < HEADER_MIN + CRC {
+        return Err(corrupt("shorter than a chunk"));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - CRC);
+    let stored = u32::from_le_bytes(tail.try_into().map_err(|_| corrupt("crc"))?);
+    if crc(base, body) != stored {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok(body)
+}
+
+/// Checks a chunk stored at `base` without decoding its records: its checksum, header and
+/// every record's lengths. What `log verify` runs over every chunk.
+pub fn verify(base: u64, bytes: &[u8]) -> Result<ChunkHeader, LogError> {
+    let h = header(base, bytes)?;
+    let mut n = 0u64;
+    let end = scan_keys(base, bytes, 0, u64::MAX, &mut |_, _| n += 1)?;
+    if n != h.count || end.is_some_and(|e| e != base.saturating_add(h.last_delta) + 1) {
+        return Err(corrupt("header disagrees with the records"));
+    }
+    Ok(h)
+}
+
+/// A version 1 chunk (no checksum) stored at `base` as the same chunk in version 2: the store's
+/// upgrade from layout 1. The records are decoded first, so a chunk already damaged is refused
+/// rather than sealed as good.
+pub fn upgrade_v1(base: u64, v1: &[u8]) -> Result<Vec<u8>, LogError> {
+    if v1.first() != Some(&V1) {
+        return Err(corrupt("not a version 1 chunk"));
+    }
+    let mut out = Vec::with_capacity(v1.len() + CRC);
+    out.push(VERSION);
+    out.extend_from_slice(&v1[1..]);
+    seal(base, &mut out);
+    verify(base, &out).map(|_| out)
+}
+
+fn seal(base: u64, body: &mut Vec<u8>) {
+    let c = crc(base, body);
+    body.extend_from_slice(&c.to_le_bytes());
+}
 
 /// Chunk facts readable without decoding records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +141,13 @@ fn corrupt(what: &str) -> LogError {
     LogError::Corrupt(format!("chunk: {what}"))
 }
 
-/// Encodes records at `base + deltas[i]` (deltas strictly rising).
-pub fn encode<'a, I>(records: I) -> Vec<u8>
+/// Encodes records at `base + deltas[i]` (deltas strictly rising) as the chunk stored at `base`.
+pub fn encode<'a, I>(base: u64, records: I) -> Vec<u8>
 where
     I: IntoIterator<Item = (u64, &'a NewRecord)> + Clone,
 {
     let (mut min_ts, mut max_ts, mut count, mut last) = (i64::MAX, i64::MIN, 0u64, 0u64);
-    let mut size = HEADER_MIN + 16;
+    let mut size = HEADER_MIN + 16 + CRC;
     for (d, r) in records.clone() {
         min_ts = min_ts.min(r.timestamp_ms);
         max_ts = max_ts.max(r.timestamp_ms);
@@ -126,12 +184,13 @@ where
             out.extend_from_slice(v);
         }
     }
+    seal(base, &mut out);
     out
 }
 
-/// Reads the chunk header.
-pub fn header(bytes: &[u8]) -> Result<ChunkHeader, LogError> {
-    read_header(&mut Reader(bytes))
+/// Reads the header of the chunk stored at `base`.
+pub fn header(base: u64, bytes: &[u8]) -> Result<ChunkHeader, LogError> {
+    read_header(&mut Reader(body(base, bytes)?))
 }
 
 fn read_header(r: &mut Reader<'_>) -> Result<ChunkHeader, LogError> {
@@ -171,7 +230,7 @@ pub fn visit(
     from: u64,
     f: &mut dyn FnMut(&RecordRef<'_>) -> bool,
 ) -> Result<bool, LogError> {
-    let mut r = Reader(bytes);
+    let mut r = Reader(body(base, bytes)?);
     let h = read_header(&mut r)?;
     if h.count > (r.0.len() as u64) / 4 + 1 {
         return Err(corrupt("count larger than the chunk"));
@@ -224,7 +283,7 @@ pub fn scan_keys(
     to: u64,
     f: &mut dyn FnMut(u64, Option<&[u8]>),
 ) -> Result<Option<u64>, LogError> {
-    let mut r = Reader(bytes);
+    let mut r = Reader(body(base, bytes)?);
     let h = read_header(&mut r)?;
     if h.count > (r.0.len() as u64) / 4 + 1 {
         return Err(corrupt("count larger than the chunk"));
@@ -295,8 +354,9 @@ mod tests {
         fn round_trip(records in proptest::collection::vec(rec(), 0..20), base in 0u64..1_000_000, skip in 0usize..4) {
             let with_offsets: Vec<(u64, &NewRecord)> =
                 records.iter().enumerate().map(|(i, r)| ((i * (skip + 1)) as u64, r)).collect();
-            let bytes = encode(with_offsets.iter().copied());
-            let h = header(&bytes).unwrap();
+            let bytes = encode(base, with_offsets.iter().copied());
+            let h = header(base, &bytes).unwrap();
+            prop_assert_eq!(verify(base, &bytes).unwrap(), h);
             prop_assert_eq!(h.count, records.len() as u64);
             let mut out = Vec::new();
             decode(base, &bytes, 0, &mut out, usize::MAX).unwrap();
@@ -313,7 +373,7 @@ mod tests {
         #[test]
         fn visit_agrees_with_decode(records in proptest::collection::vec(rec(), 0..20), from in 0u64..25, stop_after in 0usize..25) {
             let with_offsets: Vec<(u64, &NewRecord)> = records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
-            let bytes = encode(with_offsets.iter().copied());
+            let bytes = encode(0, with_offsets.iter().copied());
             let mut all = Vec::new();
             decode(0, &bytes, from, &mut all, usize::MAX).unwrap();
             let limit = stop_after.max(1);
@@ -330,7 +390,7 @@ mod tests {
         #[test]
         fn scan_keys_agrees_with_decode(records in proptest::collection::vec(rec(), 0..20), from in 0u64..25, to in 0u64..25) {
             let with_offsets: Vec<(u64, &NewRecord)> = records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
-            let bytes = encode(with_offsets.iter().copied());
+            let bytes = encode(0, with_offsets.iter().copied());
             let mut all = Vec::new();
             decode(0, &bytes, from, &mut all, usize::MAX).unwrap();
             let want: Vec<(u64, Option<Vec<u8>>)> =
@@ -343,9 +403,44 @@ mod tests {
         #[test]
         fn damaged_chunks_error_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut out = Vec::new();
-            let _ = header(&bytes);
+            let _ = header(0, &bytes);
+            let _ = verify(0, &bytes);
+            let _ = upgrade_v1(0, &bytes);
             let _ = decode(0, &bytes, 0, &mut out, usize::MAX);
             let _ = scan_keys(0, &bytes, 0, u64::MAX, &mut |_, _| {});
+        }
+
+        /// CRC-32C catches every single-bit error: a flipped bit anywhere in a chunk, or in the
+        /// base offset it is stored under, is an error, never other records.
+        #[test]
+        fn any_flipped_bit_is_refused(records in proptest::collection::vec(rec(), 1..8), base in 0u64..1_000, bit in any::<proptest::sample::Index>(), in_key in any::<bool>()) {
+            let with_offsets: Vec<(u64, &NewRecord)> = records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
+            let mut bytes = encode(base, with_offsets.iter().copied());
+            let mut at = base;
+            if in_key {
+                at ^= 1 << bit.index(64);
+            } else {
+                let i = bit.index(bytes.len() * 8);
+                bytes[i / 8] ^= 1 << (i % 8);
+            }
+            let mut out = Vec::new();
+            prop_assert!(header(at, &bytes).is_err());
+            prop_assert!(verify(at, &bytes).is_err());
+            prop_assert!(decode(at, &bytes, 0, &mut out, usize::MAX).is_err());
+            prop_assert!(out.is_empty(), "nothing is returned from a damaged chunk");
+            let scanned = scan_keys(at, &bytes, 0, u64::MAX, &mut |_, _| ());
+            prop_assert!(scanned.is_err());
+        }
+
+        #[test]
+        fn a_version_1_chunk_upgrades_to_the_same_records(records in proptest::collection::vec(rec(), 0..8), base in 0u64..1_000) {
+            let with_offsets: Vec<(u64, &NewRecord)> = records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
+            let v2 = encode(base, with_offsets.iter().copied());
+            // Layout 1 wrote the same body with version 1 and no checksum.
+            let mut v1 = v2[..v2.len() - CRC].to_vec();
+            v1[0] = V1;
+            prop_assert_eq!(upgrade_v1(base, &v1).unwrap(), v2);
+            prop_assert!(header(base, &v1).is_err(), "an unsealed chunk is not read as a sealed one");
         }
     }
 }

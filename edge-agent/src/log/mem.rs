@@ -110,7 +110,7 @@ impl LogStore for MemLog {
             if p.records.is_empty() {
                 continue;
             }
-            let bytes = chunk::encode(p.records.iter().enumerate().map(|(i, r)| (i as u64, r)));
+            let bytes = chunk::encode(base, p.records.iter().enumerate().map(|(i, r)| (i as u64, r)));
             if part.stats.records == 0 {
                 part.stats.first_offset = base;
             }
@@ -174,7 +174,7 @@ impl LogStore for MemLog {
             let infos = part.chunks.iter().map(|(b, bytes)| {
                 Ok(ChunkInfo {
                     base: *b,
-                    header: chunk::header(bytes)?,
+                    header: chunk::header(*b, bytes)?,
                     bytes: bytes.len() as u64,
                 })
             });
@@ -199,7 +199,7 @@ impl LogStore for MemLog {
         let infos = part.chunks.iter().map(|(b, bytes)| {
             Ok(ChunkInfo {
                 base: *b,
-                header: chunk::header(bytes)?,
+                header: chunk::header(*b, bytes)?,
                 bytes: bytes.len() as u64,
             })
         });

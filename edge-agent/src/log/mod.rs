@@ -341,6 +341,41 @@ pub trait LogStore: Send + Sync + std::fmt::Debug + 'static {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError>;
     /// Stores a small metadata value durably.
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), LogError>;
+    /// Damaged stored data met since the store was opened (or last repaired), if any: the
+    /// health check reports it until it is dealt with.
+    fn damage(&self) -> Option<StoreDamage> {
+        None
+    }
+    /// Where reading can go on after a damaged chunk: the first offset after the chunk that
+    /// holds `from` (`None` if no chunk follows). For readers that can do without the damaged
+    /// records (the device registry's preload); the bridge does not skip, it waits for
+    /// `log verify --quarantine`.
+    fn skip_damaged(&self, topic: &str, partition: u32, from: u64) -> Result<Option<u64>, LogError> {
+        let _ = (topic, partition, from);
+        Ok(None)
+    }
+    /// Whether opening the store needed a full repair of its file (see
+    /// [`redb_store::RedbLog::opened_with_repair`]).
+    fn opened_with_repair(&self) -> bool {
+        false
+    }
+    /// Checks every stored row and chunk ([`redb_store::RedbLog::verify`]).
+    fn verify(&self) -> Result<redb_store::VerifyReport, LogError> {
+        Err(LogError::Storage("this store has nothing to verify".into()))
+    }
+    /// Puts damaged items aside ([`redb_store::RedbLog::quarantine`]).
+    fn quarantine(&self) -> Result<redb_store::VerifyReport, LogError> {
+        Err(LogError::Storage("this store has nothing to quarantine".into()))
+    }
+}
+
+/// Damage a store met while reading (checksum failures, undecodable rows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreDamage {
+    /// Reads that met damaged data.
+    pub failures: u64,
+    /// The last one: what was damaged (topic, partition, offset) and how.
+    pub last: String,
 }
 
 /// Keeps records while their values fit in `max_bytes`; always keeps the first record, so a
@@ -370,7 +405,10 @@ impl From<LogError> for bridge::Error {
 impl From<foundation::redb::OpenError> for LogError {
     fn from(e: foundation::redb::OpenError) -> Self {
         match e {
-            foundation::redb::OpenError::Layout { .. } => LogError::Layout(e.to_string()),
+            foundation::redb::OpenError::Layout { .. } | foundation::redb::OpenError::Migrate { .. } => {
+                LogError::Layout(e.to_string())
+            }
+            foundation::redb::OpenError::Panicked { .. } => LogError::Corrupt(e.to_string()),
             e => LogError::Storage(e.to_string()),
         }
     }

@@ -136,7 +136,7 @@ pub fn compact(chunks: &[(u64, Vec<u8>)]) -> Result<Vec<Rewrite>, LogError> {
                     )
                 })
                 .collect();
-            chunk::encode(news.iter().map(|(d, r)| (*d, r)))
+            chunk::encode(base, news.iter().map(|(d, r)| (*d, r)))
         });
         out.push(Rewrite { base, bytes, removed });
     }

@@ -3,23 +3,41 @@
 //! # Tables
 //! | table | key | value |
 //! |---|---|---|
-//! | `topics` | name | JSON `{id, spec}` |
-//! | `partitions` | `(topic id, partition)` | 32 bytes LE: first offset, next offset, records, bytes |
-//! | `chunks` | `(topic id, partition, base offset)` | a chunk ([`super::chunk`]) |
-//! | `streams` | `(device, boot)` | next expected sequence |
-//! | `meta` | key | bytes |
+//! | `topics` | name | JSON `{id, spec}`, sealed |
+//! | `partitions` | `(topic id, partition)` | 32 bytes LE: first offset, next offset, records, bytes; sealed |
+//! | `chunks` | `(topic id, partition, base offset)` | a chunk ([`super::chunk`], with its own checksum) |
+//! | `streams_v2` | `(device, boot)` | next expected sequence (8 bytes LE), sealed |
+//! | `meta` | key | bytes, sealed |
+//! | `quarantine` | what was damaged (`chunks/3/0/1200`, `meta/k`, ...) | its bytes as found |
 //! | `layout` | `"version"` | [`LAYOUT_VERSION`] |
+//!
+//! "Sealed" is `value ‖ CRC-32C(key ‖ value)` (`rows.rs`).
 //!
 //! # Layout version
 //! The file records the version of this layout ([`foundation::redb`]'s `layout` table, apart
-//! from `meta`, whose keys belong to the store's callers). A new file gets [`LAYOUT_VERSION`];
-//! a file from before the record (tables, no version) is version 1 and is stamped on open; a
-//! file of any other version is refused on open ([`LogError::Layout`]), naming the file and
-//! both versions, before anything is written to it.
+//! from `meta`, whose keys belong to the store's callers). A new file gets [`LAYOUT_VERSION`].
+//! Layout 1 (no checksums; a file from before the record is layout 1 too) is upgraded on open,
+//! in one transaction (`upgrade.rs`). A file of any other version is refused on open
+//! ([`LogError::Layout`]), naming the file and both versions, before anything is written to it.
 //!
 //! Every write is one transaction committed with `Durability::Immediate` (one fsync); an
 //! append's records, partition heads and stream states are in the same transaction, so the
 //! dedup state can never disagree with the records after a crash.
+//!
+//! # Damaged data
+//! redb checksums its B-tree pages but checks them only when it repairs a file after a crash
+//! (measured: a bit flipped in a value is returned as data), so the store checks its own.
+//! Every row and chunk is verified when read; one that fails answers [`LogError::Corrupt`]
+//! naming topic, partition and offset (never other bytes, never fewer records in silence), is
+//! logged, counted, and makes [`LogStore::damage`] report it (the agent's `/health` is then
+//! degraded). Damage stays where it is: a read that starts past a damaged chunk, every other
+//! partition, and appends go on (a damaged partition row is rebuilt from its chunks on the next
+//! append; a damaged stream row reads as a new stream, which can let a re-sent reading in
+//! twice but never drops one). [`RedbLog::verify`] scans everything and reports each damaged
+//! item; [`RedbLog::quarantine`] moves them to the `quarantine` table and repairs what refers
+//! to them, so the bridge forwards past the hole. The device buffers hold only what was not
+//! acknowledged, so what a damaged chunk held is lost at the edge: `verify` says exactly which
+//! offsets.
 //!
 //! # Failing disks
 //! After an I/O error redb refuses every further write until the database is reopened. The
@@ -28,25 +46,40 @@
 //! still have been durable (redb's rule); callers only ack what a successful `append` returned,
 //! and re-deliveries are deduplicated by the stream states, so that is safe.
 
+mod rows;
+#[cfg(test)]
+mod tests;
+mod upgrade;
+mod verify;
+
+pub use verify::{DamagedItem, VerifyReport};
+
 use foundation::redb::Reopening;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use tracing::error;
 
 use super::policy::{self, ChunkInfo};
-use super::{chunk, Append, LogError, LogStore, PartitionStats, Record, RetentionReport, TopicSpec};
+use super::{
+    chunk, Append, LogError, LogStore, PartitionStats, Record, RetentionReport, StoreDamage, TopicSpec,
+};
 
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const PARTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("partitions");
 const CHUNKS: TableDefinition<(u32, u32, u64), &[u8]> = TableDefinition::new("chunks");
-const STREAMS: TableDefinition<(&str, u32), u64> = TableDefinition::new("streams");
+const STREAMS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("streams_v2");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
-/// The on-disk layout this build reads and writes.
-pub const LAYOUT_VERSION: u64 = 1;
+/// The on-disk layout this build reads and writes (2: every row and chunk checksummed).
+pub const LAYOUT_VERSION: u64 = 2;
+
+/// How [`foundation::redb::OpenError::Panicked`] reads.
+const ENGINE_FAILED: &str = "the storage engine failed on damaged data";
 
 /// redb's page cache (read cache and write buffer together): the agent is meant for small
 /// gateways. Appends touch only the right edge of the trees, so a small cache costs no
@@ -64,32 +97,30 @@ struct TopicRow {
 pub struct RedbLog {
     db: Reopening,
     topics: RwLock<HashMap<String, TopicRow>>,
+    damage: Mutex<Option<StoreDamage>>,
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> LogError {
     LogError::Storage(e.to_string())
 }
 
-fn parts_encode(s: &PartitionStats) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    b[0..8].copy_from_slice(&s.first_offset.to_le_bytes());
-    b[8..16].copy_from_slice(&s.next_offset.to_le_bytes());
-    b[16..24].copy_from_slice(&s.records.to_le_bytes());
-    b[24..32].copy_from_slice(&s.bytes.to_le_bytes());
-    b
+/// A topic row: its JSON, sealed under the topic's name.
+fn topic_encode(name: &str, row: &TopicRow) -> Result<Vec<u8>, LogError> {
+    Ok(rows::seal(
+        name.as_bytes(),
+        &serde_json::to_vec(row).map_err(storage)?,
+    ))
 }
 
-fn parts_decode(b: &[u8]) -> Result<PartitionStats, LogError> {
-    let b: &[u8; 32] = b
-        .try_into()
-        .map_err(|_| LogError::Corrupt("partition row size".into()))?;
-    let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
-    Ok(PartitionStats {
-        first_offset: u(0),
-        next_offset: u(8),
-        records: u(16),
-        bytes: u(24),
-    })
+fn topic_decode(name: &str, bytes: &[u8]) -> Result<TopicRow, LogError> {
+    let json =
+        rows::unseal(name.as_bytes(), bytes).ok_or_else(|| rows::damaged(format!("topic row {name:?}")))?;
+    serde_json::from_slice(json).map_err(|e| LogError::Corrupt(format!("topic row {name:?}: {e}")))
+}
+
+/// Where a chunk is, for error messages and the damage report.
+fn chunk_at(topic: &str, p: u32, base: u64) -> String {
+    format!("topic {topic:?} partition {p}, chunk at offset {base}")
 }
 
 impl RedbLog {
@@ -100,40 +131,73 @@ impl RedbLog {
     }
 
     /// Opens (or creates) the log at `path`. Fails with a clear error if another process
-    /// has it open (redb allows one), or if the file is of another layout version.
+    /// has it open (redb allows one), or if the file is of another layout version. A file of
+    /// layout 1 is upgraded to this layout first (`upgrade.rs`).
     pub fn open(path: &Path) -> Result<Self, LogError> {
         let store = RedbLog {
-            db: Reopening::open_versioned(
+            db: Reopening::open_migrating(
                 path,
                 CACHE_BYTES,
                 "is the agent running? use its admin API",
                 LAYOUT_VERSION,
+                &[1],
+                &upgrade::from_v1,
             )?,
             topics: RwLock::new(HashMap::new()),
+            damage: Mutex::new(None),
         };
         store.init()?;
         Ok(store)
     }
 
-    /// Creates the tables and loads the topic directory.
+    /// Records damage found while reading: logged, counted, reported by [`LogStore::damage`].
+    /// Returns the error for the request that hit it, with `what` named in it.
+    fn damaged(&self, what: &str, e: LogError) -> LogError {
+        let LogError::Corrupt(why) = e else {
+            return e;
+        };
+        let msg = format!("{what}: {why}");
+        error!(damage = %msg, file = %self.db.path().display(), "damaged log data (run `edge-agent log verify`)");
+        let mut d = self.damage.lock().unwrap_or_else(|e| e.into_inner());
+        let d = d.get_or_insert_with(StoreDamage::default);
+        d.failures += 1;
+        d.last = msg.clone();
+        LogError::Corrupt(msg)
+    }
+
+    /// Creates the tables and loads the topic directory. A damaged topic row is reported and
+    /// left out (its topic reads as unknown until `log verify --quarantine`).
     fn init(&self) -> Result<(), LogError> {
         let rows = self.write(|tx| {
             tx.open_table(PARTS).map_err(storage)?;
             tx.open_table(CHUNKS).map_err(storage)?;
             tx.open_table(STREAMS).map_err(storage)?;
             tx.open_table(META).map_err(storage)?;
+            tx.open_table(QUARANTINE).map_err(storage)?;
             let t = tx.open_table(TOPICS).map_err(storage)?;
             let mut rows = HashMap::new();
+            let mut bad = Vec::new();
             for e in t.iter().map_err(storage)? {
                 let (k, v) = e.map_err(storage)?;
-                let row: TopicRow = serde_json::from_slice(v.value())
-                    .map_err(|e| LogError::Corrupt(format!("topic row: {e}")))?;
-                rows.insert(k.value().to_string(), row);
+                match topic_decode(k.value(), v.value()) {
+                    Ok(row) => drop(rows.insert(k.value().to_string(), row)),
+                    Err(e) => bad.push((k.value().to_string(), e)),
+                }
             }
-            Ok(rows)
-        })?;
+            Ok((rows, bad))
+        });
+        let (rows, bad) = rows?;
+        for (name, e) in bad {
+            self.damaged(&format!("topic {name:?}"), e);
+        }
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = rows;
         Ok(())
+    }
+
+    /// Whether opening the file needed redb's full repair (a crash of a build without quick
+    /// repair): a restart after a crash should not.
+    pub fn opened_with_repair(&self) -> bool {
+        self.db.repaired()
     }
 
     /// Where the database file is.
@@ -147,6 +211,13 @@ impl RedbLog {
         let result = self.db.with(|db| {
             let mut tx = db.begin_write().map_err(storage)?;
             tx.set_durability(Durability::Immediate).map_err(storage)?;
+            // Quick repair: the allocator state is saved with each commit and the commit is
+            // two-phase. After a crash the file opens at once, without redb's full walk of its
+            // pages, which refuses the whole file if any page is damaged ("All roots are
+            // corrupted", measured); our checksums then find the damage row by row. And the
+            // primary commit slot is trusted, so a damaged slot is an error, not a silent fall
+            // back to the commit before. Costs a second fsync per commit (BENCHMARKS.md).
+            tx.set_quick_repair(true);
             let value = f(&mut tx)?;
             tx.commit().map_err(storage)?;
             Ok(value)
@@ -156,14 +227,24 @@ impl RedbLog {
             Err(e @ LogError::Storage(_)) => self.db.write_failed(e),
             Err(_) => {}
         }
-        result
+        self.engine_damage(result)
     }
 
     fn read_db<T>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, LogError>,
     ) -> Result<T, LogError> {
-        self.db.with(|db| f(&db.begin_read().map_err(storage)?))
+        self.engine_damage(self.db.with(|db| f(&db.begin_read().map_err(storage)?)))
+    }
+
+    /// Records a failure of redb itself on damaged pages (a caught panic) as damage.
+    fn engine_damage<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
+        match r {
+            Err(LogError::Corrupt(m)) if m.contains(ENGINE_FAILED) => {
+                Err(self.damaged("the log file's pages", LogError::Corrupt(m)))
+            }
+            r => r,
+        }
     }
 
     fn topic(&self, name: &str) -> Result<TopicRow, LogError> {
@@ -185,6 +266,33 @@ impl RedbLog {
         }
         Ok(row)
     }
+
+    /// A partition's row for a write; a damaged one is reported and rebuilt from the chunks, so
+    /// appends to the partition go on (its offsets continue after the last stored chunk).
+    fn part_for_write(
+        &self,
+        parts: &impl ReadableTable<(u32, u32), &'static [u8]>,
+        chunks: &impl ReadableTable<(u32, u32, u64), &'static [u8]>,
+        topic: &str,
+        id: u32,
+        p: u32,
+    ) -> Result<PartitionStats, LogError> {
+        match get_part(parts, id, p) {
+            Ok(s) => Ok(s),
+            Err(e @ LogError::Corrupt(_)) => {
+                self.damaged(&format!("topic {topic:?} partition {p}"), e);
+                let s = verify::rebuild_part(chunks, id, p, None)?.stats;
+                error!(
+                    topic,
+                    partition = p,
+                    next_offset = s.next_offset,
+                    "partition row rebuilt from its chunks"
+                );
+                Ok(s)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn table_missing_ok<T>(r: Result<T, TableError>) -> Result<Option<T>, LogError> {
@@ -202,9 +310,20 @@ fn get_part(
     p: u32,
 ) -> Result<PartitionStats, LogError> {
     match t.get((id, p)).map_err(storage)? {
-        Some(v) => parts_decode(v.value()),
+        Some(v) => rows::part_decode(id, p, v.value(), true),
         None => Ok(PartitionStats::default()),
     }
+}
+
+fn put_part(
+    t: &mut redb::Table<'_, (u32, u32), &'static [u8]>,
+    id: u32,
+    p: u32,
+    s: &PartitionStats,
+) -> Result<(), LogError> {
+    t.insert((id, p), rows::part_encode(id, p, s).as_slice())
+        .map_err(storage)?;
+    Ok(())
 }
 
 /// Base offset of the chunk that holds `from` (the last chunk starting at or before it), or 0.
@@ -237,9 +356,33 @@ fn first_stored(
         Some(e) => {
             let (k, v) = e.map_err(storage)?;
             let base = k.value().2;
-            Ok(chunk::first_offset(base, v.value())?.unwrap_or(base))
+            // A damaged first chunk still starts at its base: the records are there, unreadable.
+            Ok(chunk::first_offset(base, v.value())
+                .ok()
+                .flatten()
+                .unwrap_or(base))
         }
     }
+}
+
+/// The chunk facts of a partition for retention and truncation, oldest first.
+fn chunk_infos<'a>(
+    chunks: &'a impl ReadableTable<(u32, u32, u64), &'static [u8]>,
+    id: u32,
+    p: u32,
+) -> Result<impl Iterator<Item = Result<ChunkInfo, LogError>> + 'a, LogError> {
+    Ok(chunks
+        .range((id, p, 0)..=(id, p, u64::MAX))
+        .map_err(storage)?
+        .map(|e| {
+            let (k, v) = e.map_err(storage)?;
+            let base = k.value().2;
+            Ok(ChunkInfo {
+                base,
+                header: chunk::header(base, v.value())?,
+                bytes: v.value().len() as u64,
+            })
+        }))
 }
 
 impl LogStore for RedbLog {
@@ -248,10 +391,11 @@ impl LogStore for RedbLog {
         let row = self.write(|tx| {
             let mut t = tx.open_table(TOPICS).map_err(storage)?;
             let existing: Option<TopicRow> = match t.get(spec.name.as_str()).map_err(storage)? {
-                Some(v) => Some(
-                    serde_json::from_slice(v.value())
-                        .map_err(|e| LogError::Corrupt(format!("topic row: {e}")))?,
-                ),
+                Some(v) => Some(topic_decode(&spec.name, v.value()).map_err(|e| {
+                    LogError::Corrupt(format!(
+                        "{e} (run `edge-agent log verify --quarantine` with the agent stopped)"
+                    ))
+                })?),
                 None => None,
             };
             let id = match &existing {
@@ -263,12 +407,17 @@ impl LogStore for RedbLog {
                 }
                 Some(old) => old.id,
                 None => {
-                    let mut max = 0;
+                    // Past every id in use: by a topic row, or by chunks whose topic row was
+                    // quarantined (their records stay where `verify` reports them).
+                    let mut max = match tx.open_table(CHUNKS).map_err(storage)?.last().map_err(storage)? {
+                        Some((k, _)) => k.value().0 + 1,
+                        None => 0,
+                    };
                     for e in t.iter().map_err(storage)? {
-                        let (_, v) = e.map_err(storage)?;
-                        let r: TopicRow = serde_json::from_slice(v.value())
-                            .map_err(|e| LogError::Corrupt(format!("topic row: {e}")))?;
-                        max = max.max(r.id + 1);
+                        let (k, v) = e.map_err(storage)?;
+                        if let Ok(r) = topic_decode(k.value(), v.value()) {
+                            max = max.max(r.id + 1);
+                        }
                     }
                     max
                 }
@@ -277,8 +426,8 @@ impl LogStore for RedbLog {
                 id,
                 spec: spec.clone(),
             };
-            let json = serde_json::to_vec(&row).map_err(storage)?;
-            t.insert(spec.name.as_str(), json.as_slice()).map_err(storage)?;
+            t.insert(spec.name.as_str(), topic_encode(&spec.name, &row)?.as_slice())
+                .map_err(storage)?;
             Ok(row)
         })?;
         self.topics
@@ -311,13 +460,13 @@ impl LogStore for RedbLog {
             let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
             let mut bases = Vec::with_capacity(append.partitions.len());
             for (p, id) in append.partitions.iter().zip(ids) {
-                let mut stats = get_part(&parts, id, p.partition)?;
+                let mut stats = self.part_for_write(&parts, &chunks, &p.topic, id, p.partition)?;
                 let base = stats.next_offset;
                 bases.push(base);
                 if p.records.is_empty() {
                     continue;
                 }
-                let bytes = chunk::encode(p.records.iter().enumerate().map(|(i, r)| (i as u64, r)));
+                let bytes = chunk::encode(base, p.records.iter().enumerate().map(|(i, r)| (i as u64, r)));
                 if stats.records == 0 {
                     stats.first_offset = base;
                 }
@@ -327,15 +476,16 @@ impl LogStore for RedbLog {
                 chunks
                     .insert((id, p.partition, base), bytes.as_slice())
                     .map_err(storage)?;
-                parts
-                    .insert((id, p.partition), parts_encode(&stats).as_slice())
-                    .map_err(storage)?;
+                put_part(&mut parts, id, p.partition, &stats)?;
             }
             if !append.streams.is_empty() {
                 let mut streams = tx.open_table(STREAMS).map_err(storage)?;
                 for s in &append.streams {
                     streams
-                        .insert((s.device.as_str(), s.boot), s.next_expected)
+                        .insert(
+                            (s.device.as_str(), s.boot),
+                            rows::stream_encode(&s.device, s.boot, s.next_expected).as_slice(),
+                        )
                         .map_err(storage)?;
                 }
             }
@@ -364,8 +514,10 @@ impl LogStore for RedbLog {
                 .map_err(storage)?
             {
                 let (k, v) = e.map_err(storage)?;
+                let base = k.value().2;
                 let before = out.len();
-                chunk::decode(k.value().2, v.value(), from, &mut out, max_records)?;
+                chunk::decode(base, v.value(), from, &mut out, max_records)
+                    .map_err(|e| self.damaged(&chunk_at(topic, partition, base), e))?;
                 value_bytes += out[before..].iter().map(|r| r.value.len()).sum::<usize>();
                 if out.len() >= max_records || value_bytes > max_bytes {
                     break;
@@ -398,10 +550,12 @@ impl LogStore for RedbLog {
                 .map_err(storage)?
             {
                 let (k, v) = e.map_err(storage)?;
-                let stopped = chunk::visit(k.value().2, v.value(), from, &mut |r| {
+                let base = k.value().2;
+                let stopped = chunk::visit(base, v.value(), from, &mut |r| {
                     n += 1;
                     f(r) && n < max_records
-                })?;
+                })
+                .map_err(|e| self.damaged(&chunk_at(topic, partition, base), e))?;
                 if stopped || n >= max_records {
                     break;
                 }
@@ -434,7 +588,9 @@ impl LogStore for RedbLog {
                 .map_err(storage)?
             {
                 let (k, v) = e.map_err(storage)?;
-                chunk::scan_keys(k.value().2, v.value(), from, to, &mut count)?;
+                let base = k.value().2;
+                chunk::scan_keys(base, v.value(), from, to, &mut count)
+                    .map_err(|e| self.damaged(&chunk_at(topic, partition, base), e))?;
             }
             Ok(n)
         })
@@ -443,14 +599,26 @@ impl LogStore for RedbLog {
     fn partition_stats(&self, topic: &str, partition: u32) -> Result<PartitionStats, LogError> {
         let id = self.topic_partition(topic, partition)?.id;
         self.read_db(|tx| match table_missing_ok(tx.open_table(PARTS))? {
-            Some(t) => get_part(&t, id, partition),
+            Some(t) => get_part(&t, id, partition)
+                .map_err(|e| self.damaged(&format!("topic {topic:?} partition {partition}"), e)),
             None => Ok(PartitionStats::default()),
         })
     }
 
     fn stream_state(&self, device: &str, boot: u32) -> Result<Option<u64>, LogError> {
         self.read_db(|tx| match table_missing_ok(tx.open_table(STREAMS))? {
-            Some(t) => Ok(t.get((device, boot)).map_err(storage)?.map(|v| v.value())),
+            Some(t) => match t.get((device, boot)).map_err(storage)? {
+                None => Ok(None),
+                Some(v) => match rows::stream_decode(device, boot, v.value()) {
+                    Ok(next) => Ok(Some(next)),
+                    Err(e) => {
+                        // Read as a new stream: a reading re-sent from before may enter twice,
+                        // none is refused. Stalling the device instead would lose its readings.
+                        self.damaged(&format!("device {device:?} boot {boot} (dedup state)"), e);
+                        Ok(None)
+                    }
+                },
+            },
             None => Ok(None),
         })
     }
@@ -472,21 +640,9 @@ impl LogStore for RedbLog {
                 let report = self.write(|tx| {
                     let mut parts = tx.open_table(PARTS).map_err(storage)?;
                     let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
-                    let mut stats = get_part(&parts, row.id, p)?;
-                    let (drop, report) = {
-                        let infos = chunks
-                            .range((row.id, p, 0)..=(row.id, p, u64::MAX))
-                            .map_err(storage)?
-                            .map(|e| {
-                                let (k, v) = e.map_err(storage)?;
-                                Ok(ChunkInfo {
-                                    base: k.value().2,
-                                    header: chunk::header(v.value())?,
-                                    bytes: v.value().len() as u64,
-                                })
-                            });
-                        policy::retention(&row.spec, now_ms, infos, stats.bytes)?
-                    };
+                    let mut stats = self.part_for_write(&parts, &chunks, &row.spec.name, row.id, p)?;
+                    let (drop, report) =
+                        policy::retention(&row.spec, now_ms, chunk_infos(&chunks, row.id, p)?, stats.bytes)?;
                     let Some(&last) = drop.last() else {
                         return Ok(report);
                     };
@@ -496,11 +652,21 @@ impl LogStore for RedbLog {
                     stats.records -= report.records.min(stats.records);
                     stats.bytes -= report.bytes.min(stats.bytes);
                     stats.first_offset = first_stored(&chunks, row.id, p, stats.next_offset)?;
-                    parts
-                        .insert((row.id, p), parts_encode(&stats).as_slice())
-                        .map_err(storage)?;
+                    put_part(&mut parts, row.id, p, &stats)?;
                     Ok(report)
-                })?;
+                });
+                let report = match report {
+                    Ok(r) => r,
+                    // One damaged partition does not stop retention elsewhere.
+                    Err(e @ LogError::Corrupt(_)) => {
+                        self.damaged(
+                            &format!("retention of topic {:?} partition {p}", row.spec.name),
+                            e,
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 total.chunks += report.chunks;
                 total.records += report.records;
                 total.bytes += report.bytes;
@@ -514,21 +680,11 @@ impl LogStore for RedbLog {
         self.write(|tx| {
             let mut parts = tx.open_table(PARTS).map_err(storage)?;
             let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
-            let mut stats = get_part(&parts, id, partition)?;
-            let (drop, report) = {
-                let infos = chunks
-                    .range((id, partition, 0)..=(id, partition, u64::MAX))
-                    .map_err(storage)?
-                    .map(|e| {
-                        let (k, v) = e.map_err(storage)?;
-                        Ok(ChunkInfo {
-                            base: k.value().2,
-                            header: chunk::header(v.value())?,
-                            bytes: v.value().len() as u64,
-                        })
-                    });
-                policy::truncate(below, infos)?
-            };
+            let mut stats = self.part_for_write(&parts, &chunks, topic, id, partition)?;
+            let (drop, report) =
+                policy::truncate(below, chunk_infos(&chunks, id, partition)?).map_err(|e| {
+                    self.damaged(&format!("truncation of topic {topic:?} partition {partition}"), e)
+                })?;
             let Some(&last) = drop.last() else {
                 return Ok(report);
             };
@@ -538,9 +694,7 @@ impl LogStore for RedbLog {
             stats.records -= report.records.min(stats.records);
             stats.bytes -= report.bytes.min(stats.bytes);
             stats.first_offset = first_stored(&chunks, id, partition, stats.next_offset)?;
-            parts
-                .insert((id, partition), parts_encode(&stats).as_slice())
-                .map_err(storage)?;
+            put_part(&mut parts, id, partition, &stats)?;
             Ok(report)
         })
     }
@@ -549,7 +703,7 @@ impl LogStore for RedbLog {
         let row = self.topic(topic)?;
         let mut removed = 0;
         for p in 0..row.spec.partitions {
-            removed += self.write(|tx| {
+            let n = self.write(|tx| {
                 let mut parts = tx.open_table(PARTS).map_err(storage)?;
                 let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
                 let all = chunks
@@ -561,7 +715,7 @@ impl LogStore for RedbLog {
                 if rewrites.is_empty() {
                     return Ok(0);
                 }
-                let mut stats = get_part(&parts, row.id, p)?;
+                let mut stats = self.part_for_write(&parts, &chunks, topic, row.id, p)?;
                 let mut n = 0;
                 for rw in rewrites {
                     let old = chunks
@@ -579,18 +733,32 @@ impl LogStore for RedbLog {
                     n += rw.removed;
                 }
                 stats.first_offset = first_stored(&chunks, row.id, p, stats.next_offset)?;
-                parts
-                    .insert((row.id, p), parts_encode(&stats).as_slice())
-                    .map_err(storage)?;
+                put_part(&mut parts, row.id, p, &stats)?;
                 Ok(n)
-            })?;
+            });
+            removed += match n {
+                Ok(n) => n,
+                // A damaged chunk is left as it is (compaction would have to read it), and the
+                // other partitions are compacted.
+                Err(e @ LogError::Corrupt(_)) => {
+                    self.damaged(&format!("compaction of topic {topic:?} partition {p}"), e);
+                    0
+                }
+                Err(e) => return Err(e),
+            };
         }
         Ok(removed)
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
         self.read_db(|tx| match table_missing_ok(tx.open_table(META))? {
-            Some(t) => Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec())),
+            Some(t) => match t.get(key).map_err(storage)? {
+                None => Ok(None),
+                Some(v) => match rows::unseal(key.as_bytes(), v.value()) {
+                    Some(value) => Ok(Some(value.to_vec())),
+                    None => Err(self.damaged(&format!("metadata {key:?}"), rows::damaged("value"))),
+                },
+            },
             None => Ok(None),
         })
     }
@@ -599,106 +767,41 @@ impl LogStore for RedbLog {
         self.write(|tx| {
             tx.open_table(META)
                 .map_err(storage)?
-                .insert(key, value)
+                .insert(key, rows::seal(key.as_bytes(), value).as_slice())
                 .map_err(storage)?;
             Ok(())
         })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
-    use foundation::redb::LAYOUT;
-    use redb::Database;
-
-    use super::*;
-    use crate::log::suite::{one, rec};
-
-    fn scratch() -> PathBuf {
-        std::env::temp_dir().join(format!("edge-layout-{}", foundation::ids::unique_tag()))
+    fn damage(&self) -> Option<StoreDamage> {
+        self.damage.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A log holding one record and one metadata value.
-    fn log_with_data(path: &Path) {
-        let s = RedbLog::open(path).unwrap();
-        s.ensure_topic(&TopicSpec::new("t", 1)).unwrap();
-        s.append(&one("t", 0, vec![rec(5, Some("k"), "v")])).unwrap();
-        s.set_meta("gateway_id", b"gw-1").unwrap();
+    fn verify(&self) -> Result<VerifyReport, LogError> {
+        RedbLog::verify(self)
     }
 
-    fn recorded_layout(path: &Path) -> Option<u64> {
-        let db = redb::ReadOnlyDatabase::open(path).unwrap();
-        let tx = db.begin_read().unwrap();
-        let v = tx
-            .open_table(LAYOUT)
-            .ok()?
-            .get("version")
-            .unwrap()
-            .map(|v| v.value());
-        v
+    fn opened_with_repair(&self) -> bool {
+        RedbLog::opened_with_repair(self)
     }
 
-    /// Sets (`Some`) or removes with its table (`None`) the version record.
-    fn rewrite_layout(path: &Path, version: Option<u64>) {
-        let db = Database::create(path).unwrap();
-        let tx = db.begin_write().unwrap();
-        match version {
-            Some(v) => drop(tx.open_table(LAYOUT).unwrap().insert("version", v).unwrap()),
-            None => assert!(tx.delete_table(LAYOUT).unwrap()),
-        }
-        tx.commit().unwrap();
+    fn skip_damaged(&self, topic: &str, partition: u32, from: u64) -> Result<Option<u64>, LogError> {
+        let id = self.topic_partition(topic, partition)?.id;
+        self.read_db(|tx| {
+            let Some(chunks) = table_missing_ok(tx.open_table(CHUNKS))? else {
+                return Ok(None);
+            };
+            let mut after = chunks
+                .range((id, partition, from.saturating_add(1))..=(id, partition, u64::MAX))
+                .map_err(storage)?;
+            match after.next() {
+                Some(e) => Ok(Some(e.map_err(storage)?.0.value().2)),
+                None => Ok(None),
+            }
+        })
     }
 
-    #[test]
-    fn a_new_log_records_the_current_layout() {
-        let dir = scratch();
-        let path = dir.join("log.redb");
-        drop(RedbLog::open(&path).unwrap());
-        assert_eq!(recorded_layout(&path), Some(LAYOUT_VERSION));
-        std::fs::remove_dir_all(dir).ok();
-    }
-
-    #[test]
-    fn a_log_without_a_layout_record_opens_with_its_data_and_is_stamped() {
-        let dir = scratch();
-        let path = dir.join("log.redb");
-        log_with_data(&path);
-        // What an agent before layout versions left: its tables, no `layout`.
-        rewrite_layout(&path, None);
-        assert_eq!(recorded_layout(&path), None);
-
-        let s = RedbLog::open(&path).unwrap();
-        let got = s.read("t", 0, 0, 10, usize::MAX).unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].value, b"v");
-        assert_eq!(s.meta("gateway_id").unwrap().as_deref(), Some(&b"gw-1"[..]));
-        drop(s);
-        assert_eq!(recorded_layout(&path), Some(1), "stamped as today's layout");
-        std::fs::remove_dir_all(dir).ok();
-    }
-
-    #[test]
-    fn a_log_of_an_unknown_layout_is_refused_and_left_untouched() {
-        let dir = scratch();
-        let path = dir.join("log.redb");
-        log_with_data(&path);
-        rewrite_layout(&path, Some(999));
-        let before = std::fs::read(&path).unwrap();
-
-        let e = RedbLog::open(&path).unwrap_err();
-        let msg = e.to_string();
-        assert!(matches!(e, LogError::Layout(_)), "{e:?}");
-        assert!(!e.is_retryable());
-        assert!(msg.contains(&path.display().to_string()), "names the file: {msg}");
-        assert!(msg.contains("version 999"), "names its version: {msg}");
-        assert!(
-            msg.contains(&format!("reads version {LAYOUT_VERSION}")),
-            "names ours: {msg}"
-        );
-        assert!(msg.contains("backup"), "says what to do: {msg}");
-        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
-        std::fs::remove_dir_all(dir).ok();
+    fn quarantine(&self) -> Result<VerifyReport, LogError> {
+        RedbLog::quarantine(self)
     }
 }
