@@ -129,6 +129,11 @@ enum LogCmd {
         /// stored); the report says which offsets.
         #[arg(long)]
         quarantine: bool,
+        /// Open a log that holds less than it acknowledged (it rolled back: the agent refuses to
+        /// start on it and says so): each such partition goes on after the offsets it had
+        /// handed out, none is given twice, and the lost ranges are recorded. Agent stopped.
+        #[arg(long)]
+        accept_rollback: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -222,11 +227,21 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 LogCmd::Verify {
                     common,
                     quarantine,
+                    accept_rollback,
                     json,
                 },
         } => {
             let cfg = load(&common)?;
-            let v = match open_local(&cfg)? {
+            let local = if accept_rollback {
+                let path = agent::log_path(&cfg.data_dir);
+                Some(
+                    RedbLog::open_with(&path, true)
+                        .with_context(|| format!("opening {} (is the agent stopped?)", path.display()))?,
+                )
+            } else {
+                open_local(&cfg)?
+            };
+            let v = match local {
                 Some(store) => {
                     let r = if quarantine {
                         store.quarantine()?

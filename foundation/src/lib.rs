@@ -49,3 +49,5 @@ pub mod scratch;
 pub mod shutdown;
 #[cfg(feature = "testkit")]
 pub mod wait;
+#[cfg(feature = "redb")]
+pub mod watermarks;

@@ -54,6 +54,10 @@ pub enum LogError {
     /// The storage engine failed (I/O, disk full). Retryable: nothing was half-applied.
     #[error("storage: {0}")]
     Storage(String),
+    /// The log file holds less than it had acknowledged (it rolled back); refused until an
+    /// operator accepts it (fatal for the open).
+    #[error("{0}")]
+    RolledBack(String),
     /// The log file is of a layout this build does not read (fatal; the file was left as it
     /// was).
     #[error("{0}")]

@@ -39,6 +39,13 @@
 //! acknowledged, so what a damaged chunk held is lost at the edge: `verify` says exactly which
 //! offsets.
 //!
+//! # Rollbacks
+//! After each append the store raises every touched partition's next offset in
+//! `log.redb.acked` beside the file ([`foundation::watermarks`]). On open, a partition below
+//! its mark means the file lost acknowledged commits: [`LogError::RolledBack`], until an
+//! operator accepts it ([`RedbLog::open_with`]); a rebuilt partition row never starts below
+//! its mark either.
+//!
 //! # Failing disks
 //! After an I/O error redb refuses every further write until the database is reopened. The
 //! store therefore reopens the file before the next operation after any storage error, so a
@@ -55,6 +62,7 @@ mod verify;
 pub use verify::{DamagedItem, VerifyReport};
 
 use foundation::redb::Reopening;
+use foundation::watermarks::Watermarks;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
@@ -98,6 +106,14 @@ pub struct RedbLog {
     db: Reopening,
     topics: RwLock<HashMap<String, TopicRow>>,
     damage: Mutex<Option<StoreDamage>>,
+    /// Each partition's next offset as last committed, beside the file (`log.redb.acked`).
+    marks: Watermarks,
+    marks_failing: std::sync::atomic::AtomicBool,
+}
+
+/// A partition's key in the watermarks.
+fn mark_key(id: u32, p: u32) -> u64 {
+    (u64::from(id) << 32) | u64::from(p)
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> LogError {
@@ -128,26 +144,139 @@ impl RedbLog {
     /// redb's "recovery required" mark is off, so the next start needs no repair.
     pub fn close(&self) {
         self.db.close();
+        if let Err(e) = self.marks.sync() {
+            error!(file = %self.marks.path().display(), error = %e, "syncing the log's watermarks");
+        }
     }
 
     /// Opens (or creates) the log at `path`. Fails with a clear error if another process
     /// has it open (redb allows one), or if the file is of another layout version. A file of
     /// layout 1 is upgraded to this layout first (`upgrade.rs`).
     pub fn open(path: &Path) -> Result<Self, LogError> {
+        Self::open_with(path, false)
+    }
+
+    /// Where the watermarks of the log at `path` are kept.
+    pub fn marks_path(path: &Path) -> std::path::PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".acked");
+        p.into()
+    }
+
+    /// [`RedbLog::open`]; with `accept_rollback`, a log found below its watermarks (see
+    /// [`LogError::RolledBack`]) opens anyway: each rolled-back partition continues at its
+    /// watermark, so no offset handed out before is given again, and the lost ranges are
+    /// recorded in the quarantine table (`rollback/<topic id>/<partition>`).
+    pub fn open_with(path: &Path, accept_rollback: bool) -> Result<Self, LogError> {
+        let db = Reopening::open_migrating(
+            path,
+            CACHE_BYTES,
+            "is the agent running? use its admin API",
+            LAYOUT_VERSION,
+            &[1],
+            &upgrade::from_v1,
+        )?;
+        let marks = Watermarks::open(&Self::marks_path(path))
+            .map_err(|e| LogError::Storage(format!("{}: {e}", Self::marks_path(path).display())))?;
         let store = RedbLog {
-            db: Reopening::open_migrating(
-                path,
-                CACHE_BYTES,
-                "is the agent running? use its admin API",
-                LAYOUT_VERSION,
-                &[1],
-                &upgrade::from_v1,
-            )?,
+            marks,
+            marks_failing: std::sync::atomic::AtomicBool::new(false),
+            db,
             topics: RwLock::new(HashMap::new()),
             damage: Mutex::new(None),
         };
         store.init()?;
+        store.check_marks(accept_rollback)?;
         Ok(store)
+    }
+
+    /// Compares every partition with its watermark; see [`RedbLog::open_with`].
+    fn check_marks(&self, accept: bool) -> Result<(), LogError> {
+        let marks = self.marks.marks();
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let names: HashMap<u32, String> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| (r.id, r.spec.name.clone()))
+            .collect();
+        let behind = self.read_db(|tx| {
+            let Some(parts) = table_missing_ok(tx.open_table(PARTS))? else {
+                return Ok(Vec::new());
+            };
+            let mut behind = Vec::new();
+            for (&k, &mark) in &marks {
+                let (id, p) = ((k >> 32) as u32, k as u32);
+                // A damaged row is rebuilt on its next write, from the chunks and this mark.
+                let Ok(next) = get_part(&parts, id, p).map(|s| s.next_offset) else {
+                    continue;
+                };
+                if next < mark {
+                    behind.push((id, p, next, mark));
+                }
+            }
+            Ok(behind)
+        })?;
+        if behind.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = behind
+            .iter()
+            .map(|(id, p, next, mark)| {
+                let topic = names.get(id).map_or("?", String::as_str);
+                format!("{topic:?} partition {p}: offsets {next}..{mark}")
+            })
+            .collect();
+        if !accept {
+            return Err(LogError::RolledBack(format!(
+                "{} holds less than it acknowledged ({}; the marks are in {}): the file rolled back                  (a damaged commit slot, a disk that lost confirmed writes, or an old copy restored).                  Those records are gone from this gateway; if they were not yet forwarded, they are                  lost. Run `edge-agent log verify --accept-rollback` to go on with the offsets after                  them, so none is handed out twice",
+                self.path().display(),
+                list.join(", "),
+                self.marks.path().display()
+            )));
+        }
+        self.write(|tx| {
+            let mut parts = tx.open_table(PARTS).map_err(storage)?;
+            let chunks = tx.open_table(CHUNKS).map_err(storage)?;
+            let mut q = tx.open_table(QUARANTINE).map_err(storage)?;
+            for &(id, p, next, mark) in &behind {
+                let mut s = self.part_for_write(&parts, &chunks, names.get(&id).map_or("?", |n| n), id, p)?;
+                s.next_offset = mark;
+                if s.records == 0 {
+                    s.first_offset = mark;
+                }
+                put_part(&mut parts, id, p, &s)?;
+                let lost = format!("offsets {next}..{mark} lost to a rollback of the file");
+                q.insert(format!("rollback/{id}/{p}").as_str(), lost.as_bytes())
+                    .map_err(storage)?;
+            }
+            Ok(())
+        })?;
+        for l in &list {
+            error!(lost = %l, "rollback accepted: the partition goes on after its watermark");
+        }
+        Ok(())
+    }
+
+    /// Raises the watermarks after a commit. A failure to write them is logged once; the commit
+    /// stands (it is durable), only the rollback check is weaker until they are written again.
+    fn raise_marks(&self, marks: impl IntoIterator<Item = (u64, u64)>) {
+        use std::sync::atomic::Ordering;
+        match self.marks.raise(marks) {
+            Ok(()) => {
+                if self.marks_failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("the log's watermarks are written again");
+                }
+            }
+            Err(e) => {
+                if !self.marks_failing.swap(true, Ordering::Relaxed) {
+                    error!(file = %self.marks.path().display(), error = %e, "writing the log's watermarks failed");
+                }
+            }
+        }
     }
 
     /// Records damage found while reading: logged, counted, reported by [`LogStore::damage`].
@@ -281,7 +410,9 @@ impl RedbLog {
             Ok(s) => Ok(s),
             Err(e @ LogError::Corrupt(_)) => {
                 self.damaged(&format!("topic {topic:?} partition {p}"), e);
-                let s = verify::rebuild_part(chunks, id, p, None)?.stats;
+                // Never below the watermark: no offset is handed out twice.
+                let floor = self.marks.marks().get(&mark_key(id, p)).copied();
+                let s = verify::rebuild_part(chunks, id, p, floor)?.stats;
                 error!(
                     topic,
                     partition = p,
@@ -455,7 +586,8 @@ impl LogStore for RedbLog {
             .iter()
             .map(|p| self.topic_partition(&p.topic, p.partition).map(|r| r.id))
             .collect::<Result<Vec<_>, _>>()?;
-        self.write(|tx| {
+        let mut marks = Vec::with_capacity(append.partitions.len());
+        let bases = self.write(|tx| {
             let mut parts = tx.open_table(PARTS).map_err(storage)?;
             let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
             let mut bases = Vec::with_capacity(append.partitions.len());
@@ -477,6 +609,7 @@ impl LogStore for RedbLog {
                     .insert((id, p.partition, base), bytes.as_slice())
                     .map_err(storage)?;
                 put_part(&mut parts, id, p.partition, &stats)?;
+                marks.push((mark_key(id, p.partition), stats.next_offset));
             }
             if !append.streams.is_empty() {
                 let mut streams = tx.open_table(STREAMS).map_err(storage)?;
@@ -490,7 +623,9 @@ impl LogStore for RedbLog {
                 }
             }
             Ok(bases)
-        })
+        })?;
+        self.raise_marks(marks);
+        Ok(bases)
     }
 
     fn read(

@@ -328,3 +328,54 @@ fn damage_is_an_error_where_it_is_and_quarantine_puts_it_aside() {
     drop(s);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_log_that_rolled_back_is_refused_until_accepted_and_reuses_no_offset() {
+    let dir = scratch();
+    let path = dir.join("log.redb");
+    let s = RedbLog::open(&path).unwrap();
+    s.ensure_topic(&TopicSpec::new("t", 2)).unwrap();
+    s.append(&one("t", 0, vec![rec(1, None, "a"), rec(2, None, "b")]))
+        .unwrap();
+    s.close();
+    drop(s);
+    let old = std::fs::read(&path).unwrap();
+    let s = RedbLog::open(&path).unwrap();
+    assert_eq!(s.append(&one("t", 0, vec![rec(3, None, "c")])).unwrap(), [2]);
+    assert_eq!(s.append(&one("t", 1, vec![rec(4, None, "d")])).unwrap(), [0]);
+    s.close();
+    drop(s);
+    // The file goes back to its state before those two commits; the marks beside it do not.
+    std::fs::write(&path, old).unwrap();
+
+    let e = RedbLog::open(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, LogError::RolledBack(_)), "{e:?}");
+    assert!(
+        msg.contains("\"t\" partition 0: offsets 2..3") && msg.contains("\"t\" partition 1: offsets 0..1"),
+        "names what is gone: {msg}"
+    );
+    assert!(msg.contains("--accept-rollback"), "says what to do: {msg}");
+
+    let s = RedbLog::open_with(&path, true).unwrap();
+    assert_eq!(
+        s.append(&one("t", 0, vec![rec(5, None, "e")])).unwrap(),
+        [3],
+        "goes on after the lost offsets: none handed out twice"
+    );
+    assert_eq!(s.append(&one("t", 1, vec![rec(6, None, "f")])).unwrap(), [1]);
+    let r = s.verify().unwrap();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_eq!(r.quarantined, ["rollback/0/0", "rollback/0/1"]);
+    drop(s);
+    let s = RedbLog::open(&path).unwrap();
+    let vals: Vec<_> = s
+        .read("t", 0, 0, 10, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(vals, [0, 1, 3]);
+    drop(s);
+    std::fs::remove_dir_all(dir).ok();
+}
