@@ -33,6 +33,10 @@ pub struct SourceStatus {
     pub acked: u64,
     /// Live data is going ahead of a backlog.
     pub live_first: bool,
+    /// Why reading this partition from the edge log fails, while it does (damaged data: see
+    /// `edge-agent log verify`); the partition is retried every few seconds, the others go on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_error: Option<String>,
 }
 
 /// A replay job.
@@ -165,7 +169,7 @@ impl Status {
             self.last_ack_ms as f64 / 1000.0,
         );
         type Field = fn(&SourceStatus) -> f64;
-        let per: [(&str, &str, &str, Field); 9] = [
+        let per: [(&str, &str, &str, Field); 10] = [
             (
                 "bridge_checkpoint",
                 "gauge",
@@ -216,6 +220,12 @@ impl Status {
                 "gauge",
                 "1 while live data goes ahead of a backlog",
                 |s| f64::from(u8::from(s.live_first)),
+            ),
+            (
+                "bridge_read_failing",
+                "gauge",
+                "1 while reading the partition from the edge log fails (it is held back; the others go on)",
+                |s| f64::from(u8::from(s.read_error.is_some())),
             ),
         ];
         for (name, kind, help, f) in per {

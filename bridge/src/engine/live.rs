@@ -14,6 +14,9 @@ impl Engine {
     pub(super) fn live<S: CloudSession>(&mut self, session: &mut S) -> Result<usize> {
         let mut sent = 0;
         for i in 0..self.sources.len() {
+            if self.held(i) {
+                continue;
+            }
             let s = &mut self.sources[i];
             let Some(live) = &mut s.live else { continue };
             if s.drain >= live.tail {
@@ -26,7 +29,7 @@ impl Engine {
                 let from = live.scan.max(s.drain);
                 let to = live.region_end.min(from.saturating_add(1_000_000));
                 let backlog = &mut live.backlog;
-                self.log.scan_keys(&s.topic, s.partition, from, to, &mut |o, k| {
+                let scanned = self.log.scan_keys(&s.topic, s.partition, from, to, &mut |o, k| {
                     let k = k.unwrap_or_default();
                     match backlog.get_mut(k) {
                         Some(last) => *last = o,
@@ -34,7 +37,14 @@ impl Engine {
                             backlog.insert(k.to_vec(), o);
                         }
                     }
-                })?;
+                });
+                if let Err(e) = scanned {
+                    self.read_failed(i, &e);
+                    continue;
+                }
+                let Some(live) = &mut self.sources[i].live else {
+                    continue;
+                };
                 live.scan = to;
                 live.scanned = to >= live.region_end;
                 continue;
@@ -44,7 +54,13 @@ impl Engine {
             }
             let room = self.cfg.max_in_flight - self.in_flight;
             let (topic, route, p) = (s.topic.clone(), s.route.clone(), s.partition);
-            let recs = self.log.read(&topic, p, live.tail, room.min(2_000), 4 << 20)?;
+            let recs = match self.log.read(&topic, p, live.tail, room.min(2_000), 4 << 20) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.read_failed(i, &e);
+                    continue;
+                }
+            };
             for r in recs {
                 let s = &mut self.sources[i];
                 let Some(live) = &mut s.live else { break };

@@ -83,6 +83,16 @@ struct Route {
     prefix: Vec<u8>,
 }
 
+/// How long a partition whose read failed waits before it is read again.
+const READ_RETRY: Duration = Duration::from_secs(5);
+
+/// A partition held back after a failed read of the edge log.
+#[derive(Debug)]
+struct Held {
+    until: Instant,
+    error: String,
+}
+
 /// One forwarded edge partition.
 #[derive(Debug)]
 struct Source {
@@ -99,6 +109,8 @@ struct Source {
     rejected: u64,
     sent: u64,
     acked: u64,
+    /// Reading it failed (damaged data): held back until then, the others go on.
+    held: Option<Held>,
 }
 
 impl Source {
@@ -203,6 +215,7 @@ impl Engine {
                     rejected: saved.rejected,
                     sent: 0,
                     acked: 0,
+                    held: None,
                 });
             }
         }
@@ -275,6 +288,38 @@ impl Engine {
         e.housekeeping(None);
         e.enter_live_first();
         Ok(e)
+    }
+
+    /// Whether partition `i` is held back after a failed read (and it is not time to retry).
+    fn held(&self, i: usize) -> bool {
+        self.sources[i]
+            .held
+            .as_ref()
+            .is_some_and(|h| self.clock.now() < h.until)
+    }
+
+    /// A read of partition `i` failed (damaged edge data, an I/O error): it is held back and
+    /// retried after [`READ_RETRY`]; the session and the other partitions go on. A damaged
+    /// chunk is never skipped here: the operator puts it aside (`edge-agent log verify
+    /// --quarantine`), and the partition goes on past the hole.
+    fn read_failed(&mut self, i: usize, e: &Error) {
+        let until = self.clock.now() + READ_RETRY;
+        let s = &mut self.sources[i];
+        if s.held.is_none() {
+            warn!(topic = %s.topic, partition = s.partition, error = %e, "reading the edge log failed: this partition is held back and read again every 5 s, the others go on");
+        }
+        s.held = Some(Held {
+            until,
+            error: e.to_string(),
+        });
+    }
+
+    /// A read of partition `i` succeeded.
+    fn read_ok(&mut self, i: usize) {
+        let s = &mut self.sources[i];
+        if s.held.take().is_some() {
+            info!(topic = %s.topic, partition = s.partition, "the partition reads again");
+        }
     }
 
     /// The edge log.
@@ -506,6 +551,7 @@ impl Engine {
                     sent: s.sent,
                     acked: s.acked,
                     live_first: s.live.is_some(),
+                    read_error: s.held.as_ref().map(|h| h.error.clone()),
                 }
             })
             .collect();

@@ -314,7 +314,26 @@ impl Engine {
                         prefix: format!("{}/{topic}/{p}/", self.gateway_id).into_bytes(),
                     },
                 };
-                let recs = self.log.read(&topic, p, cursor, room, 4 << 20)?;
+                let src = self
+                    .sources
+                    .iter()
+                    .position(|s| s.topic == topic && s.partition == p);
+                if src.is_some_and(|i| self.held(i)) {
+                    continue;
+                }
+                let recs = match self.log.read(&topic, p, cursor, room, 4 << 20) {
+                    Ok(r) => r,
+                    // Held back like the partition's own forwarding; the job waits.
+                    Err(e) => {
+                        match src {
+                            Some(i) => self.read_failed(i, &e),
+                            None => {
+                                warn!(job = id, topic = %topic, partition = p, error = %e, "replay read failed; retried")
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let exhausted = recs.last().is_none_or(|rec| rec.offset + 1 >= end);
                 // Offsets the read stepped over are gone from the log (quota, retention).
                 let mut expect = cursor;

@@ -96,6 +96,9 @@ impl Engine {
             if self.in_flight + step > limit || self.capped() {
                 break;
             }
+            if self.held(i) {
+                continue;
+            }
             let room = limit - self.in_flight;
             let s = &self.sources[i];
             let (topic, route, p, from) = (s.topic.clone(), s.route.clone(), s.partition, s.drain);
@@ -103,7 +106,7 @@ impl Engine {
             let log = self.log.clone();
             let mut first = None;
             let mut failed = None;
-            log.read_with(&topic, p, from, room.min(5_000), &mut |r| {
+            let read = log.read_with(&topic, p, from, room.min(5_000), &mut |r| {
                 if first.is_none() {
                     first = Some(r.offset);
                     if r.offset > from {
@@ -135,13 +138,24 @@ impl Engine {
                 }
                 self.sources[i].drain = r.offset + 1;
                 true
-            })?;
+            });
             if let Some(e) = failed {
                 return Err(e);
             }
+            if let Err(e) = read {
+                self.read_failed(i, &e);
+                continue;
+            }
+            self.read_ok(i);
             // Nothing at or after `from`: if records were expected, they are gone.
             if first.is_none() && from < self.sources[i].info.next_offset {
-                let info = self.log.partition(&topic, p)?;
+                let info = match self.log.partition(&topic, p) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        self.read_failed(i, &e);
+                        continue;
+                    }
+                };
                 let gap_end = info.first_offset.min(info.next_offset);
                 if gap_end > from {
                     self.skip(i, from, gap_end);

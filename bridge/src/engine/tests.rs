@@ -417,6 +417,48 @@ fn live_data_of_a_caught_up_device_goes_ahead_of_a_backlog() {
     w.check();
 }
 
+/// A partition whose reads fail (a damaged chunk at the edge) is held back; the session and
+/// the other partitions go on, and it is forwarded once it reads again (after quarantine).
+#[test]
+fn a_partition_that_cannot_be_read_holds_back_only_itself() {
+    let mut w = World::new(cfg(None), 11);
+    for d in 0..DEVICES {
+        w.append(d, 30);
+    }
+    w.log.fail_reads(TELEMETRY, 1, true);
+    for _ in 0..40 {
+        w.step();
+        w.tick(50);
+    }
+    let st = w.engine().snapshot();
+    assert_eq!(
+        st.sessions, 1,
+        "one session throughout: a read error does not end it"
+    );
+    for s in st.sources.iter().filter(|s| s.topic == TELEMETRY) {
+        if s.partition == 1 {
+            assert_eq!(s.checkpoint, 0);
+            let e = s.read_error.as_deref().unwrap_or_default();
+            assert!(e.contains("checksum"), "the status says why: {s:?}");
+        } else {
+            assert_eq!(s.checkpoint, s.next_offset, "the others are forwarded: {s:?}");
+            assert!(s.read_error.is_none());
+        }
+    }
+    assert!(st
+        .render_prometheus()
+        .contains("bridge_read_failing{topic=\"telemetry\",partition=\"1\"} 1"));
+    w.log.fail_reads(TELEMETRY, 1, false);
+    w.settle();
+    w.check();
+    assert!(w
+        .engine()
+        .snapshot()
+        .sources
+        .iter()
+        .all(|s| s.read_error.is_none()));
+}
+
 /// Over the quota while the cloud is away, the oldest records go and are counted exactly.
 #[test]
 fn quota_drops_are_counted_exactly() {

@@ -32,6 +32,8 @@ impl Partition {
 struct Inner {
     topics: BTreeMap<String, (bool, Vec<Partition>)>,
     state: Option<Vec<u8>>,
+    /// Partitions whose reads fail (a damaged chunk, as the redb log reports it).
+    failing: std::collections::BTreeSet<(String, u32)>,
 }
 
 /// A record to append: key, value, and a reading's (boot, seq).
@@ -87,6 +89,26 @@ impl MemLog {
         first
     }
 
+    /// Makes every read of a partition fail (`true`), as a damaged chunk does, or work again.
+    pub fn fail_reads(&self, topic: &str, partition: u32, fail: bool) {
+        let mut g = self.lock();
+        if fail {
+            g.failing.insert((topic.into(), partition));
+        } else {
+            g.failing.remove(&(topic.into(), partition));
+        }
+    }
+
+    /// A read of a partition made to fail: its error.
+    fn check_reads(&self, topic: &str, partition: u32) -> Result<()> {
+        if self.lock().failing.contains(&(topic.to_string(), partition)) {
+            return Err(crate::Error::log(format!(
+                "corrupt log data: topic {topic:?} partition {partition}, chunk at offset 0: checksum mismatch"
+            )));
+        }
+        Ok(())
+    }
+
     fn with_partition<T>(
         &self,
         topic: &str,
@@ -125,6 +147,7 @@ impl EdgeLog for MemLog {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<EdgeRecord>> {
+        self.check_reads(topic, partition)?;
         self.with_partition(topic, partition, |p| {
             let mut bytes = 0;
             let mut out = Vec::new();
@@ -167,6 +190,7 @@ impl EdgeLog for MemLog {
         to: u64,
         f: &mut dyn FnMut(u64, Option<&[u8]>),
     ) -> Result<u64> {
+        self.check_reads(topic, partition)?;
         let keys: Vec<(u64, Option<Vec<u8>>)> = self.with_partition(topic, partition, |p| {
             p.records_from(from)
                 .take_while(|r| r.offset < to)

@@ -31,6 +31,19 @@ fn storage<E: std::fmt::Display>(e: E) -> LogError {
     LogError::Storage(e.to_string())
 }
 
+/// Every row of a table keyed by strings, copied out (small tables: topics, metadata).
+fn string_rows(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, Vec<u8>)>, LogError> {
+    t.iter()
+        .map_err(storage)?
+        .map(|e| {
+            e.map(|(k, v)| (k.value().to_string(), v.value().to_vec()))
+                .map_err(storage)
+        })
+        .collect()
+}
+
 fn upgrade(tx: &WriteTransaction) -> Result<(), LogError> {
     let mut quarantine = tx.open_table(QUARANTINE).map_err(storage)?;
     let mut put_aside = |key: String, bytes: &[u8], why: &str| -> Result<(), LogError> {
@@ -40,15 +53,7 @@ fn upgrade(tx: &WriteTransaction) -> Result<(), LogError> {
     };
 
     let mut topics = tx.open_table(TOPICS).map_err(storage)?;
-    let all: Vec<(String, Vec<u8>)> = topics
-        .iter()
-        .map_err(storage)?
-        .map(|e| {
-            e.map(|(k, v)| (k.value().to_string(), v.value().to_vec()))
-                .map_err(storage)
-        })
-        .collect::<Result<_, _>>()?;
-    for (name, json) in &all {
+    for (name, json) in &string_rows(&topics)? {
         if serde_json::from_slice::<super::TopicRow>(json).is_ok() {
             topics
                 .insert(name.as_str(), rows::seal(name.as_bytes(), json).as_slice())
@@ -60,15 +65,7 @@ fn upgrade(tx: &WriteTransaction) -> Result<(), LogError> {
     }
 
     let mut meta = tx.open_table(META).map_err(storage)?;
-    let all: Vec<(String, Vec<u8>)> = meta
-        .iter()
-        .map_err(storage)?
-        .map(|e| {
-            e.map(|(k, v)| (k.value().to_string(), v.value().to_vec()))
-                .map_err(storage)
-        })
-        .collect::<Result<_, _>>()?;
-    for (k, v) in &all {
+    for (k, v) in &string_rows(&meta)? {
         meta.insert(k.as_str(), rows::seal(k.as_bytes(), v).as_slice())
             .map_err(storage)?;
     }
