@@ -64,6 +64,29 @@ pub fn needs_recovery(path: &Path) -> std::io::Result<bool> {
     Ok(head[9] & 0x02 != 0)
 }
 
+/// A stored value sealed with its checksum: `value ‖ CRC-32C(key ‖ value)`, `key` being the
+/// bytes of the row's key (so a flipped bit in either is caught, and a row is never taken for
+/// another key's). redb does not check its pages on read; stores seal their rows with this.
+pub fn seal(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 4);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&seal_crc(key, value).to_le_bytes());
+    out
+}
+
+/// The value of a row written by [`seal`] under `key`, or `None` if its checksum does not
+/// match.
+pub fn unseal<'a>(key: &[u8], bytes: &'a [u8]) -> Option<&'a [u8]> {
+    let split = bytes.len().checked_sub(4)?;
+    let (value, tail) = bytes.split_at(split);
+    let stored = u32::from_le_bytes(tail.try_into().ok()?);
+    (seal_crc(key, value) == stored).then_some(value)
+}
+
+fn seal_crc(key: &[u8], value: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(key), value)
+}
+
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -215,34 +215,53 @@ impl Broker {
         end: i64,
         max_bytes: usize,
     ) -> anyhow::Result<Vec<u8>> {
-        let mut raw = self.read_unchecked(topic_id, partition, from, end, max_bytes)?;
-        let (good, bad) = batch::check_stored(&raw);
-        if let Some(at) = bad {
-            let topic = self
-                .catalog
+        let topic = || {
+            self.catalog
                 .topics
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
                 .find(|t| t.meta.id == topic_id)
-                .map_or_else(|| format!("#{topic_id}"), |t| t.meta.name.clone());
+                .map_or_else(|| format!("#{topic_id}"), |t| t.meta.name.clone())
+        };
+        let mut raw = match self.read_unchecked(topic_id, partition, from, end, max_bytes) {
+            Ok(raw) => raw,
+            // The store found a batch whose header disagrees with where it is stored.
+            Err(e) => match e.downcast_ref::<crate::storage::StoreError>() {
+                Some(crate::storage::StoreError::Corrupt(why)) => {
+                    let what = format!("damaged stored batch in {} partition {partition}: {why}", topic());
+                    return Err(self.damaged(what, from).into());
+                }
+                _ => return Err(e),
+            },
+        };
+        let (good, bad) = batch::check_stored(&raw);
+        if let Some(at) = bad {
             let at = at.map_or_else(
                 || "an unreadable batch header".to_string(),
                 |o| format!("offset {o}"),
             );
-            let what =
-                format!("damaged stored batch in {topic} partition {partition} at {at} (CRC-32C mismatch)");
-            tracing::error!(topic, partition, from, "{what}: not served");
-            self.damage
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(what.clone());
+            let what = format!(
+                "damaged stored batch in {} partition {partition} at {at} (CRC-32C mismatch)",
+                topic()
+            );
+            let e = self.damaged(what, from);
             if good == 0 {
-                return Err(DamagedData(what).into());
+                return Err(e.into());
             }
             raw.truncate(good);
         }
         Ok(raw)
+    }
+
+    /// Records damaged data a read met: logged, and `/health` reports it from then on.
+    fn damaged(&self, what: String, from: i64) -> DamagedData {
+        tracing::error!(from, "{what}: not served");
+        self.damage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(what.clone());
+        DamagedData(what)
     }
 
     fn read_unchecked(
@@ -535,6 +554,13 @@ impl Broker {
     pub fn health(&self) -> Result<(), String> {
         if let Some(d) = self.damage.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(d);
+        }
+        if let Backend::Single { storage, .. } = &self.backend {
+            if let Some(d) = storage.damage() {
+                return Err(format!(
+                    "damaged stored data: {d} (run `cloud-broker storage verify` with the broker stopped)"
+                ));
+            }
         }
         let failure = match &self.backend {
             Backend::Single { storage, .. } => storage.write_failure(),

@@ -31,6 +31,37 @@ enum Cmd {
     /// Look at a running cluster through its nodes' HTTP listeners.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Check or repair a stopped single-node broker's data directory.
+    #[command(subcommand)]
+    Storage(StorageCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum StorageCmd {
+    /// Check every stored row and batch (checksums, decoding, each partition's offsets
+    /// against its batches) and redb's pages; list what is damaged and which offsets it held.
+    /// Exits with status 1 if anything is. The broker must be stopped.
+    Verify {
+        /// Configuration file (TOML), for its data directory.
+        #[arg(long, env = "CLOUD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory [default: ./data/cloud].
+        #[arg(long, env = "CLOUD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Also move each damaged item to the store's quarantine table (its bytes kept) and
+        /// rebuild the partition offsets that counted it: consumers read past the hole,
+        /// offsets are never reused. What a damaged batch held is lost on this node.
+        #[arg(long)]
+        quarantine: bool,
+        /// Open a store that holds less than it acknowledged (it rolled back: the broker
+        /// refuses to start on it and says so): each such partition goes on after the offsets
+        /// it had handed out, and the lost ranges are recorded.
+        #[arg(long)]
+        accept_rollback: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +165,16 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             new,
             wait_secs,
         }) => cluster::replace(&nodes, old, &new, Duration::from_secs(wait_secs)),
+        Cmd::Storage(StorageCmd::Verify {
+            config,
+            data_dir,
+            quarantine,
+            accept_rollback,
+            json,
+        }) => {
+            foundation::logging::init("CLOUD_LOG", "warn");
+            storage_verify(config, data_dir, quarantine, accept_rollback, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +183,77 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cloud-broker storage verify`.
+fn storage_verify(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    quarantine: bool,
+    accept_rollback: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut cfg = match &config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    let path = cfg.data_dir.join("broker.redb");
+    anyhow::ensure!(
+        !cfg.data_dir.join("node.redb").exists(),
+        "{} holds a cluster node's data: its replicas are checked by the other nodes' logs (a \
+         node whose data is damaged is replaced with `cluster replace`)",
+        cfg.data_dir.display()
+    );
+    anyhow::ensure!(
+        path.exists(),
+        "no broker data at {} (wrong --data-dir?)",
+        path.display()
+    );
+    let report = {
+        let store = RedbStorage::open_with(&path, accept_rollback)
+            .map_err(|e| anyhow::anyhow!("opening {} (is the broker stopped?): {e}", path.display()))?;
+        let r = if quarantine {
+            store.quarantine()?
+        } else {
+            store.verify()?
+        };
+        crate::storage::Storage::close(&store);
+        r
+    };
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["clean"] = report.is_clean().into();
+        println!("{v}");
+    } else {
+        println!(
+            "checked {} topics, {} partitions, {} batches ({} bytes), {} producer states, {} group offsets, {} metadata values",
+            report.topics, report.partitions, report.batches, report.bytes, report.producers, report.offsets, report.meta
+        );
+        if report.damaged.is_empty() {
+            println!("no damaged rows or batches");
+        }
+        for d in &report.damaged {
+            let tag = if quarantine { "QUARANTINED" } else { "DAMAGED" };
+            println!("{tag} {}: {} ({})", d.key, d.what, d.error);
+        }
+        println!(
+            "redb page check: {}",
+            report.page_damage.as_deref().unwrap_or("ok")
+        );
+        if !report.quarantined.is_empty() {
+            println!("{} items are in the quarantine table", report.quarantined.len());
+        }
+        if !report.damaged.is_empty() && !quarantine {
+            println!("run `cloud-broker storage verify --quarantine` to put them aside and go on");
+        }
+    }
+    if !report.damaged.is_empty() && !quarantine {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {

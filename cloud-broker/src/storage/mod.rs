@@ -39,6 +39,10 @@ pub enum StoreError {
     /// The file is of a layout this build does not read (fatal; the file was left as it was).
     #[error("{0}")]
     Layout(String),
+    /// The file holds less than it acknowledged (it rolled back); refused until an operator
+    /// accepts it (fatal for the open).
+    #[error("{0}")]
+    RolledBack(String),
 }
 
 /// Per-topic settings (the Kafka topic configs we honour).
@@ -189,6 +193,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn write_failure(&self) -> Option<String> {
         None
     }
+    /// Damaged stored data found (at start, or by a read), if any: `/health` reports it.
+    fn damage(&self) -> Option<String> {
+        None
+    }
 }
 
 /// [`Storage::read`]'s rule for one stored batch `b`, in offset order: skipped while it ends
@@ -208,7 +216,10 @@ pub(crate) fn gather_batch(out: &mut Vec<u8>, b: &[u8], from: i64, max_bytes: us
 impl From<foundation::redb::OpenError> for StoreError {
     fn from(e: foundation::redb::OpenError) -> Self {
         match e {
-            foundation::redb::OpenError::Layout { .. } => StoreError::Layout(e.to_string()),
+            foundation::redb::OpenError::Layout { .. } | foundation::redb::OpenError::Migrate { .. } => {
+                StoreError::Layout(e.to_string())
+            }
+            foundation::redb::OpenError::Panicked { .. } => StoreError::Corrupt(e.to_string()),
             e => StoreError::Io(e.to_string()),
         }
     }

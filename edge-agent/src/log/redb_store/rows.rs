@@ -7,27 +7,7 @@
 
 use super::super::{LogError, PartitionStats};
 
-const CRC: usize = 4;
-
-fn crc(key: &[u8], value: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(key), value)
-}
-
-/// `value ‖ crc32c(key ‖ value)`.
-pub fn seal(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len() + CRC);
-    out.extend_from_slice(value);
-    out.extend_from_slice(&crc(key, value).to_le_bytes());
-    out
-}
-
-/// The value of a sealed row stored under `key`, or `None` if its checksum does not match.
-pub fn unseal<'a>(key: &[u8], bytes: &'a [u8]) -> Option<&'a [u8]> {
-    let split = bytes.len().checked_sub(CRC)?;
-    let (value, tail) = bytes.split_at(split);
-    let stored = u32::from_le_bytes(tail.try_into().ok()?);
-    (crc(key, value) == stored).then_some(value)
-}
+pub use foundation::redb::{seal, unseal};
 
 /// A row that failed its checksum or its decoding: what `verify` and the logs say.
 pub fn damaged(what: impl std::fmt::Display) -> LogError {
