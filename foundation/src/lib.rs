@@ -27,6 +27,8 @@ pub mod time;
 
 #[cfg(feature = "config")]
 pub mod config;
+#[cfg(all(feature = "redb", feature = "testkit"))]
+pub mod faulty;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "logging")]

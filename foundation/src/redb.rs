@@ -175,6 +175,46 @@ pub struct Reopening {
     repaired: std::sync::Arc<AtomicBool>,
     /// Why the last write failed, until one succeeds.
     write_failure: std::sync::Mutex<Option<String>>,
+    /// Where the bytes live when not in the file at `path` (tests: a faulty disk).
+    backend: Option<Factory>,
+}
+
+/// A [`BackendFactory`] that a derived `Debug` can show.
+#[derive(Clone)]
+struct Factory(BackendFactory);
+
+impl std::fmt::Debug for Factory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a storage backend factory")
+    }
+}
+
+/// Makes the storage backend for each open of a database (see [`Reopening::open_on`]).
+pub type BackendFactory = std::sync::Arc<dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync>;
+
+/// A boxed backend as one redb takes.
+#[derive(Debug)]
+struct Boxed(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for Boxed {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
 }
 
 impl Reopening {
@@ -182,7 +222,16 @@ impl Reopening {
     /// `cache_bytes`. `holder` names who likely has the file open when another process does
     /// (e.g. "is the agent running?").
     pub fn open(path: &Path, cache_bytes: usize, holder: &'static str) -> Result<Reopening, OpenError> {
-        if let Some(dir) = path.parent() {
+        Self::open_inner(path, cache_bytes, holder, None)
+    }
+
+    fn open_inner(
+        path: &Path,
+        cache_bytes: usize,
+        holder: &'static str,
+        backend: Option<Factory>,
+    ) -> Result<Reopening, OpenError> {
+        if let (Some(dir), None) = (path.parent(), &backend) {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
                 path: dir.into(),
                 source,
@@ -197,6 +246,7 @@ impl Reopening {
             closed: AtomicBool::new(false),
             repaired: std::sync::Arc::new(AtomicBool::new(false)),
             write_failure: std::sync::Mutex::new(None),
+            backend,
         };
         *r.db.write().unwrap_or_else(|e| e.into_inner()) = Some(r.open_db()?);
         Ok(r)
@@ -239,11 +289,45 @@ impl Reopening {
         older: &[u64],
         migrate: &dyn Fn(&redb::WriteTransaction, u64) -> Result<(), String>,
     ) -> Result<Reopening, OpenError> {
+        Self::open_migrating_inner(path, cache_bytes, holder, version, older, migrate, None)
+    }
+
+    /// [`Reopening::open_migrating`] on the storage `backend` makes (a new one for each open),
+    /// not the file at `path` (which only names it in messages): how tests run a store on a
+    /// faulty disk. The read-only check of the layout before the first write is skipped.
+    pub fn open_on(
+        path: &Path,
+        cache_bytes: usize,
+        version: u64,
+        older: &[u64],
+        migrate: &dyn Fn(&redb::WriteTransaction, u64) -> Result<(), String>,
+        backend: BackendFactory,
+    ) -> Result<Reopening, OpenError> {
+        Self::open_migrating_inner(
+            path,
+            cache_bytes,
+            "a test",
+            version,
+            older,
+            migrate,
+            Some(Factory(backend)),
+        )
+    }
+
+    fn open_migrating_inner(
+        path: &Path,
+        cache_bytes: usize,
+        holder: &'static str,
+        version: u64,
+        older: &[u64],
+        migrate: &dyn Fn(&redb::WriteTransaction, u64) -> Result<(), String>,
+        backend: Option<Factory>,
+    ) -> Result<Reopening, OpenError> {
         let layout_io = |source: redb::Error| OpenError::LayoutIo {
             path: path.into(),
             source,
         };
-        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        if backend.is_none() && std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
             match Database::builder()
                 .set_cache_size(cache_bytes)
                 .open_read_only(path)
@@ -258,7 +342,7 @@ impl Reopening {
                 Err(e) => return Err(db_error(path, holder, e)),
             }
         }
-        let r = Reopening::open(path, cache_bytes, holder)?;
+        let r = Reopening::open_inner(path, cache_bytes, holder, backend)?;
         r.with(|db| stamp_layout(db, path, version, older, migrate))?;
         Ok(r)
     }
@@ -266,15 +350,24 @@ impl Reopening {
     fn open_db(&self) -> Result<Database, OpenError> {
         let repaired = self.repaired.clone();
         let path = self.path.clone();
-        Database::builder()
-            .set_cache_size(self.cache_bytes)
-            .set_repair_callback(move |_| {
-                if !repaired.swap(true, Ordering::SeqCst) {
-                    tracing::warn!(file = %path.display(), "the file was not closed cleanly and needs redb's full repair (reads all of it)");
-                }
-            })
-            .create(&self.path)
-            .map_err(|e| db_error(&self.path, self.holder, e))
+        let mut b = Database::builder();
+        b.set_cache_size(self.cache_bytes).set_repair_callback(move |_| {
+            if !repaired.swap(true, Ordering::SeqCst) {
+                tracing::warn!(file = %path.display(), "the file was not closed cleanly and needs redb's full repair (reads all of it)");
+            }
+        });
+        // redb can panic on damaged pages while it opens a file, too.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &self.backend {
+            Some(make) => b.create_with_backend(Boxed((make.0)())),
+            None => b.create(&self.path),
+        }));
+        match opened {
+            Ok(r) => r.map_err(|e| db_error(&self.path, self.holder, e)),
+            Err(_) => Err(OpenError::Panicked {
+                path: self.path.clone(),
+                why: "while opening the file".into(),
+            }),
+        }
     }
 
     /// Whether an open of this store had to run redb's full repair (a file left by a crash,
@@ -296,7 +389,7 @@ impl Reopening {
         if self.poisoned.load(Ordering::SeqCst) {
             let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
             if self.poisoned.load(Ordering::SeqCst) {
-                *g = None; // close before reopening: redb allows one open per file
+                drop_quietly(g.take()); // close before reopening: redb allows one open per file
                 *g = Some(self.open_db()?);
                 self.poisoned.store(false, Ordering::SeqCst);
             }
@@ -386,7 +479,23 @@ impl Reopening {
     /// repair), and refuses every later use with [`OpenError::Closed`].
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        *self.db.write().unwrap_or_else(|e| e.into_inner()) = None;
+        drop_quietly(self.db.write().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+impl Drop for Reopening {
+    fn drop(&mut self) {
+        drop_quietly(self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// Drops a database handle; a handle redb panicked in (a damaged page) can panic again when
+/// dropped (its internal locks are poisoned), which must not take the process down.
+fn drop_quietly(db: Option<Database>) {
+    if let Some(db) = db {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))).is_err() {
+            tracing::error!("closing a database that failed on damaged data panicked; the handle is gone");
+        }
     }
 }
 

@@ -235,6 +235,17 @@ impl RedbStorage {
             &[1],
             &upgrade::from_v1,
         )?;
+        Self::from_db(db, path, accept_rollback)
+    }
+
+    /// [`RedbStorage::open`] on the storage `backend` makes rather than the file at `path`
+    /// (whose name the watermarks file still takes): tests on a faulty disk.
+    pub fn open_on(path: &Path, backend: foundation::redb::BackendFactory) -> Result<Self, StoreError> {
+        let db = Reopening::open_on(path, 4 << 20, LAYOUT_VERSION, &[1], &upgrade::from_v1, backend)?;
+        Self::from_db(db, path, false)
+    }
+
+    fn from_db(db: Reopening, path: &Path, accept_rollback: bool) -> Result<Self, StoreError> {
         let marks = Watermarks::open(&Self::marks_path(path))
             .map_err(|e| StoreError::Io(format!("{}: {e}", Self::marks_path(path).display())))?;
         let s = RedbStorage {
@@ -607,5 +618,7 @@ impl Storage for RedbStorage {
     }
 }
 
+#[cfg(test)]
+mod faults;
 #[cfg(test)]
 mod tests;

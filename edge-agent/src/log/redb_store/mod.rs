@@ -176,6 +176,24 @@ impl RedbLog {
             &[1],
             &upgrade::from_v1,
         )?;
+        Self::with_db(db, path, accept_rollback)
+    }
+
+    /// [`RedbLog::open`] on the storage `backend` makes rather than the file at `path` (whose
+    /// name the watermarks file still takes): tests on a faulty disk.
+    pub fn open_on(path: &Path, backend: foundation::redb::BackendFactory) -> Result<Self, LogError> {
+        let db = Reopening::open_on(
+            path,
+            CACHE_BYTES,
+            LAYOUT_VERSION,
+            &[1],
+            &upgrade::from_v1,
+            backend,
+        )?;
+        Self::with_db(db, path, false)
+    }
+
+    fn with_db(db: Reopening, path: &Path, accept_rollback: bool) -> Result<Self, LogError> {
         let marks = Watermarks::open(&Self::marks_path(path))
             .map_err(|e| LogError::Storage(format!("{}: {e}", Self::marks_path(path).display())))?;
         let store = RedbLog {
@@ -232,7 +250,11 @@ impl RedbLog {
             .collect();
         if !accept {
             return Err(LogError::RolledBack(format!(
-                "{} holds less than it acknowledged ({}; the marks are in {}): the file rolled back                  (a damaged commit slot, a disk that lost confirmed writes, or an old copy restored).                  Those records are gone from this gateway; if they were not yet forwarded, they are                  lost. Run `edge-agent log verify --accept-rollback` to go on with the offsets after                  them, so none is handed out twice",
+                "{} holds less than it acknowledged ({}; the marks are in {}): the file rolled back \
+                 (a damaged commit slot, a disk that lost confirmed writes, or an old copy restored). \
+                 Those records are gone from this gateway; if they were not yet forwarded, they are \
+                 lost. Run `edge-agent log verify --accept-rollback` to go on with the offsets after \
+                 them, so none is handed out twice",
                 self.path().display(),
                 list.join(", "),
                 self.marks.path().display()
