@@ -555,11 +555,21 @@ impl Broker {
         if let Some(d) = self.damage.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(d);
         }
-        if let Backend::Single { storage, .. } = &self.backend {
-            if let Some(d) = storage.damage() {
-                return Err(format!(
-                    "damaged stored data: {d} (run `cloud-broker storage verify` with the broker stopped)"
-                ));
+        match &self.backend {
+            Backend::Single { storage, .. } => {
+                if let Some(d) = storage.damage() {
+                    return Err(format!(
+                        "damaged stored data: {d} (run `cloud-broker storage verify` with the broker stopped)"
+                    ));
+                }
+            }
+            Backend::Cluster(node) => {
+                if let Some(d) = node.damage() {
+                    return Err(format!(
+                        "damaged stored data: {d} (the groups it hit stopped on this node; replace the node \
+                         with `cloud-broker cluster replace`)"
+                    ));
+                }
             }
         }
         let failure = match &self.backend {

@@ -3,11 +3,27 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `raft_log` | `(group, index)` | a postcard-encoded openraft entry |
+//! | `raft_log` | `(group, index)` | a postcard-encoded openraft entry, sealed |
 //! | `offset_index` | `(group, first offset of an Append entry)` | the entry's index |
-//! | `group_state` | `(group, slot)` | vote, committed id, purged id, machine state, snapshot |
+//! | `group_state` | `(group, slot)` | vote, committed id, purged id, machine state, snapshot; sealed |
 //! | `sealed` | `(group, base offset)` | a batch that arrived in a snapshot (not in the log) |
 //! | `layout` | `"version"` | [`LAYOUT_VERSION`] |
+//!
+//! "Sealed" is [`foundation::redb::seal`]: the value and a CRC-32C over its key and bytes,
+//! checked on every read (redb returns a flipped bit as data). A value that fails, and an
+//! `offset_index` row that points at an entry not starting at its offset, fail the read that
+//! met them, are logged and reported ([`NodeStore::damage`], `/health`): openraft stops that
+//! group on this node (its other replicas hold the data), the node's other groups go on.
+//!
+//! # Never a rolled-back log
+//! A node whose storage lost entries it had acknowledged must not vote or lead with that log
+//! (how Jepsen's NATS report lost committed data): a quorum may have counted those entries. So
+//! after each durable commit the store raises, per group, the end of the log it holds
+//! (`node.redb.acked`; lowered only by Raft's own truncation of uncommitted entries) and the
+//! term of its vote (`node.redb.voted`) ([`foundation::watermarks`]). A node whose file opens
+//! below either refuses to start, naming the groups: it is replaced (`cluster replace`) by a
+//! node that catches up from its peers. Commits use redb's quick repair, so a crash needs no
+//! walk of the whole file and a damaged commit slot is an error, not a silent rollback.
 //!
 //! # Group commit
 //! Writes are jobs on a queue. The writer thread takes every job waiting, applies them in order
@@ -31,6 +47,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use foundation::redb::Reopening;
+use foundation::watermarks::Watermarks;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend};
@@ -44,16 +61,18 @@ use super::{io_err, Command, TypeConfig};
 use crate::batch;
 use crate::sm::partition::PartitionCommand;
 
-/// The on-disk layout this build writes: 2 added the metadata's record of replaced nodes.
-pub const LAYOUT_VERSION: u64 = 2;
+/// The on-disk layout this build writes: 2 added the metadata's record of replaced nodes; 3
+/// sealed every log entry and group state value with a checksum.
+pub const LAYOUT_VERSION: u64 = 3;
 
-/// Older layouts this build reads (and records as [`LAYOUT_VERSION`] on open): 1, whose
-/// metadata state is decoded by its own shape (see the state machine).
-pub const READS_LAYOUTS: &[u64] = &[1];
+/// Older layouts this build reads and upgrades on open (in the transaction that records
+/// [`LAYOUT_VERSION`]): their values are sealed; layout 1's metadata state is then decoded by
+/// its own shape (see the state machine).
+pub const READS_LAYOUTS: &[u64] = &[1, 2];
 
-const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
+pub(super) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
 const OFFSET_INDEX: TableDefinition<(u64, i64), u64> = TableDefinition::new("offset_index");
-const GROUP_STATE: TableDefinition<(u64, u8), &[u8]> = TableDefinition::new("group_state");
+pub(super) const GROUP_STATE: TableDefinition<(u64, u8), &[u8]> = TableDefinition::new("group_state");
 const SEALED: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("sealed");
 
 /// Slots of `group_state`.
@@ -130,10 +149,169 @@ pub struct NodeStore {
 struct Inner {
     db: Arc<Reopening>,
     jobs: std::sync::Mutex<mpsc::Sender<Job>>,
+    /// Damaged data met (the first, and how many).
+    damage: Arc<std::sync::Mutex<Option<(String, u64)>>>,
+}
+
+/// The rollback marks of a node store (see the module doc).
+#[derive(Debug)]
+struct Marks {
+    /// Per group: the end of the log it acknowledged (last index + 1).
+    acked: Watermarks,
+    /// Per group: the term of its last durable vote + 1.
+    voted: Watermarks,
+}
+
+impl Marks {
+    fn open(path: &Path) -> io::Result<Marks> {
+        let beside = |ext: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(ext);
+            std::path::PathBuf::from(p)
+        };
+        Ok(Marks {
+            acked: Watermarks::open(&beside(".acked"))?,
+            voted: Watermarks::open(&beside(".voted"))?,
+        })
+    }
+
+    /// After a durable commit of `ops`.
+    fn committed(&self, ops: &[&Op]) -> io::Result<()> {
+        let mut acked = self.acked.marks();
+        let mut voted = self.voted.marks();
+        let (a0, v0) = (acked.clone(), voted.clone());
+        for op in ops {
+            match op {
+                Op::Append { group, entries } => {
+                    if let Some(end) = entries.iter().map(|(i, _, _)| i + 1).max() {
+                        let m = acked.entry(*group).or_insert(0);
+                        *m = (*m).max(end);
+                    }
+                }
+                // Raft's own truncation of entries no quorum has: the end moves back.
+                Op::TruncateAfter { group, after } => {
+                    let end = after.map_or(0, |a| a + 1);
+                    if let Some(m) = acked.get_mut(group) {
+                        *m = (*m).min(end);
+                    }
+                }
+                // The entries up to `upto` are replaced by a snapshot written separately.
+                Op::Seal { group, upto, .. } => {
+                    let end = upto.map_or(0, |u| u + 1);
+                    if let Some(m) = acked.get_mut(group) {
+                        *m = (*m).min(end);
+                    }
+                }
+                Op::Put {
+                    group,
+                    slot: Slot::Vote,
+                    value,
+                } => {
+                    let vote: VoteOf<TypeConfig> = dec(value)?;
+                    let m = voted.entry(*group).or_insert(0);
+                    *m = (*m).max(vote.leader_id.term + 1);
+                }
+                Op::Drop { group } => {
+                    acked.remove(group);
+                    voted.remove(group);
+                }
+                _ => {}
+            }
+        }
+        if acked != a0 {
+            self.acked.reset(acked)?;
+        }
+        if voted != v0 {
+            self.voted.reset(voted)?;
+        }
+        Ok(())
+    }
+}
+
+/// The key bytes a log entry is sealed under.
+fn log_key(group: u64, index: u64) -> [u8; 16] {
+    let mut k = [0; 16];
+    k[..8].copy_from_slice(&group.to_le_bytes());
+    k[8..].copy_from_slice(&index.to_le_bytes());
+    k
+}
+
+/// The key bytes a group state value is sealed under.
+fn state_key(group: u64, slot: u8) -> [u8; 9] {
+    let mut k = [0; 9];
+    k[..8].copy_from_slice(&group.to_le_bytes());
+    k[8] = slot;
+    k
+}
+
+/// A sealed value's bytes, or the error for damaged data naming `what`.
+fn unsealed<'a>(key: &[u8], bytes: &'a [u8], what: impl FnOnce() -> String) -> io::Result<&'a [u8]> {
+    foundation::redb::unseal(key, bytes).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{DAMAGED}: {}: checksum mismatch", what()),
+        )
+    })
+}
+
+/// How an error for damaged stored data starts.
+const DAMAGED: &str = "damaged raft store data";
+
+/// Layouts 1 and 2 → 3: every log entry and group state value sealed, in one transaction.
+fn seal_all(tx: &redb::WriteTransaction, found: u64) -> Result<(), String> {
+    if !READS_LAYOUTS.contains(&found) {
+        return Err(format!("no upgrade from layout {found}"));
+    }
+    let run = || -> io::Result<()> {
+        let mut log = tx.open_table(LOG).map_err(io_err)?;
+        let mut after = Bound::Unbounded;
+        loop {
+            let mut step = Vec::new();
+            for e in log
+                .range::<(u64, u64)>((after, Bound::Unbounded))
+                .map_err(io_err)?
+            {
+                let (k, v) = e.map_err(io_err)?;
+                step.push((k.value(), v.value().to_vec()));
+                if step.len() >= 4096 {
+                    break;
+                }
+            }
+            let Some(&(last, _)) = step.last() else { break };
+            for ((g, i), v) in step {
+                log.insert((g, i), foundation::redb::seal(&log_key(g, i), &v).as_slice())
+                    .map_err(io_err)?;
+            }
+            after = Bound::Excluded(last);
+        }
+        let mut state = tx.open_table(GROUP_STATE).map_err(io_err)?;
+        let rows: Vec<((u64, u8), Vec<u8>)> = state
+            .iter()
+            .map_err(io_err)?
+            .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())).map_err(io_err))
+            .collect::<io::Result<_>>()?;
+        for ((g, slot), v) in rows {
+            state
+                .insert(
+                    (g, slot),
+                    foundation::redb::seal(&state_key(g, slot), &v).as_slice(),
+                )
+                .map_err(io_err)?;
+        }
+        Ok(())
+    };
+    run().map_err(|e| e.to_string())
 }
 
 fn dec<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     postcard::from_bytes(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// A stored log entry: its seal checked, then decoded.
+fn dec_entry((group, index): (u64, u64), bytes: &[u8]) -> io::Result<EntryOf<TypeConfig>> {
+    dec(unsealed(&log_key(group, index), bytes, || {
+        format!("group {group:#x} log entry {index}")
+    })?)
 }
 
 fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
@@ -176,15 +354,17 @@ impl NodeStore {
     pub fn open(path: &Path) -> io::Result<NodeStore> {
         // The layout version is checked through a read-only handle before anything writes.
         let db = Arc::new(
-            Reopening::open_upgrading(
+            Reopening::open_migrating(
                 path,
                 256 << 20,
                 "is a broker node running?",
                 LAYOUT_VERSION,
                 READS_LAYOUTS,
+                &seal_all,
             )
             .map_err(io_err)?,
         );
+        let marks = Marks::open(path)?;
         with_db(&db, |db| -> io::Result<()> {
             let tx = db.begin_write().map_err(io_err)?;
             {
@@ -196,16 +376,101 @@ impl NodeStore {
             tx.commit().map_err(io_err)
         })?;
         let (tx, rx) = mpsc::channel();
-        let writer_db = db.clone();
+        let store = NodeStore {
+            inner: Arc::new(Inner {
+                db: db.clone(),
+                jobs: std::sync::Mutex::new(tx),
+                damage: Arc::new(std::sync::Mutex::new(None)),
+            }),
+        };
+        store.check_marks(path, &marks)?;
         std::thread::Builder::new()
             .name("raft-store".into())
-            .spawn(move || writer(writer_db, rx))?;
-        Ok(NodeStore {
-            inner: Arc::new(Inner {
-                db,
-                jobs: std::sync::Mutex::new(tx),
-            }),
+            .spawn(move || writer(db, rx, marks))?;
+        Ok(store)
+    }
+
+    /// Refuses a store that holds less than it acknowledged (see the module doc).
+    fn check_marks(&self, path: &Path, marks: &Marks) -> io::Result<()> {
+        let mut lost = Vec::new();
+        for (group, mark) in marks.acked.marks() {
+            let end = self.held_end(group)?;
+            if end < mark {
+                lost.push(format!(
+                    "group {group:#x}: log ends at {end}, {mark} acknowledged"
+                ));
+            }
+        }
+        for (group, mark) in marks.voted.marks() {
+            let term = match self.get(group, Slot::Vote)? {
+                Some(b) => dec::<VoteOf<TypeConfig>>(&b)?.leader_id.term + 1,
+                None => 0,
+            };
+            if term < mark {
+                lost.push(format!(
+                    "group {group:#x}: vote of term {}, term {} was voted in",
+                    term.saturating_sub(1),
+                    mark - 1
+                ));
+            }
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
+        Err(io::Error::other(format!(
+            "{} holds less than this node acknowledged ({}): the file rolled back (a damaged \
+             commit slot, a disk that lost confirmed writes, or an old copy restored). With this \
+             log the node could vote for a leader that lacks committed records, so it does not \
+             start. Replace it: start a new node with an empty data directory and --join, then \
+             `cloud-broker cluster replace ... OLD NEW=HOST:PORT`; it catches up from its peers",
+            path.display(),
+            lost.join("; ")
+        )))
+    }
+
+    /// The end of a group's log as stored: past its last entry, its purged id and its
+    /// snapshot's last entry.
+    fn held_end(&self, group: u64) -> io::Result<u64> {
+        let last = self.last_entry(group)?.map(|e| e.log_id.index + 1);
+        let purged = self
+            .get(group, Slot::Purged)?
+            .map(|b| dec::<LogIdOf<TypeConfig>>(&b))
+            .transpose()?
+            .map(|l| l.index + 1);
+        // A snapshot is postcard `(meta, state)`: its meta decodes from the front.
+        let snap = match self.get(group, Slot::Snapshot)? {
+            Some(b) => postcard::take_from_bytes::<openraft::alias::SnapshotMetaOf<TypeConfig>>(&b)
+                .ok()
+                .and_then(|(m, _)| m.last_log_id)
+                .map(|l| l.index + 1),
+            None => None,
+        };
+        Ok([last, purged, snap].into_iter().flatten().max().unwrap_or(0))
+    }
+
+    /// Damaged data the store met, if any: what and how many times.
+    pub fn damage(&self) -> Option<String> {
+        let d = self.inner.damage.lock().unwrap_or_else(|e| e.into_inner());
+        d.as_ref().map(|(what, n)| match n {
+            1 => what.clone(),
+            n => format!("{what} (and {} more)", n - 1),
         })
+    }
+
+    /// Records damage met by a read (an error starting with [`DAMAGED`]).
+    fn noted<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r {
+            let msg = e.to_string();
+            if msg.contains(DAMAGED) {
+                tracing::error!(damage = %msg, "damaged raft store data: this group stops on this node; its other replicas hold the data");
+                let mut d = self.inner.damage.lock().unwrap_or_else(|e| e.into_inner());
+                match d.as_mut() {
+                    Some((_, n)) => *n += 1,
+                    None => *d = Some((msg, 1)),
+                }
+            }
+        }
+        r
     }
 
     fn submit(&self, op: Op, durable: bool) -> oneshot::Receiver<Result<(), String>> {
@@ -267,10 +532,10 @@ impl NodeStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> io::Result<T>) -> io::Result<T> {
-        with_db(&self.inner.db, |db: &Database| {
+        self.noted(with_db(&self.inner.db, |db: &Database| {
             let tx = db.begin_read().map_err(io_err)?;
             f(&tx)
-        })
+        }))
     }
 
     /// A value of a group.
@@ -279,9 +544,15 @@ impl NodeStore {
             let Some(t) = missing_ok(tx.open_table(GROUP_STATE))? else {
                 return Ok(None);
             };
-            Ok(t.get((group, slot as u8))
-                .map_err(io_err)?
-                .map(|v| v.value().to_vec()))
+            match t.get((group, slot as u8)).map_err(io_err)? {
+                None => Ok(None),
+                Some(v) => Ok(Some(
+                    unsealed(&state_key(group, slot as u8), v.value(), || {
+                        format!("group {group:#x} state slot {slot:?}")
+                    })?
+                    .to_vec(),
+                )),
+            }
         })
     }
 
@@ -310,8 +581,8 @@ impl NodeStore {
                 .range((group, lo)..=(group, hi.unwrap_or(u64::MAX)))
                 .map_err(io_err)?
             {
-                let (_, v) = e.map_err(io_err)?;
-                out.push(dec(v.value())?);
+                let (k, v) = e.map_err(io_err)?;
+                out.push(dec_entry(k.value(), v.value())?);
             }
             Ok(out)
         })
@@ -328,7 +599,10 @@ impl NodeStore {
                 .map_err(io_err)?
                 .next_back();
             match last {
-                Some(e) => Ok(Some(dec(e.map_err(io_err)?.1.value())?)),
+                Some(e) => {
+                    let (k, v) = e.map_err(io_err)?;
+                    Ok(Some(dec_entry(k.value(), v.value())?))
+                }
                 None => Ok(None),
             }
         })
@@ -357,7 +631,14 @@ impl NodeStore {
                     .map_err(io_err)?
                     .unwrap_or(from);
                 for e in t.range((group, start)..=(group, i64::MAX)).map_err(io_err)? {
-                    let (_, v) = e.map_err(io_err)?;
+                    let (k, v) = e.map_err(io_err)?;
+                    // Kafka's CRC (checked by the broker) does not cover the base offset.
+                    if batch::header(v.value()).map(|h| h.base_offset).ok() != Some(k.value().1) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{DAMAGED}: group {group:#x} sealed batch at offset {}: header disagrees", k.value().1),
+                        ));
+                    }
                     if !take(v.value(), &mut out) {
                         full = true;
                         break;
@@ -373,24 +654,36 @@ impl NodeStore {
             ) else {
                 return Ok(out);
             };
-            let first = match index
+            let found = match index
                 .range((group, i64::MIN)..=(group, from))
                 .map_err(io_err)?
                 .next_back()
             {
-                Some(e) => e.map_err(io_err)?.1.value(),
+                Some(e) => e.map(|(k, v)| (k.value().1, v.value())).map_err(io_err)?,
                 None => match index
                     .range((group, i64::MIN)..=(group, i64::MAX))
                     .map_err(io_err)?
                     .next()
                 {
-                    Some(e) => e.map_err(io_err)?.1.value(),
+                    Some(e) => e.map(|(k, v)| (k.value().1, v.value())).map_err(io_err)?,
                     None => return Ok(out),
                 },
             };
+            let (at, first) = found;
+            let mut checked = false;
             'entries: for e in log.range((group, first)..=(group, u64::MAX)).map_err(io_err)? {
-                let (_, v) = e.map_err(io_err)?;
-                let entry: EntryOf<TypeConfig> = dec(v.value())?;
+                let (k, v) = e.map_err(io_err)?;
+                let entry: EntryOf<TypeConfig> = dec_entry(k.value(), v.value())?;
+                if !checked {
+                    // An index row that points elsewhere would make the read skip records.
+                    checked = true;
+                    if first_offset(&entry) != Some(at) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{DAMAGED}: group {group:#x} offset index: offset {at} points at entry {first}, which does not start there"),
+                        ));
+                    }
+                }
                 if let EntryPayload::Normal(Command::Partition(PartitionCommand::Append { batches })) =
                     &entry.payload
                 {
@@ -432,7 +725,7 @@ impl NodeStore {
     }
 }
 
-fn writer(db: Arc<Reopening>, rx: mpsc::Receiver<Job>) {
+fn writer(db: Arc<Reopening>, rx: mpsc::Receiver<Job>, marks: Marks) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
@@ -450,6 +743,10 @@ fn writer(db: Arc<Reopening>, rx: mpsc::Receiver<Job>) {
                 Durability::None
             })
             .map_err(io_err)?;
+            if durable {
+                // No walk of the whole file after a crash; a damaged commit slot is an error.
+                tx.set_quick_repair(true);
+            }
             {
                 let mut log = tx.open_table(LOG).map_err(io_err)?;
                 let mut index = tx.open_table(OFFSET_INDEX).map_err(io_err)?;
@@ -462,7 +759,15 @@ fn writer(db: Arc<Reopening>, rx: mpsc::Receiver<Job>) {
             tx.commit().map_err(io_err)
         });
         match &r {
-            Ok(()) => db.write_succeeded(),
+            Ok(()) => {
+                db.write_succeeded();
+                if durable {
+                    let ops: Vec<&Op> = jobs.iter().map(|j| &j.op).collect();
+                    if let Err(e) = marks.committed(&ops) {
+                        warn!(error = %e, "writing the raft store's rollback marks failed");
+                    }
+                }
+            }
             Err(e) => {
                 warn!(error = %e, jobs = jobs.len(), "raft store write failed");
                 db.write_failed(e);
@@ -488,15 +793,20 @@ fn apply_op(
     match op {
         Op::Append { group, entries } => {
             for (i, bytes, offset) in entries {
-                log.insert((*group, *i), bytes.as_slice()).map_err(io_err)?;
+                log.insert(
+                    (*group, *i),
+                    foundation::redb::seal(&log_key(*group, *i), bytes).as_slice(),
+                )
+                .map_err(io_err)?;
                 if let Some(o) = offset {
                     index.insert((*group, *o), *i).map_err(io_err)?;
                 }
             }
         }
         Op::Put { group, slot, value } => {
+            let sealed = foundation::redb::seal(&state_key(*group, *slot as u8), value);
             state
-                .insert((*group, *slot as u8), value.as_slice())
+                .insert((*group, *slot as u8), sealed.as_slice())
                 .map_err(io_err)?;
         }
         Op::TruncateAfter { group, after } => {
@@ -513,8 +823,9 @@ fn apply_op(
             index
                 .retain_in((*group, i64::MIN)..=(*group, i64::MAX), |_, i| i > *upto)
                 .map_err(io_err)?;
+            let sealed = foundation::redb::seal(&state_key(*group, Slot::Purged as u8), purged);
             state
-                .insert((*group, Slot::Purged as u8), purged.as_slice())
+                .insert((*group, Slot::Purged as u8), sealed.as_slice())
                 .map_err(io_err)?;
         }
         Op::Seal { group, upto, batches } => {

@@ -675,3 +675,169 @@ async fn random_fault_schedules_lose_and_duplicate_nothing() {
         h.finish(&what).await;
     }
 }
+
+/// Opens and closes a replica's store once its last user let go of it (its writer thread may
+/// still hold it a moment after the replica stopped).
+async fn released(path: &std::path::Path) {
+    let s = until_async(Duration::from_secs(10), "the store to be released", || {
+        NodeStore::open(path).ok()
+    })
+    .await
+    .unwrap();
+    s.close();
+    drop(s);
+}
+
+/// A replica whose store lost entries it had acknowledged (its file went back to an older
+/// copy) must not vote or lead with that log: the node refuses to start and says to replace
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_log_rolled_back_refuses_to_start() {
+    let dir = TempDir::new("raft-rollback").unwrap();
+    let router = Router::default();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(&router, dir.path(), id, fast()).await);
+    }
+    nodes[0].raft.initialize(members()).await.unwrap();
+    let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let follower = nodes.iter().position(|r| r.id != l).unwrap();
+    let fid = nodes[follower].id;
+    let li = nodes.iter().position(|r| r.id == l).unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        acked.push((produce(&nodes[li], 2).await, 2));
+    }
+    converged(&nodes.iter().collect::<Vec<_>>(), &acked).await;
+    let path = dir.path().join(format!("node-{fid}.redb"));
+    let f = nodes.remove(follower);
+    stop_replica(&router, f).await;
+    released(&path).await;
+    let old = std::fs::read(&path).unwrap();
+
+    nodes.push(start(&router, dir.path(), fid, fast()).await);
+    let li = nodes.iter().position(|r| r.id == l).unwrap();
+    for _ in 0..5 {
+        acked.push((produce(&nodes[li], 2).await, 2));
+    }
+    converged(&nodes.iter().collect::<Vec<_>>(), &acked).await;
+    let f = nodes.pop().unwrap();
+    stop_replica(&router, f).await;
+    released(&path).await;
+    std::fs::write(&path, old).unwrap();
+
+    let e = NodeStore::open(&path).unwrap_err().to_string();
+    assert!(e.contains("holds less than this node acknowledged"), "{e}");
+    assert!(
+        e.contains(&format!("group {:#x}", GROUP.key())),
+        "names the group: {e}"
+    );
+    assert!(e.contains("cluster replace"), "says what to do: {e}");
+    for r in nodes {
+        stop_replica(&router, r).await;
+    }
+}
+
+/// A store as layout 2 wrote it (values without their seal) opens, upgraded, with its data; a
+/// flipped bit in a log entry is then an error for the read that meets it, reported, never
+/// another entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_2_store_is_sealed_on_open_and_a_damaged_entry_is_reported() {
+    use super::store::{GROUP_STATE, LOG};
+    use redb::ReadableTable;
+    let dir = TempDir::new("raft-seal").unwrap();
+    let router = Router::default();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(&router, dir.path(), id, fast()).await);
+    }
+    nodes[0].raft.initialize(members()).await.unwrap();
+    let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let li = nodes.iter().position(|r| r.id == l).unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..4 {
+        acked.push((produce(&nodes[li], 3).await, 3));
+    }
+    converged(&nodes.iter().collect::<Vec<_>>(), &acked).await;
+    let fi = nodes.iter().position(|r| r.id != l).unwrap();
+    let fid = nodes[fi].id;
+    let path = dir.path().join(format!("node-{fid}.redb"));
+    let f = nodes.remove(fi);
+    stop_replica(&router, f).await;
+    released(&path).await;
+
+    // Strip every seal and record layout 2: what the previous build wrote.
+    let unseal_all = |path: &std::path::Path| {
+        let db = redb::Database::create(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            let rows: Vec<_> = log
+                .iter()
+                .unwrap()
+                .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())).unwrap())
+                .collect();
+            for (k, v) in rows {
+                log.insert(k, &v[..v.len() - 4]).unwrap();
+            }
+            let mut st = tx.open_table(GROUP_STATE).unwrap();
+            let rows: Vec<_> = st
+                .iter()
+                .unwrap()
+                .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())).unwrap())
+                .collect();
+            for (k, v) in rows {
+                st.insert(k, &v[..v.len() - 4]).unwrap();
+            }
+            tx.open_table(foundation::redb::LAYOUT)
+                .unwrap()
+                .insert("version", 2)
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    };
+    unseal_all(&path);
+    nodes.push(start(&router, dir.path(), fid, fast()).await);
+    converged(&nodes.iter().collect::<Vec<_>>(), &acked).await;
+    let li = nodes.iter().position(|r| r.id == l).unwrap();
+    acked.push((produce(&nodes[li], 1).await, 1));
+    converged(&nodes.iter().collect::<Vec<_>>(), &acked).await;
+    let f = nodes.pop().unwrap();
+    stop_replica(&router, f).await;
+    released(&path).await;
+
+    // One bit flipped in a log entry.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            let (k, mut v) = log
+                .iter()
+                .unwrap()
+                .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())).unwrap())
+                .find(|(k, _)| k.0 == GROUP.key())
+                .unwrap();
+            let i = v.len() / 2;
+            v[i] ^= 0x04;
+            log.insert(k, v.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = NodeStore::open(&path).unwrap();
+    let e = store.entries(GROUP.key(), ..).unwrap_err().to_string();
+    assert!(
+        e.contains("damaged raft store data") && e.contains("checksum mismatch"),
+        "{e}"
+    );
+    assert!(
+        store.damage().is_some_and(|d| d.contains("log entry")),
+        "{:?}",
+        store.damage()
+    );
+    store.close();
+    drop(store);
+    for r in nodes {
+        stop_replica(&router, r).await;
+    }
+}

@@ -276,6 +276,11 @@ impl Node {
         self.store.write_failure()
     }
 
+    /// Damaged data this node's store met, if any (the groups it hit stopped here).
+    pub fn damage(&self) -> Option<String> {
+        self.store.damage()
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.cfg.id
