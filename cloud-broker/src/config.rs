@@ -8,6 +8,8 @@
 //! advertise = "broker.example.com:9092"   # what Metadata tells clients; default: kafka_listen
 //! auto_create_topics = true
 //! default_partitions = 1
+//! disk_reserve_mb = 64                    # produce refused below this much free disk (retention,
+//!                                         # topic deletion and offsets still work); 0: none
 //!
 //! # A replicated cluster: every node lists the others (without it, one node on its own).
 //! [cluster]
@@ -42,6 +44,10 @@ pub struct Config {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics (and of CreateTopics with -1).
     pub default_partitions: u32,
+    /// Free disk (MiB) kept for the writes that free space: below it, produce is refused with
+    /// `KAFKA_STORAGE_ERROR` and `/health` is degraded, while retention, topic deletion and
+    /// offset commits go on; free pages inside the data file count. 0: no reserve.
+    pub disk_reserve_mb: u64,
     /// Replication: absent for one node on its own.
     pub cluster: Option<ClusterConfig>,
 }
@@ -89,6 +95,7 @@ impl Default for Config {
             advertise: None,
             auto_create_topics: true,
             default_partitions: 1,
+            disk_reserve_mb: 64,
             cluster: None,
         }
     }

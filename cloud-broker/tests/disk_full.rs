@@ -1,7 +1,10 @@
-//! A full disk under the cloud broker (a small tmpfs, filled with `dd`): produce is refused
-//! with KAFKA_STORAGE_ERROR, never acknowledged falsely; `/health` says degraded, with the
-//! reason; once the space is freed, produce works again and `/health` is ok, without a
-//! restart; every acknowledged record is there, and nothing refused is.
+//! A full disk under the cloud broker (a small tmpfs): produce is refused with
+//! KAFKA_STORAGE_ERROR, never acknowledged falsely; `/health` says degraded, with the reason;
+//! once space is freed, produce works again and `/health` is ok, without a restart; every
+//! acknowledged record is there, and nothing refused is. Two ways: without a reserve, `dd`
+//! fills the disk to its last byte and deleting the file frees it; with the reserve, the
+//! broker's own data fills it, produce stops at the reserve, and deleting a topic (which the
+//! reserve leaves room for) frees pages inside the data file that the next produce reuses.
 
 mod common;
 
@@ -22,10 +25,23 @@ fn health(b: &Broker) -> (u16, String) {
     .expect("/health answers")
 }
 
+/// A broker over `dir` keeping `mb` MiB of disk free.
+fn with_reserve(dir: &std::path::Path, mb: u64) -> Broker {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("cloud.toml");
+    std::fs::write(&cfg, format!("disk_reserve_mb = {mb}\n")).unwrap();
+    Broker::start_with(
+        dir,
+        common::free_port(),
+        common::free_port(),
+        vec!["--config".into(), cfg.display().to_string()],
+    )
+}
+
 #[test]
 fn a_full_disk_degrades_health_and_recovers_without_a_restart() {
     let disk = Tmpfs::mount("cloud-small-disk", 24).unwrap();
-    let b = Broker::start(&disk.path().join("cloud"));
+    let b = with_reserve(&disk.path().join("cloud"), 0);
     let addr = b.addr();
     kcat(&["-P", "-b", &addr, "-t", "t", "-p", "0"], Some(b"first\n"));
     let (mut acked, mut refused) = (BTreeSet::from(["first".to_string()]), BTreeSet::new());
@@ -88,4 +104,70 @@ fn a_full_disk_degrades_health_and_recovers_without_a_restart() {
         acked.len(),
         refused.len()
     );
+}
+
+#[test]
+fn at_the_reserve_produce_stops_and_deleting_a_topic_frees_room_for_more() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+
+    let disk = Tmpfs::mount("cloud-reserve-disk", 32).unwrap();
+    let b = with_reserve(&disk.path().join("cloud"), 8);
+    let addr = b.addr();
+    // Metadata for unknown topics creates them.
+    kcat(&["-L", "-b", &addr, "-t", "big"], None);
+    kcat(&["-L", "-b", &addr, "-t", "small"], None);
+    let value = |i: usize| format!("{i:06}-{}", "y".repeat(16_000));
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let refused_at = loop {
+        assert!(Instant::now() < deadline, "produce never reached the reserve");
+        match produce_raw(&addr, "big", 0, &value(acked), 5_000).expect("a Produce answer") {
+            0 => acked += 1,
+            56 => break acked,
+            other => panic!("produce answered error code {other}"),
+        }
+    };
+    assert!(
+        refused_at > 100,
+        "the reserve refused early: after {refused_at} records"
+    );
+    let (code, body) = health(&b);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("below the reserve"), "{body}");
+    let free = foundation::redb::fs_available(disk.path()).unwrap();
+    assert!(
+        free > 2 << 20,
+        "the reserve kept the disk from filling up: {free} bytes free"
+    );
+
+    // Deleting the topic is a write too; the reserve leaves room for it.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt
+        .block_on(admin.delete_topics(&["big"], &AdminOptions::new()))
+        .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+
+    // The deleted topic's pages are free inside the file: produce goes on without the disk
+    // getting any larger.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while produce_raw(&addr, "small", 0, &value(i), 5_000).unwrap() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "produce did not resume after the topic was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        i += 1;
+    }
+    for _ in 0..50 {
+        i += 1;
+        assert_eq!(produce_raw(&addr, "small", 0, &value(i), 5_000).unwrap(), 0);
+    }
+    assert_eq!(health(&b), (200, "ok".into()), "healthy again without a restart");
 }

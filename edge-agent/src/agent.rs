@@ -81,6 +81,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = Arc::new(RedbLog::open(&log_path(&cfg.data_dir))?);
+    store.set_reserve(cfg.disk_reserve_mb << 20);
     for spec in cfg.topic_specs() {
         store
             .ensure_topic(&spec)

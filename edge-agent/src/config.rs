@@ -3,6 +3,8 @@
 //! ```toml
 //! data_dir = "./data/edge"          # redb log, gateway id
 //! gateway_id = "gw-1"               # optional: generated once and kept in the data dir
+//! disk_reserve_mb = 16              # below this much free disk, new readings are not stored
+//!                                   # (devices keep them); retention and the quota still run
 //!
 //! [mqtt]
 //! listen = "127.0.0.1:1883"
@@ -61,6 +63,10 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     /// Forwarding to the cloud; off when absent.
     pub bridge: Option<bridge::BridgeConfig>,
+    /// Free disk (MiB) kept for the writes that free space: below it, appends are refused
+    /// (acking stops, devices keep their readings, `/health` is degraded) while retention, the
+    /// bridge's quota and quarantines go on; free pages inside the log count. 0: none.
+    pub disk_reserve_mb: u64,
 }
 
 /// MQTT listener settings.
@@ -117,6 +123,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             topics: BTreeMap::new(),
             bridge: None,
+            disk_reserve_mb: 16,
         }
     }
 }

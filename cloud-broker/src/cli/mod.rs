@@ -314,6 +314,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     cfg.data_dir.display()
                 );
                 let storage = Arc::new(RedbStorage::open(&cfg.data_dir.join("broker.redb"))?);
+                storage.set_reserve(cfg.disk_reserve_mb << 20);
                 Broker::start(cfg.clone(), storage)?
             }
             Some(c) => {

@@ -80,6 +80,7 @@ pub struct RedbStorage {
     db: Reopening,
     marks: Watermarks,
     damage: Mutex<Vec<String>>,
+    reserve: foundation::redb::Reserve,
 }
 
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
@@ -252,10 +253,17 @@ impl RedbStorage {
             db,
             marks,
             damage: Mutex::new(Vec::new()),
+            reserve: foundation::redb::Reserve::new(0),
         };
         s.apply(&WriteSet::default())?; // creates the tables
         s.check_marks(accept_rollback)?;
         Ok(s)
+    }
+
+    /// Keeps `bytes` of disk free: writes that add batches are refused below it (see
+    /// [`foundation::redb::Reserve`]).
+    pub fn set_reserve(&self, bytes: u64) {
+        self.reserve.set(bytes);
     }
 
     /// Whether opening the file needed redb's full repair (see
@@ -393,6 +401,9 @@ impl Storage for RedbStorage {
             // outright if one page is damaged), and a damaged commit slot is an error rather
             // than a silent fall back to the commit before.
             tx.set_quick_repair(true);
+            if !w.batches.is_empty() {
+                self.reserve.check(self.db.path(), &tx).map_err(StoreError::Io)?;
+            }
             {
                 let mut batches = tx.open_table(BATCHES).map_err(io)?;
                 let mut topics = tx.open_table(TOPICS).map_err(io)?;
@@ -469,6 +480,9 @@ impl Storage for RedbStorage {
             Ok(()) => {
                 self.db.write_succeeded();
                 self.raise_marks(w);
+                if !w.delete_topics.is_empty() || !w.truncate.is_empty() || !w.remove_batches.is_empty() {
+                    self.reserve.freed();
+                }
             }
             Err(e) => self.db.write_failed(e),
         }

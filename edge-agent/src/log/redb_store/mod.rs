@@ -109,6 +109,7 @@ pub struct RedbLog {
     /// Each partition's next offset as last committed, beside the file (`log.redb.acked`).
     marks: Watermarks,
     marks_failing: std::sync::atomic::AtomicBool,
+    reserve: foundation::redb::Reserve,
 }
 
 /// A partition's key in the watermarks.
@@ -199,6 +200,7 @@ impl RedbLog {
         let store = RedbLog {
             marks,
             marks_failing: std::sync::atomic::AtomicBool::new(false),
+            reserve: foundation::redb::Reserve::new(0),
             db,
             topics: RwLock::new(HashMap::new()),
             damage: Mutex::new(None),
@@ -343,6 +345,12 @@ impl RedbLog {
         }
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = rows;
         Ok(())
+    }
+
+    /// Keeps `bytes` of disk free: appends of records are refused below it (see
+    /// [`foundation::redb::Reserve`]); retention, truncation and quarantines still run.
+    pub fn set_reserve(&self, bytes: u64) {
+        self.reserve.set(bytes);
     }
 
     /// Whether opening the file needed redb's full repair (a crash of a build without quick
@@ -610,6 +618,11 @@ impl LogStore for RedbLog {
             .collect::<Result<Vec<_>, _>>()?;
         let mut marks = Vec::with_capacity(append.partitions.len());
         let bases = self.write(|tx| {
+            if append.partitions.iter().any(|p| !p.records.is_empty()) {
+                self.reserve
+                    .check(self.db.path(), tx)
+                    .map_err(LogError::Storage)?;
+            }
             let mut parts = tx.open_table(PARTS).map_err(storage)?;
             let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
             let mut bases = Vec::with_capacity(append.partitions.len());
@@ -829,6 +842,9 @@ impl LogStore for RedbLog {
                 total.bytes += report.bytes;
             }
         }
+        if total.chunks > 0 {
+            self.reserve.freed();
+        }
         Ok(total)
     }
 
@@ -852,6 +868,7 @@ impl LogStore for RedbLog {
             stats.bytes -= report.bytes.min(stats.bytes);
             stats.first_offset = first_stored(&chunks, id, partition, stats.next_offset)?;
             put_part(&mut parts, id, partition, &stats)?;
+            self.reserve.freed();
             Ok(report)
         })
     }

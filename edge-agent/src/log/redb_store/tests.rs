@@ -379,3 +379,27 @@ fn a_log_that_rolled_back_is_refused_until_accepted_and_reuses_no_offset() {
     drop(s);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn below_the_reserve_appends_are_refused_and_freeing_writes_go_on() {
+    let dir = scratch();
+    let path = dir.join("log.redb");
+    let s = RedbLog::open(&path).unwrap();
+    s.ensure_topic(&TopicSpec::new("t", 1)).unwrap();
+    for i in 0..3 {
+        s.append(&one("t", 0, vec![rec(i, None, "v")])).unwrap();
+    }
+    // More than any disk has free.
+    s.set_reserve(u64::MAX / 4);
+    let e = s.append(&one("t", 0, vec![rec(9, None, "w")])).unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("below the reserve"),
+        "{e}"
+    );
+    assert!(s.truncate("t", 0, 2).is_ok(), "freeing space is never refused");
+    s.set_meta("checkpoint", b"1").unwrap();
+    s.set_reserve(0);
+    assert_eq!(s.append(&one("t", 0, vec![rec(9, None, "w")])).unwrap(), [3]);
+    drop(s);
+    std::fs::remove_dir_all(dir).ok();
+}
