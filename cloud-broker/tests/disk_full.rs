@@ -15,6 +15,21 @@ use common::cluster::produce_raw;
 use common::{kcat, Broker};
 use foundation::scratch::Tmpfs;
 
+/// A gauge of the broker's `/metrics`.
+fn gauge(b: &Broker, name: &str) -> f64 {
+    let (code, body) = foundation::http::request(
+        &format!("127.0.0.1:{}", b.http),
+        "GET",
+        "/metrics",
+        Duration::from_secs(5),
+    )
+    .expect("/metrics answers");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
 fn health(b: &Broker) -> (u16, String) {
     foundation::http::request(
         &format!("127.0.0.1:{}", b.http),
@@ -136,6 +151,11 @@ fn at_the_reserve_produce_stops_and_deleting_a_topic_frees_room_for_more() {
     let (code, body) = health(&b);
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("below the reserve"), "{body}");
+    assert_eq!(gauge(&b, "cloud_storage_write_failing"), 1.0);
+    assert_eq!(
+        gauge(&b, "cloud_storage_disk_reserve_bytes"),
+        f64::from(8u32 << 20)
+    );
     let free = foundation::redb::fs_available(disk.path()).unwrap();
     assert!(
         free > 2 << 20,
@@ -170,4 +190,5 @@ fn at_the_reserve_produce_stops_and_deleting_a_topic_frees_room_for_more() {
         assert_eq!(produce_raw(&addr, "small", 0, &value(i), 5_000).unwrap(), 0);
     }
     assert_eq!(health(&b), (200, "ok".into()), "healthy again without a restart");
+    assert_eq!(gauge(&b, "cloud_storage_write_failing"), 0.0);
 }

@@ -582,6 +582,56 @@ impl Broker {
         }
     }
 
+    /// The storage gauges of `/metrics` (Prometheus text).
+    pub fn storage_metrics(&self) -> String {
+        let (failing, damaged, repaired) = match &self.backend {
+            Backend::Single { storage, .. } => (
+                storage.write_failure().is_some(),
+                storage.damage().is_some(),
+                storage.opened_with_repair(),
+            ),
+            Backend::Cluster(node) => (
+                node.write_failure().is_some(),
+                node.damage().is_some(),
+                node.opened_with_repair(),
+            ),
+        };
+        let damaged = damaged || self.damage.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let available = foundation::redb::fs_available(&self.cfg.data_dir).unwrap_or(0);
+        let mut out = String::new();
+        let mut g = |name: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            ));
+        };
+        g(
+            "cloud_storage_write_failing",
+            "1 while writes fail (a full disk, the disk reserve, an I/O error): produce is refused",
+            u64::from(failing),
+        );
+        g(
+            "cloud_storage_damaged",
+            "1 once damaged stored data was met (checksums); /health says what",
+            u64::from(damaged),
+        );
+        g(
+            "cloud_storage_opened_with_repair",
+            "1 if opening the data file needed redb's full repair",
+            u64::from(repaired),
+        );
+        g(
+            "cloud_storage_disk_available_bytes",
+            "Bytes free on the data directory's file system",
+            available,
+        );
+        g(
+            "cloud_storage_disk_reserve_bytes",
+            "Free disk kept for the writes that free space (disk_reserve_mb)",
+            self.cfg.disk_reserve_mb << 20,
+        );
+        out
+    }
+
     /// Stops the engine for a clean exit: a cluster node stops its groups and writes out its
     /// store; then the data file is closed, so redb's "recovery required" mark is off and the
     /// next start needs no repair. Requests still in flight fail (nothing unacknowledged is

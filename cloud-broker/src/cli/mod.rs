@@ -111,7 +111,7 @@ struct RunArgs {
     /// Kafka listen address [default: 127.0.0.1:9092].
     #[arg(long, env = "CLOUD_KAFKA_LISTEN")]
     kafka_listen: Option<std::net::SocketAddr>,
-    /// HTTP listen address (`/health`, `/api/cluster`, `/api/cluster/digests`, `/api/cluster/replace`) [default: 127.0.0.1:8080].
+    /// HTTP listen address (`/health`, `/metrics`, `/api/cluster`, `/api/cluster/digests`, `/api/cluster/replace`) [default: 127.0.0.1:8080].
     #[arg(long, env = "CLOUD_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
     /// host:port that Metadata gives clients (Kafka's advertised.listeners) [default: the Kafka listen address].
@@ -364,6 +364,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let digests = broker.clone();
         let replacer = broker.clone();
         let checker = broker.clone();
+        let metrics = broker.clone();
         let health = axum::Router::new()
             .route(
                 "/health",
@@ -377,6 +378,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                                 format!("degraded: {why}"),
                             ),
                         }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let b = metrics.clone();
+                    async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            b.storage_metrics(),
+                        )
                     }
                 }),
             )

@@ -448,6 +448,11 @@ impl NodeStore {
         Ok([last, purged, snap].into_iter().flatten().max().unwrap_or(0))
     }
 
+    /// Whether opening the file needed redb's full repair.
+    pub fn opened_with_repair(&self) -> bool {
+        self.inner.db.repaired()
+    }
+
     /// Damaged data the store met, if any: what and how many times.
     pub fn damage(&self) -> Option<String> {
         let d = self.inner.damage.lock().unwrap_or_else(|e| e.into_inner());

@@ -197,6 +197,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn damage(&self) -> Option<String> {
         None
     }
+    /// Whether opening the store needed a full repair of its file.
+    fn opened_with_repair(&self) -> bool {
+        false
+    }
 }
 
 /// [`Storage::read`]'s rule for one stored batch `b`, in offset order: skipped while it ends

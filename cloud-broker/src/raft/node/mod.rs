@@ -276,6 +276,11 @@ impl Node {
         self.store.write_failure()
     }
 
+    /// Whether opening this node's store needed redb's full repair.
+    pub fn opened_with_repair(&self) -> bool {
+        self.store.opened_with_repair()
+    }
+
     /// Damaged data this node's store met, if any (the groups it hit stopped here).
     pub fn damage(&self) -> Option<String> {
         self.store.damage()

@@ -384,6 +384,10 @@ impl Storage for RedbStorage {
         self.db.write_failure()
     }
 
+    fn opened_with_repair(&self) -> bool {
+        self.db.repaired()
+    }
+
     fn damage(&self) -> Option<String> {
         let d = self.damage.lock().unwrap_or_else(|e| e.into_inner());
         match d.len() {
