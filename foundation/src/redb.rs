@@ -87,6 +87,34 @@ fn seal_crc(key: &[u8], value: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(key), value)
 }
 
+/// Whether an open failed because redb's primary commit slot is damaged (with two-phase
+/// commit, redb refuses the file rather than fall back to the other slot).
+pub fn is_damaged_header(error: &str) -> bool {
+    error.contains("Primary is corrupted despite 2-phase commit")
+}
+
+/// Makes a file whose primary commit slot is damaged ([`is_damaged_header`]) open at the commit
+/// before, as redb does for a file written without two-phase commit: a copy of the file is
+/// kept beside it first (returned), then the header's two-phase-commit mark (byte 9, bit 0x04)
+/// is cleared, so redb takes the newest slot whose checksum holds. What the lost commit held
+/// is gone: the store's watermarks then tell exactly what, and the operator accepts it.
+pub fn recover_header(path: &Path) -> std::io::Result<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut backup = path.as_os_str().to_owned();
+    backup.push(format!(".damaged-{}", crate::ids::unique_tag()));
+    let backup = PathBuf::from(backup);
+    std::fs::copy(path, &backup)?;
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut god = [0u8; 1];
+    f.seek(SeekFrom::Start(9))?;
+    f.read_exact(&mut god)?;
+    god[0] &= !0x04;
+    f.seek(SeekFrom::Start(9))?;
+    f.write_all(&god)?;
+    f.sync_all()?;
+    Ok(backup)
+}
+
 /// Bytes the file system holding `path` has available to this process (`statvfs`).
 pub fn fs_available(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -821,6 +849,49 @@ mod tests {
         );
         drop(Reopening::open_upgrading(&path, 1 << 20, "test", 2, &[1]).unwrap());
         assert_eq!(recorded(&path), Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    const T: redb::TableDefinition<u32, u32> = redb::TableDefinition::new("t");
+
+    fn put(db: &Database, k: u32) {
+        let mut tx = db.begin_write().unwrap();
+        tx.set_quick_repair(true);
+        tx.open_table(T).unwrap().insert(k, k).unwrap();
+        tx.commit().unwrap();
+    }
+
+    /// With quick repair (two-phase commit) a damaged primary commit slot is an error, not a
+    /// silent fall back; [`recover_header`] makes the file open at the commit before.
+    #[test]
+    fn a_damaged_primary_slot_is_refused_then_recovered_to_the_commit_before() {
+        let dir = std::env::temp_dir().join(format!("foundation-slot-{}", crate::ids::unique_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.redb");
+        let db = Database::create(&path).unwrap();
+        for k in 0..5 {
+            put(&db, k);
+        }
+        drop(db);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let primary = usize::from(bytes[9] & 0x01);
+        bytes[64 + primary * 128 + 40] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Database::create(&path).expect_err("refused").to_string();
+        assert!(e.contains("Primary is corrupted despite 2-phase commit"), "{e}");
+        assert!(is_damaged_header(&e));
+        let backup = recover_header(&path).unwrap();
+        assert!(backup.exists());
+        let db = Database::create(&path).unwrap();
+        let n = db.begin_read().unwrap().open_table(T).unwrap().len().unwrap();
+        assert!((4..=5).contains(&n), "the commit before (or the same data): {n}");
+        drop(db);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

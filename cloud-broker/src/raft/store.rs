@@ -362,7 +362,19 @@ impl NodeStore {
                 READS_LAYOUTS,
                 &seal_all,
             )
-            .map_err(io_err)?,
+            .map_err(|e| {
+                let msg = e.to_string();
+                if foundation::redb::is_damaged_header(&msg) {
+                    io::Error::other(format!(
+                        "{msg}: the newest commit of {} is damaged, and a node may not go on \
+                         with less than it acknowledged. Replace it: start a new node with an \
+                         empty data directory and --join, then `cloud-broker cluster replace`",
+                        path.display()
+                    ))
+                } else {
+                    io_err(e)
+                }
+            })?,
         );
         let marks = Marks::open(path)?;
         with_db(&db, |db| -> io::Result<()> {

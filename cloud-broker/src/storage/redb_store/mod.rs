@@ -228,14 +228,33 @@ impl RedbStorage {
     /// anyway: each rolled-back partition goes on at its watermark (no offset is handed out
     /// twice) and the lost ranges are recorded in the quarantine table.
     pub fn open_with(path: &Path, accept_rollback: bool) -> Result<Self, StoreError> {
-        let db = Reopening::open_migrating(
-            path,
-            256 << 20,
-            "is a broker running?",
-            LAYOUT_VERSION,
-            &[1],
-            &upgrade::from_v1,
-        )?;
+        let open = || {
+            Reopening::open_migrating(
+                path,
+                256 << 20,
+                "is a broker running?",
+                LAYOUT_VERSION,
+                &[1],
+                &upgrade::from_v1,
+            )
+        };
+        let db = match open() {
+            Ok(db) => db,
+            Err(e) if foundation::redb::is_damaged_header(&e.to_string()) => {
+                if !accept_rollback {
+                    return Err(StoreError::RolledBack(format!(
+                        "{e}: the newest commit of {} is damaged. `cloud-broker storage verify \
+                         --accept-rollback` (broker stopped) opens it at the commit before (a copy \
+                         of the file is kept) and goes on after the offsets handed out",
+                        path.display()
+                    )));
+                }
+                let backup = foundation::redb::recover_header(path).map_err(io)?;
+                error!(file = %path.display(), copy = %backup.display(), "damaged newest commit: opening the commit before");
+                open()?
+            }
+            Err(e) => return Err(e.into()),
+        };
         Self::from_db(db, path, accept_rollback)
     }
 

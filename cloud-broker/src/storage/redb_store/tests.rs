@@ -384,3 +384,53 @@ fn a_store_of_an_unknown_layout_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_damaged_newest_commit_is_refused_then_opened_at_the_one_before_on_request() {
+    let dir = scratch();
+    let path = dir.join("broker.redb");
+    store_with_batches(&path);
+    let s = RedbStorage::open(&path).unwrap();
+    let mut w = WriteSet::default();
+    w.heads.push((
+        3,
+        0,
+        PartitionHead {
+            log_start: 0,
+            next_offset: 16,
+            bytes: 0,
+        },
+    ));
+    w.batches.push((3, 0, 12, batch_at(12, 4)));
+    s.apply(&w).unwrap();
+    s.close();
+    drop(s);
+    // A bit flipped in the primary commit slot (the god byte's bit 0 says which).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let primary = usize::from(bytes[9] & 0x01);
+    bytes[64 + primary * 128 + 40] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let e = RedbStorage::open(&path).unwrap_err();
+    assert!(matches!(e, StoreError::RolledBack(_)), "{e:?}");
+    assert!(e.to_string().contains("--accept-rollback"), "{e}");
+    let s = RedbStorage::open_with(&path, true).unwrap();
+    assert_eq!(
+        s.load().unwrap().heads[&(3, 0)].next_offset,
+        16,
+        "at the commit before, offsets still go on after what was handed out"
+    );
+    drop(s);
+    let kept = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".damaged-")
+        })
+        .count();
+    assert_eq!(kept, 1, "a copy of the damaged file is kept");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -169,14 +169,34 @@ impl RedbLog {
     /// watermark, so no offset handed out before is given again, and the lost ranges are
     /// recorded in the quarantine table (`rollback/<topic id>/<partition>`).
     pub fn open_with(path: &Path, accept_rollback: bool) -> Result<Self, LogError> {
-        let db = Reopening::open_migrating(
-            path,
-            CACHE_BYTES,
-            "is the agent running? use its admin API",
-            LAYOUT_VERSION,
-            &[1],
-            &upgrade::from_v1,
-        )?;
+        let open = || {
+            Reopening::open_migrating(
+                path,
+                CACHE_BYTES,
+                "is the agent running? use its admin API",
+                LAYOUT_VERSION,
+                &[1],
+                &upgrade::from_v1,
+            )
+        };
+        let db = match open() {
+            Ok(db) => db,
+            Err(e) if foundation::redb::is_damaged_header(&e.to_string()) => {
+                if !accept_rollback {
+                    return Err(LogError::RolledBack(format!(
+                        "{e}: the newest commit of {} is damaged. `edge-agent log verify \
+                         --accept-rollback` opens it at the commit before (a copy of the file is \
+                         kept) and goes on after the offsets handed out",
+                        path.display()
+                    )));
+                }
+                let backup =
+                    foundation::redb::recover_header(path).map_err(|e| LogError::Storage(e.to_string()))?;
+                error!(file = %path.display(), copy = %backup.display(), "damaged newest commit: opening the commit before");
+                open()?
+            }
+            Err(e) => return Err(e.into()),
+        };
         Self::with_db(db, path, accept_rollback)
     }
 
