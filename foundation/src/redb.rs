@@ -97,7 +97,9 @@ pub fn is_damaged_header(error: &str) -> bool {
 /// before, as redb does for a file written without two-phase commit: a copy of the file is
 /// kept beside it first (returned), then the header's two-phase-commit mark (byte 9, bit 0x04)
 /// is cleared, so redb takes the newest slot whose checksum holds. What the lost commit held
-/// is gone: the store's watermarks then tell exactly what, and the operator accepts it.
+/// is gone: the store's watermarks then tell exactly what, and the operator accepts it. redb
+/// cannot always open the commit before (measured: not after a clean close shrank the file
+/// past pages it refers to); the caller then puts the copy back.
 pub fn recover_header(path: &Path) -> std::io::Result<PathBuf> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut backup = path.as_os_str().to_owned();

@@ -251,7 +251,20 @@ impl RedbStorage {
                 }
                 let backup = foundation::redb::recover_header(path).map_err(io)?;
                 error!(file = %path.display(), copy = %backup.display(), "damaged newest commit: opening the commit before");
-                open()?
+                match open() {
+                    Ok(db) => db,
+                    Err(e2) => {
+                        // redb could not open the commit before either (e.g. the file was
+                        // shrunk since): the file goes back to how it was found.
+                        std::fs::rename(&backup, path).map_err(io)?;
+                        return Err(StoreError::RolledBack(format!(
+                            "{}: its newest commit is damaged ({e}) and the commit before cannot be \
+                             opened either ({e2}); the file is left as it was found: restore the \
+                             data directory from a backup",
+                            path.display()
+                        )));
+                    }
+                }
             }
             Err(e) => return Err(e.into()),
         };
