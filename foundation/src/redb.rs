@@ -117,6 +117,59 @@ pub fn recover_header(path: &Path) -> std::io::Result<PathBuf> {
     Ok(backup)
 }
 
+/// Why [`open_or_recover`] did not open a store.
+#[derive(Debug)]
+pub enum Unopened {
+    /// The open failed for another reason.
+    Open(OpenError),
+    /// The newest commit is damaged and recovery was not asked for: the message says so.
+    DamagedHeader(String),
+    /// Recovery was asked for, and redb cannot open the commit before either; the file is as
+    /// it was found.
+    Unrecoverable(String),
+}
+
+/// Opens a store with `open`; a file whose newest commit slot is damaged
+/// ([`is_damaged_header`]) is refused with a message naming `accept_flag` (the command option
+/// that accepts losing that commit), or, with `accept` set, opened at the commit before
+/// ([`recover_header`]) — and put back exactly as found when redb cannot open that either.
+pub fn open_or_recover(
+    path: &Path,
+    accept: bool,
+    accept_flag: &str,
+    open: impl Fn() -> Result<Reopening, OpenError>,
+) -> Result<Reopening, Unopened> {
+    let e = match open() {
+        Ok(db) => return Ok(db),
+        Err(e) if is_damaged_header(&e.to_string()) => e,
+        Err(e) => return Err(Unopened::Open(e)),
+    };
+    if !accept {
+        return Err(Unopened::DamagedHeader(format!(
+            "{e}: the newest commit of {} is damaged. `{accept_flag}` opens it at the commit \
+             before (a copy of the file is kept) and goes on after the offsets handed out",
+            path.display()
+        )));
+    }
+    let unrecoverable = |why: String| Unopened::Unrecoverable(why);
+    let backup = recover_header(path).map_err(|e| unrecoverable(format!("{}: {e}", path.display())))?;
+    tracing::error!(file = %path.display(), copy = %backup.display(), "damaged newest commit: opening the commit before");
+    match open() {
+        Ok(db) => Ok(db),
+        Err(e2) => {
+            // redb could not open the commit before either (e.g. the file was shrunk since):
+            // the file goes back to how it was found.
+            std::fs::rename(&backup, path).map_err(|e| unrecoverable(format!("{}: {e}", path.display())))?;
+            Err(unrecoverable(format!(
+                "{}: its newest commit is damaged ({e}) and the commit before cannot be opened \
+                 either ({e2}); the file is left as it was found: restore the data directory from \
+                 a backup",
+                path.display()
+            )))
+        }
+    }
+}
+
 /// Bytes the file system holding `path` has available to this process (`statvfs`).
 pub fn fs_available(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;

@@ -179,36 +179,18 @@ impl RedbLog {
                 &upgrade::from_v1,
             )
         };
-        let db = match open() {
+        use foundation::redb::Unopened;
+        let db = match foundation::redb::open_or_recover(
+            path,
+            accept_rollback,
+            "edge-agent log verify --accept-rollback",
+            open,
+        ) {
             Ok(db) => db,
-            Err(e) if foundation::redb::is_damaged_header(&e.to_string()) => {
-                if !accept_rollback {
-                    return Err(LogError::RolledBack(format!(
-                        "{e}: the newest commit of {} is damaged. `edge-agent log verify \
-                         --accept-rollback` opens it at the commit before (a copy of the file is \
-                         kept) and goes on after the offsets handed out",
-                        path.display()
-                    )));
-                }
-                let backup =
-                    foundation::redb::recover_header(path).map_err(|e| LogError::Storage(e.to_string()))?;
-                error!(file = %path.display(), copy = %backup.display(), "damaged newest commit: opening the commit before");
-                match open() {
-                    Ok(db) => db,
-                    Err(e2) => {
-                        // redb could not open the commit before either (e.g. the file was
-                        // shrunk since): the file goes back to how it was found.
-                        std::fs::rename(&backup, path).map_err(|e| LogError::Storage(e.to_string()))?;
-                        return Err(LogError::RolledBack(format!(
-                            "{}: its newest commit is damaged ({e}) and the commit before cannot be \
-                             opened either ({e2}); the file is left as it was found: restore the \
-                             data directory from a backup",
-                            path.display()
-                        )));
-                    }
-                }
+            Err(Unopened::Open(e)) => return Err(e.into()),
+            Err(Unopened::DamagedHeader(m) | Unopened::Unrecoverable(m)) => {
+                return Err(LogError::RolledBack(m))
             }
-            Err(e) => return Err(e.into()),
         };
         Self::with_db(db, path, accept_rollback)
     }
