@@ -59,6 +59,18 @@
 //!   copy.
 //! - Nothing panics on flash contents and nothing allocates.
 //!
+//! # Flash words
+//! The flash word (the larger of its read and write sizes) must be at least [`MIN_WORD`], 4
+//! bytes; [`Journal::new`] refuses smaller. A power loss can tear an item's 8-byte header, and
+//! sequential-storage writes the next item at the first erased header-sized window, which can
+//! start inside the torn header: the next item's first word then completes it. With 1-byte
+//! words the power-loss proptest found it (a header torn before its last byte, completed by the
+//! next header's first byte, one chance in 256): the completed header claimed a length that
+//! swallowed the reading recorded after it, which was lost, and the counter went back. With
+//! 4-byte words completing a header takes a 32-bit collision. Flash that programs single bytes
+//! (an RP2040's QSPI flash, say) is given to the journal through a driver that writes 4-byte
+//! words.
+//!
 //! # Costs and limits
 //! - No sequential-storage cache: each call reads the page markers and walks the items it
 //!   needs (a record scans the page being filled, a restore the whole queue). No RAM beyond a
@@ -82,6 +94,9 @@ use sequential_storage::queue::{QueueConfig, QueueStorage};
 
 use crate::wire::Reading;
 use crate::Error;
+
+/// The smallest flash word the journal accepts (see the module doc, "Flash words").
+pub const MIN_WORD: usize = 4;
 
 /// Bytes of one queue entry before sequential-storage's header and padding.
 pub const ENTRY_LEN: usize = 24;
@@ -219,6 +234,7 @@ impl<F: MultiwriteNorFlash> Journal<F> {
             || !fits(&counter)
             || (queue.start < counter.end && counter.start < queue.end)
             || word::<F>() > 32
+            || word::<F>() < MIN_WORD
             || Self::per_page() == 0
         {
             return Err(Error::Storage);

@@ -31,7 +31,7 @@ enum Cmd {
     /// Look at a running cluster through its nodes' HTTP listeners.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Check or repair a stopped single-node broker's data directory.
+    /// Check a stopped broker's data directory (a single node's can be repaired too).
     #[command(subcommand)]
     Storage(StorageCmd),
 }
@@ -40,7 +40,9 @@ enum Cmd {
 enum StorageCmd {
     /// Check every stored row and batch (checksums, decoding, each partition's offsets
     /// against its batches) and redb's pages; list what is damaged and which offsets it held.
-    /// Exits with status 1 if anything is. The broker must be stopped.
+    /// Exits with status 1 if anything is. The broker must be stopped. On a cluster node's
+    /// directory: every Raft log entry, state value, offset-index row and snapshot batch (a
+    /// damaged node is replaced, not repaired).
     Verify {
         /// Configuration file (TOML), for its data directory.
         #[arg(long, env = "CLOUD_CONFIG")]
@@ -201,12 +203,17 @@ fn storage_verify(
         cfg.data_dir = d;
     }
     let path = cfg.data_dir.join("broker.redb");
-    anyhow::ensure!(
-        !cfg.data_dir.join("node.redb").exists(),
-        "{} holds a cluster node's data: its replicas are checked by the other nodes' logs (a \
-         node whose data is damaged is replaced with `cluster replace`)",
-        cfg.data_dir.display()
-    );
+    let node = cfg.data_dir.join("node.redb");
+    if node.exists() {
+        anyhow::ensure!(
+            !quarantine && !accept_rollback,
+            "{} holds a cluster node's data: a node is not repaired in place; its peers hold the \
+             data, so a node whose data is damaged or rolled back is replaced (`cloud-broker \
+             cluster replace`) and the new one catches up from them",
+            cfg.data_dir.display()
+        );
+        return node_verify(&node, json);
+    }
     anyhow::ensure!(
         path.exists(),
         "no broker data at {} (wrong --data-dir?)",
@@ -251,6 +258,37 @@ fn storage_verify(
         }
     }
     if !report.damaged.is_empty() && !quarantine {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `cloud-broker storage verify` on a cluster node's data directory.
+fn node_verify(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let store = crate::raft::store::NodeStore::open(path)
+        .map_err(|e| anyhow::anyhow!("opening {} (is the node stopped?): {e}", path.display()))?;
+    let r = store.verify();
+    store.close();
+    drop(store);
+    let r = r?;
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        v["clean"] = r.is_clean().into();
+        println!("{v}");
+    } else {
+        println!(
+            "checked {} Raft groups: {} log entries, {} state values, {} offset-index rows, {} snapshot batches",
+            r.groups, r.entries, r.states, r.index_rows, r.sealed_batches
+        );
+        if r.damaged.is_empty() {
+            println!("no damaged entries or values");
+        }
+        for d in &r.damaged {
+            println!("DAMAGED {}: {} ({})", d.key, d.what, d.error);
+        }
+        println!("redb page check: {}", r.page_damage.as_deref().unwrap_or("ok"));
+    }
+    if !r.is_clean() {
         std::process::exit(1);
     }
     Ok(())

@@ -32,6 +32,7 @@ pub mod node;
 pub mod router;
 pub mod sequencer;
 pub mod store;
+pub mod verify;
 
 use std::fmt;
 

@@ -74,9 +74,9 @@ pub const LAYOUT_VERSION: u64 = 3;
 pub const READS_LAYOUTS: &[u64] = &[1, 2];
 
 pub(super) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
-const OFFSET_INDEX: TableDefinition<(u64, i64), u64> = TableDefinition::new("offset_index");
+pub(super) const OFFSET_INDEX: TableDefinition<(u64, i64), u64> = TableDefinition::new("offset_index");
 pub(super) const GROUP_STATE: TableDefinition<(u64, u8), &[u8]> = TableDefinition::new("group_state");
-const SEALED: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("sealed");
+pub(super) const SEALED: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("sealed");
 
 /// Slots of `group_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +243,7 @@ fn log_key(group: u64, index: u64) -> [u8; 16] {
 }
 
 /// The key bytes a group state value is sealed under.
-fn state_key(group: u64, slot: u8) -> [u8; 9] {
+pub(super) fn state_key(group: u64, slot: u8) -> [u8; 9] {
     let mut k = [0; 9];
     k[..8].copy_from_slice(&group.to_le_bytes());
     k[8] = slot;
@@ -314,7 +314,7 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 }
 
 /// A stored log entry: its seal checked, then decoded.
-fn dec_entry((group, index): (u64, u64), bytes: &[u8]) -> io::Result<EntryOf<TypeConfig>> {
+pub(super) fn dec_entry((group, index): (u64, u64), bytes: &[u8]) -> io::Result<EntryOf<TypeConfig>> {
     dec(unsealed(&log_key(group, index), bytes, || {
         format!("group {group:#x} log entry {index}")
     })?)
@@ -344,7 +344,7 @@ fn missing_ok<T>(r: Result<T, TableError>) -> io::Result<Option<T>> {
 }
 
 /// The first offset an entry appends, if it appends batches.
-fn first_offset(entry: &EntryOf<TypeConfig>) -> Option<i64> {
+pub(super) fn first_offset(entry: &EntryOf<TypeConfig>) -> Option<i64> {
     match &entry.payload {
         EntryPayload::Normal(Command::Partition(PartitionCommand::Append { batches })) => batches
             .first()
@@ -464,6 +464,19 @@ impl NodeStore {
             None => None,
         };
         Ok([last, purged, snap].into_iter().flatten().max().unwrap_or(0))
+    }
+
+    /// A read transaction over the store, for a whole-store scan.
+    pub(super) fn read_tx<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.read(f)
+    }
+
+    /// redb's check of every page (see [`foundation::redb::Reopening::check_pages`]).
+    pub(super) fn check_pages(&self) -> Result<(), String> {
+        self.inner.db.check_pages()
     }
 
     /// Whether opening the file needed redb's full repair.

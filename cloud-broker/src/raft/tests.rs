@@ -805,6 +805,13 @@ async fn a_layout_2_store_is_sealed_on_open_and_a_damaged_entry_is_reported() {
     let f = nodes.pop().unwrap();
     stop_replica(&router, f).await;
     released(&path).await;
+    {
+        let store = NodeStore::open(&path).unwrap();
+        let r = store.verify().unwrap();
+        assert!(r.is_clean() && r.entries > 0 && r.index_rows > 0, "{r:?}");
+        store.close();
+    }
+    released(&path).await;
 
     // One bit flipped in a log entry.
     {
@@ -835,6 +842,15 @@ async fn a_layout_2_store_is_sealed_on_open_and_a_damaged_entry_is_reported() {
         "{:?}",
         store.damage()
     );
+    let r = store.verify().unwrap();
+    assert_eq!(r.damaged.len(), 1, "{r:#?}");
+    assert!(
+        r.damaged[0]
+            .key
+            .starts_with(&format!("raft_log/{:#x}/", GROUP.key())),
+        "{r:#?}"
+    );
+    assert!(r.damaged[0].what.contains("replace this node"), "{r:#?}");
     store.close();
     drop(store);
     for r in nodes {
