@@ -72,7 +72,12 @@ async fn health(State(s): State<Arc<AdminState>>) -> Response {
         "uptime_s": s.started.elapsed().as_secs(),
     });
     if writes_failing {
-        body["reason"] = "log writes are failing: acking stopped, devices keep their readings".into();
+        let why = s
+            .store
+            .write_failure()
+            .unwrap_or_else(|| "see the agent's log".into());
+        body["reason"] =
+            format!("log writes are failing: acking stopped, devices keep their readings ({why})").into();
     }
     if let Some(d) = damage {
         body["reason"] = "damaged log data: run `edge-agent log verify`".into();

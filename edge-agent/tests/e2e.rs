@@ -473,6 +473,11 @@ async fn a_full_disk_stops_acks_and_the_agent_recovers_by_itself() {
     .await
     .unwrap();
     assert_eq!(agent.metric("edge_degraded").unwrap(), 1.0);
+    let (_, health) = agent.get("/health").unwrap();
+    assert!(
+        health.contains("log writes are failing") && (health.contains("reserve") || health.contains("space")),
+        "says why: {health}"
+    );
     std::fs::remove_file(&filler).unwrap();
     wait::until_async(Duration::from_secs(60), "recovery without a restart", || {
         (agent.get("/health").ok()?.0 == 200).then_some(())

@@ -358,6 +358,11 @@ pub trait LogStore: Send + Sync + std::fmt::Debug + 'static {
         let _ = (topic, partition, from);
         Ok(None)
     }
+    /// Why the last write failed, while none has succeeded since (a full disk, the disk
+    /// reserve, an I/O error).
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
     /// Whether opening the store needed a full repair of its file (see
     /// [`redb_store::RedbLog::opened_with_repair`]).
     fn opened_with_repair(&self) -> bool {

@@ -974,6 +974,10 @@ impl LogStore for RedbLog {
         RedbLog::opened_with_repair(self)
     }
 
+    fn write_failure(&self) -> Option<String> {
+        self.db.write_failure()
+    }
+
     fn skip_damaged(&self, topic: &str, partition: u32, from: u64) -> Result<Option<u64>, LogError> {
         let id = self.topic_partition(topic, partition)?.id;
         self.read_db(|tx| {
