@@ -42,11 +42,33 @@ pub enum Code {
     GroupMaxSizeReached = 81,
     InvalidRecord = 87,
     UnknownTopicId = 100,
+    // Added later, so after the rest: stored outcomes (postcard) name a code by its place
+    // in this list, not by its wire value.
+    InvalidReplicaAssignment = 39,
+    PolicyViolation = 44,
+    GroupSubscribedToTopic = 86,
 }
 
 impl Code {
     /// The wire value.
     pub fn code(self) -> i16 {
         self as i16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    /// Refusals are stored (a metadata outcome in a Raft log is postcard, which names a
+    /// variant by its place): a code added in the middle would change what stored ones mean.
+    #[test]
+    fn stored_codes_keep_their_places() {
+        let place = |c: Code| postcard::to_allocvec(&c).unwrap();
+        assert_eq!(place(Code::None), [0]);
+        assert_eq!(place(Code::TopicAlreadyExists), [19]);
+        assert_eq!(place(Code::InvalidRequest), [24]);
+        assert_eq!(place(Code::UnknownTopicId), [36]);
+        assert_eq!(place(Code::GroupSubscribedToTopic), [39]);
     }
 }

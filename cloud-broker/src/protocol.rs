@@ -44,6 +44,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The served version range of an API.
@@ -203,6 +209,14 @@ mod tests {
                 ApiKey::ListGroups => check::<ListGroupsRequest>(lo, hi, "list groups"),
                 ApiKey::DescribeGroups => check::<DescribeGroupsRequest>(lo, hi, "describe groups"),
                 ApiKey::DeleteGroups => check::<DeleteGroupsRequest>(lo, hi, "delete groups"),
+                ApiKey::CreatePartitions => check::<CreatePartitionsRequest>(lo, hi, "create partitions"),
+                ApiKey::DeleteRecords => check::<DeleteRecordsRequest>(lo, hi, "delete records"),
+                ApiKey::AlterConfigs => check::<AlterConfigsRequest>(lo, hi, "alter configs"),
+                ApiKey::IncrementalAlterConfigs => {
+                    check::<IncrementalAlterConfigsRequest>(lo, hi, "incremental alter configs")
+                }
+                ApiKey::DescribeLogDirs => check::<DescribeLogDirsRequest>(lo, hi, "describe log dirs"),
+                ApiKey::OffsetDelete => check::<OffsetDeleteRequest>(lo, hi, "offset delete"),
                 other => panic!("unexpected {other:?}"),
             }
         }

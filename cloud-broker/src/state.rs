@@ -12,7 +12,7 @@
 //! [`PartitionView`] (moved only after the data is durable) and read batches from storage.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
 use tokio::sync::{oneshot, Notify};
@@ -32,6 +32,8 @@ pub struct PartitionView {
     pub hw: AtomicI64,
     /// First offset still stored.
     pub log_start: AtomicI64,
+    /// Bytes of the batches stored (DescribeLogDirs).
+    pub bytes: AtomicU64,
 }
 
 /// A topic as readers see it.
@@ -150,6 +152,33 @@ pub enum Request {
         /// `(code, producer id, epoch)`.
         reply: oneshot::Sender<(Code, i64, i16)>,
     },
+    /// A metadata change (partitions added, configs set).
+    Meta {
+        /// The change.
+        cmd: MetaCommand,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
+    /// Move a partition's log start (Kafka's DeleteRecords; `-1`: to the high watermark).
+    DeleteRecords {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The offset.
+        offset: i64,
+        /// `(code, the log start after)`.
+        reply: oneshot::Sender<(Code, i64)>,
+    },
+    /// Forget some of a group's committed offsets (Kafka's OffsetDelete).
+    DeleteOffsets {
+        /// Group.
+        group: String,
+        /// `(topic, partition)` of each.
+        partitions: Vec<(String, u32)>,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
     /// Compact every `cleanup.policy=compact` topic (latest record per key).
     Compact,
     /// Apply retention at this time (ms).
@@ -165,6 +194,7 @@ enum Reply {
     Code(oneshot::Sender<Code>, Code),
     Codes(oneshot::Sender<Vec<Code>>, Vec<Code>),
     Pid(oneshot::Sender<(Code, i64, i16)>, (Code, i64, i16)),
+    Low(oneshot::Sender<(Code, i64)>, (Code, i64)),
 }
 
 impl Reply {
@@ -189,6 +219,9 @@ impl Reply {
             }
             Reply::Pid(tx, v) => {
                 let _ = tx.send(if durable { v } else { (failed, -1, -1) });
+            }
+            Reply::Low(tx, v) => {
+                let _ = tx.send(if durable { v } else { (failed, -1) });
             }
         }
     }
@@ -353,6 +386,7 @@ impl<'a> Staged<'a> {
                     .meta
                     .push(("next_producer_id".into(), next.to_be_bytes().to_vec()));
             }
+            MetaOutcome::Altered(t) => self.ch.w.put_topics.push(t.clone()),
             MetaOutcome::Registered | MetaOutcome::Replaced | MetaOutcome::Refused(_) => {}
         }
         out
@@ -430,7 +464,9 @@ fn publish_catalog(state: &Applied, catalog: &Catalog, wake: bool) {
             })
         });
         if view.meta != *meta {
-            let parts = view.partitions.clone();
+            // Configs changed, or partitions were added (their views join the ones readers hold).
+            let mut parts = view.partitions.clone();
+            parts.resize_with(meta.partitions as usize, || Arc::new(PartitionView::default()));
             *view = Arc::new(TopicView {
                 meta: meta.clone(),
                 partitions: parts,
@@ -444,6 +480,7 @@ fn publish_catalog(state: &Applied, catalog: &Catalog, wake: bool) {
                 .unwrap_or_default();
             let old = pv.hw.swap(h.next_offset, Ordering::SeqCst);
             pv.log_start.store(h.log_start, Ordering::SeqCst);
+            pv.bytes.store(h.bytes, Ordering::SeqCst);
             moved |= old != h.next_offset;
         }
     }
@@ -606,6 +643,31 @@ fn handle(s: &mut Staged<'_>, r: Request, storage: &dyn Storage) {
             let v = pid.map_or((Code::KafkaStorageError, -1, -1), |pid| (Code::None, pid, 0));
             s.ch.replies.push(Reply::Pid(reply, v));
         }
+        Request::Meta { cmd, reply } => {
+            let code = match s.apply_meta(&cmd) {
+                MetaOutcome::Refused(c) => c,
+                _ => Code::None,
+            };
+            s.ch.replies.push(Reply::Code(reply, code));
+        }
+        Request::DeleteRecords {
+            topic,
+            partition,
+            offset,
+            reply,
+        } => {
+            let v = delete_records(s, &topic, partition, offset, storage);
+            s.ch.replies.push(Reply::Low(reply, v));
+        }
+        Request::DeleteOffsets {
+            group,
+            partitions,
+            reply,
+        } => {
+            let log = offsets::partition_for(&group);
+            s.apply_offsets(log, &OffsetsCommand::DeletePartitions { group, partitions });
+            s.ch.replies.push(Reply::Code(reply, Code::None));
+        }
         Request::Compact => {
             let topics: Vec<TopicMeta> = s
                 .meta()
@@ -692,6 +754,48 @@ fn stored_headers<'a>(
             }
         }
     })
+}
+
+/// DeleteRecords on one partition: `(code, log start after)`.
+fn delete_records(
+    s: &mut Staged<'_>,
+    topic: &str,
+    partition: u32,
+    offset: i64,
+    storage: &dyn Storage,
+) -> (Code, i64) {
+    let Some(t) = s.meta().topics.get(topic).filter(|t| partition < t.partitions) else {
+        return (Code::UnknownTopicOrPartition, -1);
+    };
+    let key = (t.id, partition);
+    let part = s.partition(key).cloned().unwrap_or_default();
+    let to = match part.delete_records_to(offset) {
+        Ok(to) => to,
+        Err(code) => return (code, -1),
+    };
+    // Batches of this group commit are not in storage yet: they follow the stored ones.
+    let staged: Vec<BatchHeader> =
+        s.ch.w
+            .batches
+            .iter()
+            .filter(|b| (b.0, b.1) == key)
+            .filter_map(|b| batch::header(&b.3).ok())
+            .collect();
+    let headers = stored_headers(storage, key, part.head.log_start).chain(staged.into_iter().map(Ok));
+    match part.cut_to(to, headers) {
+        Ok(None) => (Code::None, part.head.log_start),
+        Ok(Some(cmd)) => match s.apply_partition(key, cmd) {
+            Ok(()) => (Code::None, to),
+            Err(e) => {
+                warn!(topic, partition, error = %e, "DeleteRecords did not apply");
+                (Code::KafkaStorageError, -1)
+            }
+        },
+        Err(e) => {
+            warn!(topic, partition, error = %e, "DeleteRecords could not read the batch headers");
+            (Code::KafkaStorageError, -1)
+        }
+    }
 }
 
 fn retention(

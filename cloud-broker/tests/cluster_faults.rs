@@ -79,7 +79,7 @@ async fn acks_beyond(feeder: &Feeder, from: usize, n: usize, what: &str) {
         (feeder.acked() >= from + n).then_some(())
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}; {} acknowledged; {}", feeder.acked(), feeder.trouble()));
 }
 
 /// How long after `t` partition `p` had an acknowledgement again (on a timeout, the panic
@@ -100,8 +100,9 @@ async fn stall(nodes: &[Broker], feeder: &Feeder, p: i32, t: Instant) -> Duratio
             })
             .collect();
         panic!(
-            "{e}; {} acknowledged in all:\n{}",
+            "{e}; {} acknowledged in all; {}; as the nodes see it:\n{}",
             feeder.acked(),
+            feeder.trouble(),
             seen.join("\n")
         )
     }) - t
@@ -126,6 +127,7 @@ async fn settle(
     feeder: Feeder,
 ) -> std::collections::BTreeMap<(i32, i64), String> {
     let fed = feeder.stop().await;
+    assert_eq!(fed.refused, None, "the feed stopped on its own");
     assert!(
         fed.failed.is_empty(),
         "deliveries failed: {:?}",

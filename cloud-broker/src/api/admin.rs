@@ -1,12 +1,9 @@
-//! Metadata, CreateTopics, DeleteTopics, InitProducerId, DescribeConfigs.
+//! Metadata, CreateTopics, DeleteTopics, CreatePartitions, DescribeLogDirs, InitProducerId.
 
 use std::sync::Arc;
 
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
-};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -244,77 +241,139 @@ pub async fn init_producer_id(b: &Arc<Broker>, r: InitProducerIdRequest) -> Init
         .with_producer_epoch(epoch)
 }
 
-/// `DYNAMIC_TOPIC_CONFIG`: set on the topic (CreateTopics configs).
-const CONFIG_SOURCE_TOPIC: i8 = 1;
-/// `DEFAULT_CONFIG`: nobody set it.
-const CONFIG_SOURCE_DEFAULT: i8 = 5;
-/// Config types (DescribeConfigs v3+).
-const CONFIG_TYPE_LONG: i8 = 5;
-/// A comma-separated list.
-const CONFIG_TYPE_LIST: i8 = 7;
-
-/// DescribeConfigs for topics (retention and cleanup policy) and brokers (none).
-pub fn describe_configs(b: &Arc<Broker>, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let results = r
-        .resources
-        .into_iter()
-        .map(|res| {
-            let out = DescribeConfigsResult::default()
-                .with_resource_type(res.resource_type)
-                .with_resource_name(res.resource_name.clone())
-                .with_error_message(None);
-            if res.resource_type != 2 {
-                return out; // broker configs: none exposed
-            }
-            let Some(t) = b.catalog.topic(res.resource_name.as_str()) else {
-                return out.with_error_code(Code::UnknownTopicOrPartition.code());
-            };
-            let c = &t.meta.config;
-            // `(name, value, set on the topic, type)`: a value nobody set is the default, and
-            // clients (kafka-python's default `modified` filter, kafka-configs) tell the two
-            // apart by the config source.
-            let all = [
-                (
-                    "retention.ms",
-                    c.retention_ms.unwrap_or(-1).to_string(),
-                    c.retention_ms.is_some(),
-                    CONFIG_TYPE_LONG,
-                ),
-                (
-                    "retention.bytes",
-                    c.retention_bytes.unwrap_or(-1).to_string(),
-                    c.retention_bytes.is_some(),
-                    CONFIG_TYPE_LONG,
-                ),
-                (
-                    "cleanup.policy",
-                    if c.compact { "compact" } else { "delete" }.to_string(),
-                    c.compact,
-                    CONFIG_TYPE_LIST,
-                ),
-            ];
-            let wanted = |n: &str| {
-                res.configuration_keys
-                    .as_ref()
-                    .is_none_or(|ks| ks.iter().any(|k| k.as_str() == n))
-            };
-            let configs = all
-                .iter()
-                .filter(|(n, _, _, _)| wanted(n))
-                .map(|(n, v, set, ty)| {
-                    DescribeConfigsResourceResult::default()
-                        .with_name(s(n))
-                        .with_value(Some(s(v)))
-                        .with_config_type(*ty) // v3+
-                        .with_config_source(if *set {
-                            CONFIG_SOURCE_TOPIC
-                        } else {
-                            CONFIG_SOURCE_DEFAULT
-                        })
-                })
-                .collect();
-            out.with_configs(configs)
-        })
+/// CreatePartitions: grows topics, the new partitions placed as creation places them (or as
+/// the request assigns them).
+pub async fn create_partitions(b: &Arc<Broker>, r: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let mut seen = std::collections::BTreeSet::new();
+    let duplicates: std::collections::BTreeSet<String> = r
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.to_string()))
+        .map(|t| t.name.to_string())
         .collect();
-    DescribeConfigsResponse::default().with_results(results)
+    let mut results = Vec::with_capacity(r.topics.len());
+    for t in r.topics {
+        let name = t.name.to_string();
+        let (code, msg) = if duplicates.contains(&name) {
+            (
+                Code::InvalidRequest,
+                Some("the topic is named twice in the request".to_string()),
+            )
+        } else {
+            match b.catalog.topic(&name) {
+                None => (Code::UnknownTopicOrPartition, None),
+                Some(have) => {
+                    let now = have.meta.partitions as i32;
+                    let assignment: Option<Vec<Vec<i32>>> = t.assignments.map(|a| {
+                        a.into_iter()
+                            .map(|x| x.broker_ids.into_iter().map(|id| id.0).collect())
+                            .collect()
+                    });
+                    if t.count < now {
+                        (
+                            Code::InvalidPartitions,
+                            Some(format!("Topic currently has {now} partitions, which is higher than the requested {}.", t.count)),
+                        )
+                    } else if t.count == now {
+                        (
+                            Code::InvalidPartitions,
+                            Some(format!("Topic already has {now} partitions.")),
+                        )
+                    } else if t.count as u32 > crate::sm::metadata::MAX_PARTITIONS {
+                        (
+                            Code::InvalidPartitions,
+                            Some(format!(
+                                "at most {} partitions",
+                                crate::sm::metadata::MAX_PARTITIONS
+                            )),
+                        )
+                    } else if assignment
+                        .as_ref()
+                        .is_some_and(|a| a.len() != (t.count - now) as usize)
+                    {
+                        (
+                            Code::InvalidReplicaAssignment,
+                            Some(format!(
+                                "{} assignments for {} new partitions",
+                                assignment.as_ref().map_or(0, Vec::len),
+                                t.count - now
+                            )),
+                        )
+                    } else if r.validate_only {
+                        (Code::None, None)
+                    } else {
+                        let code = b.add_partitions(&name, t.count as u32, assignment).await;
+                        if code == Code::None {
+                            tracing::info!(topic = %name, from = now, to = t.count, "partitions added");
+                        }
+                        (code, None)
+                    }
+                }
+            }
+        };
+        results.push(
+            create_partitions_response::CreatePartitionsTopicResult::default()
+                .with_name(t.name)
+                .with_error_code(code.code())
+                .with_error_message(msg.map(|m| s(&m))),
+        );
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+/// DescribeLogDirs: the one data directory, with the size of each partition this node
+/// holds (on a cluster, the replicas it hosts), and (v4) the disk's size and free bytes.
+pub fn describe_log_dirs(
+    b: &Arc<Broker>,
+    r: DescribeLogDirsRequest,
+    _version: i16,
+) -> DescribeLogDirsResponse {
+    use kafka_protocol::messages::describe_log_dirs_response::{
+        DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+    };
+    let wanted: Option<std::collections::BTreeMap<String, Vec<i32>>> = r.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.topic.to_string(), t.partitions))
+            .collect()
+    });
+    let mut topics = Vec::new();
+    for t in b.catalog.all() {
+        let parts_wanted = match &wanted {
+            None => None,
+            Some(w) => match w.get(&t.meta.name) {
+                Some(p) => Some(p),
+                None => continue,
+            },
+        };
+        let partitions: Vec<DescribeLogDirsPartition> = t
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| parts_wanted.is_none_or(|w| w.contains(&(*p as i32))))
+            .filter(|(p, _)| b.hosts(t.meta.id, *p as u32))
+            .map(|(p, v)| {
+                DescribeLogDirsPartition::default()
+                    .with_partition_index(p as i32)
+                    .with_partition_size(v.bytes.load(std::sync::atomic::Ordering::SeqCst) as i64)
+                    .with_offset_lag(0)
+                    .with_is_future_key(false)
+            })
+            .collect();
+        if !partitions.is_empty() {
+            topics.push(
+                DescribeLogDirsTopic::default()
+                    .with_name(TopicName(s(&t.meta.name)))
+                    .with_partitions(partitions),
+            );
+        }
+    }
+    let (total, usable) =
+        foundation::redb::fs_space(&b.cfg.data_dir).map_or((-1, -1), |(t, a)| (t as i64, a as i64));
+    let dir = DescribeLogDirsResult::default()
+        .with_error_code(0)
+        .with_log_dir(s(&b.cfg.data_dir.display().to_string()))
+        .with_topics(topics)
+        .with_total_bytes(total)
+        .with_usable_bytes(usable);
+    DescribeLogDirsResponse::default().with_results(vec![dir])
 }

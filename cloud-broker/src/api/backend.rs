@@ -131,6 +131,126 @@ impl Broker {
         }
     }
 
+    /// Grows a topic to `partitions` partitions (`assignment`: each new partition's replicas,
+    /// as the client named them).
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+        assignment: Option<Vec<Vec<i32>>>,
+    ) -> Code {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let me = self.cfg.node_id;
+                if assignment.is_some_and(|a| a.iter().any(|r| r.as_slice() != [me])) {
+                    return Code::InvalidReplicaAssignment;
+                }
+                let cmd = crate::sm::metadata::MetaCommand::AddPartitions {
+                    name: name.into(),
+                    partitions,
+                    replicas: Vec::new(),
+                };
+                self.single_meta(writer, cmd).await
+            }
+            Backend::Cluster(node) => {
+                let assignment = match assignment {
+                    None => None,
+                    Some(a) => match a
+                        .into_iter()
+                        .map(|r| r.into_iter().map(u64::try_from).collect::<Result<Vec<u64>, _>>())
+                        .collect::<Result<Vec<_>, _>>()
+                    {
+                        Ok(a) => Some(a),
+                        Err(_) => return Code::InvalidReplicaAssignment,
+                    },
+                };
+                let code = node.add_partitions(name, partitions, assignment).await;
+                if code == Code::None {
+                    let _ = wait_until(Duration::from_secs(5), || {
+                        self.catalog
+                            .topic(name)
+                            .is_some_and(|t| t.meta.partitions >= partitions)
+                    })
+                    .await;
+                }
+                code
+            }
+        }
+    }
+
+    /// Sets a topic's configs (all of them: what is not set is the default).
+    pub async fn set_topic_config(&self, name: &str, config: TopicConfig) -> Code {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let cmd = crate::sm::metadata::MetaCommand::SetTopicConfig {
+                    name: name.into(),
+                    config,
+                };
+                self.single_meta(writer, cmd).await
+            }
+            Backend::Cluster(node) => {
+                let code = node.set_topic_config(name, config.clone()).await;
+                if code == Code::None {
+                    let _ = wait_until(Duration::from_secs(5), || {
+                        self.catalog.topic(name).is_some_and(|t| t.meta.config == config)
+                    })
+                    .await;
+                }
+                code
+            }
+        }
+    }
+
+    async fn single_meta(&self, writer: &Writer, cmd: crate::sm::metadata::MetaCommand) -> Code {
+        let (tx, rx) = oneshot::channel();
+        if !writer.send(Request::Meta { cmd, reply: tx }) {
+            return Code::KafkaStorageError;
+        }
+        rx.await.unwrap_or(Code::KafkaStorageError)
+    }
+
+    /// Kafka's DeleteRecords on one partition: `(code, log start after)`.
+    pub async fn delete_records(&self, topic: &str, partition: u32, offset: i64) -> (Code, i64) {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                if !writer.send(Request::DeleteRecords {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                    reply: tx,
+                }) {
+                    return (Code::KafkaStorageError, -1);
+                }
+                rx.await.unwrap_or((Code::KafkaStorageError, -1))
+            }
+            Backend::Cluster(node) => match self.catalog.topic(topic) {
+                Some(t) if partition < t.meta.partitions => {
+                    node.delete_records(t.meta.id, partition, offset).await
+                }
+                _ => (Code::UnknownTopicOrPartition, -1),
+            },
+        }
+    }
+
+    /// Forgets some of a group's committed offsets.
+    pub async fn delete_offsets(&self, group: &str, partitions: Vec<(String, u32)>) -> Code {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                if !writer.send(Request::DeleteOffsets {
+                    group: group.into(),
+                    partitions,
+                    reply: tx,
+                }) {
+                    return Code::KafkaStorageError;
+                }
+                rx.await.unwrap_or(Code::KafkaStorageError)
+            }
+            Backend::Cluster(node) => node.delete_offsets(group, partitions).await,
+        }
+    }
+
     /// A new producer id: `(code, id, epoch)`.
     pub async fn init_producer_id(&self) -> (Code, i64, i16) {
         match &self.backend {
@@ -189,6 +309,14 @@ impl Broker {
                 }
                 Some(rx)
             }
+        }
+    }
+
+    /// Whether this node holds a replica of the partition.
+    pub fn hosts(&self, topic_id: u32, partition: u32) -> bool {
+        match &self.backend {
+            Backend::Single { .. } => true,
+            Backend::Cluster(node) => node.partition(topic_id, partition).is_some(),
         }
     }
 
@@ -358,6 +486,16 @@ impl Broker {
                 }
             }
             Backend::Cluster(node) => node.delete_group_offsets(group).await,
+        }
+    }
+
+    /// Replicas of each partition (of a topic created now).
+    pub fn replication_factor(&self) -> usize {
+        match &self.backend {
+            Backend::Single { .. } => 1,
+            Backend::Cluster(node) => {
+                crate::raft::node::REPLICATION_FACTOR.min(node.metadata().nodes.len().max(1))
+            }
         }
     }
 

@@ -185,7 +185,30 @@ pub async fn fetch(b: &Arc<Broker>, r: FetchRequest, _version: i16) -> anyhow::R
     }
 }
 
-/// The first offset whose record timestamp is `>= ts` (the exact record, not just its batch).
+/// `(offset, timestamp)` of every record of the batch holding `at`, at or after `from`
+/// (`None`: the batch does not decode, e.g. a compression this build cannot read).
+fn records_of(
+    b: &Broker,
+    topic_id: u32,
+    partition: u32,
+    at: i64,
+    from: i64,
+    hw: i64,
+) -> anyhow::Result<Option<Vec<(i64, i64)>>> {
+    let raw = b.read(topic_id, partition, at, hw, 1)?;
+    let mut buf = Bytes::from(raw);
+    Ok(RecordBatchDecoder::decode(&mut buf).ok().map(|set| {
+        set.records
+            .iter()
+            .filter(|r| r.offset >= from && r.offset < hw)
+            .map(|r| (r.offset, r.timestamp))
+            .collect()
+    }))
+}
+
+/// Kafka's answer for a timestamp `ts >= 0`: the first record in offset order, at or after
+/// the log start, whose timestamp is `>= ts` (timestamps need not grow with offsets), as
+/// `(offset, timestamp)`; `None` when there is none (Kafka then answers offset -1).
 fn offset_for_timestamp(
     b: &Broker,
     topic_id: u32,
@@ -204,22 +227,86 @@ fn offset_for_timestamp(
             if h.max_timestamp < ts || h.base_offset >= hw {
                 continue;
             }
-            // The batch holds a record at or after `ts`: find which.
-            let raw = b.read(topic_id, partition, h.base_offset, hw, 1)?;
-            let mut buf = Bytes::from(raw);
-            if let Ok(set) = RecordBatchDecoder::decode(&mut buf) {
-                if let Some(rec) = set.records.iter().find(|r| r.timestamp >= ts) {
-                    return Ok(Some((rec.offset, rec.timestamp)));
+            // The batch holds a record at or after `ts`: find which (it may be one below
+            // the log start, when DeleteRecords cut inside this batch: then look further).
+            match records_of(b, topic_id, partition, h.base_offset, start, hw)? {
+                Some(recs) => {
+                    if let Some(found) = recs.into_iter().find(|r| r.1 >= ts) {
+                        return Ok(Some(found));
+                    }
                 }
+                None => return Ok(Some((h.base_offset.max(start), h.max_timestamp))),
             }
-            return Ok(Some((h.base_offset, h.max_timestamp)));
         }
         from = last.last_offset() + 1;
     }
     Ok(None)
 }
 
-/// ListOffsets: earliest (-2), latest (-1), max timestamp (-3), or by timestamp.
+/// Kafka's answer for `MAX_TIMESTAMP` (-3): the first record holding the largest timestamp
+/// of the partition (at or after the log start), as `(offset, timestamp)`; `None` on an
+/// empty partition.
+fn max_timestamp(
+    b: &Broker,
+    topic_id: u32,
+    partition: u32,
+    start: i64,
+    hw: i64,
+) -> anyhow::Result<Option<(i64, i64)>> {
+    // The batch with the largest timestamp (the first of equals); a batch starting below the
+    // log start counts only its records from there.
+    let mut best: Option<(i64, i64)> = None; // (timestamp, base offset)
+    let mut from = start;
+    while from < hw {
+        let headers = b.headers(topic_id, partition, from, hw, 1024)?;
+        let Some(last) = headers.last() else { break };
+        for h in &headers {
+            let top = if h.base_offset < start {
+                match records_of(b, topic_id, partition, h.base_offset, start, hw)? {
+                    Some(recs) => match recs.iter().map(|r| r.1).max() {
+                        Some(t) => t,
+                        None => continue,
+                    },
+                    None => h.max_timestamp,
+                }
+            } else {
+                h.max_timestamp
+            };
+            if best.is_none_or(|(t, _)| top > t) {
+                best = Some((top, h.base_offset));
+            }
+        }
+        from = last.last_offset() + 1;
+    }
+    let Some((top, base)) = best else {
+        return Ok(None);
+    };
+    Ok(Some(match records_of(b, topic_id, partition, base, start, hw)? {
+        Some(recs) => recs
+            .into_iter()
+            .find(|r| r.1 == top)
+            .unwrap_or((base.max(start), top)),
+        None => (base.max(start), top),
+    }))
+}
+
+/// `EARLIEST`.
+const EARLIEST: i64 = -2;
+/// `LATEST`.
+const LATEST: i64 = -1;
+/// `MAX_TIMESTAMP` (ListOffsets v7+).
+const MAX_TIMESTAMP: i64 = -3;
+/// `EARLIEST_LOCAL_TIMESTAMP` (v8+).
+const EARLIEST_LOCAL: i64 = -4;
+/// `LATEST_TIERED_TIMESTAMP` (v9+).
+const LATEST_TIERED: i64 = -5;
+
+/// ListOffsets, as Kafka answers it: earliest (-2) is the log start and latest (-1) the high
+/// watermark (also the last stable offset: there are no open transactions), both with
+/// timestamp -1; max timestamp (-3) and a timestamp give the exact record, or offset and
+/// timestamp -1 when there is none (an empty partition, or a time after the last record).
+/// Only a partition's leader answers (`NOT_LEADER_OR_FOLLOWER` elsewhere), as clients send
+/// it there. The leader epoch is not tracked per offset: it is answered -1 (unknown).
 pub async fn list_offsets(
     b: &Arc<Broker>,
     r: ListOffsetsRequest,
@@ -229,7 +316,9 @@ pub async fn list_offsets(
     for t in r.topics {
         let mut parts = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
-            let out = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            let out = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_leader_epoch(-1);
             let view = b.catalog.topic(t.name.as_str());
             let pv = view.as_ref().and_then(|v| {
                 usize::try_from(p.partition_index)
@@ -240,28 +329,32 @@ pub async fn list_offsets(
                 parts.push(out.with_error_code(Code::UnknownTopicOrPartition.code()));
                 continue;
             };
+            let (id, part) = (view.meta.id, p.partition_index as u32);
+            if !b.serves(id, part) {
+                parts.push(out.with_error_code(Code::NotLeaderOrFollower.code()));
+                continue;
+            }
             let hw = pv.hw.load(Ordering::SeqCst);
             let start = pv.log_start.load(Ordering::SeqCst);
-            let (offset, ts) = match p.timestamp {
-                -1 => (hw, -1),
-                -2 => (start, -1),
-                -3 => {
-                    let (b2, id, part) = (b.clone(), view.meta.id, p.partition_index as u32);
-                    let hs = tokio::task::spawn_blocking(move || b2.headers(id, part, start, hw, usize::MAX))
-                        .await??;
-                    hs.iter()
-                        .max_by_key(|h| h.max_timestamp)
-                        .map_or((hw, -1), |h| (h.last_offset(), h.max_timestamp))
+            let found = match p.timestamp {
+                LATEST => Some((hw, -1)),
+                EARLIEST => Some((start, -1)),
+                MAX_TIMESTAMP => {
+                    let b2 = b.clone();
+                    tokio::task::spawn_blocking(move || max_timestamp(&b2, id, part, start, hw)).await??
                 }
+                // Without tiered storage the local log start is the log start, and nothing
+                // is tiered (v8 and v9 ask these; Kafka answers them so at any version).
+                EARLIEST_LOCAL => Some((start, -1)),
+                LATEST_TIERED => None,
+                // Any other time, negative ones too, as Kafka: the first record at or after it.
                 ts => {
-                    let (b2, id, part) = (b.clone(), view.meta.id, p.partition_index as u32);
-                    let found = tokio::task::spawn_blocking(move || {
-                        offset_for_timestamp(&b2, id, part, ts, start, hw)
-                    })
-                    .await??;
-                    found.unwrap_or((hw, -1))
+                    let b2 = b.clone();
+                    tokio::task::spawn_blocking(move || offset_for_timestamp(&b2, id, part, ts, start, hw))
+                        .await??
                 }
             };
+            let (offset, ts) = found.unwrap_or((-1, -1));
             parts.push(out.with_offset(offset).with_timestamp(ts));
         }
         topics.push(
@@ -271,4 +364,45 @@ pub async fn list_offsets(
         );
     }
     Ok(ListOffsetsResponse::default().with_topics(topics))
+}
+
+/// DeleteRecords: each partition's log start moves up to the offset given (-1: the high
+/// watermark), on the partition's leader; the answer is the log start after. Batches wholly
+/// below it are removed; records below it in the batch holding it are no longer served. A
+/// topic whose `cleanup.policy` is compact only refuses (`POLICY_VIOLATION`), as in Kafka.
+pub async fn delete_records(b: &Arc<Broker>, r: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    use kafka_protocol::messages::delete_records_response::{
+        DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+    };
+    let mut topics = Vec::with_capacity(r.topics.len());
+    for t in r.topics {
+        let view = b.catalog.topic(t.name.as_str());
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let out = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            let (code, low) = match &view {
+                Some(v) if p.partition_index >= 0 && (p.partition_index as u32) < v.meta.partitions => {
+                    let part = p.partition_index as u32;
+                    if v.meta.config.compact {
+                        (Code::PolicyViolation, -1)
+                    } else if !b.serves(v.meta.id, part) {
+                        (Code::NotLeaderOrFollower, -1)
+                    } else {
+                        b.delete_records(t.name.as_str(), part, p.offset).await
+                    }
+                }
+                _ => (Code::UnknownTopicOrPartition, -1),
+            };
+            if code == Code::None {
+                tracing::info!(topic = %t.name.as_str(), partition = p.partition_index, log_start = low, "records deleted");
+            }
+            parts.push(out.with_error_code(code.code()).with_low_watermark(low));
+        }
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(parts),
+        );
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
 }

@@ -619,6 +619,116 @@ pub async fn delete_groups(b: &Arc<Broker>, r: DeleteGroupsRequest) -> DeleteGro
     delete_response(results)
 }
 
+/// The topics a consumer group's members subscribe to (their `consumer` protocol metadata);
+/// `None` when that is not known (a group with members that is not `Stable`).
+fn subscribed_topics(d: &Description) -> Option<BTreeSet<String>> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Decodable;
+    if d.members.is_empty() {
+        return Some(BTreeSet::new());
+    }
+    if d.state != coordinator::State::Stable {
+        return None;
+    }
+    let mut topics = BTreeSet::new();
+    for m in &d.members {
+        let mut buf = m.metadata.clone();
+        if buf.len() < 2 {
+            return None;
+        }
+        let version = i16::from_be_bytes([buf[0], buf[1]]);
+        let _ = bytes::Buf::get_i16(&mut buf);
+        // A version newer than the decoder knows is read as the newest it knows (the newer
+        // fields follow the topics); anything undecodable makes the subscriptions unknown.
+        let sub = ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3)).ok()?;
+        topics.extend(sub.topics.iter().map(|t| t.to_string()));
+    }
+    Some(topics)
+}
+
+/// OffsetDelete: forgets a group's committed offsets of the partitions named, except those
+/// of topics the group's members subscribe to (`GROUP_SUBSCRIBED_TO_TOPIC`), as Kafka does;
+/// a group with members of another protocol type is `NON_EMPTY_GROUP`, an unknown one
+/// `GROUP_ID_NOT_FOUND`.
+pub async fn offset_delete(b: &Arc<Broker>, r: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    use kafka_protocol::messages::offset_delete_response::{
+        OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+    };
+    let group = r.group_id.to_string();
+    let top = |code: Code| OffsetDeleteResponse::default().with_error_code(code.code());
+    if group.is_empty() {
+        return top(Code::InvalidGroupId);
+    }
+    if !b.coordinates(&group) {
+        return top(Code::NotCoordinator);
+    }
+    let desc = b
+        .groups
+        .lock()
+        .core
+        .describe(&group, has_offsets(&b.offsets, &group));
+    if desc.state == coordinator::State::Dead {
+        return top(Code::GroupIdNotFound);
+    }
+    let consumer = desc.protocol_type == "consumer" || desc.members.is_empty();
+    if !consumer {
+        return top(Code::NonEmptyGroup);
+    }
+    let subscribed = subscribed_topics(&desc);
+    let mut forget = Vec::new();
+    let mut topics = Vec::with_capacity(r.topics.len());
+    for t in &r.topics {
+        let name = t.name.to_string();
+        let known = b.catalog.topic(&name);
+        let partitions = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let code = match &known {
+                    Some(k) if p.partition_index >= 0 && (p.partition_index as u32) < k.meta.partitions => {
+                        if subscribed.as_ref().is_none_or(|s| s.contains(&name)) {
+                            Code::GroupSubscribedToTopic
+                        } else {
+                            forget.push((name.clone(), p.partition_index as u32));
+                            Code::None
+                        }
+                    }
+                    _ => Code::UnknownTopicOrPartition,
+                };
+                (p.partition_index, code)
+            })
+            .collect::<Vec<_>>();
+        topics.push((t.name.clone(), partitions));
+    }
+    let written = if forget.is_empty() {
+        Code::None
+    } else {
+        b.delete_offsets(&group, forget).await
+    };
+    if written != Code::None {
+        return top(written);
+    }
+    OffsetDeleteResponse::default().with_topics(
+        topics
+            .into_iter()
+            .map(|(name, parts)| {
+                OffsetDeleteResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(i, c)| {
+                                OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(i)
+                                    .with_error_code(c.code())
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

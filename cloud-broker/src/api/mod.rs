@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod configs;
 pub mod data;
 pub mod groups;
 
@@ -144,7 +145,17 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(b, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(b, r).await),
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(admin::init_producer_id(b, r).await),
-        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(admin::describe_configs(b, r)),
+        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(b, r, v)),
+        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(b, r).await),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(configs::alter_incremental(b, r).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(b, r).await)
+        }
+        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(data::delete_records(b, r).await),
+        RequestKind::DescribeLogDirs(r) => ResponseKind::DescribeLogDirs(admin::describe_log_dirs(b, r, v)),
+        RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(groups::offset_delete(b, r).await),
         RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v)),
         // On a cluster a group is served by the node leading its offsets log; clients that ask
         // another are sent back to FindCoordinator.

@@ -257,6 +257,7 @@ impl GroupMachine {
             (Observer::Partition { view, appended }, State::Partition(p)) => {
                 let old = view.hw.swap(p.head.next_offset, Ordering::SeqCst);
                 view.log_start.store(p.head.log_start, Ordering::SeqCst);
+                view.bytes.store(p.head.bytes, Ordering::SeqCst);
                 if old != p.head.next_offset {
                     appended.notify_waiters();
                 }

@@ -89,6 +89,22 @@ pub enum MetaCommand {
         /// list: recorded here by the first replacement (the metadata holds them from then on).
         offsets: Vec<Vec<u64>>,
     },
+    /// Grow a topic to `partitions` partitions (Kafka's CreatePartitions).
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new partition count.
+        partitions: u32,
+        /// The new partitions' replicas, the preferred leader first (empty on one node).
+        replicas: Vec<Vec<u64>>,
+    },
+    /// Replace a topic's configs (AlterConfigs, IncrementalAlterConfigs).
+    SetTopicConfig {
+        /// Topic name.
+        name: String,
+        /// Its configs from now on.
+        config: TopicConfig,
+    },
 }
 
 /// What applying a [`MetaCommand`] did.
@@ -111,6 +127,8 @@ pub enum MetaOutcome {
     Replaced,
     /// Refused; nothing changed.
     Refused(Code),
+    /// The topic's partitions or configs changed; this is it now.
+    Altered(TopicMeta),
 }
 
 /// The catalog.
@@ -262,6 +280,34 @@ impl Metadata {
                 raft,
                 offsets,
             } => self.replace(*old, *new, raft, offsets),
+            MetaCommand::AddPartitions {
+                name,
+                partitions,
+                replicas,
+            } => {
+                let Some(t) = self.topics.get_mut(name) else {
+                    return MetaOutcome::Refused(Code::UnknownTopicOrPartition);
+                };
+                let added = partitions.saturating_sub(t.partitions) as usize;
+                if *partitions <= t.partitions || *partitions > MAX_PARTITIONS {
+                    MetaOutcome::Refused(Code::InvalidPartitions)
+                } else if t.replicas.is_empty() != replicas.is_empty()
+                    || (!replicas.is_empty() && replicas.len() != added)
+                {
+                    MetaOutcome::Refused(Code::InvalidReplicaAssignment)
+                } else {
+                    t.partitions = *partitions;
+                    t.replicas.extend(replicas.iter().cloned());
+                    MetaOutcome::Altered(t.clone())
+                }
+            }
+            MetaCommand::SetTopicConfig { name, config } => match self.topics.get_mut(name) {
+                None => MetaOutcome::Refused(Code::UnknownTopicOrPartition),
+                Some(t) => {
+                    t.config = config.clone();
+                    MetaOutcome::Altered(t.clone())
+                }
+            },
         }
     }
 
@@ -367,6 +413,57 @@ mod tests {
             uuid: [uuid; 16],
             replicas: Vec::new(),
         }
+    }
+
+    #[test]
+    fn partitions_are_added_and_configs_set() {
+        let mut m = Metadata::default();
+        m.apply(&MetaCommand::CreateTopic {
+            name: "a".into(),
+            partitions: 2,
+            config: TopicConfig::default(),
+            uuid: [1; 16],
+            replicas: vec![vec![1, 2, 3], vec![2, 3, 1]],
+        });
+        let add = |partitions, replicas: Vec<Vec<u64>>| MetaCommand::AddPartitions {
+            name: "a".into(),
+            partitions,
+            replicas,
+        };
+        assert_eq!(
+            m.apply(&add(2, vec![])),
+            MetaOutcome::Refused(Code::InvalidPartitions),
+            "not more"
+        );
+        assert_eq!(
+            m.apply(&add(4, vec![vec![3, 1, 2]])),
+            MetaOutcome::Refused(Code::InvalidReplicaAssignment),
+            "one assignment for two new partitions"
+        );
+        let MetaOutcome::Altered(t) = m.apply(&add(4, vec![vec![3, 1, 2], vec![1, 2, 3]])) else {
+            panic!()
+        };
+        assert_eq!(t.partitions, 4);
+        assert_eq!(t.replicas[2..], [vec![3, 1, 2], vec![1, 2, 3]]);
+        assert_eq!(
+            m.apply(&MetaCommand::AddPartitions {
+                name: "b".into(),
+                partitions: 3,
+                replicas: vec![]
+            }),
+            MetaOutcome::Refused(Code::UnknownTopicOrPartition)
+        );
+        let config = TopicConfig {
+            retention_ms: Some(60_000),
+            ..TopicConfig::default()
+        };
+        let MetaOutcome::Altered(t) = m.apply(&MetaCommand::SetTopicConfig {
+            name: "a".into(),
+            config: config.clone(),
+        }) else {
+            panic!()
+        };
+        assert_eq!((t.config, t.partitions), (config, 4));
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub enum OffsetsCommand {
         /// Group id.
         group: String,
     },
+    /// Forget some of a group's offsets (Kafka's OffsetDelete).
+    DeletePartitions {
+        /// Group id.
+        group: String,
+        /// `(topic, partition)` of each offset to forget.
+        partitions: Vec<(String, u32)>,
+    },
 }
 
 /// Committed offsets by `(group, topic, partition)` of the groups in one offsets log.
@@ -92,6 +99,13 @@ impl GroupOffsets {
                     })
                     .collect()
             }
+            OffsetsCommand::DeletePartitions { group, partitions } => partitions
+                .iter()
+                .filter_map(|(t, p)| {
+                    let k = (group.clone(), t.clone(), *p);
+                    self.offsets.remove(&k).map(|_| (k, None))
+                })
+                .collect(),
         }
     }
 }
@@ -139,6 +153,27 @@ mod tests {
             ]
         );
         assert!(g.offsets.keys().all(|k| k.0 == "h") && g.offsets.len() == 2);
+    }
+
+    #[test]
+    fn offset_deletion_forgets_the_partitions_named_only() {
+        let mut g = GroupOffsets::default();
+        for group in ["g", "h"] {
+            g.apply(&OffsetsCommand::Commit {
+                group: group.into(),
+                offsets: vec![
+                    ("t".into(), 0, 5, String::new()),
+                    ("t".into(), 1, 7, String::new()),
+                ],
+            });
+        }
+        let gone = g.apply(&OffsetsCommand::DeletePartitions {
+            group: "g".into(),
+            partitions: vec![("t".into(), 1), ("t".into(), 9), ("u".into(), 0)],
+        });
+        assert_eq!(gone, vec![(("g".into(), "t".into(), 1), None)]);
+        assert_eq!(g.offsets.len(), 3);
+        assert!(g.offsets.contains_key(&("g".into(), "t".into(), 0)));
     }
 
     #[test]

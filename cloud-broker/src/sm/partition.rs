@@ -40,7 +40,8 @@ pub enum PartitionCommand {
         /// The stored bytes of each batch.
         batches: Vec<Vec<u8>>,
     },
-    /// Retention removed every batch below `log_start`; `bytes` remain.
+    /// Every batch wholly below `log_start` is gone (retention, DeleteRecords; the batch
+    /// holding `log_start`, if it starts below, stays); `bytes` remain.
     Truncate {
         /// The new log start offset.
         log_start: i64,
@@ -263,6 +264,44 @@ impl Partition {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// Where Kafka's DeleteRecords for `offset` puts the log start (`-1`: the high watermark),
+    /// or `OFFSET_OUT_OF_RANGE` for an offset past the high watermark or another negative one.
+    /// An offset at or below the log start changes nothing (the answer is the log start).
+    pub fn delete_records_to(&self, offset: i64) -> Result<i64, Code> {
+        let end = self.head.next_offset;
+        match offset {
+            -1 => Ok(end.max(self.head.log_start)),
+            o if o < 0 || o > end => Err(Code::OffsetOutOfRange),
+            o => Ok(o.max(self.head.log_start)),
+        }
+    }
+
+    /// The command that moves the log start to `log_start` (from
+    /// [`Partition::delete_records_to`]): every batch wholly below it goes; the one holding
+    /// it stays, its records below the log start no longer served. `None` when the log
+    /// start is there already. `headers` are the partition's batches from its log start.
+    pub fn cut_to<E>(
+        &self,
+        log_start: i64,
+        headers: impl IntoIterator<Item = Result<BatchHeader, E>>,
+    ) -> Result<Option<PartitionCommand>, E> {
+        if log_start <= self.head.log_start {
+            return Ok(None);
+        }
+        let mut bytes = self.head.bytes;
+        for h in headers {
+            let h = h?;
+            if h.last_offset() < self.head.log_start {
+                continue;
+            }
+            if h.last_offset() >= log_start {
+                break;
+            }
+            bytes -= (h.size as u64).min(bytes);
+        }
+        Ok(Some(PartitionCommand::Truncate { log_start, bytes }))
     }
 
     /// Retention by time and bytes over the partition's batch headers, oldest first: whole
@@ -569,6 +608,50 @@ mod tests {
         let cut = p.retention(&config, 0, headers(&p, &stored)).unwrap().unwrap();
         p.apply(&cut).unwrap();
         assert_eq!(p.head.log_start, 3);
+    }
+
+    #[test]
+    fn delete_records_moves_the_log_start_inside_a_batch_and_counts_the_bytes_left() {
+        let mut p = Partition::default();
+        let mut stored = Vec::new();
+        for n in [3, 3, 2] {
+            let cmd = p.prepare(&make_batch(n, -1, -1, -1, 0)).unwrap().command.unwrap();
+            p.apply(&cmd).unwrap();
+            if let PartitionCommand::Append { batches } = cmd {
+                stored.extend(batches);
+            }
+        }
+        // Offsets 0..3, 3..6, 6..8.
+        let size = |i: usize| stored[i].len() as u64;
+        assert_eq!(
+            p.delete_records_to(9),
+            Err(Code::OffsetOutOfRange),
+            "past the end"
+        );
+        assert_eq!(p.delete_records_to(-2), Err(Code::OffsetOutOfRange));
+        assert_eq!(p.delete_records_to(-1), Ok(8), "-1 is the high watermark");
+        let cut = p.cut_to(4, headers(&p, &stored)).unwrap().unwrap();
+        assert_eq!(
+            cut,
+            PartitionCommand::Truncate {
+                log_start: 4,
+                bytes: size(1) + size(2)
+            },
+            "the first batch goes; the one holding 4 stays"
+        );
+        p.apply(&cut).unwrap();
+        assert_eq!(
+            p.delete_records_to(2),
+            Ok(4),
+            "below the log start: nothing moves"
+        );
+        assert_eq!(p.cut_to(4, headers(&p, &stored)), Ok(None));
+        let cut = p.cut_to(8, headers(&p, &stored)).unwrap().unwrap();
+        p.apply(&cut).unwrap();
+        assert_eq!((p.head.log_start, p.head.next_offset, p.head.bytes), (8, 8, 0));
+        // Appends go on from the end.
+        let cmd = p.prepare(&make_batch(1, -1, -1, -1, 0)).unwrap();
+        assert_eq!(cmd.base_offset, 8);
     }
 
     #[test]

@@ -46,7 +46,10 @@ impl Storage for MemStorage {
             batches.insert((*t, *p, *base), bytes.clone());
         }
         for (t, p, before) in &w.truncate {
-            batches.retain(|k, _| !(k.0 == *t && k.1 == *p && k.2 < *before));
+            batches.retain(|k, v| {
+                !(k.0 == *t && k.1 == *p && k.2 < *before)
+                    || crate::batch::header(v).is_ok_and(|h| h.last_offset() >= *before)
+            });
         }
         for (t, p, h) in &w.heads {
             snap.heads.insert((*t, *p), *h);

@@ -123,7 +123,8 @@ pub struct WriteSet {
     pub delete_topics: Vec<TopicMeta>,
     /// Batches: `(topic id, partition, base offset, bytes)` (base offset already written in).
     pub batches: Vec<(u32, u32, i64, Vec<u8>)>,
-    /// Batches removed by retention: `(topic id, partition, remove batches with base < offset)`.
+    /// Batches removed by retention and DeleteRecords: `(topic id, partition, offset)`: every
+    /// batch wholly below `offset` goes (one holding it stays).
     pub truncate: Vec<(u32, u32, i64)>,
     /// Single batches removed (compaction rewrites): `(topic id, partition, base offset)`.
     /// Applied before `batches`, so a rewrite can remove a batch and insert its replacement.

@@ -145,6 +145,30 @@ fn truncate_and_delete(s: &impl Storage) {
             .collect::<Vec<_>>(),
         vec![1]
     );
+    // A cut inside a batch (DeleteRecords) keeps the batch holding the new start.
+    let w = WriteSet {
+        batches: vec![(3, 0, 2, stored(3, 2, 3)), (3, 0, 5, stored(2, 5, 4))],
+        ..WriteSet::default()
+    };
+    s.apply(&w).unwrap();
+    let mut w = WriteSet::default();
+    w.truncate.push((3, 0, 6));
+    s.apply(&w).unwrap();
+    assert_eq!(
+        s.headers(3, 0, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|h| h.base_offset)
+            .collect::<Vec<_>>(),
+        vec![5],
+        "batches 1 and 2..4 are wholly below 6; 5..6 holds it"
+    );
+    let w = WriteSet {
+        remove_batches: vec![(3, 0, 5)],
+        batches: vec![(3, 0, 1, stored(1, 1, 2))],
+        ..WriteSet::default()
+    };
+    s.apply(&w).unwrap();
     // A rewrite: remove one batch and put its replacement under a new base, in one write.
     let w = WriteSet {
         remove_batches: vec![(3, 0, 1)],

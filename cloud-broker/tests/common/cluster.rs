@@ -211,6 +211,9 @@ pub struct Fed {
     pub acks: Vec<Ack>,
     /// Values whose delivery failed, and why.
     pub failed: Vec<(String, String)>,
+    /// Why the feed stopped before it was told to: a record the producer refused to queue
+    /// (with the producer's fatal error, if it has one).
+    pub refused: Option<String>,
 }
 
 /// Produces to every partition of a topic in turn, a record about every millisecond, until
@@ -250,18 +253,21 @@ impl Feeder {
                 let delivery = match sent {
                     Ok(d) => d,
                     Err((e, _)) => {
-                        // The local queue is full: wait a little and send the same value again.
                         drop(permit);
-                        assert!(
-                            matches!(
-                                e,
-                                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                            ),
+                        // The local queue is full: wait a little and send the same value again.
+                        if matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                        ) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                        // Anything else ends the feed, and says why to whoever waits on it.
+                        f.lock().unwrap().refused = Some(format!(
                             "{value} was not queued: {e} (the producer's fatal error: {:?})",
                             rdkafka::producer::Producer::client(&producer).fatal_error()
-                        );
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
+                        ));
+                        break;
                     }
                 };
                 i += 1;
@@ -290,6 +296,18 @@ impl Feeder {
             let _all = permits.acquire_many(IN_FLIGHT).await.expect("semaphore");
         });
         Feeder { stop, task, fed }
+    }
+
+    /// What went wrong so far, for a failure message: why the feed stopped on its own, and
+    /// how many deliveries failed (the first few, with why).
+    pub fn trouble(&self) -> String {
+        let fed = self.fed.lock().unwrap();
+        format!(
+            "feed stopped on its own: {}; {} deliveries failed, first: {:?}",
+            fed.refused.as_deref().unwrap_or("no"),
+            fed.failed.len(),
+            &fed.failed[..fed.failed.len().min(3)]
+        )
     }
 
     /// Acknowledgements so far.

@@ -48,7 +48,7 @@ mod damage;
 mod reserve;
 
 pub use damage::{is_damaged_header, open_or_recover, recover_header, seal, unseal, Unopened};
-pub use reserve::{fs_available, Reserve};
+pub use reserve::{fs_available, fs_space, Reserve};
 
 /// The table holding a file's layout version, under the key `"version"`.
 pub const LAYOUT: TableDefinition<&str, u64> = TableDefinition::new("layout");

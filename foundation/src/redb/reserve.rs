@@ -5,6 +5,12 @@ use std::sync::atomic::Ordering;
 
 /// Bytes the file system holding `path` has available to this process (`statvfs`).
 pub fn fs_available(path: &Path) -> std::io::Result<u64> {
+    fs_space(path).map(|(_, available)| available)
+}
+
+/// `(total, available to this process)` bytes of the file system holding `path` (a file
+/// or a directory).
+pub fn fs_space(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let dir = if path.is_dir() {
         path
@@ -18,7 +24,8 @@ pub fn fs_available(path: &Path) -> std::io::Result<u64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let unit = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * unit, st.f_bavail as u64 * unit))
 }
 
 /// A disk reserve: writes that grow a store are refused while less than `bytes` are free for

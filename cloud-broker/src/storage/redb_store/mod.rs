@@ -452,8 +452,11 @@ impl Storage for RedbStorage {
                     batches.insert((*t, *p, *base), bytes.as_slice()).map_err(io)?;
                 }
                 for (t, p, before) in &w.truncate {
+                    // The batch holding `before` stays (DeleteRecords may cut inside one).
                     batches
-                        .retain_in((*t, *p, i64::MIN)..(*t, *p, *before), |_, _| false)
+                        .retain_in((*t, *p, i64::MIN)..(*t, *p, *before), |_, v| {
+                            crate::batch::header(v).is_ok_and(|h| h.last_offset() >= *before)
+                        })
                         .map_err(io)?;
                 }
                 for (t, p, h) in &w.heads {
