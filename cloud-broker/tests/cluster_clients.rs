@@ -100,6 +100,39 @@ fn kcat_sees_every_broker_and_leaders_spread_and_reads_back_what_it_wrote() {
     drop(nodes);
 }
 
+/// The admin APIs of Kafka tools' first screens through kafka-python and librdkafka, on the
+/// replicated metadata: partitions added get replicas (and leaders) like created ones,
+/// configs and DeleteRecords go through the Raft groups, ListOffsets is asked of leaders.
+#[test]
+fn admin_apis_answer_kafka_python_and_librdkafka_on_a_cluster() {
+    let dir = TempDir::new("cluster-py-fidelity").unwrap();
+    let nodes = Broker::cluster(dir.path(), 3);
+    let addr = bootstrap(&nodes);
+    wait_ready(&nodes);
+    for client in ["kp", "ck"] {
+        let out = run_script("admin_fidelity.py", &["--bootstrap", &addr, "--client", client]);
+        assert!(out.contains("admin_fidelity: ok"), "{client}: {out}");
+    }
+    // Every node agrees the grown topic has five partitions, each with three replicas.
+    for n in &nodes {
+        let v = status(n).expect("status");
+        let grown: Vec<&serde_json::Value> = v["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["topic"] == "fidelity-ck-grow")
+            .collect();
+        assert_eq!(grown.len(), 5, "{v}");
+        assert!(
+            grown
+                .iter()
+                .all(|p| p["replicas"].as_array().is_some_and(|r| r.len() == 3)),
+            "{grown:?}"
+        );
+    }
+    drop(nodes);
+}
+
 #[test]
 fn kafka_python_group_survives_the_kill_of_its_coordinators_node() {
     let dir = TempDir::new("cluster-py-group").unwrap();

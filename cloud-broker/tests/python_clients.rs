@@ -36,6 +36,24 @@ fn kafka_python_admin_creates_describes_and_deletes_a_topic() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The admin APIs of Kafka tools' first screens (CreatePartitions, configs, DeleteRecords,
+/// ListOffsets case by case, DescribeLogDirs, OffsetDelete), through kafka-python and
+/// librdkafka (`tests/python/admin_fidelity.py`).
+#[test]
+fn admin_apis_answer_kafka_python_and_librdkafka_as_kafka_does() {
+    let dir = tempdir("py-fidelity");
+    let b = Broker::start(&dir);
+    for client in ["kp", "ck"] {
+        let out = run_script(
+            "admin_fidelity.py",
+            &["--bootstrap", &b.addr(), "--client", client],
+        );
+        assert!(out.contains("admin_fidelity: ok"), "{client}: {out}");
+    }
+    drop(b);
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn kafka_python_with_api_version_pinned_from_2_0_to_3_0() {
     let dir = tempdir("py-pinned");

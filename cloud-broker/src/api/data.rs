@@ -406,3 +406,6 @@ pub async fn delete_records(b: &Arc<Broker>, r: DeleteRecordsRequest) -> DeleteR
     }
     DeleteRecordsResponse::default().with_topics(topics)
 }
+
+#[cfg(test)]
+mod tests;
