@@ -222,6 +222,49 @@ mod tests {
         }
     }
 
+    /// The README's compatibility table names every Kafka API (as kafka-protocol knows
+    /// them), with exactly the versions ApiVersions advertises, or "not offered".
+    #[test]
+    fn the_readme_table_is_what_api_versions_advertises() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("<!-- kafka-api-table")
+            .expect("the table's start marker");
+        let end = readme
+            .find("<!-- /kafka-api-table -->")
+            .expect("the table's end marker");
+        let mut rows = std::collections::BTreeMap::new();
+        for line in readme[start..end]
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| API"))
+        {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (name, key) = cells[1].split_once(" (").expect("API (key)");
+            let key: i16 = key.trim_end_matches(')').parse().expect("a key");
+            assert!(
+                rows.insert(key, (name.to_string(), cells[2].to_string()))
+                    .is_none(),
+                "{name} twice"
+            );
+        }
+        for k in ApiKey::iter() {
+            let (name, versions) = rows
+                .remove(&(k as i16))
+                .unwrap_or_else(|| panic!("{k:?} ({}) is missing from the README's table", k as i16));
+            assert_eq!(name, format!("{k:?}"), "key {}", k as i16);
+            let want = match supported(k) {
+                None => "not offered".to_string(),
+                Some((lo, hi)) if lo == hi => lo.to_string(),
+                Some((lo, hi)) => format!("{lo}–{hi}"),
+            };
+            assert_eq!(versions, want, "{k:?} in the README");
+        }
+        assert!(
+            rows.is_empty(),
+            "the README names APIs kafka-protocol does not: {rows:?}"
+        );
+    }
+
     #[test]
     fn short_unknown_and_unsupported_frames_are_refused() {
         assert!(matches!(
