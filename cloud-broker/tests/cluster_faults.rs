@@ -18,8 +18,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    bootstrap, check_exactly_once, create_topic, leader_seen_by, produce_raw, read_all, stall_summary,
-    wait_formed, wait_replicas_agree, Feeder, Stamped,
+    bootstrap, check_exactly_once, create_topic, init_producer_id_raw, leader_seen_by, produce_raw, read_all,
+    stall_summary, wait_formed, wait_replicas_agree, Feeder, Stamped,
 };
 use common::Broker;
 use foundation::scratch::TempDir;
@@ -262,6 +262,12 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_rejoins() {
     let code = produce_raw(&cut.addr(), TOPIC, 0, LONE, 5_000).expect("a Produce answer");
     println!("the cut node answered error code {code} in {:?}", t.elapsed());
     assert_ne!(code, 0, "the cut node acknowledged a write");
+    // It still hands out producer ids, from a block it took ahead: librdkafka asks the
+    // broker it used last for a new id when it bumps its epoch, and a node that made it wait
+    // for a quorum it cannot reach stalled every partition of the producer.
+    let (code, pid) = init_producer_id_raw(&cut.addr()).expect("an InitProducerId answer");
+    assert_eq!(code, 0, "the cut node refused a producer id");
+    assert!(pid >= 0, "producer id {pid}");
 
     let before = feeder.acked();
     links.isolate(leader, false);

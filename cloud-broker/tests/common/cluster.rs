@@ -465,16 +465,13 @@ pub fn produce_raw(
     value: &str,
     timeout_ms: i32,
 ) -> std::io::Result<i16> {
-    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{
-        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-    };
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
-    use std::io::{Read, Write};
 
     const VERSION: i16 = 7;
     let record = Record {
@@ -510,34 +507,67 @@ pub fn produce_raw(
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
                 .with_records(Some(records.freeze()))])]);
+    let resp: ProduceResponse =
+        raw_request(addr, ApiKey::Produce, VERSION, &req, timeout_ms as u64 + 15_000)?;
+    resp.responses
+        .first()
+        .and_then(|t| t.partition_responses.first())
+        .map(|p| p.error_code)
+        .ok_or_else(|| std::io::Error::other("an empty Produce response"))
+}
+
+/// Sends one request on a connection of its own and reads the answer (waiting up to
+/// `timeout_ms` for it).
+pub fn raw_request<Req, Resp>(
+    addr: &str,
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    req: &Req,
+    timeout_ms: u64,
+) -> std::io::Result<Resp>
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+
     let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(VERSION)
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
         .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("produce-raw")));
+        .with_client_id(Some(StrBytes::from_static_str("raw-request")));
     let mut body = BytesMut::new();
     header
-        .encode(&mut body, ApiKey::Produce.request_header_version(VERSION))
+        .encode(&mut body, key.request_header_version(version))
         .map_err(std::io::Error::other)?;
-    req.encode(&mut body, VERSION).map_err(std::io::Error::other)?;
+    req.encode(&mut body, version).map_err(std::io::Error::other)?;
     let mut frame = BytesMut::new();
     frame.put_i32(body.len() as i32);
     frame.extend_from_slice(&body);
     let mut sock = std::net::TcpStream::connect(addr)?;
-    sock.set_read_timeout(Some(Duration::from_millis(timeout_ms as u64 + 15_000)))?;
+    sock.set_read_timeout(Some(Duration::from_millis(timeout_ms)))?;
     sock.write_all(&frame)?;
     let mut len = [0u8; 4];
     sock.read_exact(&mut len)?;
     let mut buf = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
     sock.read_exact(&mut buf)?;
     let mut buf = Bytes::from(buf);
-    ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(VERSION))
-        .map_err(std::io::Error::other)?;
-    let resp = ProduceResponse::decode(&mut buf, VERSION).map_err(std::io::Error::other)?;
-    let _ = buf.remaining();
-    resp.responses
-        .first()
-        .and_then(|t| t.partition_responses.first())
-        .map(|p| p.error_code)
-        .ok_or_else(|| std::io::Error::other("an empty Produce response"))
+    ResponseHeader::decode(&mut buf, key.response_header_version(version)).map_err(std::io::Error::other)?;
+    Resp::decode(&mut buf, version).map_err(std::io::Error::other)
+}
+
+/// InitProducerId (v4, no transactional id) asked of the broker at `addr`: `(error code,
+/// producer id)`.
+pub fn init_producer_id_raw(addr: &str) -> std::io::Result<(i16, i64)> {
+    use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id((-1).into())
+        .with_producer_epoch(-1);
+    let resp: InitProducerIdResponse = raw_request(addr, ApiKey::InitProducerId, 4, &req, 20_000)?;
+    Ok((resp.error_code, resp.producer_id.0))
 }

@@ -234,21 +234,56 @@ impl Node {
         }
     }
 
-    /// A producer id from this node's block (a new block through the metadata when it runs out).
+    /// A producer id from this node's block, or from the next one, taken ahead by
+    /// [`Node::reserve_producer_ids`]. Only a node with neither (just started, and no quorum
+    /// yet) asks the metadata group, and gives up after a few seconds with the retriable
+    /// `COORDINATOR_NOT_AVAILABLE`: clients retry (librdkafka asks the broker it used last,
+    /// so a node that made it wait long stalled every partition of an idempotent producer).
     pub async fn producer_id(&self) -> Result<i64, Code> {
-        let mut block = self.pids.lock().await;
-        if let Some(id) = block.take() {
-            return Ok(id);
+        let mut pids = self.pids.lock().await;
+        loop {
+            if let Some(id) = pids.0.take() {
+                return Ok(id);
+            }
+            match pids.1.take() {
+                Some(next) => pids.0 = next,
+                None => break,
+            }
         }
+        match self.allocate_producer_ids(Duration::from_secs(3)).await {
+            Some(block) => {
+                pids.0 = block;
+                pids.0.take().ok_or(Code::CoordinatorNotAvailable)
+            }
+            None => Err(Code::CoordinatorNotAvailable),
+        }
+    }
+
+    /// Takes the next block of producer ids through the metadata group when none is in
+    /// hand (on start, and each time the current one is used up).
+    pub async fn reserve_producer_ids(&self) {
+        if self.pids.lock().await.1.is_some() {
+            return;
+        }
+        if let Some(block) = self.allocate_producer_ids(Duration::from_secs(5)).await {
+            let mut pids = self.pids.lock().await;
+            if pids.1.is_none() {
+                pids.1 = Some(block);
+            }
+        }
+    }
+
+    async fn allocate_producer_ids(&self, timeout: Duration) -> Option<ProducerIdBlock> {
         let cmd = MetaCommand::AllocateProducerIds {
             count: ProducerIdBlock::SIZE,
         };
-        match self.propose_meta(cmd, Duration::from_secs(10)).await {
+        match self.propose_meta(cmd, timeout).await {
             Ok(MetaOutcome::ProducerIds { first, count }) => {
+                let mut block = ProducerIdBlock::default();
                 block.refill(first, count);
-                block.take().ok_or(Code::KafkaStorageError)
+                Some(block)
             }
-            _ => Err(Code::NotController),
+            _ => None,
         }
     }
 }

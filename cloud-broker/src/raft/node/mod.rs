@@ -121,7 +121,9 @@ pub struct Node {
     /// Committed offsets of the offsets logs hosted here.
     pub offsets: OffsetsView,
     offsets_rafts: Mutex<HashMap<u32, GroupRaft>>,
-    pids: tokio::sync::Mutex<ProducerIdBlock>,
+    /// The producer ids this node hands out, and the next block, taken ahead (see
+    /// [`Node::producer_id`]).
+    pids: tokio::sync::Mutex<(ProducerIdBlock, Option<ProducerIdBlock>)>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Groups whose membership change this node is driving (see [`membership`]).
     changing: Arc<Mutex<std::collections::HashSet<u64>>>,
@@ -178,7 +180,7 @@ impl Node {
             catalog: Arc::default(),
             offsets: Arc::default(),
             offsets_rafts: Mutex::new(HashMap::new()),
-            pids: tokio::sync::Mutex::new(ProducerIdBlock::default()),
+            pids: tokio::sync::Mutex::new((ProducerIdBlock::default(), None)),
             tasks: Mutex::new(vec![server]),
             changing: Arc::default(),
         });
@@ -225,6 +227,20 @@ impl Node {
                 }
             }
         });
+        // Keeps the next block of producer ids in hand, so that InitProducerId never waits
+        // for the metadata quorum while this node has ids (a node cut off from its peers
+        // still hands out ids of its own, unique by construction).
+        let pid_reserve = tokio::spawn({
+            let node = Arc::downgrade(&node);
+            async move {
+                loop {
+                    let Some(n) = node.upgrade() else { return };
+                    n.reserve_producer_ids().await;
+                    drop(n);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        });
         let pinger = tokio::spawn({
             let node = Arc::downgrade(&node);
             async move {
@@ -265,6 +281,7 @@ impl Node {
             reconcile,
             register,
             maintenance,
+            pid_reserve,
             pinger,
             balancer,
         ]);
