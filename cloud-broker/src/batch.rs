@@ -193,6 +193,79 @@ pub fn check_stored(bytes: &[u8]) -> (usize, Option<Option<i64>>) {
     (good, None)
 }
 
+/// A transaction marker as Kafka writes it: a control batch (transactional and control
+/// attributes, no sequence) of one record whose key is `(version 0, type)` (0 abort,
+/// 1 commit) and whose value is `(version 0, coordinator epoch)`. Base offset 0.
+pub fn marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    // The record: length, attributes, timestamp delta, offset delta, key length, key, value
+    // length, value, header count (lengths and deltas as zigzag varints, all below 64).
+    let mut record = vec![0u8, 0, 0, 4 << 1, 0, 0, 0, u8::from(commit), 6 << 1, 0, 0];
+    record.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    record.push(0);
+    let mut b = Vec::with_capacity(HEADER_LEN + 1 + record.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((HEADER_LEN - 12 + 1 + record.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(&0x30i16.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.extend_from_slice(&timestamp.to_be_bytes());
+    b.extend_from_slice(&timestamp.to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&producer_epoch.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes());
+    b.push((record.len() as u8) << 1);
+    b.extend_from_slice(&record);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Reads a zigzag varint at `at`, moving `at` past it.
+fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((v >> 1) as i64 ^ -((v & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Whether the control batch `b` (uncompressed, as markers are) commits (`Some(true)`) or
+/// aborts (`Some(false)`) its transaction; `None` for anything else.
+pub fn marker_commits(b: &[u8]) -> Option<bool> {
+    let h = header(b).ok()?;
+    if !h.is_control() || h.record_count < 1 {
+        return None;
+    }
+    let mut at = HEADER_LEN;
+    varint(b, &mut at)?; // record length
+    at += 1; // attributes
+    varint(b, &mut at)?; // timestamp delta
+    varint(b, &mut at)?; // offset delta
+    let key_len = varint(b, &mut at)?;
+    if key_len < 4 {
+        return None;
+    }
+    match i16::from_be_bytes(b.get(at + 2..at + 4)?.try_into().ok()?) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
 /// Walks stored batches (already validated on the way in): yields each header and its bytes.
 /// Stops at the first inconsistency instead of failing, since a reader cannot fix the log.
 pub fn iter(mut bytes: &[u8]) -> impl Iterator<Item = (BatchHeader, &[u8])> {
@@ -207,6 +280,29 @@ pub fn iter(mut bytes: &[u8]) -> impl Iterator<Item = (BatchHeader, &[u8])> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn markers_are_control_batches_kafka_clients_read() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        for commit in [false, true] {
+            let m = marker(42, 3, commit, 9, 1234);
+            let h = header(&m).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence, h.record_count),
+                (42, 3, -1, 1)
+            );
+            assert_eq!(split(&m, 1 << 20).unwrap().len(), 1, "length and CRC hold");
+            assert_eq!(marker_commits(&m), Some(commit));
+            let set = RecordBatchDecoder::decode(&mut bytes::Bytes::from(m)).unwrap();
+            let r = &set.records[0];
+            assert!(r.control && r.transactional);
+            assert_eq!(r.key.as_deref(), Some(&[0u8, 0, 0, u8::from(commit)][..]));
+            assert_eq!(r.value.as_deref(), Some(&[0u8, 0, 0, 0, 0, 9][..]));
+            assert_eq!(r.timestamp, 1234);
+        }
+        assert_eq!(marker_commits(&make_batch(1, -1, -1, -1, 0)), None);
+    }
 
     /// A valid batch of `n` records (uncompressed, records are opaque filler) for tests.
     pub fn make_batch(n: i32, pid: i64, epoch: i16, seq: i32, ts: i64) -> Vec<u8> {

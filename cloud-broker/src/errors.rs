@@ -47,6 +47,13 @@ pub enum Code {
     InvalidReplicaAssignment = 39,
     PolicyViolation = 44,
     GroupSubscribedToTopic = 86,
+    InvalidTxnState = 48,
+    InvalidProducerIdMapping = 49,
+    InvalidTransactionTimeout = 50,
+    ConcurrentTransactions = 51,
+    OperationNotAttempted = 55,
+    UnstableOffsetCommit = 88,
+    ProducerFenced = 90,
 }
 
 impl Code {

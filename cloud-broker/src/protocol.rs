@@ -50,6 +50,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
 ];
 
 /// The served version range of an API.
@@ -217,6 +221,12 @@ mod tests {
                 }
                 ApiKey::DescribeLogDirs => check::<DescribeLogDirsRequest>(lo, hi, "describe log dirs"),
                 ApiKey::OffsetDelete => check::<OffsetDeleteRequest>(lo, hi, "offset delete"),
+                ApiKey::AddPartitionsToTxn => {
+                    check::<AddPartitionsToTxnRequest>(lo, hi, "add partitions to txn")
+                }
+                ApiKey::AddOffsetsToTxn => check::<AddOffsetsToTxnRequest>(lo, hi, "add offsets to txn"),
+                ApiKey::EndTxn => check::<EndTxnRequest>(lo, hi, "end txn"),
+                ApiKey::TxnOffsetCommit => check::<TxnOffsetCommitRequest>(lo, hi, "txn offset commit"),
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -34,6 +34,41 @@ pub struct PartitionView {
     pub log_start: AtomicI64,
     /// Bytes of the batches stored (DescribeLogDirs).
     pub bytes: AtomicU64,
+    /// Last stable offset: `read_committed` consumers read below it (the high watermark
+    /// while no transaction is open).
+    pub lso: AtomicI64,
+    /// Aborted transactions whose marker is at or past the log start:
+    /// `(producer id, first offset, marker offset)`.
+    pub aborted: std::sync::Mutex<Vec<(i64, i64, i64)>>,
+}
+
+impl PartitionView {
+    /// Publishes what readers see of `p`: watermarks, size, and transactions. Returns the
+    /// previous high watermark.
+    pub fn publish(&self, p: &crate::sm::partition::Partition) -> i64 {
+        let old = self.hw.swap(p.head.next_offset, Ordering::SeqCst);
+        self.log_start.store(p.head.log_start, Ordering::SeqCst);
+        self.bytes.store(p.head.bytes, Ordering::SeqCst);
+        self.lso.store(p.last_stable_offset(), Ordering::SeqCst);
+        let mut aborted = self.aborted.lock().unwrap_or_else(|e| e.into_inner());
+        // It only grows at its end and shrinks at its front: its ends tell a change.
+        let ends = |v: &[(i64, i64, i64)]| (v.len(), v.first().copied(), v.last().copied());
+        if ends(&aborted) != ends(&p.txns.aborted) {
+            aborted.clone_from(&p.txns.aborted);
+        }
+        old
+    }
+
+    /// The aborted transactions reaching into `[from, to)`: `(producer id, first offset)`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<(i64, i64)> {
+        self.aborted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, first, marker)| *marker >= from && *first < to)
+            .map(|(pid, first, _)| (*pid, *first))
+            .collect()
+    }
 }
 
 /// A topic as readers see it.
@@ -179,10 +214,72 @@ pub enum Request {
         /// Result.
         reply: oneshot::Sender<Code>,
     },
+    /// A transaction coordinator request (the single node coordinates every transaction).
+    Txn(TxnOp),
     /// Compact every `cleanup.policy=compact` topic (latest record per key).
     Compact,
     /// Apply retention at this time (ms).
     Retention {
+        /// Now.
+        now_ms: i64,
+    },
+}
+
+/// What a transaction coordinator is asked (see [`crate::sm::txn`]).
+#[derive(Debug)]
+pub enum TxnOp {
+    /// InitProducerId with a transactional id: `(code, producer id, epoch)`.
+    Init {
+        /// The transactional id.
+        id: String,
+        /// Its transaction timeout.
+        timeout_ms: i32,
+        /// The producer id and epoch the producer already had (KIP-360), if any.
+        expected: Option<crate::sm::txn::Caller>,
+        /// Result.
+        reply: oneshot::Sender<(Code, i64, i16)>,
+    },
+    /// AddPartitionsToTxn / AddOffsetsToTxn.
+    Add {
+        /// The transactional id.
+        id: String,
+        /// Who asks.
+        caller: crate::sm::txn::Caller,
+        /// Partitions written.
+        partitions: Vec<(String, u32)>,
+        /// Groups whose offsets the transaction commits.
+        groups: Vec<String>,
+        /// Now.
+        now_ms: i64,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
+    /// EndTxn.
+    End {
+        /// The transactional id.
+        id: String,
+        /// Who asks.
+        caller: crate::sm::txn::Caller,
+        /// Commit, or abort.
+        commit: bool,
+        /// Now (the markers' timestamp).
+        now_ms: i64,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
+    /// TxnOffsetCommit: offsets pending in a transaction.
+    Offsets {
+        /// Group.
+        group: String,
+        /// The transaction's producer id.
+        producer_id: i64,
+        /// The offsets.
+        offsets: Vec<offsets::Commit>,
+        /// Result.
+        reply: oneshot::Sender<Code>,
+    },
+    /// Abort every transaction open longer than its timeout.
+    Expire {
         /// Now.
         now_ms: i64,
     },
@@ -319,8 +416,11 @@ impl<'a> Staged<'a> {
     /// Applies a partition command to the staged partition and records what it changed.
     fn apply_partition(&mut self, key: (u32, u32), cmd: PartitionCommand) -> Result<(), StoreError> {
         let p = self.partition_mut(key);
+        // (Cloning an empty index allocates nothing: most partitions never see a transaction.)
+        let txns_before = p.txns.clone();
         p.apply(&cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let head = p.head;
+        let txns = (txns_before != p.txns).then(|| p.txns.clone());
         let producers: Vec<_> = Partition::producers_touched(&cmd)
             .into_iter()
             .filter_map(|pid| p.producers.get(&pid).map(|s| (pid, s.clone())))
@@ -347,6 +447,10 @@ impl<'a> Staged<'a> {
         }
         self.ch.w.heads.retain(|x| (x.0, x.1) != key);
         self.ch.w.heads.push((t, part, head));
+        if let Some(txns) = txns {
+            self.ch.w.txns.retain(|x| (x.0, x.1) != key);
+            self.ch.w.txns.push((t, part, txns));
+        }
         for (pid, s) in producers {
             self.ch.w.producers.retain(|x| (x.0, x.1, x.2) != (t, part, pid));
             self.ch.w.producers.push((t, part, pid, s));
@@ -355,9 +459,42 @@ impl<'a> Staged<'a> {
     }
 
     fn apply_offsets(&mut self, group_log: u32, cmd: &OffsetsCommand) {
-        let changed = self.offsets_mut(group_log).apply(cmd);
+        let log = self.offsets_mut(group_log);
+        // Pending transaction offsets an end drops (or turns into committed ones).
+        let ended: Vec<(String, i64)> = match cmd {
+            OffsetsCommand::EndTxnOffsets { producer_id, .. } => log
+                .pending
+                .keys()
+                .filter(|(_, pid)| pid == producer_id)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let changed = log.apply(cmd);
+        let pending: Vec<(String, i64, Option<offsets::Pending>)> = match cmd {
+            OffsetsCommand::TxnOffsets {
+                group, producer_id, ..
+            } => {
+                let now = log.pending.get(&(group.clone(), *producer_id)).cloned();
+                vec![(group.clone(), *producer_id, now)]
+            }
+            OffsetsCommand::EndTxnOffsets { .. } => {
+                ended.into_iter().map(|(g, pid)| (g, pid, None)).collect()
+            }
+            OffsetsCommand::DeleteTopic { .. } => log
+                .pending
+                .iter()
+                .map(|((g, pid), o)| (g.clone(), *pid, Some(o.clone())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let w = &mut self.ch.w;
+        if let OffsetsCommand::PutTxn { id, state } = cmd {
+            w.txn_states.push((id.clone(), state.clone()));
+        }
+        w.txn_offsets.extend(pending);
         for ((g, t, p), v) in changed {
-            self.ch.w.offsets.push((g, t, p, v));
+            w.offsets.push((g, t, p, v));
         }
     }
 
@@ -421,6 +558,9 @@ pub fn start(storage: Arc<dyn Storage>) -> Result<(Writer, Catalog, OffsetTable)
     for (key, head) in snap.heads {
         applied.partitions.entry(key).or_default().head = head;
     }
+    for (key, txns) in snap.txns {
+        applied.partitions.entry(key).or_default().txns = txns;
+    }
     for ((t, p, pid), st) in snap.producers {
         applied
             .partitions
@@ -428,6 +568,22 @@ pub fn start(storage: Arc<dyn Storage>) -> Result<(Writer, Catalog, OffsetTable)
             .or_default()
             .producers
             .insert(pid, st);
+    }
+    for (id, st) in snap.txn_states {
+        applied
+            .offsets
+            .entry(offsets::partition_for(&id))
+            .or_default()
+            .txns
+            .insert(id, st);
+    }
+    for ((g, pid), o) in snap.txn_offsets {
+        applied
+            .offsets
+            .entry(offsets::partition_for(&g))
+            .or_default()
+            .pending
+            .insert((g, pid), o);
     }
     for ((g, t, p), o) in &snap.offsets {
         applied
@@ -472,16 +628,10 @@ fn publish_catalog(state: &Applied, catalog: &Catalog, wake: bool) {
                 partitions: parts,
             });
         }
+        let empty = Partition::default();
         for (p, pv) in view.partitions.iter().enumerate() {
-            let h = state
-                .partitions
-                .get(&(meta.id, p as u32))
-                .map(|p| p.head)
-                .unwrap_or_default();
-            let old = pv.hw.swap(h.next_offset, Ordering::SeqCst);
-            pv.log_start.store(h.log_start, Ordering::SeqCst);
-            pv.bytes.store(h.bytes, Ordering::SeqCst);
-            moved |= old != h.next_offset;
+            let part = state.partitions.get(&(meta.id, p as u32)).unwrap_or(&empty);
+            moved |= pv.publish(part) != part.head.next_offset;
         }
     }
     drop(cat);
@@ -626,20 +776,7 @@ fn handle(s: &mut Staged<'_>, r: Request, storage: &dyn Storage) {
             s.ch.replies.push(Reply::Code(reply, Code::None));
         }
         Request::InitProducerId { reply } => {
-            let mut block = s.ch.pids.unwrap_or(s.base.pids);
-            let pid = match block.take() {
-                Some(pid) => Some(pid),
-                None => match s.apply_meta(&MetaCommand::AllocateProducerIds {
-                    count: ProducerIdBlock::SIZE,
-                }) {
-                    MetaOutcome::ProducerIds { first, count } => {
-                        block.refill(first, count);
-                        block.take()
-                    }
-                    _ => None,
-                },
-            };
-            s.ch.pids = Some(block);
+            let pid = s_new_producer_id(s);
             let v = pid.map_or((Code::KafkaStorageError, -1, -1), |pid| (Code::None, pid, 0));
             s.ch.replies.push(Reply::Pid(reply, v));
         }
@@ -668,6 +805,7 @@ fn handle(s: &mut Staged<'_>, r: Request, storage: &dyn Storage) {
             s.apply_offsets(log, &OffsetsCommand::DeletePartitions { group, partitions });
             s.ch.replies.push(Reply::Code(reply, Code::None));
         }
+        Request::Txn(op) => txn(s, op),
         Request::Compact => {
             let topics: Vec<TopicMeta> = s
                 .meta()
@@ -754,6 +892,186 @@ fn stored_headers<'a>(
             }
         }
     })
+}
+
+/// A transaction coordinator request, decided and carried out within one group commit: an
+/// EndTxn logs its prepared state, its markers and its groups' offsets, and the completed
+/// state in the same durable write.
+fn txn(s: &mut Staged<'_>, op: TxnOp) {
+    use crate::sm::txn::{self as rules, End, Init};
+    let state = |s: &Staged<'_>, id: &str| -> Option<rules::TxnState> {
+        let log = offsets::partition_for(id);
+        match s.ch.offsets.get(&log) {
+            Some(o) => o.txns.get(id).cloned(),
+            None => s.base.offsets.get(&log).and_then(|o| o.txns.get(id).cloned()),
+        }
+    };
+    let put = |s: &mut Staged<'_>, id: &str, st: rules::TxnState| {
+        let cmd = OffsetsCommand::PutTxn {
+            id: id.to_string(),
+            state: Some(st),
+        };
+        s.apply_offsets(offsets::partition_for(id), &cmd);
+    };
+    match op {
+        TxnOp::Init {
+            id,
+            timeout_ms,
+            expected,
+            reply,
+        } => {
+            let mut current = state(s, &id);
+            // At most two rounds: end what is open, then bump the epoch.
+            let mut answer = (Code::KafkaStorageError, -1, -1);
+            for _ in 0..2 {
+                let decided = rules::init(current.as_ref(), timeout_ms, expected, || {
+                    s_new_producer_id(s).ok_or(Code::KafkaStorageError)
+                });
+                match decided {
+                    Err(c) => {
+                        answer = (c, -1, -1);
+                        break;
+                    }
+                    Ok(Init::EndFirst(prepared)) => {
+                        put(s, &id, prepared.clone());
+                        let done = finish(s, &prepared, foundation::time::now_ms());
+                        put(s, &id, done.clone());
+                        current = Some(done);
+                    }
+                    Ok(Init::Ready(st)) => {
+                        answer = (Code::None, st.producer_id, st.epoch);
+                        put(s, &id, st);
+                        break;
+                    }
+                }
+            }
+            s.ch.replies.push(Reply::Pid(reply, answer));
+        }
+        TxnOp::Add {
+            id,
+            caller,
+            partitions,
+            groups,
+            now_ms,
+            reply,
+        } => {
+            let code = match rules::add(state(s, &id).as_ref(), caller, &partitions, &groups, now_ms) {
+                Ok(Some(st)) => {
+                    put(s, &id, st);
+                    Code::None
+                }
+                Ok(None) => Code::None,
+                Err(c) => c,
+            };
+            s.ch.replies.push(Reply::Code(reply, code));
+        }
+        TxnOp::End {
+            id,
+            caller,
+            commit,
+            now_ms,
+            reply,
+        } => {
+            let code = match rules::end(state(s, &id).as_ref(), caller, commit) {
+                Ok(End::Prepare(prepared)) | Ok(End::Resume(prepared)) => {
+                    put(s, &id, prepared.clone());
+                    let done = finish(s, &prepared, now_ms);
+                    put(s, &id, done);
+                    Code::None
+                }
+                Ok(End::Done) => Code::None,
+                Err(c) => c,
+            };
+            s.ch.replies.push(Reply::Code(reply, code));
+        }
+        TxnOp::Offsets {
+            group,
+            producer_id,
+            offsets,
+            reply,
+        } => {
+            let log = offsets::partition_for(&group);
+            s.apply_offsets(
+                log,
+                &OffsetsCommand::TxnOffsets {
+                    group,
+                    producer_id,
+                    offsets,
+                },
+            );
+            s.ch.replies.push(Reply::Code(reply, Code::None));
+        }
+        TxnOp::Expire { now_ms } => {
+            let mut expired: Vec<(String, rules::TxnState)> = Vec::new();
+            for log in 0..offsets::OFFSETS_PARTITIONS {
+                let Some(o) = s.ch.offsets.get(&log).or_else(|| s.base.offsets.get(&log)) else {
+                    continue;
+                };
+                expired.extend(
+                    o.txns
+                        .iter()
+                        .filter_map(|(id, st)| rules::expired(st, now_ms).map(|x| (id.clone(), x))),
+                );
+            }
+            for (id, prepared) in expired {
+                tracing::info!(transactional_id = %id, "transaction timed out: aborted, its producer fenced");
+                put(s, &id, prepared.clone());
+                let done = finish(s, &prepared, now_ms);
+                put(s, &id, done);
+            }
+        }
+    }
+}
+
+/// Writes a prepared transaction's markers and ends its groups' pending offsets; returns the
+/// completed state.
+fn finish(s: &mut Staged<'_>, prepared: &crate::sm::txn::TxnState, now_ms: i64) -> crate::sm::txn::TxnState {
+    let commit = prepared.status == crate::sm::txn::Status::PrepareCommit;
+    for (topic, partition) in &prepared.partitions {
+        let Some(id) = s.meta().topics.get(topic).map(|t| t.id) else {
+            continue; // deleted since: nothing to mark
+        };
+        let key = (id, *partition);
+        let part = s.partition(key).cloned().unwrap_or_default();
+        match part.prepare_marker(prepared.producer_id, prepared.epoch, commit, 0, now_ms) {
+            Ok(Some(cmd)) => {
+                if let Err(e) = s.apply_partition(key, cmd) {
+                    warn!(topic, partition, error = %e, "a transaction marker did not apply");
+                }
+            }
+            Ok(None) => {}
+            Err(code) => warn!(topic, partition, ?code, "a transaction marker was refused"),
+        }
+    }
+    for group in &prepared.groups {
+        s.apply_offsets(
+            offsets::partition_for(group),
+            &OffsetsCommand::EndTxnOffsets {
+                producer_id: prepared.producer_id,
+                commit,
+            },
+        );
+    }
+    crate::sm::txn::complete(prepared)
+}
+
+/// A new producer id from the staged block (a new block through the metadata when it runs out).
+fn s_new_producer_id(s: &mut Staged<'_>) -> Option<i64> {
+    let mut block = s.ch.pids.unwrap_or(s.base.pids);
+    let pid = match block.take() {
+        Some(pid) => Some(pid),
+        None => match s.apply_meta(&MetaCommand::AllocateProducerIds {
+            count: ProducerIdBlock::SIZE,
+        }) {
+            MetaOutcome::ProducerIds { first, count } => {
+                block.refill(first, count);
+                block.take()
+            }
+            _ => None,
+        },
+    };
+    s.ch.pids = Some(block);
+    pid
 }
 
 /// DeleteRecords on one partition: `(code, log start after)`.

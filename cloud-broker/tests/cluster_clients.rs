@@ -113,6 +113,12 @@ fn admin_apis_answer_kafka_python_and_librdkafka_on_a_cluster() {
         let out = run_script("admin_fidelity.py", &["--bootstrap", &addr, "--client", client]);
         assert!(out.contains("admin_fidelity: ok"), "{client}: {out}");
     }
+    // OffsetDelete through librdkafka too (kafka-python's ran in the script).
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::cluster::offset_delete_through_librdkafka(
+            &addr, "cl-od", 3,
+        ));
     // Every node agrees the grown topic has five partitions, each with three replicas.
     for n in &nodes {
         let v = status(n).expect("status");
@@ -130,6 +136,60 @@ fn admin_apis_answer_kafka_python_and_librdkafka_on_a_cluster() {
             "{grown:?}"
         );
     }
+    drop(nodes);
+}
+
+/// Transactions on the cluster: visibility (aborted records hidden from read_committed),
+/// fencing, and a librdkafka exactly-once read-process-write loop through a kill -9 of the
+/// transaction coordinator's node: read_committed output holds every input once. Then
+/// kafka-python's transactional producer against the two nodes left.
+#[test]
+fn transactions_are_exactly_once_through_a_kill9_of_the_coordinators_node() {
+    const TXN_ID: &str = "eos-app";
+    let dir = TempDir::new("cluster-py-txn").unwrap();
+    let mut nodes = Broker::cluster(dir.path(), 3);
+    let addr = bootstrap(&nodes);
+    wait_ready(&nodes);
+    let mut killed = None;
+    let out = run_script_with(
+        "txn_eos.py",
+        &[
+            "--bootstrap",
+            &addr,
+            "--client",
+            "ck",
+            "--tag",
+            "cl",
+            "--txn-id",
+            TXN_ID,
+            "--count",
+            "3000",
+            "--kill-at",
+            "1000",
+        ],
+        |line| {
+            (line == "kill-now").then(|| {
+                let c = coordinator(&nodes, TXN_ID, None);
+                nodes[c as usize - 1].kill9();
+                killed = Some(c);
+                "killed".to_string()
+            })
+        },
+    );
+    assert!(out.contains("txn_eos: ok"), "{out}");
+    let c = killed.expect("the coordinator was killed");
+    // Another node took the transactional id's offsets log over.
+    assert_ne!(coordinator(&nodes, TXN_ID, Some(c)), c);
+    let live: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .map(|n| n.addr())
+        .collect();
+    let out = run_script(
+        "txn_eos.py",
+        &["--bootstrap", &live.join(","), "--client", "kp", "--tag", "clkp"],
+    );
+    assert!(out.contains("txn_eos: ok"), "{out}");
     drop(nodes);
 }
 

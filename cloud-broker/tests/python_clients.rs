@@ -54,6 +54,46 @@ fn admin_apis_answer_kafka_python_and_librdkafka_as_kafka_does() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Transactions on one node: visibility, fencing, and librdkafka's exactly-once
+/// read-process-write loop through a kill -9 and restart of the broker in the middle of a
+/// transaction, the application restarting too (its new instance aborts the transaction
+/// left open); kafka-python's transactional producer after (`tests/python/txn_eos.py`).
+#[test]
+fn transactions_are_exactly_once_through_a_kill9_of_the_broker() {
+    let dir = tempdir("py-txn");
+    let mut b = Broker::start(&dir);
+    let addr = b.addr();
+    let out = run_script_with(
+        "txn_eos.py",
+        &[
+            "--bootstrap",
+            &addr,
+            "--client",
+            "ck",
+            "--count",
+            "3000",
+            "--kill-at",
+            "1000",
+            "--new-clients-after-kill",
+        ],
+        |line| {
+            (line == "kill-now").then(|| {
+                b.kill9();
+                b.restart();
+                "killed".to_string()
+            })
+        },
+    );
+    assert!(out.contains("txn_eos: ok"), "{out}");
+    let out = run_script(
+        "txn_eos.py",
+        &["--bootstrap", &addr, "--client", "kp", "--tag", "kptxn"],
+    );
+    assert!(out.contains("txn_eos: ok"), "{out}");
+    drop(b);
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn kafka_python_with_api_version_pinned_from_2_0_to_3_0() {
     let dir = tempdir("py-pinned");

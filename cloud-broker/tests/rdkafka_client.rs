@@ -26,6 +26,16 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 6;
 
+/// OffsetDelete through librdkafka's admin API (kafka-python's is in `python_clients.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_delete_through_librdkafka() {
+    let dir = tempdir("rdkafka-offset-delete");
+    let b = Broker::start(&dir);
+    common::cluster::offset_delete_through_librdkafka(&b.addr(), "rdk-od", 1).await;
+    drop(b);
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// Creates `name` with `partitions` partitions through the Kafka admin API (CreateTopics).
 async fn create_topic(addr: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -227,12 +227,15 @@ pub async fn delete_topics(b: &Arc<Broker>, r: DeleteTopicsRequest) -> DeleteTop
     DeleteTopicsResponse::default().with_responses(out)
 }
 
-/// InitProducerId for idempotent producers (transactions are not supported).
-pub async fn init_producer_id(b: &Arc<Broker>, r: InitProducerIdRequest) -> InitProducerIdResponse {
-    if r.transactional_id.is_some() {
-        return InitProducerIdResponse::default()
-            .with_error_code(Code::InvalidRequest.code())
-            .with_producer_id(ProducerId(-1));
+/// InitProducerId: a new id for an idempotent producer, or (with a transactional id) the
+/// transaction coordinator's answer.
+pub async fn init_producer_id(
+    b: &Arc<Broker>,
+    r: InitProducerIdRequest,
+    version: i16,
+) -> InitProducerIdResponse {
+    if let Some(id) = r.transactional_id.clone() {
+        return super::txn::init_producer_id(b, r, version, id.as_str()).await;
     }
     let (code, pid, epoch) = b.init_producer_id().await;
     InitProducerIdResponse::default()

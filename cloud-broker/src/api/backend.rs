@@ -251,6 +251,110 @@ impl Broker {
         }
     }
 
+    /// InitProducerId for transactional id `id`: `(code, producer id, epoch)`.
+    pub async fn txn_init(
+        &self,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<crate::sm::txn::Caller>,
+    ) -> (Code, i64, i16) {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                let op = crate::state::TxnOp::Init {
+                    id: id.into(),
+                    timeout_ms,
+                    expected,
+                    reply: tx,
+                };
+                if !writer.send(Request::Txn(op)) {
+                    return (Code::KafkaStorageError, -1, -1);
+                }
+                rx.await.unwrap_or((Code::KafkaStorageError, -1, -1))
+            }
+            Backend::Cluster(node) => match node.txn_init(id, timeout_ms, expected).await {
+                Ok((pid, epoch)) => (Code::None, pid, epoch),
+                Err(c) => (c, -1, -1),
+            },
+        }
+    }
+
+    /// AddPartitionsToTxn / AddOffsetsToTxn.
+    pub async fn txn_add(
+        &self,
+        id: &str,
+        caller: crate::sm::txn::Caller,
+        partitions: Vec<(String, u32)>,
+        groups: Vec<String>,
+    ) -> Code {
+        let now_ms = foundation::time::now_ms();
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                let op = crate::state::TxnOp::Add {
+                    id: id.into(),
+                    caller,
+                    partitions,
+                    groups,
+                    now_ms,
+                    reply: tx,
+                };
+                if !writer.send(Request::Txn(op)) {
+                    return Code::KafkaStorageError;
+                }
+                rx.await.unwrap_or(Code::KafkaStorageError)
+            }
+            Backend::Cluster(node) => node.txn_add(id, caller, partitions, groups, now_ms).await,
+        }
+    }
+
+    /// EndTxn.
+    pub async fn txn_end(&self, id: &str, caller: crate::sm::txn::Caller, commit: bool) -> Code {
+        let now_ms = foundation::time::now_ms();
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                let op = crate::state::TxnOp::End {
+                    id: id.into(),
+                    caller,
+                    commit,
+                    now_ms,
+                    reply: tx,
+                };
+                if !writer.send(Request::Txn(op)) {
+                    return Code::KafkaStorageError;
+                }
+                rx.await.unwrap_or(Code::KafkaStorageError)
+            }
+            Backend::Cluster(node) => node.txn_end(id, caller, commit, now_ms).await,
+        }
+    }
+
+    /// TxnOffsetCommit: offsets pending in producer `producer_id`'s transaction.
+    pub async fn txn_offsets(
+        &self,
+        group: &str,
+        producer_id: i64,
+        offsets: Vec<crate::sm::offsets::Commit>,
+    ) -> Code {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                let op = crate::state::TxnOp::Offsets {
+                    group: group.into(),
+                    producer_id,
+                    offsets,
+                    reply: tx,
+                };
+                if !writer.send(Request::Txn(op)) {
+                    return Code::KafkaStorageError;
+                }
+                rx.await.unwrap_or(Code::KafkaStorageError)
+            }
+            Backend::Cluster(node) => node.txn_offsets(group, producer_id, offsets).await,
+        }
+    }
+
     /// A new producer id: `(code, id, epoch)`.
     pub async fn init_producer_id(&self) -> (Code, i64, i16) {
         match &self.backend {

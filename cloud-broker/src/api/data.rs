@@ -97,35 +97,80 @@ pub async fn produce_finish(p: PendingProduce) -> Option<ProduceResponse> {
     Some(ProduceResponse::default().with_responses(responses))
 }
 
-/// Reads one partition for a fetch: `(code, hw, log_start, records)`.
+/// What a fetch read of one partition.
+struct Read {
+    code: Code,
+    hw: i64,
+    lso: i64,
+    log_start: i64,
+    records: Bytes,
+    /// For `read_committed`: the aborted transactions reaching into what was read.
+    aborted: Option<Vec<(i64, i64)>>,
+}
+
+impl Read {
+    fn error(code: Code, hw: i64, log_start: i64) -> Read {
+        Read {
+            code,
+            hw,
+            lso: hw,
+            log_start,
+            records: Bytes::new(),
+            aborted: None,
+        }
+    }
+}
+
+/// Reads one partition for a fetch: below the high watermark, or (`committed`, Kafka's
+/// `read_committed`) below the last stable offset, with the aborted transactions in the range.
 fn read_partition(
     b: &Broker,
     topic: &str,
     partition: i32,
     offset: i64,
     max_bytes: usize,
-) -> anyhow::Result<(Code, i64, i64, Bytes)> {
+    committed: bool,
+) -> anyhow::Result<Read> {
     let Some(t) = b.catalog.topic(topic) else {
-        return Ok((Code::UnknownTopicOrPartition, -1, -1, Bytes::new()));
+        return Ok(Read::error(Code::UnknownTopicOrPartition, -1, -1));
     };
     let Some(pv) = usize::try_from(partition).ok().and_then(|p| t.partitions.get(p)) else {
-        return Ok((Code::UnknownTopicOrPartition, -1, -1, Bytes::new()));
+        return Ok(Read::error(Code::UnknownTopicOrPartition, -1, -1));
     };
     if !b.serves(t.meta.id, partition as u32) {
-        return Ok((Code::NotLeaderOrFollower, -1, -1, Bytes::new()));
+        return Ok(Read::error(Code::NotLeaderOrFollower, -1, -1));
     }
     let hw = pv.hw.load(Ordering::SeqCst);
     let start = pv.log_start.load(Ordering::SeqCst);
+    let lso = pv.lso.load(Ordering::SeqCst).clamp(start, hw);
     if offset < start || offset > hw {
-        return Ok((Code::OffsetOutOfRange, hw, start, Bytes::new()));
+        return Ok(Read::error(Code::OffsetOutOfRange, hw, start));
     }
-    if offset == hw || max_bytes == 0 {
-        return Ok((Code::None, hw, start, Bytes::new()));
+    let end = if committed { lso } else { hw };
+    let mut out = Read {
+        code: Code::None,
+        hw,
+        lso,
+        log_start: start,
+        records: Bytes::new(),
+        aborted: committed.then(Vec::new),
+    };
+    if offset >= end || max_bytes == 0 {
+        return Ok(out);
     }
-    match b.read(t.meta.id, partition as u32, offset, hw, max_bytes) {
-        Ok(raw) => Ok((Code::None, hw, start, Bytes::from(raw))),
+    match b.read(t.meta.id, partition as u32, offset, end, max_bytes) {
+        Ok(raw) => {
+            if committed {
+                let upper = crate::batch::iter(&raw)
+                    .last()
+                    .map_or(end, |(h, _)| h.last_offset() + 1);
+                out.aborted = Some(pv.aborted_between(offset, upper));
+            }
+            out.records = Bytes::from(raw);
+            Ok(out)
+        }
         Err(e) if e.is::<super::backend::DamagedData>() => {
-            Ok((Code::KafkaStorageError, hw, start, Bytes::new()))
+            Ok(Read::error(Code::KafkaStorageError, hw, start))
         }
         Err(e) => Err(e),
     }
@@ -134,6 +179,8 @@ fn read_partition(
 /// Fetch with long polling: answers once `min_bytes` are there or `max_wait_ms` passed.
 pub async fn fetch(b: &Arc<Broker>, r: FetchRequest, _version: i16) -> anyhow::Result<FetchResponse> {
     let deadline = Instant::now() + Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
+    // Kafka's isolation levels: 0 read_uncommitted, 1 read_committed.
+    let committed = r.isolation_level == 1;
     let max_total = if r.max_bytes > 0 {
         r.max_bytes as usize
     } else {
@@ -151,21 +198,33 @@ pub async fn fetch(b: &Arc<Broker>, r: FetchRequest, _version: i16) -> anyhow::R
                 let room = (p.partition_max_bytes.max(0) as usize).min(max_total.saturating_sub(total));
                 // Kafka returns at least one batch for the first partition even over the limits.
                 let room = if total == 0 { room.max(1) } else { room };
-                let (code, hw, start, records) = {
+                let read = {
                     let b2 = b.clone();
                     let name = t.topic.0.to_string();
                     let (part, off) = (p.partition, p.fetch_offset);
-                    tokio::task::spawn_blocking(move || read_partition(&b2, &name, part, off, room)).await??
+                    tokio::task::spawn_blocking(move || {
+                        read_partition(&b2, &name, part, off, room, committed)
+                    })
+                    .await??
                 };
-                total += records.len();
+                total += read.records.len();
                 parts.push(
                     PartitionData::default()
                         .with_partition_index(p.partition)
-                        .with_error_code(code.code())
-                        .with_high_watermark(hw)
-                        .with_last_stable_offset(hw)
-                        .with_log_start_offset(start)
-                        .with_records(Some(records)),
+                        .with_error_code(read.code.code())
+                        .with_high_watermark(read.hw)
+                        .with_last_stable_offset(read.lso)
+                        .with_log_start_offset(read.log_start)
+                        .with_aborted_transactions(read.aborted.map(|a| {
+                            a.into_iter()
+                                .map(|(pid, first)| {
+                                    fetch_response::AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(pid))
+                                        .with_first_offset(first)
+                                })
+                                .collect()
+                        }))
+                        .with_records(Some(read.records)),
                 );
             }
             responses.push(
@@ -336,8 +395,14 @@ pub async fn list_offsets(
             }
             let hw = pv.hw.load(Ordering::SeqCst);
             let start = pv.log_start.load(Ordering::SeqCst);
+            // read_committed asks for the last stable offset as the latest.
+            let latest = if r.isolation_level == 1 {
+                pv.lso.load(Ordering::SeqCst).clamp(start, hw)
+            } else {
+                hw
+            };
             let found = match p.timestamp {
-                LATEST => Some((hw, -1)),
+                LATEST => Some((latest, -1)),
                 EARLIEST => Some((start, -1)),
                 MAX_TIMESTAMP => {
                     let b2 = b.clone();

@@ -54,8 +54,8 @@ pub struct Client {
 }
 
 #[derive(Debug, Default)]
-struct Inner {
-    core: coordinator::Coordinator,
+pub(crate) struct Inner {
+    pub(crate) core: coordinator::Coordinator,
     waiting: HashMap<Token, oneshot::Sender<Response>>,
     next: Token,
 }
@@ -95,7 +95,7 @@ impl Coordinator {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod configs;
 pub mod data;
 pub mod groups;
+pub mod txn;
 
 use std::sync::Arc;
 
@@ -144,7 +145,15 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(b, r, v).await?),
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(b, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(b, r).await),
-        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(admin::init_producer_id(b, r).await),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(admin::init_producer_id(b, r, v).await)
+        }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(txn::add_partitions(b, r, v).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => ResponseKind::AddOffsetsToTxn(txn::add_offsets(b, r, v).await),
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end(b, r, v).await),
+        RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(txn::offset_commit(b, r, v).await),
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(b, r, v)),
         RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(b, r).await),
         RequestKind::IncrementalAlterConfigs(r) => {

@@ -386,9 +386,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(Duration::from_millis(100));
             let mut last_retention = Instant::now();
+            let mut last_txn_sweep = Instant::now();
             loop {
                 iv.tick().await;
                 ticker.groups.tick(Instant::now());
+                if last_txn_sweep.elapsed() >= Duration::from_secs(1) {
+                    last_txn_sweep = Instant::now();
+                    if let Some(w) = ticker.writer() {
+                        w.send(crate::state::Request::Txn(crate::state::TxnOp::Expire {
+                            now_ms: foundation::time::now_ms(),
+                        }));
+                    }
+                }
                 if last_retention.elapsed() >= Duration::from_secs(30) {
                     last_retention = Instant::now();
                     if let Some(w) = ticker.writer() {

@@ -8,7 +8,6 @@
 //! without waiting for a fsync: after a crash openraft re-applies the committed entries after it.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -22,8 +21,8 @@ use super::store::{NodeStore, Slot};
 use super::{io_err, Command, Response, TypeConfig};
 use crate::batch;
 use crate::sm::metadata::Metadata;
-use crate::sm::offsets::GroupOffsets;
-use crate::sm::partition::Partition;
+use crate::sm::offsets::{GroupOffsets, GroupOffsetsV1};
+use crate::sm::partition::{Partition, PartitionV1};
 use crate::state::PartitionView;
 use crate::storage::CommittedOffset;
 
@@ -94,12 +93,49 @@ struct Stored {
     state: Applied,
 }
 
+/// [`State`] as layouts 2 and 3 of the store encoded it (a partition without transactions).
+#[derive(Debug, Deserialize)]
+enum StateV3 {
+    Partition(PartitionV1),
+    Metadata(Metadata),
+    Offsets(GroupOffsetsV1),
+}
+
+/// [`Applied`] as layouts 2 and 3 of the store encoded it.
+#[derive(Debug, Deserialize)]
+struct AppliedV3 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: StateV3,
+}
+
+impl From<AppliedV3> for Applied {
+    fn from(a: AppliedV3) -> Self {
+        Applied {
+            last_applied: a.last_applied,
+            membership: a.membership,
+            state: match a.state {
+                StateV3::Partition(p) => State::Partition(p.into()),
+                StateV3::Metadata(m) => State::Metadata(m),
+                StateV3::Offsets(o) => State::Offsets(o.into()),
+            },
+        }
+    }
+}
+
+/// [`Stored`] as layouts 2 and 3 of the store encoded it.
+#[derive(Debug, Deserialize)]
+struct StoredV3 {
+    meta: SnapshotMetaOf<TypeConfig>,
+    state: AppliedV3,
+}
+
 /// [`State`] as layout 1 of the store encoded it.
 #[derive(Debug, Deserialize)]
 enum StateV1 {
-    Partition(Partition),
+    Partition(PartitionV1),
     Metadata(crate::sm::metadata::MetadataV1),
-    Offsets(GroupOffsets),
+    Offsets(GroupOffsetsV1),
 }
 
 /// [`Applied`] as layout 1 of the store encoded it.
@@ -116,9 +152,9 @@ impl From<AppliedV1> for Applied {
             last_applied: a.last_applied,
             membership: a.membership,
             state: match a.state {
-                StateV1::Partition(p) => State::Partition(p),
+                StateV1::Partition(p) => State::Partition(p.into()),
                 StateV1::Metadata(m) => State::Metadata(m.into()),
-                StateV1::Offsets(o) => State::Offsets(o),
+                StateV1::Offsets(o) => State::Offsets(o.into()),
             },
         }
     }
@@ -138,8 +174,9 @@ struct StoredV1 {
 fn decode_applied(b: &[u8]) -> io::Result<Applied> {
     match postcard::from_bytes::<Applied>(b) {
         Ok(a) => Ok(a),
-        Err(e) => postcard::from_bytes::<AppliedV1>(b)
+        Err(e) => postcard::from_bytes::<AppliedV3>(b)
             .map(Applied::from)
+            .or_else(|_| postcard::from_bytes::<AppliedV1>(b).map(Applied::from))
             .map_err(|_| io_err(e)),
     }
 }
@@ -148,10 +185,16 @@ fn decode_applied(b: &[u8]) -> io::Result<Applied> {
 fn decode_stored(b: &[u8]) -> io::Result<Stored> {
     match postcard::from_bytes::<Stored>(b) {
         Ok(s) => Ok(s),
-        Err(e) => postcard::from_bytes::<StoredV1>(b)
+        Err(e) => postcard::from_bytes::<StoredV3>(b)
             .map(|s| Stored {
                 meta: s.meta,
                 state: s.state.into(),
+            })
+            .or_else(|_| {
+                postcard::from_bytes::<StoredV1>(b).map(|s| Stored {
+                    meta: s.meta,
+                    state: s.state.into(),
+                })
             })
             .map_err(|_| io_err(e)),
     }
@@ -244,6 +287,15 @@ impl GroupMachine {
         }
     }
 
+    /// What `f` makes of the applied offsets log (of a default one for a group of another
+    /// kind).
+    pub async fn offsets_read<T>(&self, f: impl FnOnce(&GroupOffsets) -> T) -> T {
+        match &self.state.lock().await.state {
+            State::Offsets(o) => f(o),
+            _ => f(&GroupOffsets::default()),
+        }
+    }
+
     /// The applied metadata (a copy; empty for a group of another kind).
     pub async fn metadata(&self) -> Metadata {
         match &self.state.lock().await.state {
@@ -255,9 +307,7 @@ impl GroupMachine {
     fn publish(&self, s: &Applied) {
         match (&self.observer, &s.state) {
             (Observer::Partition { view, appended }, State::Partition(p)) => {
-                let old = view.hw.swap(p.head.next_offset, Ordering::SeqCst);
-                view.log_start.store(p.head.log_start, Ordering::SeqCst);
-                view.bytes.store(p.head.bytes, Ordering::SeqCst);
+                let old = view.publish(p);
                 if old != p.head.next_offset {
                     appended.notify_waiters();
                 }

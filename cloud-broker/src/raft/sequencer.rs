@@ -112,6 +112,33 @@ impl Sequencer {
     }
 }
 
+impl Sequencer {
+    /// Writes a transaction marker (see
+    /// [`crate::sm::partition::Partition::prepare_marker`]): the code is
+    /// `NOT_LEADER_OR_FOLLOWER` on a node that does not lead, or why the marker was refused.
+    pub async fn marker(&self, m: crate::raft::net::MarkerRpc) -> Code {
+        let refused = Arc::new(std::sync::Mutex::new(Code::None));
+        let r = refused.clone();
+        let code = self
+            .maintain(
+                move |tip| match tip.prepare_marker(m.producer_id, m.epoch, m.commit, 0, m.timestamp) {
+                    Ok(cmd) => cmd,
+                    Err(c) => {
+                        *r.lock().unwrap_or_else(|e| e.into_inner()) = c;
+                        None
+                    }
+                },
+            )
+            .await;
+        let refused = *refused.lock().unwrap_or_else(|e| e.into_inner());
+        if code == Code::None {
+            refused
+        } else {
+            code
+        }
+    }
+}
+
 /// The tip and the term it belongs to.
 struct Tip {
     term: u64,

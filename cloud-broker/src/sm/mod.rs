@@ -5,8 +5,11 @@
 //!
 //! - [`partition`] — one partition: offsets, idempotent producers, retention and compaction.
 //! - [`metadata`] — the topic catalog and producer-id blocks.
-//! - [`offsets`] — committed consumer-group offsets, spread over a few logs by group.
+//! - [`offsets`] — committed consumer-group offsets, spread over a few logs by group, and
+//!   the transactions whose ids hash to each log.
+//! - [`txn`] — the transaction coordinator's rules.
 
 pub mod metadata;
 pub mod offsets;
 pub mod partition;
+pub mod txn;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sm::txn::TxnState;
 use crate::storage::CommittedOffset;
 
 /// How many offsets logs there are (Kafka's `offsets.topic.num.partitions`). Fixed: changing
@@ -46,13 +47,61 @@ pub enum OffsetsCommand {
         /// `(topic, partition)` of each offset to forget.
         partitions: Vec<(String, u32)>,
     },
+    /// Set (or, `None`, forget) a transactional id's state (its coordinator decided it).
+    PutTxn {
+        /// The transactional id.
+        id: String,
+        /// Its state from now on.
+        state: Option<TxnState>,
+    },
+    /// Offsets a transaction commits for a group (TxnOffsetCommit): pending until the
+    /// transaction ends.
+    TxnOffsets {
+        /// Group id.
+        group: String,
+        /// The transaction's producer id.
+        producer_id: i64,
+        /// The offsets.
+        offsets: Vec<Commit>,
+    },
+    /// A transaction ended: its pending offsets in this log become the groups' committed
+    /// offsets (`commit`) or are dropped.
+    EndTxnOffsets {
+        /// The transaction's producer id.
+        producer_id: i64,
+        /// Committed or aborted.
+        commit: bool,
+    },
 }
 
-/// Committed offsets by `(group, topic, partition)` of the groups in one offsets log.
+/// A transaction's pending offsets for one group: `(topic, partition) → offset`.
+pub type Pending = BTreeMap<(String, u32), CommittedOffset>;
+
+/// Committed offsets by `(group, topic, partition)` of the groups in one offsets log, and the
+/// transactions whose ids hash to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupOffsets {
     /// The offsets.
     pub offsets: BTreeMap<(String, String, u32), CommittedOffset>,
+    /// Transactional ids' states.
+    pub txns: BTreeMap<String, TxnState>,
+    /// Offsets transactions commit, pending until they end: by `(group, producer id)`.
+    pub pending: BTreeMap<(String, i64), Pending>,
+}
+
+/// [`GroupOffsets`] before transactions: read from stores written then.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GroupOffsetsV1 {
+    offsets: BTreeMap<(String, String, u32), CommittedOffset>,
+}
+
+impl From<GroupOffsetsV1> for GroupOffsets {
+    fn from(g: GroupOffsetsV1) -> Self {
+        GroupOffsets {
+            offsets: g.offsets,
+            ..GroupOffsets::default()
+        }
+    }
 }
 
 /// The offsets log that holds `group` (FNV-1a: stable across builds and platforms).
@@ -82,6 +131,9 @@ impl GroupOffsets {
                 })
                 .collect(),
             OffsetsCommand::DeleteTopic { name } => {
+                for pending in self.pending.values_mut() {
+                    pending.retain(|(t, _), _| t != name);
+                }
                 let gone: Vec<_> = self.offsets.keys().filter(|k| k.1 == *name).cloned().collect();
                 gone.into_iter()
                     .map(|k| {
@@ -106,7 +158,63 @@ impl GroupOffsets {
                     self.offsets.remove(&k).map(|_| (k, None))
                 })
                 .collect(),
+            OffsetsCommand::PutTxn { id, state } => {
+                match state {
+                    Some(s) => drop(self.txns.insert(id.clone(), s.clone())),
+                    None => drop(self.txns.remove(id)),
+                }
+                Vec::new()
+            }
+            OffsetsCommand::TxnOffsets {
+                group,
+                producer_id,
+                offsets,
+            } => {
+                let pending = self.pending.entry((group.clone(), *producer_id)).or_default();
+                for (t, p, offset, metadata) in offsets {
+                    pending.insert(
+                        (t.clone(), *p),
+                        CommittedOffset {
+                            offset: *offset,
+                            metadata: metadata.clone(),
+                        },
+                    );
+                }
+                Vec::new()
+            }
+            OffsetsCommand::EndTxnOffsets { producer_id, commit } => {
+                let keys: Vec<(String, i64)> = self
+                    .pending
+                    .keys()
+                    .filter(|(_, pid)| pid == producer_id)
+                    .cloned()
+                    .collect();
+                let mut changed = Vec::new();
+                for key in keys {
+                    let Some(offsets) = self.pending.remove(&key) else {
+                        continue;
+                    };
+                    if !commit {
+                        continue;
+                    }
+                    for ((t, p), o) in offsets {
+                        let k = (key.0.clone(), t, p);
+                        self.offsets.insert(k.clone(), o.clone());
+                        changed.push((k, Some(o)));
+                    }
+                }
+                changed
+            }
         }
+    }
+
+    /// Whether a transaction has offsets pending for `group`'s `(topic, partition)`
+    /// (OffsetFetch with `require_stable` answers `UNSTABLE_OFFSET_COMMIT` then).
+    pub fn has_pending(&self, group: &str, topic: &str, partition: u32) -> bool {
+        self.pending
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .any(|(_, o)| o.contains_key(&(topic.to_string(), partition)))
     }
 }
 

@@ -83,6 +83,43 @@ pub struct Partition {
     pub head: PartitionHead,
     /// Idempotent producers by producer id.
     pub producers: BTreeMap<i64, ProducerState>,
+    /// Transactions on this partition.
+    pub txns: TxnIndex,
+}
+
+/// One partition's transactions: those still open (which hold back the last stable offset)
+/// and the aborted ones a `read_committed` consumer must skip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnIndex {
+    /// Open transactions: producer id → offset of its first record here.
+    pub open: BTreeMap<i64, i64>,
+    /// Aborted transactions whose marker is at or past the log start, in marker order:
+    /// `(producer id, first offset, marker offset)`.
+    pub aborted: Vec<(i64, i64, i64)>,
+}
+
+impl TxnIndex {
+    /// Whether there is nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.aborted.is_empty()
+    }
+}
+
+/// [`Partition`] before transactions: read from stores written then.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PartitionV1 {
+    head: PartitionHead,
+    producers: BTreeMap<i64, ProducerState>,
+}
+
+impl From<PartitionV1> for Partition {
+    fn from(p: PartitionV1) -> Self {
+        Partition {
+            head: p.head,
+            producers: p.producers,
+            txns: TxnIndex::default(),
+        }
+    }
 }
 
 enum Seq {
@@ -172,7 +209,9 @@ impl Partition {
             // Producers write dense batches; a count the header cannot back is refused here so
             // that nothing downstream (compaction, timestamp lookups) sizes work by an unchecked
             // count.
-            if h.is_transactional()
+            // Transactional batches need a producer id; control batches (markers) come only
+            // from the transaction coordinator (`prepare_marker`), never from a producer.
+            if (h.is_transactional() && h.producer_id < 0)
                 || h.is_control()
                 || h.record_count < 1
                 || h.record_count > MAX_BATCH_RECORDS
@@ -227,7 +266,23 @@ impl Partition {
                     head.bytes += h.size as u64;
                     headers.push(h);
                 }
-                for h in headers.iter().filter(|h| h.producer_id >= 0) {
+                for (h, b) in headers.iter().zip(batches).filter(|(h, _)| h.producer_id >= 0) {
+                    if h.is_control() {
+                        let st = self.producers.entry(h.producer_id).or_default();
+                        if h.producer_epoch > st.epoch {
+                            st.epoch = h.producer_epoch;
+                            st.batches.clear();
+                        }
+                        if let Some(first) = self.txns.open.remove(&h.producer_id) {
+                            if batch::marker_commits(b) == Some(false) {
+                                self.txns.aborted.push((h.producer_id, first, h.base_offset));
+                            }
+                        }
+                        continue;
+                    }
+                    if h.is_transactional() {
+                        self.txns.open.entry(h.producer_id).or_insert(h.base_offset);
+                    }
                     remember(self.producers.entry(h.producer_id).or_default(), h, h.base_offset);
                 }
                 self.head = head;
@@ -241,13 +296,70 @@ impl Partition {
                 }
                 self.head.log_start = self.head.log_start.max(*log_start);
                 self.head.bytes = *bytes;
+                self.forget_aborted_below_start();
             }
             PartitionCommand::Compact { log_start, bytes, .. } => {
                 self.head.log_start = self.head.log_start.max(*log_start).min(self.head.next_offset);
                 self.head.bytes = *bytes;
+                self.forget_aborted_below_start();
             }
         }
         Ok(())
+    }
+
+    fn forget_aborted_below_start(&mut self) {
+        let start = self.head.log_start;
+        self.txns.aborted.retain(|a| a.2 >= start);
+    }
+
+    /// The last stable offset: the first offset of the oldest open transaction, or the end
+    /// of the log when none is open. `read_committed` consumers read below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.txns
+            .open
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.head.next_offset)
+            .min(self.head.next_offset)
+    }
+
+    /// The aborted transactions a fetch of `[from, to)` must name: those whose records
+    /// reach into it, as `(producer id, first offset)`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<(i64, i64)> {
+        self.txns
+            .aborted
+            .iter()
+            .filter(|(_, first, marker)| *marker >= from && *first < to)
+            .map(|(pid, first, _)| (*pid, *first))
+            .collect()
+    }
+
+    /// The marker ending producer `producer_id`'s transaction on this partition (`commit` or
+    /// abort), written by its transaction coordinator at `timestamp`. `None` when no
+    /// transaction of that producer is open here (a marker written again after a coordinator
+    /// moved); `INVALID_PRODUCER_EPOCH` for an epoch older than the producer's.
+    pub fn prepare_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        timestamp: i64,
+    ) -> Result<Option<PartitionCommand>, Code> {
+        if self
+            .producers
+            .get(&producer_id)
+            .is_some_and(|st| producer_epoch < st.epoch)
+        {
+            return Err(Code::InvalidProducerEpoch);
+        }
+        if !self.txns.open.contains_key(&producer_id) {
+            return Ok(None);
+        }
+        let mut b = batch::marker(producer_id, producer_epoch, commit, coordinator_epoch, timestamp);
+        batch::set_base_offset(&mut b, self.head.next_offset);
+        Ok(Some(PartitionCommand::Append { batches: vec![b] }))
     }
 
     /// Producer ids whose state `cmd` changes when applied.
@@ -346,8 +458,22 @@ impl Partition {
         use kafka_protocol::records::{
             Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
         };
+        // Transactional and control batches are left as they are (an aborted record must not
+        // supersede a committed one, and markers are what read_committed consumers rely on),
+        // and so is everything from the last stable offset on.
+        let stable = self.last_stable_offset();
         let mut decoded = Vec::new();
+        // The first batch left untouched that way: the log start never moves past it.
+        let mut untouched: Option<i64> = None;
         for (h, bytes) in batch::iter(raw) {
+            if h.last_offset() >= stable {
+                untouched.get_or_insert(h.base_offset);
+                break;
+            }
+            if h.is_transactional() || h.is_control() {
+                untouched.get_or_insert(h.base_offset);
+                continue;
+            }
             let mut b = bytes::Bytes::copy_from_slice(bytes);
             let set = RecordBatchDecoder::decode(&mut b)
                 .map_err(|e| ApplyError(format!("batch at {}: {e:#}", h.base_offset)))?;
@@ -407,6 +533,9 @@ impl Partition {
         }
         // The log start moves past batches that compaction emptied entirely.
         let log_start = first_left
+            .into_iter()
+            .chain(untouched)
+            .min()
             .unwrap_or(self.head.next_offset)
             .max(self.head.log_start);
         Ok(Some(PartitionCommand::Compact {
@@ -652,6 +781,137 @@ mod tests {
         // Appends go on from the end.
         let cmd = p.prepare(&make_batch(1, -1, -1, -1, 0)).unwrap();
         assert_eq!(cmd.base_offset, 8);
+    }
+
+    /// A transactional batch of `n` records from producer `pid`.
+    fn txn_batch(n: i32, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
+        let mut b = make_batch(n, pid, epoch, seq, 0);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    fn append(p: &mut Partition, records: &[u8]) -> i64 {
+        let prepared = p.prepare(records).unwrap();
+        p.apply(&prepared.command.unwrap()).unwrap();
+        prepared.base_offset
+    }
+
+    fn end(p: &mut Partition, pid: i64, epoch: i16, commit: bool) -> i64 {
+        let cmd = p.prepare_marker(pid, epoch, commit, 0, 77).unwrap().unwrap();
+        let at = p.head.next_offset;
+        p.apply(&cmd).unwrap();
+        at
+    }
+
+    #[test]
+    fn transactions_hold_the_last_stable_offset_and_aborts_are_indexed() {
+        let mut p = Partition::default();
+        append(&mut p, &make_batch(2, -1, -1, -1, 0)); // 0..2, no transaction
+        assert_eq!(p.last_stable_offset(), 2);
+        let a = append(&mut p, &txn_batch(2, 7, 0, 0)); // 2..4, producer 7
+        let b = append(&mut p, &txn_batch(1, 8, 0, 0)); // 4, producer 8
+        append(&mut p, &txn_batch(1, 7, 0, 2)); // 5, producer 7 again
+        assert_eq!((a, b), (2, 4));
+        assert_eq!(p.last_stable_offset(), 2, "held at the oldest open transaction");
+        assert_eq!(p.txns.open, BTreeMap::from([(7, 2), (8, 4)]));
+
+        let marker = end(&mut p, 7, 0, false);
+        assert_eq!(marker, 6);
+        assert_eq!(p.last_stable_offset(), 4, "producer 8's is still open");
+        assert_eq!(p.txns.aborted, vec![(7, 2, 6)]);
+        assert_eq!(p.aborted_between(0, 3), vec![(7, 2)]);
+        assert_eq!(p.aborted_between(7, 10), vec![], "past the marker");
+        end(&mut p, 8, 0, true);
+        assert_eq!(p.last_stable_offset(), p.head.next_offset);
+        assert_eq!(p.txns.aborted.len(), 1, "a commit is not indexed");
+        assert_eq!(
+            p.prepare_marker(8, 0, true, 0, 1),
+            Ok(None),
+            "no transaction open: nothing to mark"
+        );
+
+        // The producer's sequence goes on after a marker; a fenced epoch's marker is refused.
+        append(&mut p, &txn_batch(1, 7, 0, 3));
+        assert_eq!(p.prepare_marker(7, 1, false, 0, 1).map(|c| c.is_some()), Ok(true));
+        let bumped = p.prepare_marker(7, 1, false, 0, 1).unwrap().unwrap();
+        p.apply(&bumped).unwrap();
+        assert_eq!(
+            p.producers[&7].epoch, 1,
+            "the abort marker of a bumped epoch fences the old one"
+        );
+        assert_eq!(p.prepare(&txn_batch(1, 7, 0, 4)), Err(Code::InvalidProducerEpoch));
+        assert_eq!(
+            p.prepare_marker(7, 0, true, 0, 1),
+            Err(Code::InvalidProducerEpoch)
+        );
+
+        // Retention past an abort marker forgets it.
+        let to = p.head.next_offset;
+        p.apply(&PartitionCommand::Truncate {
+            log_start: to,
+            bytes: 0,
+        })
+        .unwrap();
+        assert!(p.txns.aborted.is_empty());
+        // A producer may not send markers itself.
+        let mut forged = crate::batch::marker(9, 0, true, 0, 1);
+        forged[21..23].copy_from_slice(&0x30i16.to_be_bytes());
+        assert_eq!(p.prepare(&forged), Err(Code::InvalidRecord));
+    }
+
+    #[test]
+    fn compaction_leaves_transactions_alone() {
+        use crate::batch::tests::keyed_batch;
+        use kafka_protocol::records::Compression;
+        let mut p = Partition::default();
+        let mut stored: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+        let mut put = |p: &mut Partition, b: Vec<u8>| {
+            let prepared = p.prepare(&b).unwrap();
+            if let Some(PartitionCommand::Append { batches }) = &prepared.command {
+                for b in batches {
+                    stored.insert(batch::header(b).unwrap().base_offset, b.clone());
+                }
+            }
+            p.apply(&prepared.command.unwrap()).unwrap();
+        };
+        put(&mut p, keyed_batch(&[(Some("a"), "a1")], Compression::None)); // 0
+                                                                           // An open transaction at 1 writes key a again.
+        let mut t = keyed_batch(&[(Some("a"), "a2")], Compression::None);
+        t[43..51].copy_from_slice(&5i64.to_be_bytes());
+        t[51..53].copy_from_slice(&0i16.to_be_bytes());
+        t[53..57].copy_from_slice(&0i32.to_be_bytes());
+        t[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        let crc = crc32c::crc32c(&t[21..]);
+        t[17..21].copy_from_slice(&crc.to_be_bytes());
+        put(&mut p, t);
+        put(&mut p, keyed_batch(&[(Some("a"), "a3")], Compression::None)); // 2
+        put(&mut p, keyed_batch(&[(Some("b"), "b1")], Compression::None)); // 3
+        let raw: Vec<u8> = stored.values().flatten().copied().collect();
+        assert_eq!(
+            p.compaction(&raw).unwrap(),
+            None,
+            "nothing at or past the open transaction (offset 1) is compacted, and a1 is alone below it"
+        );
+        let cmd = p.prepare_marker(5, 0, false, 0, 1).unwrap().unwrap();
+        p.apply(&cmd).unwrap();
+        if let PartitionCommand::Append { batches } = &cmd {
+            stored.insert(4, batches[0].clone());
+        }
+        let raw: Vec<u8> = stored.values().flatten().copied().collect();
+        let Some(PartitionCommand::Compact {
+            remove, log_start, ..
+        }) = p.compaction(&raw).unwrap()
+        else {
+            panic!("a3 supersedes a1 once the transaction ended")
+        };
+        assert_eq!(
+            remove,
+            vec![0],
+            "only a1 goes; the aborted a2 and the marker stay"
+        );
+        assert_eq!(log_start, 1, "the log start stops at the transactional batch");
     }
 
     #[test]

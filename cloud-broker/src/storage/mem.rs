@@ -32,6 +32,7 @@ impl Storage for MemStorage {
             snap.topics.retain(|x| x.id != t.id);
             snap.heads.retain(|k, _| k.0 != t.id);
             snap.producers.retain(|k, _| k.0 != t.id);
+            snap.txns.retain(|k, _| k.0 != t.id);
             snap.offsets.retain(|k, _| k.1 != t.name);
             batches.retain(|k, _| k.0 != t.id);
         }
@@ -53,6 +54,25 @@ impl Storage for MemStorage {
         }
         for (t, p, h) in &w.heads {
             snap.heads.insert((*t, *p), *h);
+        }
+        for (id, st) in &w.txn_states {
+            match st {
+                Some(st) => drop(snap.txn_states.insert(id.clone(), st.clone())),
+                None => drop(snap.txn_states.remove(id)),
+            }
+        }
+        for (g, pid, o) in &w.txn_offsets {
+            match o {
+                Some(o) => drop(snap.txn_offsets.insert((g.clone(), *pid), o.clone())),
+                None => drop(snap.txn_offsets.remove(&(g.clone(), *pid))),
+            }
+        }
+        for (t, p, x) in &w.txns {
+            if x.is_empty() {
+                snap.txns.remove(&(*t, *p));
+            } else {
+                snap.txns.insert((*t, *p), x.clone());
+            }
         }
         for (t, p, pid, s) in &w.producers {
             snap.producers.insert((*t, *p, *pid), s.clone());

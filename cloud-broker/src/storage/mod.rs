@@ -137,6 +137,12 @@ pub struct WriteSet {
     pub offsets: Vec<(String, String, u32, Option<CommittedOffset>)>,
     /// Small metadata values (next producer id, cluster id).
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Partitions' transactions: `(topic id, partition, index)`; an empty index removes the row.
+    pub txns: Vec<(u32, u32, crate::sm::partition::TxnIndex)>,
+    /// Transactional ids' states (`None`: forget it).
+    pub txn_states: Vec<(String, Option<crate::sm::txn::TxnState>)>,
+    /// Transactions' pending group offsets: `(group, producer id, offsets or None to drop)`.
+    pub txn_offsets: Vec<(String, i64, Option<crate::sm::offsets::Pending>)>,
 }
 
 impl WriteSet {
@@ -151,6 +157,9 @@ impl WriteSet {
             && self.producers.is_empty()
             && self.offsets.is_empty()
             && self.meta.is_empty()
+            && self.txns.is_empty()
+            && self.txn_states.is_empty()
+            && self.txn_offsets.is_empty()
     }
 }
 
@@ -170,6 +179,12 @@ pub struct Snapshot {
     pub offsets: BTreeMap<(String, String, u32), CommittedOffset>,
     /// Metadata values.
     pub meta: BTreeMap<String, Vec<u8>>,
+    /// Partitions' transactions (none stored: none open, none aborted) by (topic id, partition).
+    pub txns: BTreeMap<(u32, u32), crate::sm::partition::TxnIndex>,
+    /// Transactional ids' states.
+    pub txn_states: BTreeMap<String, crate::sm::txn::TxnState>,
+    /// Transactions' pending group offsets by (group, producer id).
+    pub txn_offsets: BTreeMap<(String, i64), crate::sm::offsets::Pending>,
 }
 
 /// Durable storage of the broker. Implementations are internally synchronised.

@@ -571,3 +571,141 @@ pub fn init_producer_id_raw(addr: &str) -> std::io::Result<(i16, i64)> {
     let resp: InitProducerIdResponse = raw_request(addr, ApiKey::InitProducerId, 4, &req, 20_000)?;
     Ok((resp.error_code, resp.producer_id.0))
 }
+
+/// `((topic, partition), error code)`.
+pub type PartitionError = ((String, i32), i32);
+
+/// OffsetDelete through librdkafka's own admin API (`rd_kafka_DeleteConsumerGroupOffsets`:
+/// the rdkafka crate does not wrap it): forgets `group`'s committed offsets of `partitions`.
+/// Returns the group-level error (0: none) and each partition's error code.
+pub fn delete_group_offsets_librdkafka(
+    addr: &str,
+    group: &str,
+    partitions: &[(&str, i32)],
+) -> (i32, Vec<PartitionError>) {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("admin client");
+    let rk = admin.inner().native_ptr();
+    let group_c = CString::new(group).unwrap();
+    // SAFETY: every pointer passed is live for the call (the list, the request and the queue
+    // are destroyed below, after the last use); the result event is read before it is
+    // destroyed, and what it points to is copied out first.
+    unsafe {
+        let list = rd::rd_kafka_topic_partition_list_new(partitions.len() as i32);
+        for (t, p) in partitions {
+            let t = CString::new(*t).unwrap();
+            rd::rd_kafka_topic_partition_list_add(list, t.as_ptr(), *p);
+        }
+        let mut req = rd::rd_kafka_DeleteConsumerGroupOffsets_new(group_c.as_ptr(), list);
+        rd::rd_kafka_topic_partition_list_destroy(list);
+        let queue = rd::rd_kafka_queue_new(rk);
+        let opts = rd::rd_kafka_AdminOptions_new(
+            rk,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DELETECONSUMERGROUPOFFSETS,
+        );
+        let mut errstr = [0 as std::os::raw::c_char; 256];
+        rd::rd_kafka_AdminOptions_set_request_timeout(opts, 20_000, errstr.as_mut_ptr(), errstr.len());
+        rd::rd_kafka_DeleteConsumerGroupOffsets(rk, &mut req, 1, opts, queue);
+        let ev = rd::rd_kafka_queue_poll(queue, 30_000);
+        assert!(!ev.is_null(), "no DeleteConsumerGroupOffsets result in 30 s");
+        let request_err = rd::rd_kafka_event_error(ev);
+        let res = rd::rd_kafka_event_DeleteConsumerGroupOffsets_result(ev);
+        let mut out = (request_err as i32, Vec::new());
+        if !res.is_null() {
+            let mut n = 0usize;
+            let groups = rd::rd_kafka_DeleteConsumerGroupOffsets_result_groups(res, &mut n);
+            for i in 0..n {
+                let g = *groups.add(i);
+                let e = rd::rd_kafka_group_result_error(g);
+                if !e.is_null() {
+                    out.0 = rd::rd_kafka_error_code(e) as i32;
+                }
+                let parts = rd::rd_kafka_group_result_partitions(g);
+                if !parts.is_null() {
+                    for j in 0..(*parts).cnt as usize {
+                        let e = &*(*parts).elems.add(j);
+                        let topic = CStr::from_ptr(e.topic).to_string_lossy().into_owned();
+                        out.1.push(((topic, e.partition), e.err as i32));
+                    }
+                }
+            }
+        }
+        rd::rd_kafka_event_destroy(ev);
+        rd::rd_kafka_AdminOptions_destroy(opts);
+        rd::rd_kafka_queue_destroy(queue);
+        rd::rd_kafka_DeleteConsumerGroupOffsets_destroy(req);
+        out
+    }
+}
+
+/// OffsetDelete as librdkafka sends it, on the broker or cluster at `addr`: a group with
+/// offsets committed on `<tag>-a` and `<tag>-b` and a member subscribed to `<tag>-a` keeps
+/// that topic's offset (`GROUP_SUBSCRIBED_TO_TOPIC`) and forgets the other's; an unknown
+/// group is `GROUP_ID_NOT_FOUND`. `replicas`: the topics' replication factor.
+pub async fn offset_delete_through_librdkafka(addr: &str, tag: &str, replicas: i32) {
+    let (a, b, group) = (format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-group"));
+    create_topic(addr, &a, 1, replicas).await;
+    create_topic(addr, &b, 1, replicas).await;
+    let consumer = |subscribe: bool| {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", addr)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        if subscribe {
+            c.subscribe(&[&a]).expect("subscribe");
+        }
+        c
+    };
+    let member = consumer(true);
+    foundation::wait::until(Duration::from_secs(60), "the member's assignment", || {
+        let _ = member.poll(Duration::from_millis(100));
+        member.assignment().ok().filter(|l| l.count() == 1)
+    })
+    .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&a, 0, rdkafka::Offset::Offset(0))
+        .unwrap();
+    tpl.add_partition_offset(&b, 0, rdkafka::Offset::Offset(0))
+        .unwrap();
+    foundation::wait::until(Duration::from_secs(30), "the commit", || {
+        let _ = member.poll(Duration::from_millis(50));
+        member.commit(&tpl, CommitMode::Sync).ok()
+    })
+    .unwrap();
+
+    let (group_err, parts) = delete_group_offsets_librdkafka(addr, &group, &[(&a, 0), (&b, 0)]);
+    assert_eq!(group_err, 0, "{parts:?}");
+    let code = |t: &str| parts.iter().find(|((pt, _), _)| pt == t).map(|(_, e)| *e);
+    assert_eq!(
+        code(&a),
+        Some(RDKafkaErrorCode::GroupSubscribedToTopic as i32),
+        "{parts:?}"
+    );
+    assert_eq!(code(&b), Some(0), "{parts:?}");
+    let committed = member
+        .committed_offsets(tpl.clone(), Duration::from_secs(10))
+        .expect("OffsetFetch");
+    let at = |t: &str| committed.find_partition(t, 0).map(|e| e.offset());
+    assert_eq!(
+        at(&a),
+        Some(rdkafka::Offset::Offset(0)),
+        "the subscribed topic's offset stays"
+    );
+    assert_eq!(
+        at(&b),
+        Some(rdkafka::Offset::Invalid),
+        "the other topic's offset is gone"
+    );
+    drop(member);
+
+    let (group_err, _) = delete_group_offsets_librdkafka(addr, &format!("{tag}-nobody"), &[(&a, 0)]);
+    assert_eq!(group_err, RDKafkaErrorCode::GroupIdNotFound as i32);
+}

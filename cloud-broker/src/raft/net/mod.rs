@@ -70,6 +70,22 @@ enum Kind {
     TransferLeader = 9,
     /// One request of a pipelined AppendEntries stream (see [`stream`]).
     StreamAppend = 10,
+    /// A transaction coordinator asking a partition's leader to write a marker (through the
+    /// partition's sequencer, which assigns its offset).
+    Marker = 11,
+}
+
+/// A transaction marker to write (see [`crate::sm::partition::Partition::prepare_marker`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct MarkerRpc {
+    /// The transaction's producer id.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub epoch: i16,
+    /// Commit, or abort.
+    pub commit: bool,
+    /// The marker's timestamp.
+    pub timestamp: i64,
 }
 
 impl Kind {
@@ -86,6 +102,7 @@ impl Kind {
             8 => Kind::Ping,
             9 => Kind::TransferLeader,
             10 => Kind::StreamAppend,
+            11 => Kind::Marker,
             _ => return None,
         })
     }
@@ -190,6 +207,7 @@ fn from_bytes<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
 pub struct Groups {
     inner: Arc<RwLock<HashMap<u64, GroupRaft>>>,
     retired: Arc<RwLock<std::collections::BTreeSet<NodeId>>>,
+    sequencers: Arc<RwLock<HashMap<u64, crate::raft::sequencer::Sequencer>>>,
 }
 
 impl Groups {
@@ -210,6 +228,22 @@ impl Groups {
             .contains(&id)
     }
 
+    /// Takes the transaction markers for partition `group` through `seq`.
+    pub fn add_sequencer(&self, group: u64, seq: crate::raft::sequencer::Sequencer) {
+        self.sequencers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, seq);
+    }
+
+    fn sequencer(&self, group: u64) -> Option<crate::raft::sequencer::Sequencer> {
+        self.sequencers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
     /// Serves `group` with `raft`.
     pub fn add(&self, group: u64, raft: GroupRaft) {
         self.inner
@@ -219,6 +253,10 @@ impl Groups {
     }
     /// Stops serving `group`.
     pub fn remove(&self, group: u64) -> Option<GroupRaft> {
+        self.sequencers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group);
         self.inner
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -330,6 +368,13 @@ async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
     if f.kind == Kind::Ping {
         return Ok(Vec::new());
     }
+    if f.kind == Kind::Marker {
+        let m: MarkerRpc = from_bytes(&f.payload).map_err(|e| e.to_string())?;
+        let seq = groups
+            .sequencer(f.group)
+            .ok_or_else(|| format!("no partition {:#x} on this node", f.group))?;
+        return Ok(to_bytes(&seq.marker(m).await));
+    }
     let raft = groups
         .get(f.group)
         .ok_or_else(|| format!("no group {:#x} on this node", f.group))?;
@@ -384,7 +429,7 @@ async fn answer(groups: &Groups, f: &Frame) -> Result<Vec<u8>, String> {
                 .map(|r| to_bytes(&r.data))
                 .map_err(|e| e.to_string())
         }
-        Kind::Hello | Kind::Reply | Kind::Failed | Kind::Ping | Kind::StreamAppend => {
+        Kind::Hello | Kind::Reply | Kind::Failed | Kind::Ping | Kind::StreamAppend | Kind::Marker => {
             Err(format!("unexpected {:?} frame", f.kind))
         }
     }
@@ -500,6 +545,23 @@ impl Network {
     ) -> Result<super::Response, String> {
         let bytes = self
             .call(target, addr, Kind::Propose, group, to_bytes(cmd), ttl)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        from_bytes(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// Asks node `target` at `addr` to write a transaction marker to partition `group`
+    /// (it must lead it): the code it answers.
+    pub async fn marker(
+        &self,
+        target: NodeId,
+        addr: &str,
+        group: u64,
+        m: &MarkerRpc,
+        ttl: Duration,
+    ) -> Result<crate::errors::Code, String> {
+        let bytes = self
+            .call(target, addr, Kind::Marker, group, to_bytes(m), ttl)
             .await
             .map_err(|e| format!("{e:?}"))?;
         from_bytes(&bytes).map_err(|e| e.to_string())

@@ -23,6 +23,7 @@ mod catalog;
 mod leadership;
 pub mod membership;
 mod retention;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -121,6 +122,10 @@ pub struct Node {
     /// Committed offsets of the offsets logs hosted here.
     pub offsets: OffsetsView,
     offsets_rafts: Mutex<HashMap<u32, GroupRaft>>,
+    /// The offsets logs' state machines (the transaction coordinator reads them).
+    offsets_machines: Mutex<HashMap<u32, GroupMachine>>,
+    /// Serialises the transaction coordinator's decisions on this node.
+    txn_lock: tokio::sync::Mutex<()>,
     /// The producer ids this node hands out, and the next block, taken ahead (see
     /// [`Node::producer_id`]).
     pids: tokio::sync::Mutex<(ProducerIdBlock, Option<ProducerIdBlock>)>,
@@ -180,6 +185,8 @@ impl Node {
             catalog: Arc::default(),
             offsets: Arc::default(),
             offsets_rafts: Mutex::new(HashMap::new()),
+            offsets_machines: Mutex::new(HashMap::new()),
+            txn_lock: tokio::sync::Mutex::new(()),
             pids: tokio::sync::Mutex::new((ProducerIdBlock::default(), None)),
             tasks: Mutex::new(vec![server]),
             changing: Arc::default(),
@@ -241,6 +248,19 @@ impl Node {
                 }
             }
         });
+        // The transaction coordinator's sweep: prepared transactions finished, expired aborted.
+        let txn_sweep = tokio::spawn({
+            let node = Arc::downgrade(&node);
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(n) = node.upgrade() else { return };
+                    n.txn_sweep(foundation::time::now_ms()).await;
+                }
+            }
+        });
         let pinger = tokio::spawn({
             let node = Arc::downgrade(&node);
             async move {
@@ -282,6 +302,7 @@ impl Node {
             register,
             maintenance,
             pid_reserve,
+            txn_sweep,
             pinger,
             balancer,
         ]);
@@ -408,6 +429,10 @@ impl Node {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&n);
+                    self.offsets_machines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&n);
                     self.groups.remove(key);
                     if let Some(r) = raft {
                         let _ = r.shutdown().await;
@@ -423,6 +448,10 @@ impl Node {
             }
             let machine =
                 GroupMachine::open(self.store.clone(), key, Observer::Offsets(self.offsets.clone()))?;
+            self.offsets_machines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(n, machine.clone());
             let fresh = self.store.get(key, Slot::Vote)?.is_none();
             let config = Arc::new(small_group_config(self.cfg.timing).map_err(io)?);
             let raft = GroupRaft::new(
@@ -713,6 +742,7 @@ impl Node {
             machine.clone(),
             self.cfg.timing.lease(),
         );
+        self.groups.add_sequencer(key, sequencer.clone());
         self.hosted.lock().unwrap_or_else(|e| e.into_inner()).insert(
             key,
             Hosted {

@@ -68,13 +68,15 @@ mod marks;
 use marks::Marks;
 
 /// The on-disk layout this build writes: 2 added the metadata's record of replaced nodes; 3
-/// sealed every log entry and group state value with a checksum.
-pub const LAYOUT_VERSION: u64 = 3;
+/// sealed every log entry and group state value with a checksum; 4 added each partition's
+/// transactions to its state, and transaction states and pending offsets to the offsets logs'.
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Older layouts this build reads and upgrades on open (in the transaction that records
-/// [`LAYOUT_VERSION`]): their values are sealed; layout 1's metadata state is then decoded by
-/// its own shape (see the state machine).
-pub const READS_LAYOUTS: &[u64] = &[1, 2];
+/// [`LAYOUT_VERSION`]): layouts 1 and 2 have their values sealed; states of layouts 1 to 3
+/// are then decoded by their own shape (see the state machine) and written back in this one
+/// at the group's next apply.
+pub const READS_LAYOUTS: &[u64] = &[1, 2, 3];
 
 pub(super) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
 pub(super) const OFFSET_INDEX: TableDefinition<(u64, i64), u64> = TableDefinition::new("offset_index");
@@ -191,10 +193,14 @@ fn unsealed<'a>(key: &[u8], bytes: &'a [u8], what: impl FnOnce() -> String) -> i
 /// How an error for damaged stored data starts.
 const DAMAGED: &str = "damaged raft store data";
 
-/// Layouts 1 and 2 → 3: every log entry and group state value sealed, in one transaction.
+/// Layouts 1 and 2 → 3: every log entry and group state value sealed, in one transaction
+/// (layout 3's are sealed already).
 fn seal_all(tx: &redb::WriteTransaction, found: u64) -> Result<(), String> {
     if !READS_LAYOUTS.contains(&found) {
         return Err(format!("no upgrade from layout {found}"));
+    }
+    if found >= 3 {
+        return Ok(());
     }
     let run = || -> io::Result<()> {
         let mut log = tx.open_table(LOG).map_err(io_err)?;

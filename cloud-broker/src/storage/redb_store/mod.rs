@@ -6,6 +6,9 @@
 //! | `topics` | topic id | JSON [`TopicMeta`], sealed |
 //! | `heads` | `(topic id, partition)` | JSON [`PartitionHead`], sealed |
 //! | `producers` | `(topic id, partition, producer id)` | JSON [`ProducerState`], sealed |
+//! | `txns` | `(topic id, partition)` | JSON [`TxnIndex`](crate::sm::partition::TxnIndex) (open and aborted transactions), sealed |
+//! | `txn_states` | transactional id | JSON [`TxnState`](crate::sm::txn::TxnState), sealed |
+//! | `txn_offsets` | `(group, producer id)` | JSON offsets a transaction commits, pending, sealed |
 //! | `offsets` | `(group, topic, partition)` | JSON [`CommittedOffset`], sealed |
 //! | `meta` | key | bytes, sealed |
 //! | `quarantine` | what was damaged (`batches/3/0/1200`, `offsets/g/t/0`, ...) | its bytes as found |
@@ -67,12 +70,20 @@ const BATCHES: TableDefinition<(u32, u32, i64), &[u8]> = TableDefinition::new("b
 const TOPICS: TableDefinition<u32, &[u8]> = TableDefinition::new("topics");
 const HEADS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("heads");
 const PRODUCERS: TableDefinition<(u32, u32, i64), &[u8]> = TableDefinition::new("producers");
+const TXNS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("txns");
+const TXN_STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("txn_states");
+const TXN_OFFSETS: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("txn_offsets");
 const OFFSETS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("offsets");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
-/// The on-disk layout this build reads and writes (2: every row sealed with a checksum).
-pub const LAYOUT_VERSION: u64 = 2;
+/// The on-disk layout this build reads and writes (2: every row sealed with a checksum; 3:
+/// the `txns`, `txn_states` and `txn_offsets` tables).
+pub const LAYOUT_VERSION: u64 = 3;
+
+/// Older layouts this build upgrades on open: layout 1's rows are sealed, layout 2 needs
+/// nothing (its files have no transactions).
+const READS_LAYOUTS: &[u64] = &[1, 2];
 
 /// redb-backed storage.
 #[derive(Debug)]
@@ -109,6 +120,28 @@ pub(crate) mod keys {
         let mut k = [0; 16];
         k[..8].copy_from_slice(&head(t, p));
         k[8..].copy_from_slice(&pid.to_le_bytes());
+        k
+    }
+    /// A partition's transactions row: `txns` and the head's key (so that the row cannot
+    /// pass for a head).
+    pub fn txns(t: u32, p: u32) -> [u8; 12] {
+        let mut k = [0; 12];
+        k[..4].copy_from_slice(b"txns");
+        k[4..].copy_from_slice(&head(t, p));
+        k
+    }
+    /// A transactional id's state: `txn`, 0xff, the id.
+    pub fn txn_state(id: &str) -> Vec<u8> {
+        let mut k = b"txn\xff".to_vec();
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+    /// A transaction's pending offsets of a group: `txo`, 0xff, the group, 0xff, producer id.
+    pub fn txn_offsets(g: &str, pid: i64) -> Vec<u8> {
+        let mut k = b"txo\xff".to_vec();
+        k.extend_from_slice(g.as_bytes());
+        k.push(0xff);
+        k.extend_from_slice(&pid.to_le_bytes());
         k
     }
     /// A committed offset's: group, 0xff, topic, 0xff, partition (0xff never occurs in UTF-8).
@@ -234,8 +267,8 @@ impl RedbStorage {
                 256 << 20,
                 "is a broker running?",
                 LAYOUT_VERSION,
-                &[1],
-                &upgrade::from_v1,
+                READS_LAYOUTS,
+                &upgrade::migrate,
             )
         };
         use foundation::redb::Unopened;
@@ -253,7 +286,14 @@ impl RedbStorage {
     /// [`RedbStorage::open`] on the storage `backend` makes rather than the file at `path`
     /// (whose name the watermarks file still takes): tests on a faulty disk.
     pub fn open_on(path: &Path, backend: foundation::redb::BackendFactory) -> Result<Self, StoreError> {
-        let db = Reopening::open_on(path, 4 << 20, LAYOUT_VERSION, &[1], &upgrade::from_v1, backend)?;
+        let db = Reopening::open_on(
+            path,
+            4 << 20,
+            LAYOUT_VERSION,
+            READS_LAYOUTS,
+            &upgrade::migrate,
+            backend,
+        )?;
         Self::from_db(db, path, false)
     }
 
@@ -426,6 +466,9 @@ impl Storage for RedbStorage {
                 let mut producers = tx.open_table(PRODUCERS).map_err(io)?;
                 let mut offsets = tx.open_table(OFFSETS).map_err(io)?;
                 let mut meta = tx.open_table(META).map_err(io)?;
+                let mut txns = tx.open_table(TXNS).map_err(io)?;
+                let mut txn_states = tx.open_table(TXN_STATES).map_err(io)?;
+                let mut txn_offsets = tx.open_table(TXN_OFFSETS).map_err(io)?;
                 tx.open_table(QUARANTINE).map_err(io)?;
                 for t in &w.delete_topics {
                     topics.remove(t.id).map_err(io)?;
@@ -437,6 +480,8 @@ impl Storage for RedbStorage {
                         .map_err(io)?;
                     producers
                         .retain_in((t.id, 0, i64::MIN)..=(t.id, u32::MAX, i64::MAX), |_, _| false)
+                        .map_err(io)?;
+                    txns.retain_in((t.id, 0)..=(t.id, u32::MAX), |_, _| false)
                         .map_err(io)?;
                     offsets.retain(|k, _| k.1 != t.name).map_err(io)?;
                 }
@@ -490,6 +535,43 @@ impl Storage for RedbStorage {
                 for (k, v) in &w.meta {
                     meta.insert(k.as_str(), seal(k.as_bytes(), v).as_slice())
                         .map_err(io)?;
+                }
+                for (id, st) in &w.txn_states {
+                    match st {
+                        Some(st) => {
+                            txn_states
+                                .insert(id.as_str(), seal(&keys::txn_state(id), &json(st)?).as_slice())
+                                .map_err(io)?;
+                        }
+                        None => {
+                            txn_states.remove(id.as_str()).map_err(io)?;
+                        }
+                    }
+                }
+                for (g, pid, o) in &w.txn_offsets {
+                    match o {
+                        Some(o) => {
+                            // JSON maps need string keys: the offsets go as a list.
+                            let list: Vec<(&(String, u32), &CommittedOffset)> = o.iter().collect();
+                            txn_offsets
+                                .insert(
+                                    (g.as_str(), *pid),
+                                    seal(&keys::txn_offsets(g, *pid), &json(&list)?).as_slice(),
+                                )
+                                .map_err(io)?;
+                        }
+                        None => {
+                            txn_offsets.remove((g.as_str(), *pid)).map_err(io)?;
+                        }
+                    }
+                }
+                for (t, p, x) in &w.txns {
+                    if x.is_empty() {
+                        txns.remove((*t, *p)).map_err(io)?;
+                    } else {
+                        txns.insert((*t, *p), seal(&keys::txns(*t, *p), &json(x)?).as_slice())
+                            .map_err(io)?;
+                    }
                 }
             }
             tx.commit().map_err(io)
@@ -556,6 +638,49 @@ impl Storage for RedbStorage {
                         Ok(st) => drop(s.producers.insert((tid, p, pid), st)),
                         Err(e) => bad.push(format!(
                             "{e} (forgotten: the producer is fenced into a new sequence)"
+                        )),
+                    }
+                }
+            }
+            if let Some(t) = missing_ok(tx.open_table(TXNS))? {
+                for e in t.iter().map_err(io)? {
+                    let (k, v) = e.map_err(io)?;
+                    let (tid, p) = k.value();
+                    let what = format!("transactions of topic #{tid} partition {p}");
+                    match open_row::<crate::sm::partition::TxnIndex>(&keys::txns(tid, p), v.value(), &what) {
+                        Ok(x) => drop(s.txns.insert((tid, p), x)),
+                        Err(e) => bad.push(format!(
+                            "{e} (forgotten: read_committed consumers may read its aborted records)"
+                        )),
+                    }
+                }
+            }
+            if let Some(t) = missing_ok(tx.open_table(TXN_STATES))? {
+                for e in t.iter().map_err(io)? {
+                    let (k, v) = e.map_err(io)?;
+                    let id = k.value();
+                    let what = format!("transactional id {id:?}'s state");
+                    match open_row::<crate::sm::txn::TxnState>(&keys::txn_state(id), v.value(), &what) {
+                        Ok(st) => drop(s.txn_states.insert(id.to_string(), st)),
+                        Err(e) => bad.push(format!(
+                            "{e} (forgotten: its producer is fenced at its next request)"
+                        )),
+                    }
+                }
+            }
+            if let Some(t) = missing_ok(tx.open_table(TXN_OFFSETS))? {
+                for e in t.iter().map_err(io)? {
+                    let (k, v) = e.map_err(io)?;
+                    let (g, pid) = k.value();
+                    let what = format!("group {g:?} offsets pending in producer {pid}'s transaction");
+                    type List = Vec<((String, u32), CommittedOffset)>;
+                    match open_row::<List>(&keys::txn_offsets(g, pid), v.value(), &what) {
+                        Ok(list) => drop(
+                            s.txn_offsets
+                                .insert((g.to_string(), pid), list.into_iter().collect()),
+                        ),
+                        Err(e) => bad.push(format!(
+                            "{e} (forgotten: the transaction commits no offsets of it)"
                         )),
                     }
                 }

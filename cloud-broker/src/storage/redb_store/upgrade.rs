@@ -14,6 +14,16 @@ fn io<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// The migration hook: a layout 1 file has its rows sealed; a layout 2 file needs nothing
+/// (it has no transactions, and the `txns` table is made at the first write).
+pub fn migrate(tx: &redb::WriteTransaction, found: u64) -> Result<(), String> {
+    match found {
+        1 => from_v1(tx, found),
+        2 => Ok(()),
+        other => Err(format!("no upgrade from layout {other}")),
+    }
+}
+
 /// The migration hook for layout 1 files.
 pub fn from_v1(tx: &WriteTransaction, found: u64) -> Result<(), String> {
     if found != 1 {
