@@ -544,7 +544,9 @@ impl Writer {
 }
 
 /// Loads state from storage, builds the catalog and starts the writer thread.
-pub fn start(storage: Arc<dyn Storage>) -> Result<(Writer, Catalog, OffsetTable), StoreError> {
+pub fn start(
+    storage: Arc<dyn Storage>,
+) -> Result<(Writer, Catalog, OffsetTable, crate::storage::PendingTable), StoreError> {
     let snap = storage.load()?;
     let next_pid = snap
         .meta
@@ -595,14 +597,27 @@ pub fn start(storage: Arc<dyn Storage>) -> Result<(Writer, Catalog, OffsetTable)
     }
     let catalog: Catalog = Arc::new(CatalogInner::default());
     let offsets = Arc::new(RwLock::new(snap.offsets));
+    let pending = crate::storage::PendingTable::default();
+    publish_pending(&applied, &pending);
     publish_catalog(&applied, &catalog, true);
     let (tx, rx) = mpsc::channel();
-    let (c2, o2) = (catalog.clone(), offsets.clone());
+    let (c2, o2, p2) = (catalog.clone(), offsets.clone(), pending.clone());
     std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || run(rx, storage, applied, c2, o2))
+        .spawn(move || run(rx, storage, applied, c2, o2, p2))
         .map_err(|e| StoreError::Io(e.to_string()))?;
-    Ok((Writer { tx }, catalog, offsets))
+    Ok((Writer { tx }, catalog, offsets, pending))
+}
+
+/// Which group offsets transactions hold pending, for OffsetFetch's `require_stable`.
+fn publish_pending(state: &Applied, pending: &crate::storage::PendingTable) {
+    let mut p = pending.write().unwrap_or_else(|e| e.into_inner());
+    p.clear();
+    for log in state.offsets.values() {
+        for ((g, _), offsets) in &log.pending {
+            p.extend(offsets.keys().map(|(t, part)| (g.clone(), t.clone(), *part)));
+        }
+    }
 }
 
 /// Brings the readers' catalog in line with the state: new topics, removed topics, watermarks.
@@ -646,6 +661,7 @@ fn run(
     mut applied: Applied,
     catalog: Catalog,
     offsets: OffsetTable,
+    pending: crate::storage::PendingTable,
 ) {
     let mut backoff_ms = 10;
     while let Ok(first) = rx.recv() {
@@ -664,6 +680,9 @@ fn run(
         let replies = if durable {
             let (w, replies) = applied.merge(changes);
             publish_catalog(&applied, &catalog, true);
+            if !w.txn_offsets.is_empty() {
+                publish_pending(&applied, &pending);
+            }
             if !w.offsets.is_empty() {
                 let mut table = offsets.write().unwrap_or_else(|e| e.into_inner());
                 for (g, t, p, v) in w.offsets {

@@ -442,6 +442,23 @@ fn fetch_offsets(b: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>
 
 /// OffsetFetch (v2–7 one group; v8 a list of groups): offsets in every group state.
 pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    // KIP-447: a read_committed consumer asks for stable offsets only; an offset a transaction
+    // holds pending is UNSTABLE_OFFSET_COMMIT (retriable) until the transaction ends.
+    let unstable = |group: &str, topic: &str, p: i32| {
+        r.require_stable
+            && b.pending.read().unwrap_or_else(|e| e.into_inner()).contains(&(
+                group.to_string(),
+                topic.to_string(),
+                p.max(0) as u32,
+            ))
+    };
+    let code = |group: &str, topic: &str, p: i32| {
+        if unstable(group, topic, p) {
+            Code::UnstableOffsetCommit.code()
+        } else {
+            0
+        }
+    };
     if version >= 8 {
         let groups = r
             .groups
@@ -452,7 +469,8 @@ pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> Off
                         .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
-                let topics = fetch_offsets(b, g.group_id.as_str(), want)
+                let group = g.group_id.as_str();
+                let topics = fetch_offsets(b, group, want)
                     .into_iter()
                     .map(|(t, ps)| {
                         OffsetFetchResponseTopics::default()
@@ -464,6 +482,7 @@ pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> Off
                                             .with_partition_index(p)
                                             .with_committed_offset(o)
                                             .with_metadata(Some(s(&m)))
+                                            .with_error_code(code(group, &t, p))
                                     })
                                     .collect(),
                             )
@@ -481,7 +500,8 @@ pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> Off
             .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let topics = fetch_offsets(b, r.group_id.as_str(), want)
+    let group = r.group_id.as_str();
+    let topics = fetch_offsets(b, group, want)
         .into_iter()
         .map(|(t, ps)| {
             OffsetFetchResponseTopic::default()
@@ -493,6 +513,7 @@ pub fn offset_fetch(b: &Arc<Broker>, r: OffsetFetchRequest, version: i16) -> Off
                                 .with_partition_index(p)
                                 .with_committed_offset(o)
                                 .with_metadata(Some(s(&m)))
+                                .with_error_code(code(group, &t, p))
                         })
                         .collect(),
                 )

@@ -31,6 +31,8 @@ pub struct Broker {
     pub catalog: Catalog,
     /// Committed group offsets (kept current by the writer).
     pub offsets: OffsetTable,
+    /// Group offsets pending in transactions.
+    pub pending: crate::storage::PendingTable,
     /// Consumer groups.
     pub groups: groups::Coordinator,
     /// Cluster id given in Metadata.
@@ -43,12 +45,13 @@ impl Broker {
     /// Starts the writer over `storage` and builds the broker.
     pub fn start(cfg: Config, storage: Arc<dyn Storage>) -> anyhow::Result<Arc<Self>> {
         let cluster_id = cluster_id(&*storage)?;
-        let (writer, catalog, offsets) = crate::state::start(storage.clone())?;
+        let (writer, catalog, offsets, pending) = crate::state::start(storage.clone())?;
         Ok(Arc::new(Broker {
             cfg,
             backend: Backend::Single { writer, storage },
             catalog,
             offsets,
+            pending,
             groups: groups::Coordinator::default(),
             damage: std::sync::Mutex::new(None),
             cluster_id,
@@ -63,6 +66,7 @@ impl Broker {
             cfg,
             catalog: node.catalog.clone(),
             offsets: node.offsets.clone(),
+            pending: node.pending.clone(),
             backend: Backend::Cluster(node),
             groups: groups::Coordinator::default(),
             damage: std::sync::Mutex::new(None),

@@ -82,8 +82,9 @@ pub enum Observer {
     },
     /// The node, watching the catalog.
     Metadata(tokio::sync::watch::Sender<Arc<Metadata>>),
-    /// The group coordinator's view of one offsets log.
-    Offsets(OffsetsView),
+    /// The group coordinator's view of one offsets log: committed offsets, and those
+    /// pending in transactions.
+    Offsets(OffsetsView, crate::storage::PendingTable),
 }
 
 /// A snapshot as stored: its meta and the state at its last entry.
@@ -266,7 +267,7 @@ impl GroupMachine {
             None => Applied::new(match observer {
                 Observer::Partition { .. } => State::Partition(Partition::default()),
                 Observer::Metadata(_) => State::Metadata(Metadata::default()),
-                Observer::Offsets(_) => State::Offsets(GroupOffsets::default()),
+                Observer::Offsets(..) => State::Offsets(GroupOffsets::default()),
             }),
         };
         let m = GroupMachine {
@@ -321,12 +322,19 @@ impl GroupMachine {
                     changed
                 });
             }
-            (Observer::Offsets(view), State::Offsets(o)) => {
-                // The view holds every offsets log of the node: touch only this log's groups.
+            (Observer::Offsets(view, pending), State::Offsets(o)) => {
+                // The views hold every offsets log of the node: touch only this log's groups.
                 let log = match super::GroupId::from_key(self.group) {
                     Some(super::GroupId::Offsets(n)) => Some(n),
                     _ => None,
                 };
+                {
+                    let mut p = pending.write().unwrap_or_else(|e| e.into_inner());
+                    p.retain(|k| log.is_some_and(|n| crate::sm::offsets::partition_for(&k.0) != n));
+                    for ((g, _), offsets) in &o.pending {
+                        p.extend(offsets.keys().map(|(t, part)| (g.clone(), t.clone(), *part)));
+                    }
+                }
                 let mut v = view.write().unwrap_or_else(|e| e.into_inner());
                 v.retain(|k, _| {
                     log.is_some_and(|n| crate::sm::offsets::partition_for(&k.0) != n)
@@ -507,16 +515,83 @@ mod tests {
         nodes: std::collections::BTreeMap<u64, NodeAddr>,
     }
     #[derive(Serialize)]
+    struct PartitionV1Out {
+        head: crate::storage::PartitionHead,
+        producers: std::collections::BTreeMap<i64, crate::storage::ProducerState>,
+    }
+    #[derive(Serialize)]
+    struct GroupOffsetsV1Out {
+        offsets: std::collections::BTreeMap<(String, String, u32), CommittedOffset>,
+    }
+    #[derive(Serialize)]
     enum StateV1Out {
-        #[allow(dead_code)]
-        Partition(Partition),
+        Partition(PartitionV1Out),
         Metadata(MetadataV1Out),
+        Offsets(GroupOffsetsV1Out),
     }
     #[derive(Serialize)]
     struct AppliedV1Out {
         last_applied: Option<LogIdOf<TypeConfig>>,
         membership: StoredMembershipOf<TypeConfig>,
         state: StateV1Out,
+    }
+
+    /// Layout 3 (before transactions) had partitions and offsets logs without them; its
+    /// records are read, and written back in this layout.
+    #[test]
+    fn partitions_and_offsets_written_before_transactions_are_read() {
+        let head = crate::storage::PartitionHead {
+            log_start: 3,
+            next_offset: 40,
+            bytes: 900,
+        };
+        let producers = std::collections::BTreeMap::from([(7, crate::storage::ProducerState::default())]);
+        let old = AppliedV1Out {
+            last_applied: None,
+            membership: Default::default(),
+            state: StateV1Out::Partition(PartitionV1Out {
+                head,
+                producers: producers.clone(),
+            }),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        assert!(
+            postcard::from_bytes::<Applied>(&bytes).is_err(),
+            "not this layout"
+        );
+        let read = decode_applied(&bytes).unwrap();
+        let State::Partition(p) = &read.state else {
+            panic!("{read:?}")
+        };
+        assert_eq!(
+            (p.head, &p.producers, p.txns.is_empty()),
+            (head, &producers, true)
+        );
+        let again = GroupMachine::encode(&read).unwrap();
+        assert_eq!(decode_applied(&again).unwrap(), read);
+
+        let offsets = std::collections::BTreeMap::from([(
+            ("g".to_string(), "t".to_string(), 0),
+            CommittedOffset {
+                offset: 5,
+                metadata: String::new(),
+            },
+        )]);
+        let old = AppliedV1Out {
+            last_applied: None,
+            membership: Default::default(),
+            state: StateV1Out::Offsets(GroupOffsetsV1Out {
+                offsets: offsets.clone(),
+            }),
+        };
+        let read = decode_applied(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        let State::Offsets(o) = &read.state else {
+            panic!("{read:?}")
+        };
+        assert_eq!(
+            (&o.offsets, o.txns.is_empty(), o.pending.is_empty()),
+            (&offsets, true, true)
+        );
     }
 
     #[test]

@@ -432,12 +432,14 @@ impl Partition {
         }
         let mut bytes = self.head.bytes;
         let mut new_start = None;
+        let stable = self.last_stable_offset();
         for h in headers {
             let h = h?;
             if h.last_offset() < self.head.log_start {
                 continue;
             }
-            let newest = h.last_offset() + 1 >= self.head.next_offset;
+            // Never the newest batch, nor into a transaction still open.
+            let newest = h.last_offset() + 1 >= self.head.next_offset || h.last_offset() >= stable;
             let expired = max_age.is_some_and(|age| h.max_timestamp < now_ms.saturating_sub(age));
             let over = max_bytes.is_some_and(|max| bytes > max as u64);
             if newest || !(expired || over) {

@@ -30,7 +30,7 @@ fn create(w: &Writer, name: &str, config: TopicConfig) -> Code {
 
 fn started() -> (Writer, Catalog, Arc<MemStorage>) {
     let storage = Arc::new(MemStorage::new());
-    let (w, c, _) = start(storage.clone()).unwrap();
+    let (w, c, _, _) = start(storage.clone()).unwrap();
     (w, c, storage)
 }
 
@@ -74,14 +74,14 @@ fn producer_state_survives_a_restart_and_ids_are_not_reused() {
     let storage = Arc::new(MemStorage::new());
     let pid;
     {
-        let (w, _, _) = start(storage.clone()).unwrap();
+        let (w, _, _, _) = start(storage.clone()).unwrap();
         create(&w, "t", TopicConfig::default());
         pid = call(&w, |tx| Request::InitProducerId { reply: tx }).1;
         let second = call(&w, |tx| Request::InitProducerId { reply: tx }).1;
         assert_eq!(second, pid + 1, "ids come from the node's block");
         produce(&w, "t", make_batch(2, pid, 0, 0, 1));
     }
-    let (w, _, _) = start(storage).unwrap();
+    let (w, _, _, _) = start(storage).unwrap();
     let dup = produce(&w, "t", make_batch(2, pid, 0, 0, 1));
     assert_eq!(
         (dup.code, dup.base_offset),
@@ -151,7 +151,7 @@ fn compaction_rewrites_stored_batches() {
 #[test]
 fn deleting_a_topic_forgets_its_offsets_even_in_the_same_group_commit() {
     let storage = Arc::new(MemStorage::new());
-    let (w, _, table) = start(storage.clone()).unwrap();
+    let (w, _, table, _) = start(storage.clone()).unwrap();
     create(&w, "t", TopicConfig::default());
     let (tx1, rx1) = oneshot::channel();
     let (tx2, rx2) = oneshot::channel();

@@ -163,6 +163,10 @@ impl WriteSet {
     }
 }
 
+/// The `(group, topic, partition)`s a transaction has offsets pending for (OffsetFetch with
+/// `require_stable` answers `UNSTABLE_OFFSET_COMMIT` for them).
+pub type PendingTable = std::sync::Arc<std::sync::RwLock<std::collections::BTreeSet<(String, String, u32)>>>;
+
 /// Committed offsets by (group, topic, partition), shared with the group handlers.
 pub type OffsetTable = std::sync::Arc<std::sync::RwLock<BTreeMap<(String, String, u32), CommittedOffset>>>;
 

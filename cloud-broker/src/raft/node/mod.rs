@@ -121,6 +121,8 @@ pub struct Node {
     pub catalog: Catalog,
     /// Committed offsets of the offsets logs hosted here.
     pub offsets: OffsetsView,
+    /// Group offsets pending in transactions, in the offsets logs hosted here.
+    pub pending: crate::storage::PendingTable,
     offsets_rafts: Mutex<HashMap<u32, GroupRaft>>,
     /// The offsets logs' state machines (the transaction coordinator reads them).
     offsets_machines: Mutex<HashMap<u32, GroupMachine>>,
@@ -184,6 +186,7 @@ impl Node {
             appended: Arc::new(Notify::new()),
             catalog: Arc::default(),
             offsets: Arc::default(),
+            pending: Arc::default(),
             offsets_rafts: Mutex::new(HashMap::new()),
             offsets_machines: Mutex::new(HashMap::new()),
             txn_lock: tokio::sync::Mutex::new(()),
@@ -446,8 +449,11 @@ impl Node {
             if hosted {
                 continue;
             }
-            let machine =
-                GroupMachine::open(self.store.clone(), key, Observer::Offsets(self.offsets.clone()))?;
+            let machine = GroupMachine::open(
+                self.store.clone(),
+                key,
+                Observer::Offsets(self.offsets.clone(), self.pending.clone()),
+            )?;
             self.offsets_machines
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

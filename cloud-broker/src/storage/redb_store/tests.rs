@@ -60,6 +60,102 @@ fn a_new_store_records_the_current_layout() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A layout 2 file (before transactions) opens, keeps its data, and is recorded as this
+/// layout; its transactions are then written and read back.
+#[test]
+fn a_layout_2_store_is_upgraded_and_keeps_transactions_after() {
+    let dir = scratch();
+    let path = dir.join("broker.redb");
+    let s = RedbStorage::open(&path).unwrap();
+    s.apply(&WriteSet {
+        put_topics: vec![topic(1, "t")],
+        batches: vec![(1, 0, 0, batch_at(0, 3))],
+        ..WriteSet::default()
+    })
+    .unwrap();
+    drop(s);
+    rewrite_layout(&path, Some(2));
+    let s = RedbStorage::open(&path).unwrap();
+    assert_eq!(s.headers(1, 0, 0, 10).unwrap().len(), 1);
+    let txns = crate::sm::partition::TxnIndex {
+        open: [(7, 1)].into(),
+        aborted: vec![(8, 0, 2)],
+    };
+    let state = crate::sm::txn::TxnState {
+        producer_id: 7,
+        epoch: 2,
+        timeout_ms: 60_000,
+        status: crate::sm::txn::Status::Ongoing,
+        partitions: [("t".to_string(), 0)].into(),
+        groups: ["g".to_string()].into(),
+        started_ms: 5,
+    };
+    let pending: crate::sm::offsets::Pending = [(
+        ("t".to_string(), 0),
+        CommittedOffset {
+            offset: 3,
+            metadata: "m".into(),
+        },
+    )]
+    .into();
+    s.apply(&WriteSet {
+        txns: vec![(1, 0, txns.clone())],
+        txn_states: vec![("app".into(), Some(state.clone()))],
+        txn_offsets: vec![("g".into(), 7, Some(pending.clone()))],
+        ..WriteSet::default()
+    })
+    .unwrap();
+    drop(s);
+    assert_eq!(recorded_layout(&path), Some(LAYOUT_VERSION));
+    let s = RedbStorage::open(&path).unwrap();
+    let snap = s.load().unwrap();
+    assert_eq!(snap.txns.get(&(1, 0)), Some(&txns));
+    assert_eq!(snap.txn_states.get("app"), Some(&state));
+    assert_eq!(snap.txn_offsets.get(&("g".to_string(), 7)), Some(&pending));
+    // An empty index, a forgotten state and dropped offsets remove their rows.
+    s.apply(&WriteSet {
+        txns: vec![(1, 0, Default::default())],
+        txn_states: vec![("app".into(), None)],
+        txn_offsets: vec![("g".into(), 7, None)],
+        ..WriteSet::default()
+    })
+    .unwrap();
+    let snap = s.load().unwrap();
+    assert!(snap.txns.is_empty() && snap.txn_states.is_empty() && snap.txn_offsets.is_empty());
+
+    // A damaged transaction state is reported at start, by verify, and quarantined.
+    s.apply(&WriteSet {
+        txn_states: vec![
+            ("app/1".into(), Some(state.clone())),
+            ("other".into(), Some(state)),
+        ],
+        ..WriteSet::default()
+    })
+    .unwrap();
+    drop(s);
+    tamper(&path, TXN_STATES, "app/1", flip);
+    let s = RedbStorage::open(&path).unwrap();
+    let snap = s.load().unwrap();
+    assert!(!snap.txn_states.contains_key("app/1") && snap.txn_states.contains_key("other"));
+    assert!(
+        s.damage().is_some_and(|d| d.contains("app/1")),
+        "{:?}",
+        s.damage()
+    );
+    let r = s.verify().unwrap();
+    assert_eq!(r.transactions, 2);
+    assert_eq!(
+        r.damaged.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+        ["txn_states/app/1"]
+    );
+    let q = s.quarantine().unwrap();
+    assert_eq!(q.damaged.len(), 1);
+    assert!(s.verify().unwrap().is_clean());
+    assert_eq!(s.load().unwrap().txn_states.len(), 1);
+    drop(s);
+    std::fs::remove_dir_all(dir).ok();
+}
+
 fn topic(id: u32, name: &str) -> TopicMeta {
     TopicMeta {
         id,

@@ -8,8 +8,8 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::{
-    check_batch, keys, mark_key, open_row, rebuild_head, unseal, RedbStorage, BATCHES, HEADS, META, OFFSETS,
-    PRODUCERS, QUARANTINE, TOPICS,
+    check_batch, keys, mark_key, missing_ok, open_row, rebuild_head, unseal, RedbStorage, BATCHES, HEADS,
+    META, OFFSETS, PRODUCERS, QUARANTINE, TOPICS, TXNS, TXN_OFFSETS, TXN_STATES,
 };
 use crate::batch;
 use crate::storage::{CommittedOffset, PartitionHead, ProducerState, StoreError, TopicMeta};
@@ -56,6 +56,9 @@ pub struct VerifyReport {
     pub offsets: u64,
     /// Metadata values read.
     pub meta: u64,
+    /// Transaction rows read (partitions' transactions, transactional ids' states, pending
+    /// group offsets).
+    pub transactions: u64,
     /// What is damaged.
     pub damaged: Vec<DamagedItem>,
     /// Items already in the quarantine table.
@@ -257,6 +260,64 @@ fn topic_name(names: &BTreeMap<u32, String>, t: u32) -> String {
         .map_or_else(|| format!("topic #{t}"), |n| format!("{n:?}"))
 }
 
+/// The transaction tables' rows, checked like the others (added to `r`).
+fn scan_txns(
+    txns_t: &impl ReadableTable<(u32, u32), &'static [u8]>,
+    states_t: &impl ReadableTable<&'static str, &'static [u8]>,
+    offsets_t: &impl ReadableTable<(&'static str, i64), &'static [u8]>,
+    r: &mut VerifyReport,
+) -> Result<(), StoreError> {
+    for e in txns_t.iter().map_err(io)? {
+        let (k, v) = e.map_err(io)?;
+        let (t, p) = k.value();
+        r.transactions += 1;
+        let what = format!("transactions of topic #{t} partition {p}");
+        if let Err(e) = open_row::<crate::sm::partition::TxnIndex>(&keys::txns(t, p), v.value(), &what) {
+            r.damaged.push(item(
+                format!("txns/{t}/{p}"),
+                format!("the open and aborted transactions of topic #{t} partition {p} (read_committed consumers may read aborted records)"),
+                None,
+                Some(p),
+                e,
+            ));
+        }
+    }
+    for e in states_t.iter().map_err(io)? {
+        let (k, v) = e.map_err(io)?;
+        let id = k.value();
+        r.transactions += 1;
+        let what = format!("transactional id {id:?}'s state");
+        if let Err(e) = open_row::<crate::sm::txn::TxnState>(&keys::txn_state(id), v.value(), &what) {
+            r.damaged.push(item(
+                format!("txn_states/{id}"),
+                format!("transactional id {id:?}'s state (its producer is fenced at its next request)"),
+                None,
+                None,
+                e,
+            ));
+        }
+    }
+    for e in offsets_t.iter().map_err(io)? {
+        let (k, v) = e.map_err(io)?;
+        let (g, pid) = k.value();
+        r.transactions += 1;
+        let what = format!("group {g:?} offsets pending in producer {pid}'s transaction");
+        type List = Vec<((String, u32), CommittedOffset)>;
+        if let Err(e) = open_row::<List>(&keys::txn_offsets(g, pid), v.value(), &what) {
+            r.damaged.push(item(
+                format!("txn_offsets/{pid}/{g}"),
+                format!(
+                    "group {g:?}'s offsets pending in producer {pid}'s transaction (it commits none of them)"
+                ),
+                None,
+                None,
+                e,
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl RedbStorage {
     /// Reads every row and batch and checks it (checksums, decoding, each head against its
     /// batches), then runs redb's check of its pages. Changes nothing.
@@ -273,6 +334,13 @@ impl RedbStorage {
                 &tx.open_table(META).map_err(io)?,
                 &marks,
             )?;
+            if let (Some(a), Some(b), Some(c)) = (
+                missing_ok(tx.open_table(TXNS))?,
+                missing_ok(tx.open_table(TXN_STATES))?,
+                missing_ok(tx.open_table(TXN_OFFSETS))?,
+            ) {
+                scan_txns(&a, &b, &c, &mut r)?;
+            }
             r.quarantined = quarantined(&tx.open_table(QUARANTINE).map_err(io)?)?;
             Ok(r)
         })?;
@@ -297,7 +365,11 @@ impl RedbStorage {
                 let mut offsets = tx.open_table(OFFSETS).map_err(io)?;
                 let mut meta = tx.open_table(META).map_err(io)?;
                 let mut q = tx.open_table(QUARANTINE).map_err(io)?;
+                let mut txns = tx.open_table(TXNS).map_err(io)?;
+                let mut txn_states = tx.open_table(TXN_STATES).map_err(io)?;
+                let mut txn_offsets = tx.open_table(TXN_OFFSETS).map_err(io)?;
                 report = scan(&topics, &heads, &batches, &producers, &offsets, &meta, &marks)?;
+                scan_txns(&txns, &txn_states, &txn_offsets, &mut report)?;
                 report.quarantined = quarantined(&q)?;
                 let mut touched = std::collections::BTreeSet::new();
                 for d in &report.damaged {
@@ -343,6 +415,28 @@ impl RedbStorage {
                         "meta" => {
                             let k = &d.key["meta/".len()..];
                             let v = meta.remove(k).map_err(io)?.map(|v| v.value().to_vec());
+                            v
+                        }
+                        "txns" => {
+                            let v = txns
+                                .remove((n(1) as u32, n(2) as u32))
+                                .map_err(io)?
+                                .map(|v| v.value().to_vec());
+                            v
+                        }
+                        "txn_states" => {
+                            let id = &d.key["txn_states/".len()..];
+                            let v = txn_states.remove(id).map_err(io)?.map(|v| v.value().to_vec());
+                            v
+                        }
+                        "txn_offsets" => {
+                            // The producer id first: a group name may hold '/'.
+                            let rest = &d.key["txn_offsets/".len()..];
+                            let (pid, g) = rest.split_once('/').unwrap_or((rest, ""));
+                            let v = txn_offsets
+                                .remove((g, pid.parse::<i64>().unwrap_or(-1)))
+                                .map_err(io)?
+                                .map(|v| v.value().to_vec());
                             v
                         }
                         "topics" => {
