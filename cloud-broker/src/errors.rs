@@ -54,6 +54,7 @@ pub enum Code {
     OperationNotAttempted = 55,
     UnstableOffsetCommit = 88,
     ProducerFenced = 90,
+    TransactionalIdNotFound = 105,
 }
 
 impl Code {

@@ -54,6 +54,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 0),
 ];
 
 /// The served version range of an API.
@@ -227,6 +229,10 @@ mod tests {
                 ApiKey::AddOffsetsToTxn => check::<AddOffsetsToTxnRequest>(lo, hi, "add offsets to txn"),
                 ApiKey::EndTxn => check::<EndTxnRequest>(lo, hi, "end txn"),
                 ApiKey::TxnOffsetCommit => check::<TxnOffsetCommitRequest>(lo, hi, "txn offset commit"),
+                ApiKey::DescribeTransactions => {
+                    check::<DescribeTransactionsRequest>(lo, hi, "describe transactions")
+                }
+                ApiKey::ListTransactions => check::<ListTransactionsRequest>(lo, hi, "list transactions"),
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -278,6 +278,11 @@ pub enum TxnOp {
         /// Result.
         reply: oneshot::Sender<Code>,
     },
+    /// Every transactional id's state (durable ones: what the last group commit wrote).
+    List {
+        /// Result.
+        reply: oneshot::Sender<Vec<(String, crate::sm::txn::TxnState)>>,
+    },
     /// Abort every transaction open longer than its timeout.
     Expire {
         /// Now.
@@ -1019,6 +1024,15 @@ fn txn(s: &mut Staged<'_>, op: TxnOp) {
                 },
             );
             s.ch.replies.push(Reply::Code(reply, Code::None));
+        }
+        TxnOp::List { reply } => {
+            let all = s
+                .base
+                .offsets
+                .values()
+                .flat_map(|o| o.txns.iter().map(|(id, st)| (id.clone(), st.clone())))
+                .collect();
+            let _ = reply.send(all);
         }
         TxnOp::Expire { now_ms } => {
             let mut expired: Vec<(String, rules::TxnState)> = Vec::new();

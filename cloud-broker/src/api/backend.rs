@@ -330,6 +330,20 @@ impl Broker {
         }
     }
 
+    /// The transactional ids this node coordinates, with their states.
+    pub async fn txn_list(&self) -> Vec<(String, crate::sm::txn::TxnState)> {
+        match &self.backend {
+            Backend::Single { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                if !writer.send(Request::Txn(crate::state::TxnOp::List { reply: tx })) {
+                    return Vec::new();
+                }
+                rx.await.unwrap_or_default()
+            }
+            Backend::Cluster(node) => node.txn_list().await,
+        }
+    }
+
     /// TxnOffsetCommit: offsets pending in producer `producer_id`'s transaction.
     pub async fn txn_offsets(
         &self,

@@ -199,9 +199,15 @@ fn broker_entries(b: &Broker) -> Vec<Entry> {
         ),
         fixed(
             "transaction.state.log.num.partitions",
-            "0".into(),
+            crate::sm::offsets::OFFSETS_PARTITIONS.to_string(),
             INT,
-            "Transactions are not offered.",
+            "Logs the transaction states are spread over (the offsets logs).",
+        ),
+        fixed(
+            "transaction.max.timeout.ms",
+            crate::sm::txn::MAX_TIMEOUT_MS.to_string(),
+            INT,
+            "The longest transaction timeout a producer may ask for.",
         ),
     ]
 }

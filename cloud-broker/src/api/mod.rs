@@ -158,6 +158,8 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::AddOffsetsToTxn(r) => ResponseKind::AddOffsetsToTxn(txn::add_offsets(b, r, v).await),
         RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end(b, r, v).await),
         RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(txn::offset_commit(b, r, v).await),
+        RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(txn::list(b, r).await),
+        RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(txn::describe(b, r).await),
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(b, r, v)),
         RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(b, r).await),
         RequestKind::IncrementalAlterConfigs(r) => {

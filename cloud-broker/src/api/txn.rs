@@ -241,3 +241,101 @@ pub async fn offset_commit(
     }
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
+
+/// Kafka's names of the transaction states a ListTransactions filter may give.
+const STATES: &[&str] = &[
+    "Empty",
+    "Ongoing",
+    "PrepareCommit",
+    "PrepareAbort",
+    "CompleteCommit",
+    "CompleteAbort",
+    "Dead",
+    "PrepareEpochFence",
+];
+
+/// ListTransactions: the transactional ids this node coordinates, filtered by state, producer
+/// id and (v1) how long they have been running.
+pub async fn list(b: &Arc<Broker>, r: ListTransactionsRequest) -> ListTransactionsResponse {
+    use kafka_protocol::messages::list_transactions_response::TransactionState;
+    let unknown: Vec<_> = r
+        .state_filters
+        .iter()
+        .filter(|f| !STATES.contains(&f.as_str()))
+        .cloned()
+        .collect();
+    let now = foundation::time::now_ms();
+    let states = b
+        .txn_list()
+        .await
+        .into_iter()
+        .filter(|(_, s)| {
+            r.state_filters.is_empty() || r.state_filters.iter().any(|f| f.as_str() == s.status.name())
+        })
+        .filter(|(_, s)| {
+            r.producer_id_filters.is_empty() || r.producer_id_filters.contains(&ProducerId(s.producer_id))
+        })
+        .filter(|(_, s)| {
+            r.duration_filter < 0
+                || (s.status == crate::sm::txn::Status::Ongoing && now - s.started_ms >= r.duration_filter)
+        })
+        .map(|(id, s)| {
+            TransactionState::default()
+                .with_transactional_id(TransactionalId(kafka_protocol::protocol::StrBytes::from_string(
+                    id,
+                )))
+                .with_producer_id(ProducerId(s.producer_id))
+                .with_transaction_state(kafka_protocol::protocol::StrBytes::from_static_str(
+                    s.status.name(),
+                ))
+        })
+        .collect();
+    ListTransactionsResponse::default()
+        .with_unknown_state_filters(unknown)
+        .with_transaction_states(states)
+}
+
+/// DescribeTransactions: each transactional id's state, on its coordinator.
+pub async fn describe(b: &Arc<Broker>, r: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+    use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
+    let all = b.txn_list().await;
+    let states = r
+        .transactional_ids
+        .into_iter()
+        .map(|id| {
+            let out = TransactionState::default().with_transactional_id(id.clone());
+            if !b.coordinates(id.as_str()) {
+                return out.with_error_code(Code::NotCoordinator.code());
+            }
+            let Some((_, s)) = all.iter().find(|(x, _)| x.as_str() == id.as_str()) else {
+                return out.with_error_code(Code::TransactionalIdNotFound.code());
+            };
+            let mut topics: Vec<TopicData> = Vec::new();
+            for (t, p) in &s.partitions {
+                match topics.iter_mut().find(|x| x.topic.as_str() == t) {
+                    Some(x) => x.partitions.push(*p as i32),
+                    None => topics.push(
+                        TopicData::default()
+                            .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                                t.clone(),
+                            )))
+                            .with_partitions(vec![*p as i32]),
+                    ),
+                }
+            }
+            out.with_transaction_state(kafka_protocol::protocol::StrBytes::from_static_str(
+                s.status.name(),
+            ))
+            .with_transaction_timeout_ms(s.timeout_ms)
+            .with_transaction_start_time_ms(if s.status == crate::sm::txn::Status::Ongoing {
+                s.started_ms
+            } else {
+                -1
+            })
+            .with_producer_id(ProducerId(s.producer_id))
+            .with_producer_epoch(s.epoch)
+            .with_topics(topics)
+        })
+        .collect();
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}

@@ -189,7 +189,7 @@ fn remember(st: &mut ProducerState, h: &BatchHeader, base: i64) {
 
 impl Partition {
     /// Kafka's produce rules for a record set against this state: every batch well formed, dense
-    /// and not transactional, each idempotent batch next in its producer's sequence (a retry of
+    /// and not a control batch, each idempotent batch next in its producer's sequence (a retry of
     /// one of its last [`PRODUCER_WINDOW`] batches is a duplicate, answered with the original
     /// offset and not logged again). Offsets are assigned from the head. All or nothing: a
     /// refusal part-way logs none of the record set. Does not change `self`.

@@ -253,6 +253,15 @@ def kp(a):
     raw = read("read_uncommitted")
     if sorted(raw) != sorted([f"aborted-{i}" for i in range(5)] + [f"committed-{i}" for i in range(5)]):
         fail(f"kafka-python read_uncommitted read {raw}")
+    # The admin view of it: listed (on whichever broker coordinates it) and described.
+    listed = admin.list_transactions()  # broker id -> listings
+    mine = [t for ts in listed.values() for t in ts if t.transactional_id == f"{a.tag}-producer"]
+    name = lambda state: getattr(state, "value", str(state))  # noqa: E731 (an enum's wire name)
+    if len(mine) != 1 or name(mine[0].state) != "CompleteCommit":
+        fail(f"ListTransactions does not list {a.tag}-producer once, committed: {listed}")
+    d = admin.describe_transactions([f"{a.tag}-producer"])[f"{a.tag}-producer"]
+    if name(d.state) != "CompleteCommit" or d.producer_id != mine[0].producer_id:
+        fail(f"DescribeTransactions: {d}")
     print("kafka-python transactions: ok")
 
 

@@ -259,6 +259,38 @@ impl Node {
         Err(last)
     }
 
+    /// Every transactional id this node coordinates (those of the offsets logs it leads),
+    /// with its state.
+    pub async fn txn_list(&self) -> Vec<(String, TxnState)> {
+        let mut out = Vec::new();
+        for n in 0..OFFSETS_PARTITIONS {
+            let leads = self
+                .offsets_rafts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&n)
+                .is_some_and(|r| self.leads(r));
+            let machine = self
+                .offsets_machines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&n)
+                .cloned();
+            if let (true, Some(m)) = (leads, machine) {
+                out.extend(
+                    m.offsets_read(|o| {
+                        o.txns
+                            .iter()
+                            .map(|(id, s)| (id.clone(), s.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                    .await,
+                );
+            }
+        }
+        out
+    }
+
     /// One sweep over the offsets logs this node leads: transactions a predecessor prepared
     /// are finished, and those open past their timeout aborted (their producer fenced).
     pub async fn txn_sweep(&self, now_ms: i64) {
