@@ -184,8 +184,9 @@ impl World {
 }
 
 fn run(ops: &[Op]) {
-    let dir = std::env::temp_dir().join(format!("log-faults-{}", foundation::ids::unique_tag()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when done, a failing case included (its drop runs as the panic unwinds).
+    let tmp = foundation::scratch::TempDir::new("log-faults").unwrap();
+    let dir = tmp.path().to_path_buf();
     let mut w = World {
         disk: FaultyDisk::new(),
         path: dir.join("log.redb"),
@@ -206,7 +207,7 @@ fn run(ops: &[Op]) {
         assert!(w.store.is_some(), "a healed, undamaged disk opens");
     }
     drop(w.store.take());
-    std::fs::remove_dir_all(&dir).ok();
+    drop(tmp);
 }
 
 proptest! {

@@ -19,6 +19,9 @@ pub struct EdgeAgent {
     child: Option<Guard>,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Whether the data directory is this agent's own (made by [`EdgeAgent::start`]): it is
+    /// removed when the agent is dropped.
+    owns_dir: bool,
     /// MQTT port.
     pub mqtt_port: u16,
     /// Admin HTTP port.
@@ -33,7 +36,13 @@ impl EdgeAgent {
             std::process::id(),
             crate::free_port()
         ));
-        Self::start_with(bin, &data_dir, crate::free_port(), crate::free_port())
+        let mut a = Self::start_with(bin, &data_dir, crate::free_port(), crate::free_port());
+        if let Ok(a) = &mut a {
+            a.owns_dir = true;
+        } else {
+            let _ = std::fs::remove_dir_all(&data_dir);
+        }
+        a
     }
 
     /// Starts the agent on the given data dir and ports (a restart after a crash).
@@ -56,6 +65,7 @@ impl EdgeAgent {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             data_dir: data_dir.to_path_buf(),
+            owns_dir: false,
             mqtt_port,
             admin_port,
         };
@@ -158,6 +168,9 @@ impl EdgeAgent {
 impl Drop for EdgeAgent {
     fn drop(&mut self) {
         self.kill9();
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

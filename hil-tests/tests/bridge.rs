@@ -21,10 +21,27 @@ use hil_tests::{free_port, wait};
 const BIN: &str = env!("CARGO_BIN_EXE_demo");
 const GATEWAY: &str = "gw-test";
 
-fn tempdir(tag: &str) -> PathBuf {
+/// A test's scratch directory under the temp dir, removed when the test is done with it
+/// (declared before the processes using it, so dropped after them).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("bridge-e2e-{tag}-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 /// Cloud broker behind a cuttable proxy; the broker advertises the proxy, so every
@@ -688,7 +705,7 @@ fn replay_completes(agent: &EdgeAgent, cloud: &Cloud, id: u64) {
 
 /// 12,000 readings forwarded, then a capped replay whose records wait in librdkafka (a long
 /// linger), so an interruption always finds some in flight.
-fn replay_setup(tag: &str) -> (PathBuf, Cloud, EdgeAgent) {
+fn replay_setup(tag: &str) -> (Scratch, Cloud, EdgeAgent) {
     let dir = tempdir(tag);
     let cloud = Cloud::start(&dir);
     let agent = agent(
