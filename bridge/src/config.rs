@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// Edge topics forwarded by default, each to the cloud topic of the same name.
-pub const DEFAULT_TOPICS: [&str; 3] = ["telemetry", "device-status", "dead-letter"];
+pub const DEFAULT_TOPICS: [&str; 3] = vocab::topics::EDGE_TOPICS;
 
 /// Producer-side compression of record batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -90,7 +90,7 @@ impl Default for BridgeConfig {
         BridgeConfig {
             bootstrap: "127.0.0.1:9092".into(),
             topics: BTreeMap::new(),
-            heartbeat_topic: "gateways".into(),
+            heartbeat_topic: vocab::topics::GATEWAYS.into(),
             batch_size: 10_000,
             linger_ms: 5,
             compression: Compression::Lz4,

@@ -35,7 +35,7 @@ pub mod cloud;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod headers;
+pub use vocab::headers;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -38,12 +38,11 @@ use serde::Deserialize;
 
 use crate::log::TopicSpec;
 
-/// Telemetry topic: one record per reading, keyed by device id.
-pub const TELEMETRY: &str = "telemetry";
-/// Device births and last wills, keyed by device id, compacted.
-pub const DEVICE_STATUS: &str = "device-status";
-/// Payloads that failed validation, with the reason in a header.
-pub const DEAD_LETTER: &str = "dead-letter";
+/// The edge log's topics (shared with the bridge and the cloud through `vocab`): telemetry
+/// (one record per reading, keyed by device id), device status (births and last wills, keyed
+/// by device id, compacted), dead letters (payloads that failed validation, with the reason in
+/// a header).
+pub use vocab::topics::{DEAD_LETTER, DEVICE_STATUS, TELEMETRY};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]

@@ -272,8 +272,8 @@ impl<S: LogStore> Ingest<S> {
                     key: Some(p.topic().as_bytes().to_vec()),
                     value: p.payload().to_vec(),
                     headers: vec![
-                        ("reason".into(), reason.into_bytes()),
-                        ("mqtt_topic".into(), p.topic().as_bytes().to_vec()),
+                        (vocab::headers::REASON.into(), reason.into_bytes()),
+                        (vocab::headers::MQTT_TOPIC.into(), p.topic().as_bytes().to_vec()),
                     ],
                 });
             }
@@ -480,7 +480,7 @@ impl<S: LogStore> Ingest<S> {
                 timestamp_ms: now_ms,
                 key: Some(id.as_bytes().to_vec()),
                 value: payload.to_vec(),
-                headers: vec![("online".into(), vec![u8::from(s.online)])],
+                headers: vec![(vocab::headers::ONLINE.into(), vec![u8::from(s.online)])],
             });
             Ok(())
         } else {

@@ -44,8 +44,8 @@ pub fn record(topic: &str, r: &Record) -> Value {
             Err(e) => json!({ "undecodable": e.to_string(), "value_hex": hex(&r.value) }),
         },
         DEAD_LETTER => json!({
-            "reason": r.header("reason").map(lossy),
-            "mqtt_topic": r.header("mqtt_topic").map(lossy),
+            "reason": r.header(vocab::headers::REASON).map(lossy),
+            "mqtt_topic": r.header(vocab::headers::MQTT_TOPIC).map(lossy),
             "payload_len": r.value.len(),
             "payload_hex": hex(&r.value[..r.value.len().min(64)]),
         }),

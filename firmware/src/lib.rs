@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`wire`] — the wire format every component decodes: [`wire::Batch`], [`wire::DeviceStatus`],
-//!   [`wire::Ack`]; versioned postcard, bounded sizes, never-panicking decoders.
+//!   [`wire::Ack`]; versioned postcard, bounded sizes, never-panicking decoders (from the
+//!   `vocab` crate, shared with the gateway and the cloud).
 //! - [`buffer`] — the fixed-capacity ring of unacknowledged readings and its overflow policy.
 //! - [`mqtt`] — a hand-written MQTT 3.1.1 codec and the sans-I/O [`mqtt::Uplink`] state machine
 //!   (connect with last will, subscribe to acks, publish batches, keep alive, resend, reconnect).
@@ -23,11 +24,10 @@
 
 pub mod buffer;
 pub mod driver;
-mod error;
 pub mod mqtt;
 #[cfg(feature = "flash")]
 pub mod persist;
-pub mod receiver;
-pub mod wire;
 
-pub use error::Error;
+// The wire format and the error type live in `vocab`, which the gateway and the cloud share
+// without linking the firmware.
+pub use vocab::{receiver, wire, Error};

@@ -218,12 +218,9 @@ impl CloudRec {
     }
     /// The reading's sequence number from the `reading` header (`boot/seq`).
     fn seq(&self) -> u64 {
-        self.h("reading")
-            .split_once('/')
+        bridge::headers::parse_reading(self.h("reading").as_bytes())
             .expect("a reading header")
             .1
-            .parse()
-            .unwrap()
     }
 }
 

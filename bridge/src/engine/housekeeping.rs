@@ -105,24 +105,28 @@ impl Engine {
         let now = self.clock.now();
         self.next_hb = now + Duration::from_millis(self.cfg.heartbeat_interval_ms);
         let status = self.snapshot();
-        let body = serde_json::json!({
-            "gateway_id": self.gateway_id,
-            "timestamp_ms": self.clock.wall_ms(),
-            "uptime_s": now.duration_since(self.started).as_secs(),
-            "versions": self.versions.iter().cloned().collect::<BTreeMap<_, _>>(),
-            "last_ack_ms": status.last_ack_ms,
-            "partitions": status.sources.iter().map(|s| serde_json::json!({
-                "topic": s.topic,
-                "partition": s.partition,
-                "checkpoint": s.checkpoint,
-                "backlog_records": s.backlog_records,
-                "backlog_bytes": s.backlog_bytes,
-                "oldest_age_ms": s.oldest_age_ms,
-                "dropped": s.dropped,
-                "rejected": s.rejected,
-            })).collect::<Vec<_>>(),
-        });
-        let payload = body.to_string();
+        let body = vocab::heartbeat::Heartbeat {
+            gateway_id: self.gateway_id.clone(),
+            timestamp_ms: self.clock.wall_ms(),
+            uptime_s: now.duration_since(self.started).as_secs(),
+            versions: self.versions.iter().cloned().collect::<BTreeMap<_, _>>(),
+            last_ack_ms: status.last_ack_ms,
+            partitions: status
+                .sources
+                .iter()
+                .map(|s| vocab::heartbeat::PartitionBacklog {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    checkpoint: s.checkpoint,
+                    backlog_records: s.backlog_records,
+                    backlog_bytes: s.backlog_bytes,
+                    oldest_age_ms: s.oldest_age_ms,
+                    dropped: s.dropped,
+                    rejected: s.rejected,
+                })
+                .collect(),
+        };
+        let payload = serde_json::to_string(&body).unwrap_or_default();
         let rec = OutRecord {
             topic: &self.cfg.heartbeat_topic,
             partition: None,

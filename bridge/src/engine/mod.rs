@@ -203,7 +203,7 @@ impl Engine {
                     route: Route {
                         cloud_topic: cloud.clone(),
                         partition: None,
-                        prefix: format!("{gateway_id}/{edge}/{p}/").into_bytes(),
+                        prefix: crate::headers::edge_prefix(gateway_id, edge, p).into_bytes(),
                     },
                     compacted: t.compacted,
                     tracker: Tracker::resume(saved.checkpoint),

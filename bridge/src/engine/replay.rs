@@ -311,7 +311,7 @@ impl Engine {
                     None => Route {
                         cloud_topic: cloud.clone(),
                         partition: None,
-                        prefix: format!("{}/{topic}/{p}/", self.gateway_id).into_bytes(),
+                        prefix: crate::headers::edge_prefix(&self.gateway_id, &topic, p).into_bytes(),
                     },
                 };
                 let src = self

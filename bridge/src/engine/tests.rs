@@ -215,11 +215,9 @@ impl World {
                 let (gw, topic, p, o) =
                     headers::parse_edge(r.header(headers::EDGE).expect("an edge header")).expect("parses");
                 assert_eq!((gw, topic), (GW, TELEMETRY));
-                let (boot, seq) = std::str::from_utf8(r.header(headers::READING).expect("a reading header"))
-                    .unwrap()
-                    .split_once('/')
-                    .map(|(b, s)| (b.parse::<u32>().unwrap(), s.parse::<u64>().unwrap()))
-                    .unwrap();
+                let (boot, seq) =
+                    headers::parse_reading(r.header(headers::READING).expect("a reading header"))
+                        .expect("parses");
                 assert_eq!(boot, 1);
                 let key = r.key.clone().expect("a key");
                 let device: u32 = std::str::from_utf8(&key[1..]).unwrap().parse().unwrap();

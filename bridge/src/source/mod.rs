@@ -14,8 +14,9 @@ pub struct EdgeRecord {
     pub value: Vec<u8>,
     /// The edge record's own headers.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// For a device reading: its boot id and sequence number (sent as `boot` and `seq`
-    /// headers, so a cloud consumer can check a device's sequence without decoding values).
+    /// For a device reading: its boot id and sequence number (sent as the `reading` header,
+    /// `<boot>/<seq>`, so a cloud consumer can check a device's sequence without decoding
+    /// values).
     pub reading: Option<(u32, u64)>,
 }
 

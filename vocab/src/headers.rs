@@ -1,4 +1,5 @@
-//! Header names the bridge adds to every forwarded record, and their values.
+//! Header names the bridge adds to every forwarded record, and their values, and the ones the
+//! edge agent sets on the records it logs.
 
 /// The record's identity at the edge: `<gateway id>/<edge topic>/<edge partition>/<edge
 /// offset>` (one header rather than four: every header costs an allocation in the producer
@@ -9,10 +10,31 @@ pub const READING: &str = "reading";
 /// Present on records re-sent by a replay job; the value is the job id.
 pub const REPLAY: &str = "replay";
 
+/// On a `device-status` record: `1` when the device is online, `0` when its last will said
+/// it went away.
+pub const ONLINE: &str = "online";
+/// On a `dead-letter` record: why the message was refused.
+pub const REASON: &str = "reason";
+/// On a `dead-letter` record: the MQTT topic the refused message came on.
+pub const MQTT_TOPIC: &str = "mqtt_topic";
+
+/// The start of an [`EDGE`] value for records of `topic` partition `partition` of gateway
+/// `gateway` (the offset follows).
+#[cfg(feature = "alloc")]
+pub fn edge_prefix(gateway: &str, topic: &str, partition: u32) -> alloc::string::String {
+    alloc::format!("{gateway}/{topic}/{partition}/")
+}
+
+/// Splits a [`READING`] value into (boot id, seq).
+pub fn parse_reading(v: &[u8]) -> Option<(u32, u64)> {
+    let (boot, seq) = core::str::from_utf8(v).ok()?.split_once('/')?;
+    Some((boot.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Splits an [`EDGE`] value into (gateway, topic, partition, offset). Topic names cannot
 /// contain `/`, so a gateway id may.
 pub fn parse_edge(v: &[u8]) -> Option<(&str, &str, u32, u64)> {
-    let v = std::str::from_utf8(v).ok()?;
+    let v = core::str::from_utf8(v).ok()?;
     let mut it = v.rsplitn(4, '/');
     let offset = it.next()?.parse().ok()?;
     let partition = it.next()?.parse().ok()?;
@@ -22,7 +44,7 @@ pub fn parse_edge(v: &[u8]) -> Option<(&str, &str, u32, u64)> {
 }
 
 /// Decimal digits of `n` in `buf` (header values without an allocation).
-pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -35,7 +57,7 @@ pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// `<boot>/<seq>` in `v`; returns the used part.
-pub(crate) fn reading(boot: u32, seq: u64, v: &mut [u8; 41]) -> &[u8] {
+pub fn reading(boot: u32, seq: u64, v: &mut [u8; 41]) -> &[u8] {
     let mut b = [0u8; 20];
     let boot = decimal(u64::from(boot), &mut b);
     let n = boot.len();
@@ -49,6 +71,17 @@ pub(crate) fn reading(boot: u32, seq: u64, v: &mut [u8; 41]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_headers_parse_back() {
+        let mut v = [0u8; 41];
+        let written = reading(u32::MAX, u64::MAX, &mut v);
+        assert_eq!(parse_reading(written), Some((u32::MAX, u64::MAX)));
+        assert_eq!(parse_reading(b"7/0"), Some((7, 0)));
+        for bad in [&b"7"[..], b"/3", b"x/3", b"7/", b"7/3/1"] {
+            assert_eq!(parse_reading(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn edge_headers_parse_back() {

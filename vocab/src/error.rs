@@ -1,4 +1,5 @@
-//! The firmware's one error type: flat and `Copy`, so it costs nothing to pass around on an MCU.
+//! The wire format's and the firmware's one error type: flat and `Copy`, so it costs nothing
+//! to pass around on an MCU.
 
 /// Everything that can go wrong in the firmware library.
 ///
