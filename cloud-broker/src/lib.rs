@@ -17,6 +17,7 @@
 //! - [`batch`] — record batches as opaque bytes: header parsing, CRC, offset rewrite.
 //! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
 //! - [`errors`] — Kafka error codes.
+//! - [`monitor`] — monitoring devices from the cloud: the device registry (in progress).
 //! - [`cli`] — the command line (`cloud-broker run`).
 //! - [`alloc`] — the global allocator that keeps hostile array counts from aborting the process.
 #![warn(missing_docs)]
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod errors;
+pub mod monitor;
 pub mod protocol;
 pub mod raft;
 pub mod server;

@@ -1,0 +1,331 @@
+//! The device registry's rules, sans I/O: what the `telemetry`, `device-status` and
+//! `gateways` records say about each device and gateway. Fed records in any order (a replay
+//! or a late backlog arrives after newer readings); time comes in as arguments.
+//!
+//! Per device and boot it keeps which sequence numbers arrived, as ranges, so the readings
+//! that never arrived are the holes below the highest one ([`Device::gaps`]): a gap a later
+//! record fills closes. Memory is bounded: at most [`MAX_RANGES`] ranges per boot (past that
+//! the oldest holes are given up and counted) and [`MAX_BOOTS`] boots per device.
+
+use std::collections::BTreeMap;
+
+use vocab::wire::{DeviceStatus, ReadingRecord};
+
+/// Most disjoint received ranges kept per boot.
+pub const MAX_RANGES: usize = 256;
+/// Most boots kept per device (the oldest go first).
+pub const MAX_BOOTS: usize = 4;
+
+/// Sequence numbers received in one boot, as disjoint `start..end` ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Boot {
+    ranges: BTreeMap<u64, u64>,
+    count: u64,
+    /// Holes given up to keep at most [`MAX_RANGES`] ranges (their readings are not counted
+    /// as missing any more, nor listed).
+    pub forgotten_gaps: u64,
+}
+
+impl Boot {
+    /// Records `seq`; `false` when it had arrived before (a duplicate).
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let new = self.insert_range(seq);
+        self.count += u64::from(new);
+        new
+    }
+
+    fn insert_range(&mut self, seq: u64) -> bool {
+        let end = seq.saturating_add(1);
+        // The range at or before `seq`.
+        if let Some((&s, &e)) = self.ranges.range(..=seq).next_back() {
+            if seq < e {
+                return false;
+            }
+            if e == seq {
+                // Extends it; perhaps joins the next.
+                let next = self.ranges.get(&end).copied();
+                self.ranges.insert(s, next.unwrap_or(end));
+                if next.is_some() {
+                    self.ranges.remove(&end);
+                }
+                return true;
+            }
+        }
+        match self.ranges.remove(&end) {
+            Some(e) => drop(self.ranges.insert(seq, e)),
+            None => drop(self.ranges.insert(seq, end)),
+        }
+        while self.ranges.len() > MAX_RANGES {
+            // Join the two oldest ranges: the hole between them is given up.
+            let mut it = self.ranges.iter();
+            let (&s0, &e0) = it.next().expect("more than one range");
+            let (&s1, &e1) = it.next().expect("more than one range");
+            self.forgotten_gaps += s1 - e0;
+            self.ranges.remove(&s1);
+            self.ranges.insert(s0, e1);
+        }
+        true
+    }
+
+    /// Readings received.
+    pub fn received(&self) -> u64 {
+        self.count
+    }
+
+    /// The highest sequence number received.
+    pub fn highest(&self) -> Option<u64> {
+        self.ranges.values().next_back().map(|e| e - 1)
+    }
+
+    /// Ranges never received below the highest one received, from sequence 0 (a boot numbers
+    /// its readings from 0): `(from, to)`, both inclusive.
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = 0;
+        for (&s, &e) in &self.ranges {
+            if s > next {
+                out.push((next, s - 1));
+            }
+            next = e;
+        }
+        out
+    }
+
+    /// Readings missing: the sum of [`Boot::gaps`].
+    pub fn missing(&self) -> u64 {
+        self.gaps().iter().map(|(a, b)| b - a + 1).sum()
+    }
+}
+
+/// What the registry knows of one device.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Device {
+    /// The gateway its latest reading came through.
+    pub gateway: Option<String>,
+    /// First and last time a record of it was seen (the registry's clock, ms).
+    pub first_seen_ms: i64,
+    /// Last time a record of it was seen.
+    pub last_seen_ms: i64,
+    /// Its boots, by boot id.
+    pub boots: BTreeMap<u32, Boot>,
+    /// The boot of its latest status, or of the highest reading's boot.
+    pub current_boot: u32,
+    /// Readings received (duplicates not counted).
+    pub readings: u64,
+    /// Readings that arrived more than once.
+    pub duplicates: u64,
+    /// The latest value of each channel: `channel → (timestamp ms, value)`.
+    pub last_values: BTreeMap<u16, (u64, f32)>,
+    /// Its latest status.
+    pub status: Option<DeviceStatus>,
+    /// Boots forgotten to stay within [`MAX_BOOTS`].
+    pub forgotten_boots: u64,
+}
+
+impl Device {
+    /// Readings missing across the boots kept: `(boot, from, to)`.
+    pub fn gaps(&self) -> Vec<(u32, u64, u64)> {
+        self.boots
+            .iter()
+            .flat_map(|(b, boot)| boot.gaps().into_iter().map(move |(f, t)| (*b, f, t)))
+            .collect()
+    }
+
+    /// The readings the device said it dropped itself (its buffer overflowed), in its latest
+    /// status.
+    pub fn dropped_overflow(&self) -> u64 {
+        self.status.as_ref().map_or(0, |s| s.counters.dropped_overflow)
+    }
+
+    /// Online: its last will has not said it went away, and it was heard from within
+    /// `timeout_ms` of `now_ms`.
+    pub fn online(&self, now_ms: i64, timeout_ms: i64) -> bool {
+        self.status.as_ref().is_none_or(|s| s.online) && now_ms - self.last_seen_ms <= timeout_ms
+    }
+}
+
+/// The registry: every device seen.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// Devices by id.
+    pub devices: BTreeMap<String, Device>,
+}
+
+impl Registry {
+    fn device(&mut self, id: &str, now_ms: i64) -> &mut Device {
+        self.devices.entry(id.to_string()).or_insert_with(|| Device {
+            first_seen_ms: now_ms,
+            ..Device::default()
+        })
+    }
+
+    /// A `telemetry` record: device `id`'s reading `r`, forwarded by `gateway`.
+    pub fn reading(&mut self, id: &str, gateway: Option<&str>, r: &ReadingRecord, now_ms: i64) {
+        let d = self.device(id, now_ms);
+        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        if let Some(g) = gateway {
+            if d.gateway.as_deref() != Some(g) {
+                d.gateway = Some(g.to_string());
+            }
+        }
+        if !d.boots.contains_key(&r.boot_id) {
+            if d.boots.len() >= MAX_BOOTS {
+                if let Some((&oldest, _)) = d.boots.iter().next() {
+                    if oldest > r.boot_id {
+                        // Older than every boot kept: counted, not kept.
+                        d.readings += 1;
+                        return;
+                    }
+                    d.boots.remove(&oldest);
+                    d.forgotten_boots += 1;
+                }
+            }
+            if r.boot_id >= d.current_boot {
+                d.current_boot = r.boot_id;
+            }
+        }
+        if d.boots.entry(r.boot_id).or_default().insert(r.seq) {
+            d.readings += 1;
+            let last = d
+                .last_values
+                .entry(r.reading.channel)
+                .or_insert((0, r.reading.value));
+            if r.reading.timestamp_ms >= last.0 {
+                *last = (r.reading.timestamp_ms, r.reading.value);
+            }
+        } else {
+            d.duplicates += 1;
+        }
+    }
+
+    /// A `device-status` record (a birth, or with `online == false` a last will).
+    pub fn status(&mut self, s: &DeviceStatus, now_ms: i64) {
+        let d = self.device(s.device_id.as_str(), now_ms);
+        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        d.current_boot = d.current_boot.max(s.boot_id);
+        d.status = Some(s.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vocab::wire::{Counters, Reading};
+
+    fn rec(boot: u32, seq: u64) -> ReadingRecord {
+        ReadingRecord {
+            boot_id: boot,
+            seq,
+            reading: Reading {
+                channel: 0,
+                timestamp_ms: seq * 10,
+                value: seq as f32,
+            },
+        }
+    }
+
+    #[test]
+    fn gaps_are_the_holes_below_the_highest_and_a_late_record_closes_one() {
+        let mut r = Registry::default();
+        for seq in [0, 1, 2, 5, 6, 9] {
+            r.reading("d", Some("gw"), &rec(1, seq), 100);
+        }
+        let d = &r.devices["d"];
+        assert_eq!(d.gaps(), vec![(1, 3, 4), (1, 7, 8)]);
+        assert_eq!((d.readings, d.duplicates), (6, 0));
+        // A replay fills 3..=4 out of order; 8 arrives; 7 is still missing.
+        for seq in [4, 3, 8] {
+            r.reading("d", Some("gw"), &rec(1, seq), 200);
+        }
+        let d = &r.devices["d"];
+        assert_eq!(d.gaps(), vec![(1, 7, 7)]);
+        assert_eq!(d.boots[&1].missing(), 1);
+        assert_eq!(d.last_values[&0], (90, 9.0), "the latest by time, not by arrival");
+        // A duplicate is counted, not received again.
+        r.reading("d", Some("gw"), &rec(1, 5), 300);
+        let d = &r.devices["d"];
+        assert_eq!((d.readings, d.duplicates), (9, 1));
+        assert_eq!(d.boots[&1].received(), 9);
+    }
+
+    #[test]
+    fn a_boot_change_starts_a_new_sequence_and_old_boots_are_bounded() {
+        let mut r = Registry::default();
+        r.reading("d", None, &rec(1, 0), 1);
+        r.reading("d", None, &rec(1, 2), 1);
+        r.reading("d", None, &rec(2, 0), 2);
+        let d = &r.devices["d"];
+        assert_eq!(d.current_boot, 2);
+        assert_eq!(d.gaps(), vec![(1, 1, 1)], "boot 2 starts again at 0");
+        for boot in 3..=8 {
+            r.reading("d", None, &rec(boot, 0), 3);
+        }
+        let d = &r.devices["d"];
+        assert_eq!(d.boots.len(), MAX_BOOTS);
+        assert_eq!(d.forgotten_boots, 4);
+        assert_eq!(d.boots.keys().next(), Some(&5));
+        // A reading of a boot older than every one kept is counted only.
+        r.reading("d", None, &rec(1, 7), 4);
+        assert_eq!(r.devices["d"].boots.len(), MAX_BOOTS);
+    }
+
+    #[test]
+    fn holes_past_the_bound_are_given_up_and_counted() {
+        let mut b = Boot::default();
+        for i in 0..(MAX_RANGES as u64 + 10) {
+            assert!(b.insert(i * 2)); // every other reading: a hole after each
+        }
+        assert!(b.ranges.len() <= MAX_RANGES);
+        assert_eq!(b.forgotten_gaps, 10);
+        assert_eq!(b.missing() + b.forgotten_gaps, MAX_RANGES as u64 + 9);
+        assert!(!b.insert(0), "a duplicate inside a joined range");
+    }
+
+    #[test]
+    fn status_reports_overflow_and_online_follows_the_will_and_the_timeout() {
+        let mut r = Registry::default();
+        let mut s = DeviceStatus {
+            device_id: "d".try_into().unwrap(),
+            boot_id: 3,
+            online: true,
+            firmware_version: "1.0".try_into().unwrap(),
+            buffer_capacity: 64,
+            uptime_ms: 10,
+            counters: Counters {
+                dropped_overflow: 12,
+                ..Counters::default()
+            },
+        };
+        r.status(&s, 1_000);
+        let d = &r.devices["d"];
+        assert_eq!((d.dropped_overflow(), d.current_boot), (12, 3));
+        assert!(d.online(1_500, 1_000));
+        assert!(!d.online(2_001, 1_000), "silent past the timeout");
+        s.online = false;
+        r.status(&s, 1_600);
+        assert!(!r.devices["d"].online(1_600, 1_000), "its last will");
+    }
+
+    /// Inserting in any order gives the same ranges as in order.
+    #[test]
+    fn any_arrival_order_gives_the_same_gaps() {
+        use proptest::prelude::*;
+        proptest!(|(seqs in proptest::collection::vec(0u64..300, 0..400))| {
+            let mut b = Boot::default();
+            let mut sorted = seqs.clone();
+            sorted.sort();
+            sorted.dedup();
+            for s in &seqs {
+                b.insert(*s);
+            }
+            let mut c = Boot::default();
+            for s in &sorted {
+                c.insert(*s);
+            }
+            prop_assert_eq!(b.gaps(), c.gaps());
+            prop_assert_eq!(b.received(), sorted.len() as u64);
+            let missing: u64 = sorted.last().map_or(0, |m| m + 1) - sorted.len() as u64;
+            prop_assert_eq!(b.missing(), missing);
+        });
+    }
+}
