@@ -58,8 +58,9 @@ impl Boot {
         while self.ranges.len() > MAX_RANGES {
             // Join the two oldest ranges: the hole between them is given up.
             let mut it = self.ranges.iter();
-            let (&s0, &e0) = it.next().expect("more than one range");
-            let (&s1, &e1) = it.next().expect("more than one range");
+            let (Some((&s0, &e0)), Some((&s1, &e1))) = (it.next(), it.next()) else {
+                break;
+            };
             self.forgotten_gaps += s1 - e0;
             self.ranges.remove(&s1);
             self.ranges.insert(s0, e1);
