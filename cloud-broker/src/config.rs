@@ -19,6 +19,19 @@
 //! heartbeat_ms = 200                      # Raft timing (election timeout 3x-5x this)
 //! join = false                            # true: a new node taking a dead one's place
 //!                                         # (`cloud-broker cluster replace`)
+//!
+//! # The device monitor (dashboard at `/`, `/api/devices`, `/api/gateways`): a Kafka consumer
+//! # of this broker's own topics, in a group of its own.
+//! [monitor]
+//! enabled = true
+//! group_id = "iot-monitor-1"              # default: iot-monitor-<node_id>
+//! telemetry_topic = "telemetry"           # as the bridge's [bridge.topics] names them
+//! status_topic = "device-status"
+//! gateways_topic = "gateways"
+//! device_timeout_s = 60                   # a device unheard of this long is offline
+//! gateway_timeout_s = 30                  # a gateway without a heartbeat this long is offline
+//! max_devices = 200000                    # records of more devices are counted, not kept
+//! metrics_devices = 100                   # devices with their own /metrics series (worst first)
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +63,8 @@ pub struct Config {
     pub disk_reserve_mb: u64,
     /// Replication: absent for one node on its own.
     pub cluster: Option<ClusterConfig>,
+    /// The device monitor.
+    pub monitor: crate::monitor::Settings,
 }
 
 /// The `[cluster]` section.
@@ -97,6 +112,7 @@ impl Default for Config {
             default_partitions: 1,
             disk_reserve_mb: 64,
             cluster: None,
+            monitor: crate::monitor::Settings::default(),
         }
     }
 }
@@ -142,6 +158,7 @@ impl Config {
                 );
             }
         }
+        self.monitor.validate()?;
         if let Some(a) = &self.advertise {
             let (host, port) = a
                 .rsplit_once(':')

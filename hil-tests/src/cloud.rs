@@ -21,6 +21,8 @@ pub struct CloudBroker {
     pub http_port: u16,
     /// What Metadata advertises (a proxy in front of the broker), if not the listen address.
     pub advertise: Option<String>,
+    /// Arguments after the standard ones (`--config FILE`).
+    pub extra_args: Vec<String>,
 }
 
 impl CloudBroker {
@@ -32,6 +34,27 @@ impl CloudBroker {
         advertise: Option<String>,
     ) -> anyhow::Result<Self> {
         Self::start_on(bin, pre_args, data_dir, crate::free_port(), advertise)
+    }
+
+    /// Starts with `extra_args` after the standard ones (`--config FILE`).
+    pub fn start_with_args(
+        bin: &Path,
+        pre_args: &[&str],
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut b = CloudBroker {
+            bin: bin.to_path_buf(),
+            pre_args: pre_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            port: crate::free_port(),
+            http_port: crate::free_port(),
+            advertise: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        b.spawn()?;
+        Ok(b)
     }
 
     /// Starts on a given Kafka port (a proxy may already point at it).
@@ -50,6 +73,7 @@ impl CloudBroker {
             port,
             http_port: crate::free_port(),
             advertise,
+            extra_args: Vec::new(),
         };
         b.spawn()?;
         Ok(b)
@@ -70,6 +94,7 @@ impl CloudBroker {
         if let Some(a) = &self.advertise {
             cmd.arg("--advertise").arg(a);
         }
+        cmd.args(&self.extra_args);
         let mut child = Guard::spawn("the cloud broker", &mut cmd)?;
         let port = self.port;
         child.wait_ready(Duration::from_secs(20), "accepting connections", || {

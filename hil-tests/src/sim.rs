@@ -45,6 +45,8 @@ pub struct SimConfig {
     pub resend_timeout_ms: u64,
     /// MQTT keep-alive, seconds.
     pub keep_alive_s: u16,
+    /// Counts the readings sampled, over the fleet (a test waits on it).
+    pub sampled: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for SimConfig {
@@ -62,6 +64,7 @@ impl Default for SimConfig {
             drain_timeout: Duration::from_secs(30),
             resend_timeout_ms: 5_000,
             keep_alive_s: 30,
+            sampled: None,
         }
     }
 }
@@ -253,6 +256,9 @@ async fn device(
                         pending.push_back((seq, now));
                     }
                     made += 1;
+                    if let Some(c) = &cfg.sampled {
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     next_at += period_ms;
                 }
             }

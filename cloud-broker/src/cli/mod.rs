@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 mod cluster;
+mod monitor;
 
 /// A Kafka-wire-protocol broker: kcat, librdkafka, kafka-python and confluent-kafka work
 /// against it unmodified.
@@ -34,6 +35,90 @@ enum Cmd {
     /// Check a stopped broker's data directory (a single node's can be repaired too).
     #[command(subcommand)]
     Storage(StorageCmd),
+    /// Run the device monitor (dashboard, `/api/devices`, `/api/gateways`, `/metrics`) on its
+    /// own, against any Kafka-compatible cluster, until SIGINT/SIGTERM.
+    Monitor(MonitorArgs),
+    /// The devices a monitor knows (a broker's or `cloud-broker monitor`'s HTTP listener):
+    /// status, readings, readings missing and dropped; with an ID, that device and its gaps.
+    Devices {
+        /// One device: its boots and every run of readings never received.
+        id: Option<String>,
+        /// The monitor's HTTP address.
+        #[arg(long, env = "CLOUD_HTTP", default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Only devices whose id or gateway contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only `online` or `offline` devices.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only devices with readings missing.
+        #[arg(long)]
+        lossy: bool,
+        /// Sort by a column (id, gateway, online, readings, missing, dropped_overflow, rate,
+        /// last_seen_ms, ...); `-` first for descending.
+        #[arg(long, allow_hyphen_values = true)]
+        sort: Option<String>,
+        /// Most rows.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Rows skipped.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The gateways a monitor knows: online, backlog at the edge, drops, send rate.
+    Gateways {
+        /// The monitor's HTTP address.
+        #[arg(long, env = "CLOUD_HTTP", default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a topic's records as JSON lines (readings, device status and heartbeats decoded),
+    /// until SIGINT/SIGTERM or --count records.
+    Consume {
+        /// A broker (any Kafka-compatible cluster).
+        #[arg(long, env = "CLOUD_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// From the first record kept, not only new ones.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// `json`: one object per record (topic, partition, offset, timestamp_ms, key,
+        /// headers, value decoded); `raw`: the values as they are, one per line.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct MonitorArgs {
+    /// The cluster to read (`bootstrap.servers`).
+    #[arg(long, env = "CLOUD_BOOTSTRAP", required = true)]
+    bootstrap: String,
+    /// HTTP listen address (`/`, `/api/devices`, `/api/gateways`, `/api/monitor`, `/metrics`,
+    /// `/health`).
+    #[arg(long, env = "CLOUD_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
+    http_listen: std::net::SocketAddr,
+    /// A configuration file: its `[monitor]` section applies.
+    #[arg(long, env = "CLOUD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The consumer group [default: the config's, else `iot-monitor`].
+    #[arg(long)]
+    group_id: Option<String>,
+    /// A librdkafka property for the connection (security.protocol, sasl.*, ssl.*): KEY=VALUE,
+    /// repeat per property.
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +198,9 @@ struct RunArgs {
     /// Kafka listen address [default: 127.0.0.1:9092].
     #[arg(long, env = "CLOUD_KAFKA_LISTEN")]
     kafka_listen: Option<std::net::SocketAddr>,
-    /// HTTP listen address (`/health`, `/metrics`, `/api/cluster`, `/api/cluster/digests`, `/api/cluster/replace`) [default: 127.0.0.1:8080].
+    /// HTTP listen address (`/health`, `/metrics`, `/api/cluster`, `/api/cluster/digests`,
+    /// `/api/cluster/replace`, the monitor's `/api/devices`, `/api/gateways`, `/api/monitor`)
+    /// [default: 127.0.0.1:8080].
     #[arg(long, env = "CLOUD_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
     /// host:port that Metadata gives clients (Kafka's advertised.listeners) [default: the Kafka listen address].
@@ -177,6 +264,37 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             foundation::logging::init("CLOUD_LOG", "warn");
             storage_verify(config, data_dir, quarantine, accept_rollback, json)
         }
+        Cmd::Monitor(a) => {
+            foundation::logging::init("CLOUD_LOG", "info");
+            run_monitor(a)
+        }
+        Cmd::Devices {
+            id,
+            http,
+            filter,
+            status,
+            lossy,
+            sort,
+            limit,
+            offset,
+            json,
+        } => {
+            let mut q = format!("?limit={limit}&offset={offset}&lossy={lossy}");
+            for (k, v) in [("filter", filter), ("status", status), ("sort", sort)] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", query_encode(&v)));
+                }
+            }
+            monitor::devices(&http, id.as_deref(), &q, json)
+        }
+        Cmd::Gateways { http, json } => monitor::gateways(&http, json),
+        Cmd::Consume {
+            bootstrap,
+            topic,
+            from_beginning,
+            count,
+            format,
+        } => consume(&bootstrap, &topic, from_beginning, count, &format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -185,6 +303,121 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A query-string value.
+fn query_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(feature = "monitor-feed")]
+fn consume(
+    bootstrap: &str,
+    topic: &str,
+    from_beginning: bool,
+    count: Option<u64>,
+    format: &str,
+) -> anyhow::Result<()> {
+    monitor::consume(bootstrap, topic, from_beginning, count, format)
+}
+
+#[cfg(not(feature = "monitor-feed"))]
+fn consume(_: &str, _: &str, _: bool, _: Option<u64>, _: &str) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no Kafka client (feature monitor-feed)")
+}
+
+/// Starts the monitor's feed, if this build has one.
+#[cfg(feature = "monitor-feed")]
+fn start_feed(
+    m: &crate::monitor::Shared,
+    bootstrap: String,
+    group_id: String,
+    properties: Vec<(String, String)>,
+) -> anyhow::Result<Option<crate::monitor::feed::Feed>> {
+    let f = crate::monitor::feed::Feed::start(
+        m.clone(),
+        crate::monitor::feed::FeedConfig {
+            bootstrap,
+            group_id,
+            properties,
+        },
+    )?;
+    Ok(Some(f))
+}
+
+/// A build without a Kafka client has no feed.
+#[cfg(not(feature = "monitor-feed"))]
+#[derive(Debug)]
+struct NoFeed;
+
+/// Starts the monitor's feed, if this build has one.
+#[cfg(not(feature = "monitor-feed"))]
+fn start_feed(
+    m: &crate::monitor::Shared,
+    _: String,
+    _: String,
+    _: Vec<(String, String)>,
+) -> anyhow::Result<Option<NoFeed>> {
+    crate::monitor::lock(m).feed = "this build has no Kafka client (feature monitor-feed)".into();
+    Ok(None)
+}
+
+/// `cloud-broker monitor`.
+fn run_monitor(a: MonitorArgs) -> anyhow::Result<()> {
+    let settings = monitor::settings(a.config.as_ref())?;
+    settings.validate()?;
+    let group = a
+        .group_id
+        .or_else(|| settings.group_id.clone())
+        .unwrap_or_else(|| "iot-monitor".into());
+    let mut props = Vec::new();
+    for p in &a.properties {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--property {p:?}: expected KEY=VALUE"))?;
+        props.push((k.to_string(), v.to_string()));
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let http = tokio::net::TcpListener::bind(a.http_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("http listen address {}: {e}", a.http_listen))?;
+        let m: crate::monitor::Shared =
+            Arc::new(std::sync::Mutex::new(crate::monitor::Monitor::new(settings)));
+        let feed = start_feed(&m, a.bootstrap.clone(), group.clone(), props)?;
+        let metrics = m.clone();
+        let app = crate::monitor::http::routes(m.clone())
+            .route("/health", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = metrics.clone();
+                    async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            crate::monitor::lock(&m).metrics(foundation::time::now_ms()),
+                        )
+                    }
+                }),
+            );
+        info!(bootstrap = %a.bootstrap, group = %group, http = %a.http_listen, "monitor running");
+        let r = tokio::select! {
+            r = axum::serve(http, app) => r.map_err(anyhow::Error::from),
+            _ = foundation::shutdown::signal_received() => Ok(()),
+        };
+        if let Some(f) = feed {
+            let _ = tokio::task::spawn_blocking(move || drop(f)).await;
+        }
+        r
+    })
 }
 
 /// `cloud-broker storage verify`.
@@ -407,6 +640,21 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 }
             }
         });
+        let monitor: crate::monitor::Shared =
+            Arc::new(std::sync::Mutex::new(crate::monitor::Monitor::new(cfg.monitor.clone())));
+        let feed = if cfg.monitor.enabled {
+            let (host, port) = cfg.advertised();
+            let group = cfg
+                .monitor
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("iot-monitor-{}", cfg.node_id));
+            start_feed(&monitor, format!("{host}:{port}"), group, Vec::new())?
+        } else {
+            crate::monitor::lock(&monitor).feed = "disabled ([monitor] enabled = false)".into();
+            None
+        };
+        let monitor_metrics = monitor.clone();
         let status = broker.clone();
         let digests = broker.clone();
         let replacer = broker.clone();
@@ -432,10 +680,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 "/metrics",
                 axum::routing::get(move || {
                     let b = metrics.clone();
+                    let m = monitor_metrics.clone();
                     async move {
+                        let mut page = b.storage_metrics();
+                        page.push_str(&crate::monitor::lock(&m).metrics(foundation::time::now_ms()));
                         (
                             [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                            b.storage_metrics(),
+                            page,
                         )
                     }
                 }),
@@ -477,7 +728,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                         axum::Json(v)
                     }
                 }),
-            );
+            )
+            .merge(crate::monitor::http::routes(monitor));
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");
         let closer = broker.clone();
         let r = tokio::select! {
@@ -488,6 +740,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 Ok(())
             }
         };
+        // The monitor reads through this broker: it leaves its group before the broker stops.
+        if let Some(f) = feed {
+            let _ = tokio::task::spawn_blocking(move || drop(f)).await;
+        }
         closer.shutdown().await;
         info!("stopped; the data files are closed");
         r

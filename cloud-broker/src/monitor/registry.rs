@@ -7,7 +7,8 @@
 //! record fills closes. Memory is bounded: at most [`MAX_RANGES`] ranges per boot (past that
 //! the oldest holes are given up and counted) and [`MAX_BOOTS`] boots per device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use vocab::wire::{DeviceStatus, ReadingRecord};
 
@@ -15,6 +16,122 @@ use vocab::wire::{DeviceStatus, ReadingRecord};
 pub const MAX_RANGES: usize = 256;
 /// Most boots kept per device (the oldest go first).
 pub const MAX_BOOTS: usize = 4;
+/// Most channels kept per device (readings of others are counted, not charted).
+pub const MAX_CHANNELS: usize = 16;
+/// Recent values kept per channel, for the device page's chart.
+pub const HISTORY_POINTS: usize = 32;
+/// The window a rate is counted over, ms.
+pub const RATE_WINDOW_MS: i64 = 10_000;
+
+/// A channel's recent values, oldest first: `(ms after base, value)` pairs (8 bytes a point).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    base_ms: i64,
+    points: VecDeque<(u32, f32)>,
+}
+
+impl History {
+    /// Adds a value taken at `ts_ms`, in time order; a value older than every one kept when
+    /// the history is full is not kept.
+    pub fn add(&mut self, ts_ms: i64, value: f32) {
+        if self.points.is_empty() {
+            self.base_ms = ts_ms;
+        }
+        if ts_ms < self.base_ms {
+            if self.points.len() >= HISTORY_POINTS {
+                return;
+            }
+            // Rebase on the older point (the deltas of the others grow by the difference).
+            let by = self.base_ms - ts_ms;
+            if self
+                .points
+                .back()
+                .is_some_and(|(d, _)| i64::from(*d) + by > i64::from(u32::MAX))
+            {
+                return;
+            }
+            for p in &mut self.points {
+                p.0 += by as u32;
+            }
+            self.base_ms = ts_ms;
+        }
+        let mut delta = ts_ms - self.base_ms;
+        if delta > i64::from(u32::MAX) {
+            // Far past the base: start again from this point.
+            self.points.clear();
+            self.base_ms = ts_ms;
+            delta = 0;
+        }
+        let delta = delta as u32;
+        let at = self.points.partition_point(|(d, _)| *d <= delta);
+        if self.points.len() >= HISTORY_POINTS {
+            if at == 0 {
+                return;
+            }
+            self.points.pop_front();
+            self.points.insert(at - 1, (delta, value));
+        } else {
+            self.points.insert(at, (delta, value));
+        }
+    }
+
+    /// The points, oldest first: `(timestamp ms, value)`.
+    pub fn points(&self) -> impl Iterator<Item = (i64, f32)> + '_ {
+        self.points
+            .iter()
+            .map(|(d, v)| (self.base_ms + i64::from(*d), *v))
+    }
+
+    /// The latest value: `(timestamp ms, value)`.
+    pub fn last(&self) -> Option<(i64, f32)> {
+        self.points
+            .back()
+            .map(|(d, v)| (self.base_ms + i64::from(*d), *v))
+    }
+}
+
+/// Events counted in fixed windows of [`RATE_WINDOW_MS`] of their own timestamps: the rate is
+/// the last whole window's count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rate {
+    start: i64,
+    current: u32,
+    previous: u32,
+}
+
+impl Rate {
+    /// Counts `n` events at `ts_ms` (events older than the last window are not counted).
+    pub fn add(&mut self, ts_ms: i64, n: u32) {
+        let window = ts_ms.div_euclid(RATE_WINDOW_MS) * RATE_WINDOW_MS;
+        if window > self.start {
+            self.previous = if window == self.start + RATE_WINDOW_MS {
+                self.current
+            } else {
+                0
+            };
+            self.current = 0;
+            self.start = window;
+        }
+        if window == self.start {
+            self.current = self.current.saturating_add(n);
+        } else if window == self.start - RATE_WINDOW_MS {
+            self.previous = self.previous.saturating_add(n);
+        }
+    }
+
+    /// Events per second at `now_ms`: the last whole window's count (0 once it is older).
+    pub fn per_sec(&self, now_ms: i64) -> f64 {
+        let window = now_ms.div_euclid(RATE_WINDOW_MS) * RATE_WINDOW_MS;
+        let n = if window == self.start + RATE_WINDOW_MS {
+            self.current
+        } else if window == self.start {
+            self.previous
+        } else {
+            0
+        };
+        f64::from(n) * 1000.0 / RATE_WINDOW_MS as f64
+    }
+}
 
 /// Sequence numbers received in one boot, as disjoint `start..end` ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +219,7 @@ impl Boot {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Device {
     /// The gateway its latest reading came through.
-    pub gateway: Option<String>,
+    pub gateway: Option<Arc<str>>,
     /// First and last time a record of it was seen (the registry's clock, ms).
     pub first_seen_ms: i64,
     /// Last time a record of it was seen.
@@ -115,8 +232,12 @@ pub struct Device {
     pub readings: u64,
     /// Readings that arrived more than once.
     pub duplicates: u64,
-    /// The latest value of each channel: `channel → (timestamp ms, value)`.
-    pub last_values: BTreeMap<u16, (u64, f32)>,
+    /// Each channel's recent values (at most [`MAX_CHANNELS`]).
+    pub channels: BTreeMap<u16, History>,
+    /// Readings of channels past [`MAX_CHANNELS`] (counted, not charted).
+    pub uncharted: u64,
+    /// Readings per second (by the records' timestamps).
+    pub rate: Rate,
     /// Its latest status.
     pub status: Option<DeviceStatus>,
     /// Boots forgotten to stay within [`MAX_BOOTS`].
@@ -145,29 +266,77 @@ impl Device {
     }
 }
 
-/// The registry: every device seen.
-#[derive(Debug, Clone, Default)]
+/// The registry: every device seen, up to a bound.
+#[derive(Debug, Clone)]
 pub struct Registry {
     /// Devices by id.
     pub devices: BTreeMap<String, Device>,
+    /// Most devices kept: records of others are counted in [`Registry::untracked`].
+    pub max_devices: usize,
+    /// Records of devices past [`Registry::max_devices`].
+    pub untracked: u64,
+    /// Gateway names, shared by their devices.
+    names: BTreeMap<Arc<str>, ()>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(usize::MAX)
+    }
 }
 
 impl Registry {
-    fn device(&mut self, id: &str, now_ms: i64) -> &mut Device {
-        self.devices.entry(id.to_string()).or_insert_with(|| Device {
-            first_seen_ms: now_ms,
-            ..Device::default()
-        })
+    /// An empty registry that keeps at most `max_devices` devices.
+    pub fn new(max_devices: usize) -> Self {
+        Registry {
+            devices: BTreeMap::new(),
+            max_devices,
+            untracked: 0,
+            names: BTreeMap::new(),
+        }
     }
 
-    /// A `telemetry` record: device `id`'s reading `r`, forwarded by `gateway`.
-    pub fn reading(&mut self, id: &str, gateway: Option<&str>, r: &ReadingRecord, now_ms: i64) {
-        let d = self.device(id, now_ms);
-        d.last_seen_ms = d.last_seen_ms.max(now_ms);
-        if let Some(g) = gateway {
-            if d.gateway.as_deref() != Some(g) {
-                d.gateway = Some(g.to_string());
+    fn device(&mut self, id: &str, now_ms: i64) -> Option<&mut Device> {
+        if !self.devices.contains_key(id) {
+            if self.devices.len() >= self.max_devices {
+                self.untracked += 1;
+                return None;
             }
+            self.devices.insert(
+                id.to_string(),
+                Device {
+                    first_seen_ms: now_ms,
+                    ..Device::default()
+                },
+            );
+        }
+        self.devices.get_mut(id)
+    }
+
+    fn name(&mut self, g: &str) -> Arc<str> {
+        if let Some((k, ())) = self.names.get_key_value(g) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(g);
+        self.names.insert(k.clone(), ());
+        k
+    }
+
+    /// A `telemetry` record: device `id`'s reading `r`, forwarded by `gateway`, stamped
+    /// `now_ms` (the record's time).
+    pub fn reading(&mut self, id: &str, gateway: Option<&str>, r: &ReadingRecord, now_ms: i64) {
+        let gateway = match gateway {
+            Some(g) if self.devices.get(id).and_then(|d| d.gateway.as_deref()) != Some(g) => {
+                Some(self.name(g))
+            }
+            _ => None,
+        };
+        let Some(d) = self.device(id, now_ms) else {
+            return;
+        };
+        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        if gateway.is_some() {
+            d.gateway = gateway;
         }
         if !d.boots.contains_key(&r.boot_id) {
             if d.boots.len() >= MAX_BOOTS {
@@ -187,12 +356,14 @@ impl Registry {
         }
         if d.boots.entry(r.boot_id).or_default().insert(r.seq) {
             d.readings += 1;
-            let last = d
-                .last_values
-                .entry(r.reading.channel)
-                .or_insert((0, r.reading.value));
-            if r.reading.timestamp_ms >= last.0 {
-                *last = (r.reading.timestamp_ms, r.reading.value);
+            d.rate.add(now_ms, 1);
+            let ch = r.reading.channel;
+            if d.channels.contains_key(&ch) || d.channels.len() < MAX_CHANNELS {
+                // Charted by the record's time: a device that does not know the time stamps
+                // its readings from boot, and the edge stamps those records when it logs them.
+                d.channels.entry(ch).or_default().add(now_ms, r.reading.value);
+            } else {
+                d.uncharted += 1;
             }
         } else {
             d.duplicates += 1;
@@ -201,7 +372,9 @@ impl Registry {
 
     /// A `device-status` record (a birth, or with `online == false` a last will).
     pub fn status(&mut self, s: &DeviceStatus, now_ms: i64) {
-        let d = self.device(s.device_id.as_str(), now_ms);
+        let Some(d) = self.device(s.device_id.as_str(), now_ms) else {
+            return;
+        };
         d.last_seen_ms = d.last_seen_ms.max(now_ms);
         d.current_boot = d.current_boot.max(s.boot_id);
         d.status = Some(s.clone());
@@ -229,19 +402,23 @@ mod tests {
     fn gaps_are_the_holes_below_the_highest_and_a_late_record_closes_one() {
         let mut r = Registry::default();
         for seq in [0, 1, 2, 5, 6, 9] {
-            r.reading("d", Some("gw"), &rec(1, seq), 100);
+            r.reading("d", Some("gw"), &rec(1, seq), seq as i64 * 10);
         }
         let d = &r.devices["d"];
         assert_eq!(d.gaps(), vec![(1, 3, 4), (1, 7, 8)]);
         assert_eq!((d.readings, d.duplicates), (6, 0));
         // A replay fills 3..=4 out of order; 8 arrives; 7 is still missing.
         for seq in [4, 3, 8] {
-            r.reading("d", Some("gw"), &rec(1, seq), 200);
+            r.reading("d", Some("gw"), &rec(1, seq), seq as i64 * 10);
         }
         let d = &r.devices["d"];
         assert_eq!(d.gaps(), vec![(1, 7, 7)]);
         assert_eq!(d.boots[&1].missing(), 1);
-        assert_eq!(d.last_values[&0], (90, 9.0), "the latest by time, not by arrival");
+        assert_eq!(
+            d.channels[&0].last(),
+            Some((90, 9.0)),
+            "the latest by time, not by arrival"
+        );
         // A duplicate is counted, not received again.
         r.reading("d", Some("gw"), &rec(1, 5), 300);
         let d = &r.devices["d"];
@@ -268,6 +445,67 @@ mod tests {
         // A reading of a boot older than every one kept is counted only.
         r.reading("d", None, &rec(1, 7), 4);
         assert_eq!(r.devices["d"].boots.len(), MAX_BOOTS);
+    }
+
+    #[test]
+    fn devices_past_the_bound_are_counted_not_kept() {
+        let mut r = Registry::new(2);
+        for id in ["a", "b", "c", "a", "c"] {
+            r.reading(id, Some("gw"), &rec(1, 0), 1);
+        }
+        assert_eq!(r.devices.len(), 2);
+        assert_eq!(r.untracked, 2);
+        assert!(Arc::ptr_eq(
+            r.devices["a"].gateway.as_ref().unwrap(),
+            r.devices["b"].gateway.as_ref().unwrap()
+        ));
+    }
+
+    #[test]
+    fn history_keeps_the_latest_points_in_time_order() {
+        let mut h = History::default();
+        for i in 0..(HISTORY_POINTS as i64 + 5) {
+            h.add(1_000 + i * 10, i as f32);
+        }
+        let pts: Vec<_> = h.points().collect();
+        assert_eq!(pts.len(), HISTORY_POINTS);
+        assert_eq!(pts[0], (1_050, 5.0));
+        // A late point inside the window goes in its place; one older than all is dropped.
+        h.add(1_055, 99.0);
+        h.add(0, -1.0);
+        let pts: Vec<_> = h.points().collect();
+        assert_eq!(pts.len(), HISTORY_POINTS);
+        assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(pts.contains(&(1_055, 99.0)));
+        assert_eq!(
+            h.last(),
+            Some((
+                1_000 + (HISTORY_POINTS as i64 + 4) * 10,
+                (HISTORY_POINTS + 4) as f32
+            ))
+        );
+        // An older point while not full rebases.
+        let mut h = History::default();
+        h.add(5_000, 1.0);
+        h.add(4_000, 2.0);
+        assert_eq!(h.points().collect::<Vec<_>>(), vec![(4_000, 2.0), (5_000, 1.0)]);
+        // A jump past u32 ms starts again.
+        h.add(5_000 + (1 << 33), 3.0);
+        assert_eq!(h.points().count(), 1);
+    }
+
+    #[test]
+    fn rate_is_the_last_whole_window() {
+        let mut r = Rate::default();
+        for i in 0..50 {
+            r.add(100_000 + i * 200, 1); // 5 per second over 10 s
+        }
+        assert_eq!(r.per_sec(109_000), 0.0, "the first window is not whole yet");
+        assert_eq!(r.per_sec(110_500), 5.0);
+        assert_eq!(r.per_sec(125_000), 0.0, "silent for a whole window");
+        r.add(95_000, 3); // late, into the window before
+        r.add(10_000, 3); // too old: not counted
+        assert_eq!(r.per_sec(110_000), 5.0);
     }
 
     #[test]

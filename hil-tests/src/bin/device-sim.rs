@@ -106,6 +106,7 @@ fn main() -> ExitCode {
         drain_timeout: Duration::from_secs_f64(a.drain_timeout),
         resend_timeout_ms: a.resend_timeout_ms,
         keep_alive_s: a.keepalive,
+        sampled: None,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

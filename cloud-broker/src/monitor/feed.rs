@@ -1,0 +1,211 @@
+//! The monitor's feed: an ordinary Kafka consumer (librdkafka) in a consumer group of its
+//! own, reading the monitored topics into a [`Monitor`](super::Monitor) on a thread of its own.
+//!
+//! It reads every partition from the beginning the first time it is given it (so the
+//! registry rebuilds itself from the log after a restart), and from where it stands after a
+//! rebalance. It commits its offsets like any consumer, so Kafka tools show its lag; the
+//! partition ends come from librdkafka's statistics every second (`/api/monitor`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tracing::{debug, warn};
+
+use super::{lock, Rec, Shared};
+
+/// What the feed connects to.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// The consumer group.
+    pub group_id: String,
+    /// Other librdkafka properties (security settings for another cluster).
+    pub properties: Vec<(String, String)>,
+}
+
+/// A running feed; [`Feed::stop`] leaves the group and joins the thread.
+#[derive(Debug)]
+pub struct Feed {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feed {
+    /// Starts reading into `monitor`.
+    pub fn start(monitor: Shared, cfg: FeedConfig) -> anyhow::Result<Feed> {
+        let topics: Vec<String> = lock(&monitor)
+            .settings
+            .topics()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        let ctx = Ctx {
+            monitor: monitor.clone(),
+        };
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &cfg.bootstrap)
+            .set("group.id", &cfg.group_id)
+            .set("client.id", "iot-monitor")
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            // Topics created after the monitor started (a first gateway) are found soon.
+            .set("topic.metadata.refresh.interval.ms", "2000")
+            .set("statistics.interval.ms", "1000")
+            .set("log_level", "4");
+        for (k, v) in &cfg.properties {
+            c.set(k, v);
+        }
+        let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx)?;
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("monitor-feed".into())
+            .spawn(move || run(consumer, monitor, flag))?;
+        Ok(Feed {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops reading: leaves the group (a few seconds at most) and returns.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn run(consumer: BaseConsumer<Ctx>, monitor: Shared, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        match m {
+            Ok(m) => {
+                let edge = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == vocab::headers::EDGE)
+                        .and_then(|h| h.value)
+                });
+                let rec = Rec {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    key: m.key(),
+                    value: m.payload(),
+                    edge,
+                };
+                lock(&monitor).apply(&rec, foundation::time::now_ms());
+            }
+            Err(e) => {
+                debug!(error = %e, "monitor feed");
+                let mut m = lock(&monitor);
+                m.feed = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                    format!("waiting for the topics ({e})")
+                } else {
+                    format!("error: {e}")
+                };
+            }
+        }
+    }
+    lock(&monitor).feed = "stopping".into();
+    // Dropping the consumer leaves the group.
+    drop(consumer);
+    lock(&monitor).feed = "stopped".into();
+}
+
+struct Ctx {
+    monitor: Shared,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        let mut m = lock(&self.monitor);
+        for (topic, t) in &s.topics {
+            for (p, part) in &t.partitions {
+                if *p < 0 || !part.desired {
+                    continue;
+                }
+                // The last stable offset under read_committed (librdkafka's default), else the
+                // high watermark.
+                let end = if part.ls_offset >= 0 {
+                    part.ls_offset
+                } else {
+                    part.hi_offset
+                };
+                if end >= 0 {
+                    m.set_end(topic, *p, end);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let mut m = lock(&self.monitor);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+            // Before the first gateway has forwarded anything: the topics come with it.
+            debug!(reason, "monitor feed");
+            m.feed = format!("waiting for the topics ({reason})");
+        } else {
+            warn!(%error, reason, "monitor feed");
+            m.feed = format!("error: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            {
+                let m = lock(&self.monitor);
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                for (t, p) in parts {
+                    // From where this monitor stands, or from the very beginning.
+                    let at = m
+                        .positions
+                        .get(&(t.clone(), p))
+                        .map_or(Offset::Beginning, |pos| Offset::Offset(pos.next));
+                    let _ = tpl.set_partition_offset(&t, p, at);
+                }
+            }
+            let r = c.assign(tpl);
+            let mut m = lock(&self.monitor);
+            m.feed = match r {
+                Ok(()) => format!("reading {} partitions", tpl.count()),
+                Err(e) => format!("error: assigning partitions: {e}"),
+            };
+        } else {
+            let _ = c.unassign();
+            lock(&self.monitor).feed = "rebalancing".into();
+        }
+    }
+}

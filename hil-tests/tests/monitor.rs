@@ -1,0 +1,347 @@
+//! Monitoring devices from the cloud, end to end: `device-sim` devices (the firmware library)
+//! → edge agent and its bridge → the cloud broker, whose monitor reads the cloud topics as a
+//! Kafka consumer. One device loses readings for real: its buffer is tiny and its gateway is
+//! killed while it samples. The monitor must list exactly the sequence ranges that never
+//! reached the cloud (checked against kcat's view of the topic), their count must equal the
+//! device's own overflow count, devices and the gateway must turn offline within the timeout
+//! once they stop, and a restarted broker's monitor must rebuild the same from the log.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hil_tests::agent::EdgeAgent;
+use hil_tests::cloud::CloudBroker;
+use hil_tests::sim::{self, SimConfig};
+use hil_tests::{free_port, wait};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_demo");
+const GATEWAY: &str = "gw-mon";
+const LOSSY: &str = "lossy-0";
+const LOSSY_READINGS: u64 = 400;
+const HEALTHY_READINGS: u64 = 150;
+/// `[monitor] device_timeout_s` and `gateway_timeout_s` of the broker under test.
+const TIMEOUT_S: u64 = 4;
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fleet(
+    agent: &EdgeAgent,
+    prefix: &str,
+    devices: usize,
+    readings: u64,
+    buffer: usize,
+    sampled: Option<Arc<AtomicU64>>,
+) -> std::thread::JoinHandle<sim::Report> {
+    let cfg = SimConfig {
+        broker: agent.mqtt_addr(),
+        devices,
+        rate: 50.0,
+        batch: 4,
+        readings: Some(readings),
+        buffer,
+        id_prefix: prefix.into(),
+        resend_timeout_ms: 1_000,
+        keep_alive_s: 5,
+        drain_timeout: Duration::from_secs(60),
+        sampled,
+        ..SimConfig::default()
+    };
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(sim::run(cfg))
+            .unwrap()
+    })
+}
+
+fn api(http: &str, path: &str) -> Option<Value> {
+    foundation::http::json(http, "GET", path).ok()
+}
+
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("cloud-broker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cloud-broker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The gaps `/api/devices/<id>` lists: `(boot, from, to)`.
+fn gaps(d: &Value) -> Vec<(u64, u64, u64)> {
+    d["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["boot"].as_u64().unwrap(),
+                g["from_seq"].as_u64().unwrap(),
+                g["to_seq"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The device's readings in the cloud's telemetry topic, as kcat reads them: `(boot, seq)`.
+fn kcat_readings(bootstrap: &str, device: &str) -> BTreeSet<(u64, u64)> {
+    let out = Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            bootstrap,
+            "-t",
+            "telemetry",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%h\n",
+        ])
+        .output()
+        .expect("kcat is installed by scripts/setup");
+    assert!(
+        out.status.success(),
+        "kcat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(k, _)| *k == device)
+        .map(|(_, h)| {
+            let v = h
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("reading="))
+                .expect("a reading header");
+            let (boot, seq) = bridge::headers::parse_reading(v.as_bytes()).expect("boot/seq");
+            (u64::from(boot), seq)
+        })
+        .collect()
+}
+
+/// The holes below the highest sequence number of each boot, from 0.
+fn holes(seen: &BTreeSet<(u64, u64)>) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(u64, u64)> = None; // (boot, next expected)
+    for &(boot, seq) in seen {
+        let next = match cur {
+            Some((b, n)) if b == boot => n,
+            _ => 0,
+        };
+        if seq > next {
+            out.push((boot, next, seq - 1));
+        }
+        cur = Some((boot, seq + 1));
+    }
+    out
+}
+
+#[test]
+fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go_offline() {
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("monitor-e2e-{}-{}", std::process::id(), free_port())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cloud_cfg = dir.0.join("cloud.toml");
+    std::fs::write(
+        &cloud_cfg,
+        format!("[monitor]\ndevice_timeout_s = {TIMEOUT_S}\ngateway_timeout_s = {TIMEOUT_S}\n"),
+    )
+    .unwrap();
+    let mut cloud = CloudBroker::start_with_args(
+        Path::new(BIN),
+        &["cloud-broker"],
+        &dir.0.join("cloud"),
+        &["--config", cloud_cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let http = format!("127.0.0.1:{}", cloud.http_port);
+    let edge_cfg = dir.0.join("edge.toml");
+    std::fs::write(&edge_cfg, "[bridge]\nheartbeat_interval_ms = 500\n").unwrap();
+    let bootstrap = cloud.addr();
+    let mut agent = EdgeAgent::launch(
+        Path::new(BIN),
+        &["edge-agent"],
+        &dir.0.join("edge"),
+        free_port(),
+        free_port(),
+        &[
+            "--cloud",
+            &bootstrap,
+            "--gateway-id",
+            GATEWAY,
+            "--config",
+            edge_cfg.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+
+    let healthy = fleet(&agent, "ok-", 3, HEALTHY_READINGS, 100_000, None);
+    let sampled = Arc::new(AtomicU64::new(0));
+    let lossy = fleet(&agent, "lossy-", 1, LOSSY_READINGS, 16, Some(sampled.clone()));
+
+    // Readings of the lossy device reach the monitor live, and it is online.
+    wait::until(
+        Duration::from_secs(60),
+        "the monitor to see the lossy device's readings",
+        || {
+            let d = api(&http, &format!("/api/devices/{LOSSY}"))?;
+            (d["readings"].as_u64()? >= 40).then_some(())
+        },
+    )
+    .unwrap();
+    let d = api(&http, &format!("/api/devices/{LOSSY}")).unwrap();
+    assert_eq!(d["online"], true, "{d}");
+    assert_eq!(d["gateway"], GATEWAY, "{d}");
+
+    // The gateway goes away while the device samples: its buffer of 16 overflows.
+    agent.kill9();
+    wait::until(
+        Duration::from_secs(60),
+        "the lossy device to finish sampling",
+        || (sampled.load(Ordering::Relaxed) >= LOSSY_READINGS).then_some(()),
+    )
+    .unwrap();
+    agent.restart().unwrap();
+    let healthy = healthy.join().unwrap();
+    let lossy = lossy.join().unwrap();
+    let dropped = lossy.devices[0].counters.dropped_overflow;
+    assert!(dropped > 0, "the device lost nothing: the test proves nothing");
+    assert_eq!(lossy.unacked(), 0, "the device drained");
+
+    // The monitor ends up with every reading the cloud has, and the rest as gaps.
+    let d = wait::until(
+        Duration::from_secs(60),
+        "the monitor to read the whole drain",
+        || {
+            let d = api(&http, &format!("/api/devices/{LOSSY}"))?;
+            (d["readings"].as_u64()? + dropped == LOSSY_READINGS
+                && d["dropped_overflow"].as_u64()? == dropped)
+                .then_some(d)
+        },
+    )
+    .unwrap();
+    let listed = gaps(&d);
+    let in_cloud = kcat_readings(&bootstrap, LOSSY);
+    assert_eq!(in_cloud.len() as u64, LOSSY_READINGS - dropped);
+    assert_eq!(
+        listed,
+        holes(&in_cloud),
+        "the gaps are exactly the readings kcat does not find"
+    );
+    let missing: u64 = listed.iter().map(|(_, f, t)| t - f + 1).sum();
+    assert_eq!(
+        missing, dropped,
+        "the gaps add up to the device's own overflow count"
+    );
+    assert_eq!(d["missing"].as_u64(), Some(dropped));
+    assert!(listed[0].1 >= 40, "the loss is in the middle: {listed:?}");
+    for r in &healthy.devices {
+        let d = api(&http, &format!("/api/devices/{}", r.id)).unwrap();
+        assert_eq!(d["missing"], 0, "{d}");
+        assert_eq!(d["readings"].as_u64(), Some(HEALTHY_READINGS), "{d}");
+    }
+
+    // The CLI and /metrics say the same.
+    let table = cli(&["devices", "--http", &http, "--lossy"]);
+    assert!(table.contains(LOSSY) && !table.contains("ok-0"), "{table}");
+    let one = cli(&["devices", LOSSY, "--http", &http]);
+    let (b, f, t) = listed[0];
+    assert!(one.contains(&format!("{b}: {f}..={t}")), "{one}");
+    let gws = cli(&["gateways", "--http", &http]);
+    assert!(gws.contains(GATEWAY), "{gws}");
+    let page = foundation::http::get(&http, "/metrics").unwrap().1;
+    let m = foundation::prom::Metrics::parse(&page).unwrap();
+    assert_eq!(m.value("monitor_missing_readings", &[]), Some(dropped as f64));
+    assert_eq!(
+        m.value("monitor_device_missing_readings", &[("device", LOSSY)]),
+        Some(dropped as f64)
+    );
+    let lines = cli(&[
+        "consume",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "telemetry",
+        "--from-beginning",
+        "--count",
+        "5",
+    ]);
+    let recs: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 5);
+    for r in &recs {
+        let (boot, seq) =
+            bridge::headers::parse_reading(r["headers"]["reading"].as_str().unwrap().as_bytes()).unwrap();
+        assert_eq!(
+            (r["value"]["boot_id"].as_u64(), r["value"]["seq"].as_u64()),
+            (Some(u64::from(boot)), Some(seq))
+        );
+    }
+
+    // The gateway: online, nothing left at the edge; every device went through it.
+    let gw = wait::until(
+        Duration::from_secs(30),
+        "the gateway's backlog to reach 0",
+        || {
+            let g = api(&http, "/api/gateways")?;
+            let g = g.as_array()?.iter().find(|g| g["id"] == GATEWAY)?.clone();
+            (g["online"] == true && g["backlog_records"] == 0).then_some(g)
+        },
+    )
+    .unwrap();
+    assert_eq!(gw["devices"], 4, "{gw}");
+
+    // Stopped devices turn offline within the timeout; so does the stopped gateway.
+    let all_offline = |http: &str| {
+        let l = api(http, "/api/devices")?;
+        (l["total"] == 4 && l["online"] == 0).then_some(())
+    };
+    wait::until(
+        Duration::from_secs(TIMEOUT_S + 10),
+        "the stopped devices to turn offline",
+        || all_offline(&http),
+    )
+    .unwrap();
+    agent.terminate(Duration::from_secs(20)).unwrap();
+    wait::until(
+        Duration::from_secs(TIMEOUT_S + 10),
+        "the stopped gateway to turn offline",
+        || {
+            let g = api(&http, "/api/gateways")?;
+            (g.as_array()?.iter().find(|g| g["id"] == GATEWAY)?["online"] == false).then_some(())
+        },
+    )
+    .unwrap();
+
+    // A restarted broker's monitor reads the log again and finds the same.
+    cloud.restart().unwrap();
+    let again = wait::until(
+        Duration::from_secs(60),
+        "the restarted monitor to rebuild",
+        || {
+            let d = api(&http, &format!("/api/devices/{LOSSY}"))?;
+            (d["readings"].as_u64()? + dropped == LOSSY_READINGS).then_some(d)
+        },
+    )
+    .unwrap();
+    assert_eq!(gaps(&again), listed);
+    assert_eq!(
+        again["online"], false,
+        "old records do not make a device look online"
+    );
+}
