@@ -78,17 +78,21 @@ async fn connection(broker: Arc<Broker>, sock: TcpStream) -> anyhow::Result<()> 
                     req.peer = peer.map(|p| p.ip());
                     let b = broker.clone();
                     let (key, version, corr) = (req.api_key, req.version, req.header.correlation_id);
+                    let arrived = std::time::Instant::now();
+                    let size = len as usize + 4;
                     // Produce requests reach the writer here, in arrival order.
                     let started = api::start(&b, *req);
                     tokio::spawn(async move {
                         match started.finish(&b).await {
                             Ok(None) => {
+                                b.stats.request(key as i16, arrived.elapsed(), size, 0);
                                 let _ = done_tx.send(None);
                             }
                             Ok(Some(resp)) => {
                                 let mut out = BytesMut::new();
                                 match protocol::encode(&mut out, key, version, corr, &resp) {
                                     Ok(()) => {
+                                        b.stats.request(key as i16, arrived.elapsed(), size, out.len());
                                         let _ = done_tx.send(Some(out));
                                     }
                                     Err(e) => {

@@ -4,6 +4,8 @@
 //! - [`sim`] — `device-sim`'s engine: many virtual devices, each running the real firmware
 //!   library ([`firmware::mqtt::Uplink`] through its async driver) over a tokio TCP socket.
 //! - [`agent`] — runs the edge agent binary as a process (start, kill -9, SIGTERM, metrics).
+//! - [`browser`] — headless Chromium through ChromeDriver (WebDriver): load a page, run a
+//!   script in it, take a screenshot.
 //! - [`cloud`] — runs the cloud broker as a process (start, stop, kill -9, restart).
 //! - [`acker`] — a stand-in for the gateway's Ack path until the edge agent exists: subscribes
 //!   to `sensors/+` (rumqttc), applies [`firmware::receiver::Stream`] per device boot, and
@@ -16,6 +18,7 @@
 
 pub mod acker;
 pub mod agent;
+pub mod browser;
 pub mod cloud;
 pub mod mosquitto;
 pub mod qemu;

@@ -272,6 +272,33 @@ fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go
         m.value("monitor_device_missing_readings", &[("device", LOSSY)]),
         Some(dropped as f64)
     );
+    // The broker's own figures: what it acknowledged, per API, and the monitor's group lag.
+    let in_telemetry = 3 * HEALTHY_READINGS + in_cloud.len() as u64;
+    assert!(m.value("kafka_produced_records_total", &[]).unwrap() >= in_telemetry as f64);
+    assert!(m.value("kafka_requests_total", &[("api", "Fetch")]).unwrap() > 0.0);
+    let cluster = api(&http, "/api/cluster").unwrap();
+    let hw: u64 = cluster["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["topic"] == "telemetry")
+        .map(|p| p["high_watermark"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hw, in_telemetry, "{cluster}");
+    wait::until(
+        Duration::from_secs(30),
+        "the monitor's committed lag on telemetry to reach 0",
+        || {
+            let page = foundation::http::get(&http, "/metrics").ok()?.1;
+            let m = foundation::prom::Metrics::parse(&page).ok()?;
+            (m.value(
+                "kafka_consumer_group_lag",
+                &[("group", "iot-monitor-1"), ("topic", "telemetry")],
+            )? == 0.0)
+                .then_some(())
+        },
+    )
+    .unwrap();
     let lines = cli(&[
         "consume",
         "--bootstrap",
@@ -344,4 +371,124 @@ fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go
         again["online"], false,
         "old records do not make a device look online"
     );
+}
+
+/// The dashboard in a real browser (headless Chromium through ChromeDriver): the device rows
+/// and the gateway appear, a device's page draws a chart of its values, and a device that
+/// stops turns offline on the open page within the configured timeout (plus one refresh).
+/// Screenshots are saved under the target directory.
+#[test]
+fn the_dashboard_shows_the_fleet_in_a_real_browser_and_a_stopped_device_turns_offline() {
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("dashboard-e2e-{}-{}", std::process::id(), free_port())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cloud_cfg = dir.0.join("cloud.toml");
+    std::fs::write(
+        &cloud_cfg,
+        format!("[monitor]\ndevice_timeout_s = {TIMEOUT_S}\ngateway_timeout_s = {TIMEOUT_S}\n"),
+    )
+    .unwrap();
+    let cloud = CloudBroker::start_with_args(
+        Path::new(BIN),
+        &["cloud-broker"],
+        &dir.0.join("cloud"),
+        &["--config", cloud_cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let http = format!("127.0.0.1:{}", cloud.http_port);
+    let edge_cfg = dir.0.join("edge.toml");
+    std::fs::write(&edge_cfg, "[bridge]\nheartbeat_interval_ms = 500\n").unwrap();
+    let agent = EdgeAgent::launch(
+        Path::new(BIN),
+        &["edge-agent"],
+        &dir.0.join("edge"),
+        free_port(),
+        free_port(),
+        &[
+            "--cloud",
+            &cloud.addr(),
+            "--gateway-id",
+            "gw-dash",
+            "--config",
+            edge_cfg.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    // Two devices that keep sampling for the whole test (not joined: the process ends them),
+    // and one that stops after 4 s.
+    let _running = fleet(&agent, "pump-", 2, 3_000, 100_000, None);
+    let stopping = fleet(&agent, "valve-", 1, 200, 100_000, None);
+
+    let browser = hil_tests::browser::Browser::start().unwrap();
+    browser.goto(&format!("http://{http}/")).unwrap();
+    let rows = r#"return Array.from(document.querySelectorAll('#devices tr[data-device]')).map(r => [r.dataset.device, r.dataset.online]);"#;
+    wait::until(
+        Duration::from_secs(60),
+        "the dashboard to list the three devices online",
+        || {
+            let v = browser.eval(rows).ok()?;
+            let rows = v.as_array()?;
+            (rows.len() == 3 && rows.iter().all(|r| r[1] == "true")).then_some(())
+        },
+    )
+    .unwrap();
+    wait::until(Duration::from_secs(30), "the gateways panel to show the gateway online", || {
+        let v = browser
+            .eval(r#"const r = document.querySelector('#gateways tr[data-gateway="gw-dash"]'); return r && r.dataset.online;"#)
+            .ok()?;
+        (v == "true").then_some(())
+    })
+    .unwrap();
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    browser
+        .screenshot(&artifacts.join("dashboard-fleet.png"))
+        .unwrap();
+
+    // A device's page draws its chart.
+    browser
+        .eval("location.hash = '#/device/pump-0'; return true;")
+        .unwrap();
+    let points = wait::until(Duration::from_secs(30), "the device page to draw a chart", || {
+        let v = browser
+            .eval(r#"const s = document.querySelector('#charts svg.chart-svg'); return s && document.querySelector('#d-title').textContent === 'pump-0' ? Number(s.dataset.points) : 0;"#)
+            .ok()?;
+        (v.as_u64()? >= 2).then_some(v)
+    })
+    .unwrap();
+    assert!(
+        points.as_u64().unwrap() <= 32,
+        "the chart holds the recent points only: {points}"
+    );
+    let polyline = browser
+        .eval("return document.querySelector('#charts polyline.line').getAttribute('points').split(' ').length;")
+        .unwrap();
+    assert_eq!(polyline, points, "one vertex per point");
+    browser
+        .screenshot(&artifacts.join("dashboard-device.png"))
+        .unwrap();
+
+    // Back on the fleet page, left open: the stopped device turns offline by itself.
+    browser.eval("location.hash = '#/'; return true;").unwrap();
+    stopping.join().unwrap();
+    let stopped = std::time::Instant::now();
+    wait::until(
+        Duration::from_secs(TIMEOUT_S + 4),
+        "the open page to show the stopped device offline within the timeout",
+        || {
+            let v = browser.eval(rows).ok()?;
+            let rows = v.as_array()?;
+            let valve = rows.iter().find(|r| r[0] == "valve-0")?;
+            let pumps_online = rows.iter().filter(|r| r[0] != "valve-0").all(|r| r[1] == "true");
+            (valve[1] == "false" && pumps_online).then_some(())
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "valve-0 shown offline {:?} after it stopped (timeout {TIMEOUT_S} s); screenshots in {}",
+        stopped.elapsed(),
+        artifacts.display()
+    );
+    browser
+        .screenshot(&artifacts.join("dashboard-offline.png"))
+        .unwrap();
 }

@@ -26,6 +26,9 @@ type PartitionWaits = Vec<(i32, Option<oneshot::Receiver<ProduceResult>>)>;
 pub struct PendingProduce {
     acks: i16,
     topics: Vec<(TopicName, PartitionWaits)>,
+    /// Per partition in order: records and batch bytes, counted once acknowledged.
+    sizes: Vec<(u64, u64)>,
+    stats: Option<std::sync::Arc<crate::api::stats::Stats>>,
 }
 
 /// Produce, first half: hands every partition's record set to the writer, **in the order the
@@ -34,10 +37,15 @@ pub struct PendingProduce {
 pub fn produce_submit(b: &Broker, r: ProduceRequest) -> PendingProduce {
     let acks = r.acks;
     let mut topics = Vec::with_capacity(r.topic_data.len());
+    let mut sizes = Vec::new();
     for t in r.topic_data {
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for p in t.partition_data {
             let records = p.records.map(|r| r.to_vec()).unwrap_or_default();
+            let n: i64 = crate::batch::iter(&records)
+                .map(|(h, _)| i64::from(h.record_count.max(0)))
+                .sum();
+            sizes.push((n as u64, records.len() as u64));
             let rx = if !matches!(acks, -1..=1) || p.index < 0 {
                 None
             } else {
@@ -47,7 +55,12 @@ pub fn produce_submit(b: &Broker, r: ProduceRequest) -> PendingProduce {
         }
         topics.push((t.name, parts));
     }
-    PendingProduce { acks, topics }
+    PendingProduce {
+        acks,
+        topics,
+        sizes,
+        stats: Some(b.stats.clone()),
+    }
 }
 
 /// Produce, second half: with acks=0 answers nothing; otherwise waits until the batches are
@@ -55,6 +68,7 @@ pub fn produce_submit(b: &Broker, r: ProduceRequest) -> PendingProduce {
 /// is the durable one).
 pub async fn produce_finish(p: PendingProduce) -> Option<ProduceResponse> {
     let acks = p.acks;
+    let mut sizes = p.sizes.into_iter();
     if acks == 0 {
         return None;
     }
@@ -62,6 +76,7 @@ pub async fn produce_finish(p: PendingProduce) -> Option<ProduceResponse> {
     for (name, parts) in p.topics {
         let mut prs = Vec::with_capacity(parts.len());
         for (index, rx) in parts {
+            let (n, bytes) = sizes.next().unwrap_or_default();
             let res = match rx {
                 None if !matches!(acks, -1..=1) => ProduceResult {
                     code: Code::InvalidRequiredAcks,
@@ -79,6 +94,14 @@ pub async fn produce_finish(p: PendingProduce) -> Option<ProduceResponse> {
                     log_start: -1,
                 }),
             };
+            if res.code == Code::None {
+                if let Some(st) = &p.stats {
+                    st.produced_records
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    st.produced_bytes
+                        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             prs.push(
                 PartitionProduceResponse::default()
                     .with_index(index)
@@ -238,6 +261,9 @@ pub async fn fetch(b: &Arc<Broker>, r: FetchRequest, _version: i16) -> anyhow::R
             .flat_map(|t| &t.partitions)
             .any(|p| p.error_code != 0);
         if total >= (r.min_bytes.max(1) as usize) || errors || Instant::now() >= deadline {
+            b.stats
+                .fetched_bytes
+                .fetch_add(total as u64, std::sync::atomic::Ordering::Relaxed);
             return Ok(FetchResponse::default().with_responses(responses));
         }
         let _ = tokio::time::timeout_at(deadline.into(), appended).await;

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod configs;
 pub mod data;
 pub mod groups;
+pub mod stats;
 pub mod txn;
 
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Broker {
     pub cluster_id: String,
     /// The first damaged stored data a read ran into (see [`Broker::read`]).
     pub damage: std::sync::Mutex<Option<String>>,
+    /// Request figures for `/metrics`.
+    pub stats: Arc<stats::Stats>,
 }
 
 impl Broker {
@@ -54,6 +57,7 @@ impl Broker {
             pending,
             groups: groups::Coordinator::default(),
             damage: std::sync::Mutex::new(None),
+            stats: Arc::default(),
             cluster_id,
         }))
     }
@@ -70,6 +74,7 @@ impl Broker {
             backend: Backend::Cluster(node),
             groups: groups::Coordinator::default(),
             damage: std::sync::Mutex::new(None),
+            stats: Arc::default(),
             cluster_id,
         })
     }

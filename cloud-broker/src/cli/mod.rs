@@ -683,6 +683,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     let m = monitor_metrics.clone();
                     async move {
                         let mut page = b.storage_metrics();
+                        page.push_str(&crate::api::stats::broker_metrics(&b));
                         page.push_str(&crate::monitor::lock(&m).metrics(foundation::time::now_ms()));
                         (
                             [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

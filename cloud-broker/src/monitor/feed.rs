@@ -33,11 +33,19 @@ pub struct FeedConfig {
     pub properties: Vec<(String, String)>,
 }
 
-/// A running feed; [`Feed::stop`] leaves the group and joins the thread.
+/// How long stopping waits for the consumer to leave its group. Leaving needs the group's
+/// coordinator: when the cluster is going down with this node, it may never answer, and a
+/// node's shutdown must not wait on it (the group forgets the member after its session
+/// timeout anyway).
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A running feed; [`Feed::stop`] leaves the group and joins the thread (waiting at most
+/// [`STOP_WAIT`]).
 #[derive(Debug)]
 pub struct Feed {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Feed {
@@ -71,12 +79,17 @@ impl Feed {
         consumer.subscribe(&refs)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let (tx, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("monitor-feed".into())
-            .spawn(move || run(consumer, monitor, flag))?;
+            .spawn(move || {
+                run(consumer, monitor, flag);
+                let _ = tx.send(());
+            })?;
         Ok(Feed {
             stop,
             thread: Some(thread),
+            done,
         })
     }
 
@@ -88,7 +101,15 @@ impl Feed {
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            match self.done.recv_timeout(STOP_WAIT) {
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = t.join();
+                }
+                // Still leaving the group: left to finish, or to end with the process.
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    warn!("the monitor's consumer did not leave its group within {STOP_WAIT:?}; going on");
+                }
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The monitor's HTTP surface: `/api/devices` (`?filter=&status=online|offline&lossy=true&
+//! The monitor's HTTP surface: the dashboard at `/` (plain HTML, CSS and JS built into the
+//! binary; nothing is fetched from elsewhere), `/api/devices` (`?filter=&status=online|offline&lossy=true&
 //! sort=[-]field&offset=&limit=`), `/api/devices/{id}`, `/api/gateways`, `/api/monitor`.
 
 use axum::extract::{Path, Query, State};
@@ -17,7 +18,31 @@ pub fn routes(m: Shared) -> Router {
         .route("/api/devices/{id}", get(device))
         .route("/api/gateways", get(gateways))
         .route("/api/monitor", get(feed))
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route(
+            "/dashboard/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/dashboard/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
         .with_state(m)
+}
+
+const INDEX: &str = include_str!("dashboard/index.html");
+const APP_JS: &str = include_str!("dashboard/app.js");
+const STYLE: &str = include_str!("dashboard/style.css");
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, kind),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn devices(State(m): State<Shared>, Query(q): Query<DeviceQuery>) -> Response {

@@ -20,6 +20,9 @@ pub const MAX_BOOTS: usize = 4;
 pub const MAX_CHANNELS: usize = 16;
 /// Recent values kept per channel, for the device page's chart.
 pub const HISTORY_POINTS: usize = 32;
+/// Values closer than this to the latest point replace it (the latest value of each step is
+/// charted), so a fast device's chart still spans a minute or more.
+pub const HISTORY_STEP_MS: i64 = 2_000;
 /// The window a rate is counted over, ms.
 pub const RATE_WINDOW_MS: i64 = 10_000;
 
@@ -63,6 +66,18 @@ impl History {
             delta = 0;
         }
         let delta = delta as u32;
+        if let Some(last) = self.points.back_mut() {
+            if delta >= last.0 && i64::from(delta - last.0) < HISTORY_STEP_MS && self.points.len() > 1 {
+                // Within the latest step (after the first two points): the newer value stands for it.
+                let before = self.points[self.points.len() - 2].0;
+                if i64::from(delta - before) < HISTORY_STEP_MS {
+                    if let Some(last) = self.points.back_mut() {
+                        *last = (delta, value);
+                    }
+                    return;
+                }
+            }
+        }
         let at = self.points.partition_point(|(d, _)| *d <= delta);
         if self.points.len() >= HISTORY_POINTS {
             if at == 0 {
@@ -119,17 +134,20 @@ impl Rate {
         }
     }
 
-    /// Events per second at `now_ms`: the last whole window's count (0 once it is older).
+    /// Events per second at `now_ms` over the last [`RATE_WINDOW_MS`], sliding: the current
+    /// window's count plus the previous window's weighted by how much of it the last
+    /// [`RATE_WINDOW_MS`] still covers (0 once both are older).
     pub fn per_sec(&self, now_ms: i64) -> f64 {
         let window = now_ms.div_euclid(RATE_WINDOW_MS) * RATE_WINDOW_MS;
-        let n = if window == self.start + RATE_WINDOW_MS {
-            self.current
-        } else if window == self.start {
-            self.previous
+        let into = (now_ms - window) as f64 / RATE_WINDOW_MS as f64;
+        let (cur, prev) = if window == self.start {
+            (self.current, self.previous)
+        } else if window == self.start + RATE_WINDOW_MS {
+            (0, self.current)
         } else {
-            0
+            (0, 0)
         };
-        f64::from(n) * 1000.0 / RATE_WINDOW_MS as f64
+        (f64::from(cur) + f64::from(prev) * (1.0 - into)) * 1000.0 / RATE_WINDOW_MS as f64
     }
 }
 
@@ -464,25 +482,39 @@ mod tests {
     #[test]
     fn history_keeps_the_latest_points_in_time_order() {
         let mut h = History::default();
+        let step = HISTORY_STEP_MS * 10;
         for i in 0..(HISTORY_POINTS as i64 + 5) {
-            h.add(1_000 + i * 10, i as f32);
+            h.add(1_000 + i * step, i as f32);
         }
         let pts: Vec<_> = h.points().collect();
         assert_eq!(pts.len(), HISTORY_POINTS);
-        assert_eq!(pts[0], (1_050, 5.0));
+        assert_eq!(pts[0], (1_000 + 5 * step, 5.0));
         // A late point inside the window goes in its place; one older than all is dropped.
-        h.add(1_055, 99.0);
+        h.add(1_000 + 5 * step + 5, 99.0);
         h.add(0, -1.0);
         let pts: Vec<_> = h.points().collect();
         assert_eq!(pts.len(), HISTORY_POINTS);
         assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0));
-        assert!(pts.contains(&(1_055, 99.0)));
+        assert!(pts.contains(&(1_000 + 5 * step + 5, 99.0)));
         assert_eq!(
             h.last(),
             Some((
-                1_000 + (HISTORY_POINTS as i64 + 4) * 10,
+                1_000 + (HISTORY_POINTS as i64 + 4) * step,
                 (HISTORY_POINTS + 4) as f32
             ))
+        );
+        // Values closer than a step to the latest two replace the latest.
+        let mut h = History::default();
+        for t in [0, 100, 200, 300, HISTORY_STEP_MS * 3] {
+            h.add(t, t as f32);
+        }
+        assert_eq!(
+            h.points().collect::<Vec<_>>(),
+            vec![
+                (0, 0.0),
+                (300, 300.0),
+                (HISTORY_STEP_MS * 3, (HISTORY_STEP_MS * 3) as f32)
+            ]
         );
         // An older point while not full rebases.
         let mut h = History::default();
@@ -495,17 +527,18 @@ mod tests {
     }
 
     #[test]
-    fn rate_is_the_last_whole_window() {
+    fn rate_slides_over_the_last_window() {
         let mut r = Rate::default();
         for i in 0..50 {
             r.add(100_000 + i * 200, 1); // 5 per second over 10 s
         }
-        assert_eq!(r.per_sec(109_000), 0.0, "the first window is not whole yet");
-        assert_eq!(r.per_sec(110_500), 5.0);
-        assert_eq!(r.per_sec(125_000), 0.0, "silent for a whole window");
-        r.add(95_000, 3); // late, into the window before
+        assert_eq!(r.per_sec(109_999), 5.0, "50 in the current window");
+        assert_eq!(r.per_sec(110_000), 5.0, "the previous window, whole");
+        assert_eq!(r.per_sec(115_000), 2.5, "half of it still in the last 10 s");
+        assert_eq!(r.per_sec(120_000), 0.0, "silent for a whole window");
+        r.add(95_000, 10); // late, into the window before
         r.add(10_000, 3); // too old: not counted
-        assert_eq!(r.per_sec(110_000), 5.0);
+        assert_eq!(r.per_sec(100_000), 6.0);
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct DeviceList {
     pub online: usize,
     /// Devices matching the query.
     pub matched: usize,
+    /// Readings received by the devices matching the query.
+    pub readings: u64,
     /// Readings missing, over every device.
     pub missing: u64,
     /// Records of devices past the bound (not tracked).
@@ -236,12 +238,14 @@ impl Monitor {
         };
         sort_rows(&mut rows, key, desc);
         let matched = rows.len();
+        let readings = rows.iter().map(|r| r.readings).sum();
         let limit = q.limit.unwrap_or(1000);
         let devices = rows.into_iter().skip(q.offset).take(limit).collect();
         DeviceList {
             total: self.registry.devices.len(),
             online,
             matched,
+            readings,
             missing: total_missing,
             untracked: self.registry.untracked,
             devices,

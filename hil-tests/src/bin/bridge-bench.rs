@@ -82,6 +82,10 @@ struct Cli {
     /// Skip phase 1 (no ratio is printed).
     #[arg(long)]
     skip_ceiling: bool,
+    /// Phase 6: this many pairs of unwatched drains, the cloud's device monitor off then on
+    /// (what the monitor costs the drain, and how soon it has read the whole backlog).
+    #[arg(long, default_value_t = 0)]
+    monitor_pairs: usize,
     /// Where the data directories go [default: the system temp dir].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -132,9 +136,28 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
     );
 
     eprintln!("phase 3: drain with live traffic, counted by the cloud's acknowledgements");
-    let acked = drain(cli, root, "acked", &template, &ends, false)?;
+    let acked = drain(cli, root, "acked", &template, &ends, false, true)?;
     eprintln!("phase 4: the same drain again, watched by a cloud consumer");
-    let watched = drain(cli, root, "watched", &template, &ends, true)?;
+    let watched = drain(cli, root, "watched", &template, &ends, true, true)?;
+    let (mut off, mut on, mut caught_up) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..cli.monitor_pairs {
+        eprintln!(
+            "phase 6 ({}/{}): the drain with the cloud's device monitor off, then on",
+            i + 1,
+            cli.monitor_pairs
+        );
+        off.push(
+            cli.records as f64 / drain(cli, root, "monitor-off", &template, &ends, false, false)?.seconds,
+        );
+        let d = drain(cli, root, "monitor-on", &template, &ends, false, true)?;
+        on.push(cli.records as f64 / d.seconds);
+        caught_up.push(d.monitor_caught_up);
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
     let ceiling_after = if cli.skip_ceiling {
         None
     } else {
@@ -174,6 +197,13 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
         "drain": summary(&acked),
         "drain_watched": summary(&watched),
         "drain_fraction_of_ceiling": ceiling.map(|c| rate / c),
+        "monitor": {
+            "pairs": cli.monitor_pairs,
+            "drain_off_records_per_s": off.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "drain_on_records_per_s": on.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "on_over_off": median(&on).zip(median(&off)).map(|(a, b)| a / b),
+            "monitor_read_all_after_drain_s": caught_up,
+        },
         "live_during_drain": {
             "count": during.len(), "p50_ms": pct(during, 0.5), "p99_ms": pct(during, 0.99),
             "max_ms": pct(during, 1.0),
@@ -221,6 +251,8 @@ fn ceiling(cli: &Cli, root: &Path) -> anyhow::Result<f64> {
 #[derive(Debug, Default)]
 struct Drain {
     seconds: f64,
+    /// With the monitor on: seconds after the drain until it had read the whole backlog.
+    monitor_caught_up: Option<f64>,
     first: f64,
     during: Vec<u32>,
     after: Vec<u32>,
@@ -239,6 +271,7 @@ fn drain(
     template: &Path,
     ends: &[u64],
     watch: bool,
+    monitor: bool,
 ) -> anyhow::Result<Drain> {
     let dir = root.join(name);
     let edge_dir = dir.join("edge");
@@ -248,11 +281,16 @@ fn drain(
     settle_disk();
     let kafka = free_port();
     let bootstrap = format!("127.0.0.1:{kafka}");
+    let http = format!("127.0.0.1:{}", free_port());
+    let cloud_toml = dir.join("cloud.toml");
+    std::fs::write(&cloud_toml, format!("[monitor]\nenabled = {monitor}\n"))?;
     let mut broker = Guard::spawn(
         "the cloud broker",
         niced(Command::new(&cli.demo_bin))
             .args(["cloud-broker", "run", "--kafka-listen", &bootstrap])
-            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-listen", &http])
+            .arg("--config")
+            .arg(&cloud_toml)
             .arg("--data-dir")
             .arg(dir.join("cloud"))
             .env("CLOUD_LOG", "warn"),
@@ -384,6 +422,24 @@ fn drain(
         eprintln!("  drained in {seconds:.1} s");
         check_watermarks(&bootstrap, ends)?;
     }
+    // The monitor has read the whole backlog (every backlog device's readings counted).
+    let drained = Instant::now();
+    let monitor_caught_up = if monitor && !watch {
+        let want = cli.records;
+        wait::until(
+            Duration::from_secs(600),
+            "the monitor to read the whole backlog",
+            || {
+                let v = foundation::http::json(&http, "GET", "/api/devices?filter=bl-&limit=0").ok()?;
+                (v["matched"].as_u64()? == cli.devices && v["readings"].as_u64()? >= want).then_some(())
+            },
+        )?;
+        let s = drained.elapsed().as_secs_f64();
+        eprintln!("  the monitor had read the whole backlog {s:.1} s after the drain");
+        Some(s)
+    } else {
+        None
+    };
     live.1.abort();
     drop(live);
     drop(agent);
@@ -397,6 +453,7 @@ fn drain(
         .map_or(0.0, |t| t.duration_since(started).as_secs_f64());
     Ok(Drain {
         seconds,
+        monitor_caught_up,
         first,
         during,
         after,
@@ -624,6 +681,13 @@ fn print_table(r: &Value) {
         );
     }
     println!("  target: acknowledged drain >= 0.70 of the ceiling");
+    let m = &r["monitor"];
+    if m["pairs"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "drain with the cloud's device monitor off: {} records/s; on: {} records/s; on/off (medians) = {} (target >= 0.90); the monitor had read the whole backlog {} s after each drain",
+            m["drain_off_records_per_s"], m["drain_on_records_per_s"], frac(&m["on_over_off"]), m["monitor_read_all_after_drain_s"]
+        );
+    }
     for (name, k, target) in [
         (
             "live latency during the drain",
