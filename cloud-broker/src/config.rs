@@ -10,6 +10,8 @@
 //! default_partitions = 1
 //! disk_reserve_mb = 64                    # produce refused below this much free disk (retention,
 //!                                         # topic deletion and offsets still work); 0: none
+//! schema_registry = true                  # /subjects, /schemas: Confluent's REST subset, kept
+//!                                         # in the _schemas topic (made on first registration)
 //!
 //! # A replicated cluster: every node lists the others (without it, one node on its own).
 //! [cluster]
@@ -65,6 +67,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The device monitor.
     pub monitor: crate::monitor::Settings,
+    /// Serve the schema registry (Confluent's REST subset) on the HTTP listener.
+    pub schema_registry: bool,
 }
 
 /// The `[cluster]` section.
@@ -113,6 +117,7 @@ impl Default for Config {
             disk_reserve_mb: 64,
             cluster: None,
             monitor: crate::monitor::Settings::default(),
+            schema_registry: true,
         }
     }
 }

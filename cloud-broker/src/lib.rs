@@ -17,7 +17,9 @@
 //! - [`batch`] — record batches as opaque bytes: header parsing, CRC, offset rewrite.
 //! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
 //! - [`errors`] — Kafka error codes.
-//! - [`monitor`] — monitoring devices from the cloud: the device registry (in progress).
+//! - [`monitor`] — monitoring devices from the cloud: the device registry, gateways, the
+//!   dashboard and its JSON API, fed by a Kafka consumer of the cloud topics.
+//! - [`schemas`] — a schema registry (the Confluent REST subset clients use), kept in a topic.
 //! - [`cli`] — the command line (`cloud-broker run`).
 //! - [`alloc`] — the global allocator that keeps hostile array counts from aborting the process.
 #![warn(missing_docs)]
@@ -32,6 +34,7 @@ pub mod errors;
 pub mod monitor;
 pub mod protocol;
 pub mod raft;
+pub mod schemas;
 pub mod server;
 pub mod sm;
 pub mod state;

@@ -106,7 +106,7 @@ struct MonitorArgs {
     #[arg(long, env = "CLOUD_BOOTSTRAP", required = true)]
     bootstrap: String,
     /// HTTP listen address (`/`, `/api/devices`, `/api/gateways`, `/api/monitor`, `/metrics`,
-    /// `/health`).
+    /// `/health`, and the schema registry's `/subjects`, `/schemas`, `/config`).
     #[arg(long, env = "CLOUD_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
     http_listen: std::net::SocketAddr,
     /// A configuration file: its `[monitor]` section applies.
@@ -199,8 +199,8 @@ struct RunArgs {
     #[arg(long, env = "CLOUD_KAFKA_LISTEN")]
     kafka_listen: Option<std::net::SocketAddr>,
     /// HTTP listen address (`/health`, `/metrics`, `/api/cluster`, `/api/cluster/digests`,
-    /// `/api/cluster/replace`, the monitor's `/api/devices`, `/api/gateways`, `/api/monitor`)
-    /// [default: 127.0.0.1:8080].
+    /// `/api/cluster/replace`, the monitor's `/api/devices`, `/api/gateways`, `/api/monitor`,
+    /// the schema registry's `/subjects`, `/schemas`, `/config`) [default: 127.0.0.1:8080].
     #[arg(long, env = "CLOUD_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
     /// host:port that Metadata gives clients (Kafka's advertised.listeners) [default: the Kafka listen address].
@@ -358,6 +358,12 @@ fn start_feed(
 #[derive(Debug)]
 struct NoFeed;
 
+/// Stopped like a feed (nothing to stop).
+#[cfg(not(feature = "monitor-feed"))]
+impl Drop for NoFeed {
+    fn drop(&mut self) {}
+}
+
 /// Starts the monitor's feed, if this build has one.
 #[cfg(not(feature = "monitor-feed"))]
 fn start_feed(
@@ -368,6 +374,23 @@ fn start_feed(
 ) -> anyhow::Result<Option<NoFeed>> {
     crate::monitor::lock(m).feed = "this build has no Kafka client (feature monitor-feed)".into();
     Ok(None)
+}
+
+/// The schema registry's routes over a Kafka-backed store, if this build has a Kafka client;
+/// the store is returned to be stopped with the rest.
+#[cfg(feature = "monitor-feed")]
+fn schema_registry(
+    bootstrap: &str,
+    properties: &[(String, String)],
+) -> anyhow::Result<(axum::Router, Option<Arc<crate::schemas::store::Store>>)> {
+    let store = Arc::new(crate::schemas::store::Store::start(bootstrap, properties)?);
+    Ok((crate::schemas::http::routes(store.clone()), Some(store)))
+}
+
+/// Without a Kafka client there is no registry.
+#[cfg(not(feature = "monitor-feed"))]
+fn schema_registry(_: &str, _: &[(String, String)]) -> anyhow::Result<(axum::Router, Option<NoFeed>)> {
+    Ok((axum::Router::new(), None))
 }
 
 /// `cloud-broker monitor`.
@@ -392,9 +415,11 @@ fn run_monitor(a: MonitorArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("http listen address {}: {e}", a.http_listen))?;
         let m: crate::monitor::Shared =
             Arc::new(std::sync::Mutex::new(crate::monitor::Monitor::new(settings)));
-        let feed = start_feed(&m, a.bootstrap.clone(), group.clone(), props)?;
+        let feed = start_feed(&m, a.bootstrap.clone(), group.clone(), props.clone())?;
+        let (registry, registry_store) = schema_registry(&a.bootstrap, &props)?;
         let metrics = m.clone();
         let app = crate::monitor::http::routes(m.clone())
+            .merge(registry)
             .route("/health", axum::routing::get(|| async { "ok" }))
             .route(
                 "/metrics",
@@ -413,9 +438,7 @@ fn run_monitor(a: MonitorArgs) -> anyhow::Result<()> {
             r = axum::serve(http, app) => r.map_err(anyhow::Error::from),
             _ = foundation::shutdown::signal_received() => Ok(()),
         };
-        if let Some(f) = feed {
-            let _ = tokio::task::spawn_blocking(move || drop(f)).await;
-        }
+        let _ = tokio::task::spawn_blocking(move || drop((feed, registry_store))).await;
         r
     })
 }
@@ -654,6 +677,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             crate::monitor::lock(&monitor).feed = "disabled ([monitor] enabled = false)".into();
             None
         };
+        let (registry, registry_store) = if cfg.schema_registry {
+            let (host, port) = cfg.advertised();
+            schema_registry(&format!("{host}:{port}"), &[])?
+        } else {
+            (axum::Router::new(), None)
+        };
         let monitor_metrics = monitor.clone();
         let status = broker.clone();
         let digests = broker.clone();
@@ -730,7 +759,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     }
                 }),
             )
-            .merge(crate::monitor::http::routes(monitor));
+            .merge(crate::monitor::http::routes(monitor))
+            .merge(registry);
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");
         let closer = broker.clone();
         let r = tokio::select! {
@@ -741,10 +771,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 Ok(())
             }
         };
-        // The monitor reads through this broker: it leaves its group before the broker stops.
-        if let Some(f) = feed {
-            let _ = tokio::task::spawn_blocking(move || drop(f)).await;
-        }
+        // The monitor and the registry read through this broker: they stop before it does
+        // (the monitor leaves its group).
+        let _ = tokio::task::spawn_blocking(move || drop((feed, registry_store))).await;
         closer.shutdown().await;
         info!("stopped; the data files are closed");
         r

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use litemap::LiteMap;
+
 use vocab::wire::{DeviceStatus, ReadingRecord};
 
 /// Most disjoint received ranges kept per boot.
@@ -243,7 +245,7 @@ pub struct Device {
     /// Last time a record of it was seen.
     pub last_seen_ms: i64,
     /// Its boots, by boot id.
-    pub boots: BTreeMap<u32, Boot>,
+    pub boots: LiteMap<u32, Boot>,
     /// The boot of its latest status, or of the highest reading's boot.
     pub current_boot: u32,
     /// Readings received (duplicates not counted).
@@ -251,7 +253,7 @@ pub struct Device {
     /// Readings that arrived more than once.
     pub duplicates: u64,
     /// Each channel's recent values (at most [`MAX_CHANNELS`]).
-    pub channels: BTreeMap<u16, History>,
+    pub channels: LiteMap<u16, History>,
     /// Readings of channels past [`MAX_CHANNELS`] (counted, not charted).
     pub uncharted: u64,
     /// Readings per second (by the records' timestamps).
