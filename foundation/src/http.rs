@@ -61,6 +61,17 @@ impl Error {
 /// Sends `method path` (no body) to `http://addr`; returns the status and the body (lossy
 /// UTF-8), whatever the status.
 pub fn request(addr: &str, method: &str, path: &str, timeout: Duration) -> Result<(u16, String), Error> {
+    request_with(addr, method, path, None, timeout)
+}
+
+/// Like [`request`], sending `body` (`(content type, bytes)`).
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<(u16, String), Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
@@ -68,10 +79,12 @@ pub fn request(addr: &str, method: &str, path: &str, timeout: Duration) -> Resul
         .build()
         .into();
     let url = format!("http://{addr}{path}");
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .body(())
+    let mut req = ureq::http::Request::builder().method(method).uri(&url);
+    if let Some((kind, _)) = body {
+        req = req.header("Content-Type", kind);
+    }
+    let req = req
+        .body(body.map(|(_, b)| b.to_vec()).unwrap_or_default())
         .map_err(|e| Error::Failed {
             method: method.into(),
             path: path.into(),

@@ -9,7 +9,9 @@
 //! - [`headers`] — the record headers (a record's edge identity, a reading's boot and seq,
 //!   replays, device status, dead letters);
 //! - [`topics`] — topic names, at the edge, in the cloud and on MQTT;
-//! - [`heartbeat`] (feature `alloc`) — the gateway heartbeat.
+//! - [`heartbeat`] (feature `alloc`) — the gateway heartbeat;
+//! - [`json`] (feature `alloc`) — readings as JSON and their JSON Schema (the bridge's
+//!   `json` and `registry` value formats).
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
@@ -20,6 +22,8 @@ mod error;
 pub mod headers;
 #[cfg(feature = "alloc")]
 pub mod heartbeat;
+#[cfg(feature = "alloc")]
+pub mod json;
 pub mod receiver;
 pub mod topics;
 pub mod wire;

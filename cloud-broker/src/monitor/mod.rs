@@ -150,8 +150,8 @@ pub struct Monitor {
     pub undecodable: u64,
     /// Why the last of them could not be read.
     pub last_error: Option<String>,
-    /// Per topic and partition.
-    pub positions: BTreeMap<(String, i32), Position>,
+    /// Per topic, per partition.
+    pub positions: BTreeMap<String, BTreeMap<i32, Position>>,
     /// The feed's connection state, as it last said.
     pub feed: String,
 }
@@ -176,13 +176,11 @@ impl Monitor {
     /// look online), clamped to `now_ms`.
     pub fn apply(&mut self, r: &Rec<'_>, now_ms: i64) {
         self.records += 1;
-        let pos = match self.positions.get_mut(&(r.topic.to_string(), r.partition)) {
+        let parts = match self.positions.get_mut(r.topic) {
             Some(p) => p,
-            None => self
-                .positions
-                .entry((r.topic.to_string(), r.partition))
-                .or_insert(Position { next: 0, end: -1 }),
+            None => self.positions.entry(r.topic.to_string()).or_default(),
         };
+        let pos = parts.entry(r.partition).or_insert(Position { next: 0, end: -1 });
         pos.next = pos.next.max(r.offset.saturating_add(1));
         pos.end = pos.end.max(pos.next);
         let at = r.timestamp_ms.unwrap_or(now_ms).min(now_ms);
@@ -223,7 +221,9 @@ impl Monitor {
     pub fn set_end(&mut self, topic: &str, partition: i32, end: i64) {
         let p = self
             .positions
-            .entry((topic.to_string(), partition))
+            .entry(topic.to_string())
+            .or_default()
+            .entry(partition)
             .or_insert(Position { next: 0, end: -1 });
         p.end = end.max(p.next);
     }
@@ -232,6 +232,7 @@ impl Monitor {
     pub fn lag(&self) -> u64 {
         self.positions
             .values()
+            .flat_map(BTreeMap::values)
             .filter(|p| p.end >= 0)
             .map(|p| (p.end - p.next).max(0) as u64)
             .sum()

@@ -345,15 +345,19 @@ impl Registry {
     /// A `telemetry` record: device `id`'s reading `r`, forwarded by `gateway`, stamped
     /// `now_ms` (the record's time).
     pub fn reading(&mut self, id: &str, gateway: Option<&str>, r: &ReadingRecord, now_ms: i64) {
-        let gateway = match gateway {
-            Some(g) if self.devices.get(id).and_then(|d| d.gateway.as_deref()) != Some(g) => {
-                Some(self.name(g))
+        // The common case in one lookup: a known device, through the gateway it used before.
+        if let Some(d) = self.devices.get_mut(id) {
+            if gateway.is_none_or(|g| d.gateway.as_deref() == Some(g)) {
+                return Self::take(d, None, r, now_ms);
             }
-            _ => None,
-        };
-        let Some(d) = self.device(id, now_ms) else {
-            return;
-        };
+        }
+        let gateway = gateway.map(|g| self.name(g));
+        if let Some(d) = self.device(id, now_ms) {
+            Self::take(d, gateway, r, now_ms);
+        }
+    }
+
+    fn take(d: &mut Device, gateway: Option<Arc<str>>, r: &ReadingRecord, now_ms: i64) {
         d.last_seen_ms = d.last_seen_ms.max(now_ms);
         if gateway.is_some() {
             d.gateway = gateway;

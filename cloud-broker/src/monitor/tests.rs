@@ -89,7 +89,7 @@ fn records_of_every_topic_make_devices_gateways_and_gaps() {
     );
     assert_eq!(m.records, 7);
     assert_eq!(m.undecodable, 0);
-    assert_eq!(m.positions[&("telemetry".to_string(), 0)].next, 5);
+    assert_eq!(m.positions["telemetry"][&0].next, 5);
     // Offline past the timeout; the list's filters.
     let later = now + 61_000;
     assert!(!m.device("dev-a", later).unwrap().row.online);

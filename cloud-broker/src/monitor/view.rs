@@ -352,7 +352,7 @@ impl Monitor {
             positions: self
                 .positions
                 .iter()
-                .map(|((t, p), pos)| (format!("{t}/{p}"), *pos))
+                .flat_map(|(t, ps)| ps.iter().map(move |(p, pos)| (format!("{t}/{p}"), *pos)))
                 .collect(),
         }
     }
