@@ -13,6 +13,8 @@
 //! heartbeat_interval_ms = 5000           # gateway heartbeat on the heartbeat topic
 //! heartbeat_topic = "gateways"
 //! live_first_threshold = 10000           # records behind before live data goes first
+//! value_format = "postcard"              # readings in the cloud: postcard | json | registry
+//! schema_registry_url = "http://cloud.example.com:8080"   # for "registry" (the cloud broker's)
 //!
 //! [bridge.topics]                        # edge topic -> cloud topic ("" = not forwarded)
 //! telemetry = "plant-1.telemetry"
@@ -52,6 +54,21 @@ impl Compression {
     }
 }
 
+/// How readings (the `telemetry` topic's values) are written in the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    /// As stored at the edge: the device wire format (postcard), ~20 bytes a reading.
+    #[default]
+    Postcard,
+    /// JSON ([`vocab::json::ReadingJson`]), readable by anything.
+    Json,
+    /// Confluent's wire format: a zero byte, the id of the reading's JSON Schema (registered
+    /// as `<cloud telemetry topic>-value` at `schema_registry_url`), the JSON. Read by the
+    /// Confluent clients' deserializers with no code of ours.
+    Registry,
+}
+
 /// Bridge settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -83,6 +100,11 @@ pub struct BridgeConfig {
     pub live_first_threshold: u64,
     /// librdkafka settings passed through verbatim (TLS, SASL, ...); they win over ours.
     pub librdkafka: BTreeMap<String, String>,
+    /// How readings are written in the cloud.
+    pub value_format: ValueFormat,
+    /// The schema registry, `http://host:port` (for `value_format = "registry"`): the cloud
+    /// broker's HTTP listener serves one.
+    pub schema_registry_url: Option<String>,
 }
 
 impl Default for BridgeConfig {
@@ -101,6 +123,8 @@ impl Default for BridgeConfig {
             heartbeat_interval_ms: 5_000,
             live_first_threshold: 10_000,
             librdkafka: BTreeMap::new(),
+            value_format: ValueFormat::Postcard,
+            schema_registry_url: None,
         }
     }
 }
@@ -135,6 +159,13 @@ impl BridgeConfig {
             self.max_bytes_per_sec != Some(0),
             "bridge.max_bytes_per_sec must be > 0 (omit it for no cap)"
         );
+        if self.value_format == ValueFormat::Registry {
+            let url = self.schema_registry_url.as_deref().unwrap_or("");
+            ensure!(
+                crate::format::registry_address(url).is_some(),
+                "bridge.value_format = \"registry\" needs bridge.schema_registry_url = \"http://host:port\" (got {url:?})"
+            );
+        }
         for (edge, cloud) in &self.topics {
             ensure!(
                 DEFAULT_TOPICS.contains(&edge.as_str()),

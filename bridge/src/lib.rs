@@ -17,13 +17,15 @@
 //!   acknowledged, and the checkpoint (the end of the contiguous acknowledged prefix), plus
 //!   reconciliation after a crash (skip what the cloud already has).
 //! - [`source`] — what the bridge needs of the edge log (and an in-memory twin, [`source::mem`]).
+//! - [`format`](mod@format) — readings in the cloud as postcard, JSON or Confluent-framed JSON with a
+//!   registered schema.
 //! - [`headers`] — the identity headers; [`config`] — the `[bridge]` section; [`state`] — what
 //!   is persisted in the edge log; [`status`] — what is reported; [`error`] — the error type.
 //!
 //! # Cloud records
 //! Key = the edge key (the device id); partition = the edge partition's number when the cloud
 //! topic has the edge's partition count (what murmur2 picks for the key), else librdkafka's murmur2;
-//! value unchanged, timestamp = edge ingest time, headers = the edge record's headers plus
+//! value unchanged (readings rewritten to JSON when `value_format` says so), timestamp = edge ingest time, headers = the edge record's headers plus
 //! `edge: <gateway>/<edge topic>/<edge partition>/<edge offset>`, for readings
 //! `reading: <boot>/<seq>`, and on replays `replay: <job id>` (see [`headers`]).
 #![warn(missing_docs)]
@@ -35,6 +37,7 @@ pub mod cloud;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod format;
 pub use vocab::headers;
 pub mod source;
 pub mod state;

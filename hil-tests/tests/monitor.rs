@@ -492,3 +492,84 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser_and_a_stopped_device_turns_of
         .screenshot(&artifacts.join("dashboard-offline.png"))
         .unwrap();
 }
+
+/// The bridge's `registry` value format: readings go to the cloud in Confluent's wire format
+/// with the reading's JSON Schema registered at the broker's schema registry; the monitor
+/// reads them, and so does confluent-kafka's JSONDeserializer, fetching the schema by the id
+/// in each record (`tests/python/registry_readings.py`).
+#[test]
+fn readings_in_the_registry_format_are_read_by_the_monitor_and_by_confluent_kafka() {
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("registry-e2e-{}-{}", std::process::id(), free_port())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cloud =
+        CloudBroker::start_with_args(Path::new(BIN), &["cloud-broker"], &dir.0.join("cloud"), &[]).unwrap();
+    let http = format!("127.0.0.1:{}", cloud.http_port);
+    let edge_cfg = dir.0.join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!("[bridge]\nvalue_format = \"registry\"\nschema_registry_url = \"http://{http}\"\n"),
+    )
+    .unwrap();
+    let agent = EdgeAgent::launch(
+        Path::new(BIN),
+        &["edge-agent"],
+        &dir.0.join("edge"),
+        free_port(),
+        free_port(),
+        &[
+            "--cloud",
+            &cloud.addr(),
+            "--gateway-id",
+            "gw-reg",
+            "--config",
+            edge_cfg.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let report = fleet(&agent, "reg-", 2, 50, 100_000, None).join().unwrap();
+    assert_eq!(report.acked(), 100);
+    wait::until(
+        Duration::from_secs(60),
+        "the monitor to read the 100 readings",
+        || {
+            let l = api(&http, "/api/devices")?;
+            (l["total"] == 2 && l["readings"] == 100 && l["missing"] == 0).then_some(())
+        },
+    )
+    .unwrap();
+    let subjects = api(&http, "/subjects").unwrap();
+    assert!(
+        subjects
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "telemetry-value"),
+        "{subjects}"
+    );
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/registry_readings.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args([
+            "--bootstrap",
+            &cloud.addr(),
+            "--registry",
+            &format!("http://{http}"),
+            "--count",
+            "100",
+        ])
+        .output()
+        .expect("the venv made by scripts/setup");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("registry_readings: ok 100"),
+        "{text}"
+    );
+    let m = api(&http, "/api/monitor").unwrap();
+    assert_eq!(m["undecodable"], 0, "{m}");
+}

@@ -81,6 +81,8 @@ struct Route {
     partition: Option<i32>,
     /// `<gateway>/<topic>/<partition>/`, the start of every `edge` header value.
     prefix: Vec<u8>,
+    /// Its values are readings (the `telemetry` topic): written in the value format.
+    reading: bool,
 }
 
 /// How long a partition whose read failed waits before it is read again.
@@ -163,6 +165,10 @@ pub struct Engine {
     session_up: bool,
     /// Reused for building header values.
     scratch: Vec<u8>,
+    /// Readings in the configured value format.
+    encoder: crate::format::Encoder,
+    /// A rewritten reading's bytes.
+    value_buf: Vec<u8>,
     /// The partition the drain serves first next time.
     drain_first: usize,
     /// Acknowledged records and heartbeats, for the backoff reset.
@@ -184,6 +190,7 @@ impl Engine {
         versions: Vec<(String, String)>,
     ) -> Result<Engine> {
         cfg.validate()?;
+        let encoder = crate::format::Encoder::new(&cfg);
         let state = match log.load_state()? {
             Some(b) => State::decode(&b)?,
             None => State::default(),
@@ -204,6 +211,7 @@ impl Engine {
                         cloud_topic: cloud.clone(),
                         partition: None,
                         prefix: crate::headers::edge_prefix(gateway_id, edge, p).into_bytes(),
+                        reading: edge == vocab::topics::TELEMETRY,
                     },
                     compacted: t.compacted,
                     tracker: Tracker::resume(saved.checkpoint),
@@ -278,6 +286,8 @@ impl Engine {
             },
             session_up: false,
             scratch: Vec::new(),
+            encoder,
+            value_buf: Vec::new(),
             drain_first: 0,
             progress: 0,
             saved_max_job,

@@ -312,6 +312,7 @@ impl Engine {
                         cloud_topic: cloud.clone(),
                         partition: None,
                         prefix: crate::headers::edge_prefix(&self.gateway_id, &topic, p).into_bytes(),
+                        reading: topic == vocab::topics::TELEMETRY,
                     },
                 };
                 let src = self

@@ -43,11 +43,28 @@ impl Engine {
         edge.extend_from_slice(headers::decimal(r.offset, &mut b));
         let mut rd = [0u8; 41];
         let mut jb = [0u8; 20];
+        let mut vbuf = std::mem::take(&mut self.value_buf);
+        let rewritten = if route.reading && self.encoder.rewrites() {
+            match self
+                .encoder
+                .reading(&route.cloud_topic, r.key, r.value, &mut vbuf)
+            {
+                Ok(w) => w,
+                Err(crate::format::Unregistered) => {
+                    // Held at the edge until the schema registry answers.
+                    self.value_buf = vbuf;
+                    self.scratch = edge;
+                    return Ok(Sent::Full);
+                }
+            }
+        } else {
+            false
+        };
         let out = OutRecord {
             topic: &route.cloud_topic,
             partition: route.partition,
             key: r.key,
-            value: r.value,
+            value: if rewritten { &vbuf } else { r.value },
             timestamp_ms: Some(r.timestamp_ms),
             headers: r.headers,
             edge: Some(&edge),
@@ -57,6 +74,7 @@ impl Engine {
         let bytes = out.size();
         let sent = session.send(&out, tag);
         self.scratch = edge;
+        self.value_buf = vbuf;
         match sent {
             Sent::Ok => {
                 self.in_flight += 1;

@@ -25,7 +25,8 @@ pub fn value(topic: &str, payload: Option<&[u8]>) -> Value {
     if let Some(v) = wire {
         return v;
     }
-    if let Ok(v) = serde_json::from_slice::<Value>(p) {
+    // JSON, or Confluent's wire format around it (the schema id is left out).
+    if let Some(v) = vocab::json::json_part(p).and_then(|(_, j)| serde_json::from_slice::<Value>(j).ok()) {
         return v;
     }
     match std::str::from_utf8(p) {

@@ -194,7 +194,18 @@ impl Monitor {
         let value = r.value.ok_or("no value")?;
         if r.topic == self.settings.telemetry_topic {
             let id = device_key(r.key)?;
-            let rec: ReadingRecord = vocab::wire::decode(value).map_err(|e| format!("reading: {e}"))?;
+            // As the bridge's value_format wrote it: postcard, JSON, or Confluent-framed JSON.
+            let rec: ReadingRecord = match vocab::json::json_part(value) {
+                Some((_, json)) => {
+                    let j: vocab::json::ReadingJson =
+                        serde_json::from_slice(json).map_err(|e| format!("reading (JSON): {e}"))?;
+                    if j.device_id != id {
+                        return Err(format!("a reading of {:?} under key {id:?}", j.device_id));
+                    }
+                    j.record()
+                }
+                None => vocab::wire::decode(value).map_err(|e| format!("reading: {e}"))?,
+            };
             let gateway = r.edge.and_then(vocab::headers::parse_edge).map(|(g, ..)| g);
             self.registry.reading(id, gateway, &rec, at);
         } else if r.topic == self.settings.status_topic {

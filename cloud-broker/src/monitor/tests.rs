@@ -170,3 +170,32 @@ fn a_replayed_backlog_does_not_look_online_and_lag_counts_the_unread() {
         Position { next: 1, end: 10 }
     );
 }
+
+#[test]
+fn readings_in_json_and_confluent_framing_count_like_postcard_ones() {
+    let mut m = Monitor::new(Settings::default());
+    let json = |seq: u64, dev: &str| {
+        serde_json::to_vec(&vocab::json::ReadingJson {
+            device_id: dev.into(),
+            boot_id: 1,
+            seq,
+            channel: 0,
+            timestamp_ms: 5,
+            value: 1.5,
+        })
+        .unwrap()
+    };
+    let plain = json(0, "dev-j");
+    let mut framed = vec![0, 0, 0, 0, 9];
+    framed.extend(json(2, "dev-j"));
+    let postcard = reading(1, 3);
+    m.apply(&rec("telemetry", 0, b"dev-j", &plain, None), 20_000);
+    m.apply(&rec("telemetry", 1, b"dev-j", &framed, None), 20_000);
+    m.apply(&rec("telemetry", 2, b"dev-j", &postcard, None), 20_000);
+    let d = m.device("dev-j", 20_000).unwrap();
+    assert_eq!((d.row.readings, d.row.missing), (3, 1), "{:?}", m.last_error);
+    // A JSON reading of another device than its key is refused.
+    let other = json(4, "dev-x");
+    m.apply(&rec("telemetry", 3, b"dev-j", &other, None), 20_000);
+    assert_eq!(m.undecodable, 1);
+}

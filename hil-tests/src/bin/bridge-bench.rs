@@ -76,7 +76,8 @@ struct Cli {
     /// The cloud broker binary cloud-bench drives.
     #[arg(long, default_value = "target/release/cloud-broker")]
     broker_bin: PathBuf,
-    /// Extra agent configuration (TOML, e.g. `[bridge]\ncompression = "zstd"`).
+    /// Extra agent configuration (TOML, e.g. `[bridge]\ncompression = "zstd"`); `{cloud_http}`
+    /// stands for the cloud broker's HTTP address (`schema_registry_url = "http://{cloud_http}"`).
     #[arg(long)]
     agent_toml: Option<String>,
     /// Skip phase 1 (no ratio is printed).
@@ -182,6 +183,7 @@ fn run(cli: &Cli, root: &Path) -> anyhow::Result<Value> {
             "first_record_after_s": d.first, "records_per_s_from_first": steady.round(),
             "fraction_of_ceiling": ceiling.map(|c| rate / c),
             "from_first_fraction_of_ceiling": ceiling.map(|c| steady / c),
+            "uplink_bytes_per_record": d.uplink_bytes_per_record,
         })
     };
     let rate = cli.records as f64 / acked.seconds;
@@ -253,6 +255,8 @@ struct Drain {
     seconds: f64,
     /// With the monitor on: seconds after the drain until it had read the whole backlog.
     monitor_caught_up: Option<f64>,
+    /// Record batch bytes the cloud acknowledged per record (every topic).
+    uplink_bytes_per_record: Option<f64>,
     first: f64,
     during: Vec<u32>,
     after: Vec<u32>,
@@ -302,7 +306,7 @@ fn drain(
     let mut extra = Vec::new();
     if let Some(t) = &cli.agent_toml {
         let path = dir.join("edge.toml");
-        std::fs::write(&path, t.replace("\\n", "\n"))?;
+        std::fs::write(&path, t.replace("\\n", "\n").replace("{cloud_http}", &http))?;
         extra = vec!["--config".into(), path.to_string_lossy().into_owned()];
     }
     let started = Instant::now();
@@ -440,6 +444,16 @@ fn drain(
     } else {
         None
     };
+    // What crossed the uplink: the record batches the cloud acknowledged (after compression).
+    let produced = foundation::http::get(&http, "/metrics")
+        .ok()
+        .and_then(|(_, page)| {
+            let m = foundation::prom::Metrics::parse(&page).ok()?;
+            Some((
+                m.value("kafka_produced_bytes_total", &[])?,
+                m.value("kafka_produced_records_total", &[])?,
+            ))
+        });
     live.1.abort();
     drop(live);
     drop(agent);
@@ -454,6 +468,7 @@ fn drain(
     Ok(Drain {
         seconds,
         monitor_caught_up,
+        uplink_bytes_per_record: produced.map(|(b, n)| b / n.max(1.0)),
         first,
         during,
         after,
@@ -671,13 +686,14 @@ fn print_table(r: &Value) {
     ] {
         let d = &r[k];
         println!(
-            "drain, {what}: {} records/s ({:.1} s) = {} of the ceiling; from the first record ({:.1} s after the agent started): {} records/s = {}",
+            "drain, {what}: {} records/s ({:.1} s) = {} of the ceiling; from the first record ({:.1} s after the agent started): {} records/s = {}; uplink {} bytes a record",
             d["records_per_s"],
             d["seconds"].as_f64().unwrap_or(0.0),
             frac(&d["fraction_of_ceiling"]),
             d["first_record_after_s"].as_f64().unwrap_or(0.0),
             d["records_per_s_from_first"],
             frac(&d["from_first_fraction_of_ceiling"]),
+            d["uplink_bytes_per_record"].as_f64().map_or("n/a".into(), |b| format!("{b:.1}")),
         );
     }
     println!("  target: acknowledged drain >= 0.70 of the ceiling");
