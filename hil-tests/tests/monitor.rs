@@ -152,10 +152,11 @@ fn holes(seen: &BTreeSet<(u64, u64)>) -> Vec<(u64, u64, u64)> {
     out
 }
 
-#[test]
-fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go_offline() {
-    let dir =
-        Scratch(std::env::temp_dir().join(format!("monitor-e2e-{}-{}", std::process::id(), free_port())));
+/// A scratch dir, a cloud broker with `[monitor]` timeouts of [`TIMEOUT_S`], and an edge agent
+/// forwarding to it as `gateway` with `edge_toml` (`{http}` in it stands for the broker's HTTP
+/// address). Bound in this order, they are dropped in the reverse: the processes first.
+fn setup(tag: &str, gateway: &str, edge_toml: &str) -> (Scratch, CloudBroker, EdgeAgent, String) {
+    let dir = Scratch(std::env::temp_dir().join(format!("{tag}-{}-{}", std::process::id(), free_port())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let cloud_cfg = dir.0.join("cloud.toml");
     std::fs::write(
@@ -163,7 +164,7 @@ fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go
         format!("[monitor]\ndevice_timeout_s = {TIMEOUT_S}\ngateway_timeout_s = {TIMEOUT_S}\n"),
     )
     .unwrap();
-    let mut cloud = CloudBroker::start_with_args(
+    let cloud = CloudBroker::start_with_args(
         Path::new(BIN),
         &["cloud-broker"],
         &dir.0.join("cloud"),
@@ -172,9 +173,8 @@ fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go
     .unwrap();
     let http = format!("127.0.0.1:{}", cloud.http_port);
     let edge_cfg = dir.0.join("edge.toml");
-    std::fs::write(&edge_cfg, "[bridge]\nheartbeat_interval_ms = 500\n").unwrap();
-    let bootstrap = cloud.addr();
-    let mut agent = EdgeAgent::launch(
+    std::fs::write(&edge_cfg, edge_toml.replace("{http}", &http)).unwrap();
+    let agent = EdgeAgent::launch(
         Path::new(BIN),
         &["edge-agent"],
         &dir.0.join("edge"),
@@ -182,14 +182,22 @@ fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go
         free_port(),
         &[
             "--cloud",
-            &bootstrap,
+            &cloud.addr(),
             "--gateway-id",
-            GATEWAY,
+            gateway,
             "--config",
             edge_cfg.to_str().unwrap(),
         ],
     )
     .unwrap();
+    (dir, cloud, agent, http)
+}
+
+#[test]
+fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go_offline() {
+    let (_dir, mut cloud, mut agent, http) =
+        setup("monitor-e2e", GATEWAY, "[bridge]\nheartbeat_interval_ms = 500\n");
+    let bootstrap = cloud.addr();
 
     let healthy = fleet(&agent, "ok-", 3, HEALTHY_READINGS, 100_000, None);
     let sampled = Arc::new(AtomicU64::new(0));
@@ -379,41 +387,11 @@ fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go
 /// Screenshots are saved under the target directory.
 #[test]
 fn the_dashboard_shows_the_fleet_in_a_real_browser_and_a_stopped_device_turns_offline() {
-    let dir =
-        Scratch(std::env::temp_dir().join(format!("dashboard-e2e-{}-{}", std::process::id(), free_port())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let cloud_cfg = dir.0.join("cloud.toml");
-    std::fs::write(
-        &cloud_cfg,
-        format!("[monitor]\ndevice_timeout_s = {TIMEOUT_S}\ngateway_timeout_s = {TIMEOUT_S}\n"),
-    )
-    .unwrap();
-    let cloud = CloudBroker::start_with_args(
-        Path::new(BIN),
-        &["cloud-broker"],
-        &dir.0.join("cloud"),
-        &["--config", cloud_cfg.to_str().unwrap()],
-    )
-    .unwrap();
-    let http = format!("127.0.0.1:{}", cloud.http_port);
-    let edge_cfg = dir.0.join("edge.toml");
-    std::fs::write(&edge_cfg, "[bridge]\nheartbeat_interval_ms = 500\n").unwrap();
-    let agent = EdgeAgent::launch(
-        Path::new(BIN),
-        &["edge-agent"],
-        &dir.0.join("edge"),
-        free_port(),
-        free_port(),
-        &[
-            "--cloud",
-            &cloud.addr(),
-            "--gateway-id",
-            "gw-dash",
-            "--config",
-            edge_cfg.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let (_dir, _cloud, agent, http) = setup(
+        "dashboard-e2e",
+        "gw-dash",
+        "[bridge]\nheartbeat_interval_ms = 500\n",
+    );
     // Two devices that keep sampling for the whole test (not joined: the process ends them),
     // and one that stops after 4 s.
     let _running = fleet(&agent, "pump-", 2, 3_000, 100_000, None);
@@ -499,34 +477,11 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser_and_a_stopped_device_turns_of
 /// in each record (`tests/python/registry_readings.py`).
 #[test]
 fn readings_in_the_registry_format_are_read_by_the_monitor_and_by_confluent_kafka() {
-    let dir =
-        Scratch(std::env::temp_dir().join(format!("registry-e2e-{}-{}", std::process::id(), free_port())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let cloud =
-        CloudBroker::start_with_args(Path::new(BIN), &["cloud-broker"], &dir.0.join("cloud"), &[]).unwrap();
-    let http = format!("127.0.0.1:{}", cloud.http_port);
-    let edge_cfg = dir.0.join("edge.toml");
-    std::fs::write(
-        &edge_cfg,
-        format!("[bridge]\nvalue_format = \"registry\"\nschema_registry_url = \"http://{http}\"\n"),
-    )
-    .unwrap();
-    let agent = EdgeAgent::launch(
-        Path::new(BIN),
-        &["edge-agent"],
-        &dir.0.join("edge"),
-        free_port(),
-        free_port(),
-        &[
-            "--cloud",
-            &cloud.addr(),
-            "--gateway-id",
-            "gw-reg",
-            "--config",
-            edge_cfg.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let (_dir, cloud, agent, http) = setup(
+        "registry-e2e",
+        "gw-reg",
+        "[bridge]\nvalue_format = \"registry\"\nschema_registry_url = \"http://{http}\"\n",
+    );
     let report = fleet(&agent, "reg-", 2, 50, 100_000, None).join().unwrap();
     assert_eq!(report.acked(), 100);
     wait::until(

@@ -941,33 +941,7 @@ impl Broker {
     /// committed log in brief ([`crate::raft::node::LogDigest`]), to compare across nodes.
     pub fn cluster_digests(&self) -> serde_json::Value {
         let Backend::Cluster(node) = &self.backend else {
-            let id = self.cfg.node_id;
-            let (host, port) = self.cfg.advertised();
-            let mut partitions = Vec::new();
-            for t in self.catalog.all() {
-                for (p, v) in t.partitions.iter().enumerate() {
-                    partitions.push(serde_json::json!({
-                        "topic": t.meta.name,
-                        "partition": p,
-                        "leader": id,
-                        "replicas": [id],
-                        "isr": [id],
-                        "high_watermark": v.hw.load(std::sync::atomic::Ordering::SeqCst),
-                        "log_start": v.log_start.load(std::sync::atomic::Ordering::SeqCst),
-                        "bytes": v.bytes.load(std::sync::atomic::Ordering::SeqCst),
-                    }));
-                }
-            }
-            return serde_json::json!({
-                "mode": "single",
-                "node": id,
-                "controller": id,
-                "nodes": [{ "id": id, "kafka": format!("{host}:{port}") }],
-                "partitions": partitions,
-                "disk_available_bytes": foundation::redb::fs_available(&self.cfg.data_dir).ok(),
-                "produced_records_total": self.stats.produced_records.load(std::sync::atomic::Ordering::Relaxed),
-                "fetched_bytes_total": self.stats.fetched_bytes.load(std::sync::atomic::Ordering::Relaxed),
-            });
+            return serde_json::json!({ "mode": "single", "node": self.cfg.node_id });
         };
         let meta = node.metadata();
         let mut partitions = Vec::new();

@@ -305,7 +305,8 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
-/// A query-string value.
+/// Percent-encodes a query-string value or a path segment (device ids are `[A-Za-z0-9_.-]`;
+/// anything else is encoded, and refused by the server as unknown).
 fn query_encode(v: &str) -> String {
     v.bytes()
         .map(|b| {

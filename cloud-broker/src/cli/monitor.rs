@@ -9,7 +9,7 @@ use crate::monitor::view::{DeviceDetail, DeviceList, GatewayRow};
 /// `devices [ID]`: the device table, or one device with its gaps.
 pub(super) fn devices(http: &str, id: Option<&str>, query: &str, json: bool) -> anyhow::Result<()> {
     if let Some(id) = id {
-        let v = get_json(http, &format!("/api/devices/{}", encode(id)))?;
+        let v = get_json(http, &format!("/api/devices/{}", super::query_encode(id)))?;
         if json {
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
@@ -56,20 +56,6 @@ fn get_json(http: &str, path: &str) -> anyhow::Result<serde_json::Value> {
             "{e} (is the broker's HTTP listener at {http}? --http)"
         )),
     }
-}
-
-/// Percent-encodes a path segment (device ids are `[A-Za-z0-9_.-]`; anything else is
-/// encoded and refused by the server as unknown).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn ago(now: i64, ms: i64) -> String {
