@@ -99,6 +99,10 @@ async fn three_nodes_serve_a_replicated_topic_through_a_leader_kill() {
         let agrees = |v: &serde_json::Value| {
             v["mode"] == "cluster"
                 && v["nodes"].as_array().map(|a| a.len()) == Some(3)
+                // Each node's disk, asked over its Kafka listener.
+                && v["nodes"].as_array().is_some_and(|ns| {
+                    ns.iter().all(|n| n["disk"]["usable_bytes"].as_i64().is_some_and(|b| b > 0))
+                })
                 && v["partitions"].as_array().is_some_and(|ps| {
                     ps.len() == PARTITIONS as usize
                         && ps.iter().all(|p| {

@@ -293,6 +293,11 @@ fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go
         .map(|p| p["high_watermark"].as_u64().unwrap())
         .sum();
     assert_eq!(hw, in_telemetry, "{cluster}");
+    let disk = &cluster["nodes"][0]["disk"];
+    assert!(
+        disk["usable_bytes"].as_i64().unwrap() > 0 && disk["bytes"].as_i64().unwrap() > 0,
+        "{cluster}"
+    );
     wait::until(
         Duration::from_secs(30),
         "the monitor's committed lag on telemetry to reach 0",
@@ -468,6 +473,19 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser_and_a_stopped_device_turns_of
     );
     browser
         .screenshot(&artifacts.join("dashboard-offline.png"))
+        .unwrap();
+
+    // The cluster page: the node with its disk, the partitions.
+    browser.eval("location.hash = '#/cluster'; return true;").unwrap();
+    wait::until(Duration::from_secs(30), "the cluster page to show the node's disk and the partitions", || {
+        let v = browser
+            .eval(r#"const n = document.querySelectorAll('#nodes tr[data-node] td.num'); const p = document.querySelectorAll('#partitions tbody tr'); return n.length >= 3 && !document.querySelector('#nodes td.lossy') && p.length > 0;"#)
+            .ok()?;
+        (v == true).then_some(())
+    })
+    .unwrap();
+    browser
+        .screenshot(&artifacts.join("dashboard-cluster.png"))
         .unwrap();
 }
 

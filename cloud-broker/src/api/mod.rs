@@ -5,6 +5,7 @@ pub mod backend;
 pub mod configs;
 pub mod data;
 pub mod groups;
+pub mod peers;
 pub mod stats;
 pub mod txn;
 

@@ -726,7 +726,27 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 "/api/cluster",
                 axum::routing::get(move || {
                     let b = status.clone();
-                    async move { axum::Json(b.cluster_status()) }
+                    async move {
+                        let mut v = b.cluster_status();
+                        // Each node's disk, asked over its Kafka listener (DescribeLogDirs).
+                        let nodes: Vec<(u64, String)> = v["nodes"]
+                            .as_array()
+                            .map(|ns| {
+                                ns.iter()
+                                    .filter_map(|n| Some((n["id"].as_u64()?, n["kafka"].as_str()?.to_string())))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let disks = crate::api::peers::node_disks(nodes).await;
+                        if let Some(ns) = v["nodes"].as_array_mut() {
+                            for n in ns {
+                                if let Some(d) = n["id"].as_u64().and_then(|id| disks.get(&id)) {
+                                    n["disk"] = d.clone();
+                                }
+                            }
+                        }
+                        axum::Json(v)
+                    }
                 }),
             )
             .route(

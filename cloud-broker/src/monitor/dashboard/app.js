@@ -191,6 +191,13 @@ async function cluster() {
     (c.disk_available_bytes != null ? card("Disk free (this node)", bytes(c.disk_available_bytes)) : "") +
     card("Produced/s (this node)", produced == null ? "…" : num(Math.round(produced))) +
     card("Fetched/s (this node)", fetched == null ? "…" : bytes(fetched));
+  $("#nodes tbody").innerHTML = (c.nodes || []).map((n) => {
+    const d = n.disk || {};
+    const cells = d.error
+      ? `<td colspan="4" class="lossy">${esc(d.error)}</td>`
+      : `<td class="num">${bytes(d.bytes)}</td><td class="num">${bytes(d.usable_bytes)}</td><td class="num">${bytes(d.total_bytes)}</td><td>${esc(d.data_dir || "–")}</td>`;
+    return `<tr data-node="${esc(n.id)}"><td class="num">${esc(n.id)}</td><td>${esc(n.kafka)}</td>${cells}</tr>`;
+  }).join("") || `<tr><td colspan="6" class="empty">No nodes</td></tr>`;
   $("#partitions tbody").innerHTML = parts.map((p) => `<tr><td>${esc(p.topic)}</td><td class="num">${p.partition}</td><td class="num">${p.leader ?? "–"}</td>
     <td>${esc((p.replicas || []).join(", "))}</td><td>${esc((p.isr || []).join(", "))}</td><td class="num">${num(p.high_watermark)}</td><td class="num">${num(p.log_start)}</td></tr>`).join("")
     || `<tr><td colspan="7" class="empty">No partitions</td></tr>`;

@@ -137,6 +137,8 @@ pub(crate) fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]
         ""
     };
     let logs: Vec<String> = logs.iter().map(|p| p.display().to_string()).collect();
+    // Every node serves the dashboard; the first is named.
+    let dash = http_ports.first().copied().unwrap_or(a.cloud_http_port);
     println!(
         "\nThe appliance is running. Data: {data} (a second start resumes from it)\n\
          \n  {cloud}\
@@ -144,6 +146,8 @@ pub(crate) fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]
          \n  devices       {fleet}{q}\
          \n  logs          {logs}\n\
          \nWhere to look:\
+         \n  http://127.0.0.1:{dash}/   the fleet dashboard: devices, gaps, gateways, cluster\
+         \n  demo cloud-broker devices --http 127.0.0.1:{dash}   the same from the command line\
          \n  kcat -C -b 127.0.0.1:{k} -t telemetry -f '%p %o %k %h\\n'   readings in the cloud\
          \n  kcat -C -b 127.0.0.1:{k} -t gateways -f '%s\\n'             gateway heartbeats\
          \n  curl {admin}/api/bridge     bridge: connected, backlog, acked, checkpoints\
