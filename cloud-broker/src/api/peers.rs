@@ -19,6 +19,26 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ANSWER: usize = 16 << 20;
 const VERSION: i16 = 4;
 
+/// Adds each node's disk (`disk`, from [`node_disks`]) to the nodes of a `/api/cluster` view.
+pub async fn add_disks(view: &mut Value) {
+    let nodes: Vec<(u64, String)> = view["nodes"]
+        .as_array()
+        .map(|ns| {
+            ns.iter()
+                .filter_map(|n| Some((n["id"].as_u64()?, n["kafka"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut disks = node_disks(nodes).await;
+    if let Some(ns) = view["nodes"].as_array_mut() {
+        for n in ns {
+            if let Some(d) = n["id"].as_u64().and_then(|id| disks.remove(&id)) {
+                n["disk"] = d;
+            }
+        }
+    }
+}
+
 /// Per node id: `{data_dir, total_bytes, usable_bytes, bytes}` (its partitions' bytes), or
 /// `{error}` for a node that did not answer.
 pub async fn node_disks(nodes: Vec<(u64, String)>) -> BTreeMap<u64, Value> {

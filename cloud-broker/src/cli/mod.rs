@@ -266,7 +266,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         }
         Cmd::Monitor(a) => {
             foundation::logging::init("CLOUD_LOG", "info");
-            run_monitor(a)
+            monitor::run_monitor(a)
         }
         Cmd::Devices {
             id,
@@ -294,7 +294,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             from_beginning,
             count,
             format,
-        } => consume(&bootstrap, &topic, from_beginning, count, &format),
+        } => monitor::consume(&bootstrap, &topic, from_beginning, count, &format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -317,131 +317,6 @@ fn query_encode(v: &str) -> String {
             }
         })
         .collect()
-}
-
-#[cfg(feature = "monitor-feed")]
-fn consume(
-    bootstrap: &str,
-    topic: &str,
-    from_beginning: bool,
-    count: Option<u64>,
-    format: &str,
-) -> anyhow::Result<()> {
-    monitor::consume(bootstrap, topic, from_beginning, count, format)
-}
-
-#[cfg(not(feature = "monitor-feed"))]
-fn consume(_: &str, _: &str, _: bool, _: Option<u64>, _: &str) -> anyhow::Result<()> {
-    anyhow::bail!("this build has no Kafka client (feature monitor-feed)")
-}
-
-/// Starts the monitor's feed, if this build has one.
-#[cfg(feature = "monitor-feed")]
-fn start_feed(
-    m: &crate::monitor::Shared,
-    bootstrap: String,
-    group_id: String,
-    properties: Vec<(String, String)>,
-) -> anyhow::Result<Option<crate::monitor::feed::Feed>> {
-    let f = crate::monitor::feed::Feed::start(
-        m.clone(),
-        crate::monitor::feed::FeedConfig {
-            bootstrap,
-            group_id,
-            properties,
-        },
-    )?;
-    Ok(Some(f))
-}
-
-/// A build without a Kafka client has no feed.
-#[cfg(not(feature = "monitor-feed"))]
-#[derive(Debug)]
-struct NoFeed;
-
-/// Stopped like a feed (nothing to stop).
-#[cfg(not(feature = "monitor-feed"))]
-impl Drop for NoFeed {
-    fn drop(&mut self) {}
-}
-
-/// Starts the monitor's feed, if this build has one.
-#[cfg(not(feature = "monitor-feed"))]
-fn start_feed(
-    m: &crate::monitor::Shared,
-    _: String,
-    _: String,
-    _: Vec<(String, String)>,
-) -> anyhow::Result<Option<NoFeed>> {
-    crate::monitor::lock(m).feed = "this build has no Kafka client (feature monitor-feed)".into();
-    Ok(None)
-}
-
-/// The schema registry's routes over a Kafka-backed store, if this build has a Kafka client;
-/// the store is returned to be stopped with the rest.
-#[cfg(feature = "monitor-feed")]
-fn schema_registry(
-    bootstrap: &str,
-    properties: &[(String, String)],
-) -> anyhow::Result<(axum::Router, Option<Arc<crate::schemas::store::Store>>)> {
-    let store = Arc::new(crate::schemas::store::Store::start(bootstrap, properties)?);
-    Ok((crate::schemas::http::routes(store.clone()), Some(store)))
-}
-
-/// Without a Kafka client there is no registry.
-#[cfg(not(feature = "monitor-feed"))]
-fn schema_registry(_: &str, _: &[(String, String)]) -> anyhow::Result<(axum::Router, Option<NoFeed>)> {
-    Ok((axum::Router::new(), None))
-}
-
-/// `cloud-broker monitor`.
-fn run_monitor(a: MonitorArgs) -> anyhow::Result<()> {
-    let settings = monitor::settings(a.config.as_ref())?;
-    settings.validate()?;
-    let group = a
-        .group_id
-        .or_else(|| settings.group_id.clone())
-        .unwrap_or_else(|| "iot-monitor".into());
-    let mut props = Vec::new();
-    for p in &a.properties {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--property {p:?}: expected KEY=VALUE"))?;
-        props.push((k.to_string(), v.to_string()));
-    }
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let http = tokio::net::TcpListener::bind(a.http_listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("http listen address {}: {e}", a.http_listen))?;
-        let m: crate::monitor::Shared =
-            Arc::new(std::sync::Mutex::new(crate::monitor::Monitor::new(settings)));
-        let feed = start_feed(&m, a.bootstrap.clone(), group.clone(), props.clone())?;
-        let (registry, registry_store) = schema_registry(&a.bootstrap, &props)?;
-        let metrics = m.clone();
-        let app = crate::monitor::http::routes(m.clone())
-            .merge(registry)
-            .route("/health", axum::routing::get(|| async { "ok" }))
-            .route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let m = metrics.clone();
-                    async move {
-                        (
-                            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                            crate::monitor::lock(&m).metrics(foundation::time::now_ms()),
-                        )
-                    }
-                }),
-            );
-        info!(bootstrap = %a.bootstrap, group = %group, http = %a.http_listen, "monitor running");
-        let r = tokio::select! {
-            r = axum::serve(http, app) => r.map_err(anyhow::Error::from),
-            _ = foundation::shutdown::signal_received() => Ok(()),
-        };
-        let _ = tokio::task::spawn_blocking(move || drop((feed, registry_store))).await;
-        r
-    })
 }
 
 /// `cloud-broker storage verify`.
@@ -673,14 +548,14 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 .group_id
                 .clone()
                 .unwrap_or_else(|| format!("iot-monitor-{}", cfg.node_id));
-            start_feed(&monitor, format!("{host}:{port}"), group, Vec::new())?
+            monitor::start_feed(&monitor, format!("{host}:{port}"), group, Vec::new())?
         } else {
             crate::monitor::lock(&monitor).feed = "disabled ([monitor] enabled = false)".into();
             None
         };
         let (registry, registry_store) = if cfg.schema_registry {
             let (host, port) = cfg.advertised();
-            schema_registry(&format!("{host}:{port}"), &[])?
+            monitor::schema_registry(&format!("{host}:{port}"), &[])?
         } else {
             (axum::Router::new(), None)
         };
@@ -728,23 +603,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     let b = status.clone();
                     async move {
                         let mut v = b.cluster_status();
-                        // Each node's disk, asked over its Kafka listener (DescribeLogDirs).
-                        let nodes: Vec<(u64, String)> = v["nodes"]
-                            .as_array()
-                            .map(|ns| {
-                                ns.iter()
-                                    .filter_map(|n| Some((n["id"].as_u64()?, n["kafka"].as_str()?.to_string())))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        let disks = crate::api::peers::node_disks(nodes).await;
-                        if let Some(ns) = v["nodes"].as_array_mut() {
-                            for n in ns {
-                                if let Some(d) = n["id"].as_u64().and_then(|id| disks.get(&id)) {
-                                    n["disk"] = d.clone();
-                                }
-                            }
-                        }
+                        crate::api::peers::add_disks(&mut v).await;
                         axum::Json(v)
                     }
                 }),

@@ -3,6 +3,9 @@
 
 use std::fmt::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::info;
 
 use crate::monitor::view::{DeviceDetail, DeviceList, GatewayRow};
 
@@ -274,4 +277,122 @@ pub(super) fn consume(
         out.flush()?;
     }
     Ok(())
+}
+
+/// Without a Kafka client there is nothing to consume with.
+#[cfg(not(feature = "monitor-feed"))]
+pub(super) fn consume(_: &str, _: &str, _: bool, _: Option<u64>, _: &str) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no Kafka client (feature monitor-feed)")
+}
+
+/// Starts the monitor's feed, if this build has one.
+#[cfg(feature = "monitor-feed")]
+pub(super) fn start_feed(
+    m: &crate::monitor::Shared,
+    bootstrap: String,
+    group_id: String,
+    properties: Vec<(String, String)>,
+) -> anyhow::Result<Option<crate::monitor::feed::Feed>> {
+    let f = crate::monitor::feed::Feed::start(
+        m.clone(),
+        crate::monitor::feed::FeedConfig {
+            bootstrap,
+            group_id,
+            properties,
+        },
+    )?;
+    Ok(Some(f))
+}
+
+/// A build without a Kafka client has no feed.
+#[cfg(not(feature = "monitor-feed"))]
+#[derive(Debug)]
+pub(super) struct NoFeed;
+
+/// Stopped like a feed (nothing to stop).
+#[cfg(not(feature = "monitor-feed"))]
+impl Drop for NoFeed {
+    fn drop(&mut self) {}
+}
+
+/// Starts the monitor's feed, if this build has one.
+#[cfg(not(feature = "monitor-feed"))]
+pub(super) fn start_feed(
+    m: &crate::monitor::Shared,
+    _: String,
+    _: String,
+    _: Vec<(String, String)>,
+) -> anyhow::Result<Option<NoFeed>> {
+    crate::monitor::lock(m).feed = "this build has no Kafka client (feature monitor-feed)".into();
+    Ok(None)
+}
+
+/// The schema registry's routes over a Kafka-backed store, if this build has a Kafka client;
+/// the store is returned to be stopped with the rest.
+#[cfg(feature = "monitor-feed")]
+pub(super) fn schema_registry(
+    bootstrap: &str,
+    properties: &[(String, String)],
+) -> anyhow::Result<(axum::Router, Option<Arc<crate::schemas::store::Store>>)> {
+    let store = Arc::new(crate::schemas::store::Store::start(bootstrap, properties)?);
+    Ok((crate::schemas::http::routes(store.clone()), Some(store)))
+}
+
+/// Without a Kafka client there is no registry.
+#[cfg(not(feature = "monitor-feed"))]
+pub(super) fn schema_registry(
+    _: &str,
+    _: &[(String, String)],
+) -> anyhow::Result<(axum::Router, Option<NoFeed>)> {
+    Ok((axum::Router::new(), None))
+}
+
+/// `cloud-broker monitor`.
+pub(super) fn run_monitor(a: super::MonitorArgs) -> anyhow::Result<()> {
+    let settings = settings(a.config.as_ref())?;
+    settings.validate()?;
+    let group = a
+        .group_id
+        .or_else(|| settings.group_id.clone())
+        .unwrap_or_else(|| "iot-monitor".into());
+    let mut props = Vec::new();
+    for p in &a.properties {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--property {p:?}: expected KEY=VALUE"))?;
+        props.push((k.to_string(), v.to_string()));
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let http = tokio::net::TcpListener::bind(a.http_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("http listen address {}: {e}", a.http_listen))?;
+        let m: crate::monitor::Shared =
+            Arc::new(std::sync::Mutex::new(crate::monitor::Monitor::new(settings)));
+        let feed = start_feed(&m, a.bootstrap.clone(), group.clone(), props.clone())?;
+        let (registry, registry_store) = schema_registry(&a.bootstrap, &props)?;
+        let metrics = m.clone();
+        let app = crate::monitor::http::routes(m.clone())
+            .merge(registry)
+            .route("/health", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = metrics.clone();
+                    async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            crate::monitor::lock(&m).metrics(foundation::time::now_ms()),
+                        )
+                    }
+                }),
+            );
+        info!(bootstrap = %a.bootstrap, group = %group, http = %a.http_listen, "monitor running");
+        let r = tokio::select! {
+            r = axum::serve(http, app) => r.map_err(anyhow::Error::from),
+            _ = foundation::shutdown::signal_received() => Ok(()),
+        };
+        let _ = tokio::task::spawn_blocking(move || drop((feed, registry_store))).await;
+        r
+    })
 }

@@ -70,6 +70,11 @@ fn fail(e: Error) -> Response {
         .into_response()
 }
 
+/// A schema itself, as its JSON (an Avro type name stays a string).
+fn raw(r: Result<String, Error>) -> Response {
+    answer(r.map(|schema| serde_json::from_str(&schema).unwrap_or(Value::String(schema))))
+}
+
 fn answer(r: Result<Value, Error>) -> Response {
     r.map_or_else(fail, ok)
 }
@@ -170,10 +175,7 @@ async fn version_schema(State(s): State<Arc<Store>>, Path((subject, v)): Path<(S
                 .map(|(_, _, _, schema)| schema.to_string())
         })
         .await;
-    match r.and_then(|r| r) {
-        Ok(schema) => ok(serde_json::from_str(&schema).unwrap_or(Value::String(schema))),
-        Err(e) => fail(e),
-    }
+    raw(r.and_then(|r| r))
 }
 
 fn parse_id(id: &str) -> Result<u32, Error> {
@@ -202,10 +204,7 @@ async fn by_id(State(s): State<Arc<Store>>, Path(id): Path<String>) -> Response 
 }
 
 async fn by_id_schema(State(s): State<Arc<Store>>, Path(id): Path<String>) -> Response {
-    match schema_by_id(&s, &id).await {
-        Ok((_, schema)) => ok(serde_json::from_str(&schema).unwrap_or(Value::String(schema))),
-        Err(e) => fail(e),
-    }
+    raw(schema_by_id(&s, &id).await.map(|(_, schema)| schema))
 }
 
 async fn delete_subject(State(s): State<Arc<Store>>, Path(subject): Path<String>) -> Response {
