@@ -230,7 +230,7 @@ pub fn marker(
 }
 
 /// Reads a zigzag varint at `at`, moving `at` past it.
-fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+pub(crate) fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*at)?;

@@ -15,6 +15,7 @@
 //! - [`state`] — the single-node shell: one writer applies them to storage, group commit.
 //! - [`storage`] — durable storage (redb) and its in-memory twin, one conformance suite.
 //! - [`batch`] — record batches as opaque bytes: header parsing, CRC, offset rewrite.
+//! - [`client`] — a lean Kafka consumer (group member, batches walked in place): the monitor's.
 //! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
 //! - [`errors`] — Kafka error codes.
 //! - [`monitor`] — monitoring devices from the cloud: the device registry, gateways, the
@@ -28,6 +29,7 @@ pub mod alloc;
 pub mod api;
 pub mod batch;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod errors;

@@ -116,7 +116,8 @@ struct MonitorArgs {
     #[arg(long)]
     group_id: Option<String>,
     /// A librdkafka property for the connection (security.protocol, sasl.*, ssl.*): KEY=VALUE,
-    /// repeat per property.
+    /// repeat per property. Any of them makes the monitor read through librdkafka (its own
+    /// client speaks plaintext).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     properties: Vec<String>,
 }
@@ -548,7 +549,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 .group_id
                 .clone()
                 .unwrap_or_else(|| format!("iot-monitor-{}", cfg.node_id));
-            monitor::start_feed(&monitor, format!("{host}:{port}"), group, Vec::new())?
+            Some(monitor::start_feed(&monitor, format!("{host}:{port}"), group, Vec::new())?)
         } else {
             crate::monitor::lock(&monitor).feed = "disabled ([monitor] enabled = false)".into();
             None

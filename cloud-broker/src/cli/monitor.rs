@@ -285,47 +285,29 @@ pub(super) fn consume(_: &str, _: &str, _: bool, _: Option<u64>, _: &str) -> any
     anyhow::bail!("this build has no Kafka client (feature monitor-feed)")
 }
 
-/// Starts the monitor's feed, if this build has one.
-#[cfg(feature = "monitor-feed")]
+/// Starts the monitor's feed with the client its settings name.
 pub(super) fn start_feed(
     m: &crate::monitor::Shared,
     bootstrap: String,
     group_id: String,
     properties: Vec<(String, String)>,
-) -> anyhow::Result<Option<crate::monitor::feed::Feed>> {
-    let f = crate::monitor::feed::Feed::start(
+) -> anyhow::Result<crate::monitor::feed::Feed> {
+    let client = crate::monitor::lock(m).settings.client;
+    crate::monitor::feed::Feed::start(
         m.clone(),
         crate::monitor::feed::FeedConfig {
             bootstrap,
             group_id,
             properties,
+            client,
         },
-    )?;
-    Ok(Some(f))
+    )
 }
 
-/// A build without a Kafka client has no feed.
+/// A build without a Kafka client has no schema registry store.
 #[cfg(not(feature = "monitor-feed"))]
 #[derive(Debug)]
 pub(super) struct NoFeed;
-
-/// Stopped like a feed (nothing to stop).
-#[cfg(not(feature = "monitor-feed"))]
-impl Drop for NoFeed {
-    fn drop(&mut self) {}
-}
-
-/// Starts the monitor's feed, if this build has one.
-#[cfg(not(feature = "monitor-feed"))]
-pub(super) fn start_feed(
-    m: &crate::monitor::Shared,
-    _: String,
-    _: String,
-    _: Vec<(String, String)>,
-) -> anyhow::Result<Option<NoFeed>> {
-    crate::monitor::lock(m).feed = "this build has no Kafka client (feature monitor-feed)".into();
-    Ok(None)
-}
 
 /// The schema registry's routes over a Kafka-backed store, if this build has a Kafka client;
 /// the store is returned to be stopped with the rest.
@@ -349,7 +331,7 @@ pub(super) fn schema_registry(
 
 /// `cloud-broker monitor`.
 pub(super) fn run_monitor(a: super::MonitorArgs) -> anyhow::Result<()> {
-    let settings = settings(a.config.as_ref())?;
+    let mut settings = settings(a.config.as_ref())?;
     settings.validate()?;
     let group = a
         .group_id
@@ -361,6 +343,10 @@ pub(super) fn run_monitor(a: super::MonitorArgs) -> anyhow::Result<()> {
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("--property {p:?}: expected KEY=VALUE"))?;
         props.push((k.to_string(), v.to_string()));
+    }
+    if !props.is_empty() {
+        // librdkafka's properties (TLS, SASL): the native client has none of that.
+        settings.client = crate::monitor::feed::Client::Librdkafka;
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -1,26 +1,35 @@
-//! The monitor's feed: an ordinary Kafka consumer (librdkafka) in a consumer group of its
-//! own, reading the monitored topics into a [`Monitor`](super::Monitor) on a thread of its own.
+//! The monitor's feed: an ordinary Kafka consumer in a consumer group of its own, reading the
+//! monitored topics into a [`Monitor`](super::Monitor) on a thread of its own.
 //!
-//! It reads every partition from the beginning the first time it is given it (so the
-//! registry rebuilds itself from the log after a restart), and from where it stands after a
-//! rebalance. It commits its offsets like any consumer, so Kafka tools show its lag; the
-//! partition ends come from librdkafka's statistics every second (`/api/monitor`).
+//! Two clients ([`Client`]):
+//! - **native** (the default): [`crate::client`], this crate's lean consumer. It walks each
+//!   fetched batch in place and applies its records under one lock, a fraction of
+//!   librdkafka's cost per record (BENCHMARKS.md), which is what lets a small cloud node
+//!   monitor everything it ingests. Plaintext.
+//! - **librdkafka** (feature `monitor-feed`): for clusters that need TLS or SASL, set with
+//!   librdkafka's properties (`cloud-broker monitor --property`).
+//!
+//! Either reads every partition from the beginning the first time it is given it (so the
+//! registry rebuilds itself from the log after a restart), from where the monitor stands after
+//! a rebalance, and commits its offsets, so Kafka's tools show its lag.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
-use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
-use tracing::{debug, warn};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::warn;
 
 use super::{lock, Rec, Shared};
+use crate::client::{self, Fetched, RecordsError, Walked};
+
+/// The Kafka client the feed reads with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    /// [`crate::client`]: plaintext, the cheapest per record.
+    #[default]
+    Native,
+    /// librdkafka: TLS, SASL and whatever else its properties set.
+    Librdkafka,
+}
 
 /// What the feed connects to.
 #[derive(Debug, Clone)]
@@ -29,8 +38,11 @@ pub struct FeedConfig {
     pub bootstrap: String,
     /// The consumer group.
     pub group_id: String,
-    /// Other librdkafka properties (security settings for another cluster).
+    /// librdkafka properties (security settings for another cluster); only for
+    /// [`Client::Librdkafka`].
     pub properties: Vec<(String, String)>,
+    /// The client.
+    pub client: Client,
 }
 
 /// How long stopping waits for the consumer to leave its group. Leaving needs the group's
@@ -41,56 +53,48 @@ pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A running feed; [`Feed::stop`] leaves the group and joins the thread (waiting at most
 /// [`STOP_WAIT`]).
-#[derive(Debug)]
 pub struct Feed {
-    stop: Arc<AtomicBool>,
+    stop: Box<dyn Fn() + Send + Sync>,
     thread: Option<std::thread::JoinHandle<()>>,
     done: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").finish_non_exhaustive()
+    }
 }
 
 impl Feed {
     /// Starts reading into `monitor`.
     pub fn start(monitor: Shared, cfg: FeedConfig) -> anyhow::Result<Feed> {
-        let topics: Vec<String> = lock(&monitor)
-            .settings
-            .topics()
-            .iter()
-            .map(|t| t.to_string())
-            .collect();
-        let ctx = Ctx {
-            monitor: monitor.clone(),
-        };
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &cfg.bootstrap)
-            .set("group.id", &cfg.group_id)
-            .set("client.id", "iot-monitor")
-            .set("enable.auto.commit", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            // Topics created after the monitor started (a first gateway) are found soon.
-            .set("topic.metadata.refresh.interval.ms", "2000")
-            .set("statistics.interval.ms", "1000")
-            // Keep fetching while the queue holds less than this; librdkafka's defaults (100k
-            // messages, then a 1 s pause) starve a reader of small records: measured 3 M
-            // readings in 19.7 s with them, 3.7 s with these (BENCHMARKS.md). Memory stays
-            // bounded by the queue's 32 MiB.
-            .set("queued.min.messages", "1000000")
-            .set("queued.max.messages.kbytes", "32768")
-            .set("fetch.queue.backoff.ms", "0")
-            .set("log_level", "4");
-        for (k, v) in &cfg.properties {
-            c.set(k, v);
+        match cfg.client {
+            Client::Native => {
+                anyhow::ensure!(
+                    cfg.properties.is_empty(),
+                    "librdkafka properties given to the native client: set [monitor] client = \"librdkafka\""
+                );
+                native(monitor, cfg)
+            }
+            #[cfg(feature = "monitor-feed")]
+            Client::Librdkafka => super::rdkafka_feed::start(monitor, cfg),
+            #[cfg(not(feature = "monitor-feed"))]
+            Client::Librdkafka => {
+                anyhow::bail!("this build has no librdkafka (feature monitor-feed): use client = \"native\"")
+            }
         }
-        let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx)?;
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&refs)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+    }
+
+    /// Runs `body` on the feed's thread; `stop` asks it to end.
+    pub(super) fn spawn(
+        stop: Box<dyn Fn() + Send + Sync>,
+        body: impl FnOnce() + Send + 'static,
+    ) -> anyhow::Result<Feed> {
         let (tx, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("monitor-feed".into())
             .spawn(move || {
-                run(consumer, monitor, flag);
+                body();
                 let _ = tx.send(());
             })?;
         Ok(Feed {
@@ -106,7 +110,7 @@ impl Feed {
     }
 
     fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        (self.stop)();
         if let Some(t) = self.thread.take() {
             match self.done.recv_timeout(STOP_WAIT) {
                 Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -127,134 +131,82 @@ impl Drop for Feed {
     }
 }
 
-/// Most records taken from the consumer's queue before they are applied under one lock.
-const BATCH: usize = 1024;
+/// The native client on a thread with a runtime of its own.
+fn native(monitor: Shared, cfg: FeedConfig) -> anyhow::Result<Feed> {
+    let topics: Vec<String> = lock(&monitor)
+        .settings
+        .topics()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let mut c = client::Config::new(&cfg.bootstrap, &cfg.group_id, topics);
+    anyhow::ensure!(!c.bootstrap.is_empty(), "no bootstrap address");
+    c.client_id = "iot-monitor".into();
+    let (tx, rx) = watch::channel(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Feed::spawn(
+        Box::new(move || {
+            let _ = tx.send(true);
+        }),
+        move || {
+            let mut sink = Sink {
+                monitor,
+                scratch: Vec::new(),
+            };
+            rt.block_on(client::run(c, &mut sink, rx));
+        },
+    )
+}
 
-fn run(consumer: BaseConsumer<Ctx>, monitor: Shared, stop: Arc<AtomicBool>) {
-    // Messages are gathered without the monitor's lock (polling runs the rebalance and
-    // statistics callbacks, which take it), then applied under one lock with one clock read.
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut failed = None;
-    while !stop.load(Ordering::Relaxed) {
-        let mut next = consumer.poll(Duration::from_millis(100));
-        while let Some(m) = next {
-            match m {
-                Ok(m) => batch.push(m),
-                Err(e) => failed = Some(e),
-            }
-            if batch.len() >= BATCH {
-                break;
-            }
-            next = consumer.poll(Duration::ZERO);
-        }
-        if batch.is_empty() && failed.is_none() {
-            continue;
-        }
+/// The monitor as the native client's handler.
+struct Sink {
+    monitor: Shared,
+    scratch: Vec<u8>,
+}
+
+impl client::Handler for Sink {
+    fn start(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        // From where this monitor stands, or from the very beginning.
+        lock(&self.monitor)
+            .positions
+            .get(topic)
+            .and_then(|ps| ps.get(&partition))
+            .map(|p| p.next)
+    }
+
+    fn fetched(&mut self, f: &Fetched<'_>) -> Result<Walked, (Walked, RecordsError)> {
+        // One partition's records under one lock with one clock read.
         let now = foundation::time::now_ms();
-        let mut g = lock(&monitor);
-        for m in &batch {
-            let edge = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == vocab::headers::EDGE)
-                    .and_then(|h| h.value)
-            });
+        let mut g = lock(&self.monitor);
+        let r = f.walk(&mut self.scratch, |r| {
             let rec = Rec {
-                topic: m.topic(),
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-                key: m.key(),
-                value: m.payload(),
-                edge,
+                topic: f.topic,
+                partition: f.partition,
+                offset: r.offset,
+                timestamp_ms: (r.timestamp_ms >= 0).then_some(r.timestamp_ms),
+                key: r.key,
+                value: r.value,
+                edge: r.header(vocab::headers::EDGE),
             };
             g.apply(&rec, now);
+        });
+        if let Err((_, e)) = &r {
+            g.undecodable += 1;
+            g.last_error = Some(format!("{}/{}: {e}", f.topic, f.partition));
         }
-        if let Some(e) = failed.take() {
-            debug!(error = %e, "monitor feed");
-            g.feed = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
-                format!("waiting for the topics ({e})")
-            } else {
-                format!("error: {e}")
-            };
-        }
-        drop(g);
-        batch.clear();
-    }
-    lock(&monitor).feed = "stopping".into();
-    drop(batch);
-    // Dropping the consumer leaves the group.
-    drop(consumer);
-    lock(&monitor).feed = "stopped".into();
-}
-
-struct Ctx {
-    monitor: Shared,
-}
-
-impl ClientContext for Ctx {
-    fn stats(&self, s: Statistics) {
-        let mut m = lock(&self.monitor);
-        for (topic, t) in &s.topics {
-            for (p, part) in &t.partitions {
-                if *p < 0 || !part.desired {
-                    continue;
-                }
-                // The last stable offset under read_committed (librdkafka's default), else the
-                // high watermark.
-                let end = if part.ls_offset >= 0 {
-                    part.ls_offset
-                } else {
-                    part.hi_offset
-                };
-                if end >= 0 {
-                    m.set_end(topic, *p, end);
-                }
-            }
-        }
+        r
     }
 
-    fn error(&self, error: KafkaError, reason: &str) {
-        let mut m = lock(&self.monitor);
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
-            // Before the first gateway has forwarded anything: the topics come with it.
-            debug!(reason, "monitor feed");
-            m.feed = format!("waiting for the topics ({reason})");
-        } else {
-            warn!(%error, reason, "monitor feed");
-            m.feed = format!("error: {reason}");
-        }
+    fn progress(&mut self, topic: &str, partition: i32, next: i64, end: i64) {
+        lock(&self.monitor).advance(topic, partition, next, end);
     }
-}
 
-impl ConsumerContext for Ctx {
-    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-            {
-                let m = lock(&self.monitor);
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                for (t, p) in parts {
-                    // From where this monitor stands, or from the very beginning.
-                    let at = m
-                        .positions
-                        .get(&t)
-                        .and_then(|ps| ps.get(&p))
-                        .map_or(Offset::Beginning, |pos| Offset::Offset(pos.next));
-                    let _ = tpl.set_partition_offset(&t, p, at);
-                }
-            }
-            let r = c.assign(tpl);
-            let mut m = lock(&self.monitor);
-            m.feed = match r {
-                Ok(()) => format!("reading {} partitions", tpl.count()),
-                Err(e) => format!("error: assigning partitions: {e}"),
-            };
-        } else {
-            let _ = c.unassign();
-            lock(&self.monitor).feed = "rebalancing".into();
+    fn state(&mut self, s: String) {
+        let mut g = lock(&self.monitor);
+        if g.feed != s {
+            g.feed = s;
         }
     }
 }

@@ -6,16 +6,18 @@
 //! - [`gateways`] — gateways from their heartbeats: online, backlog, drops, send rate;
 //! - [`Monitor`] — both, fed one record at a time ([`Monitor::apply`]) from any source, with
 //!   the records it could not read counted; [`view`] — what the JSON API and the CLI show;
-//! - `feed` (feature `monitor-feed`) — an ordinary Kafka consumer (librdkafka) that reads the three topics from the
-//!   beginning into a [`Monitor`], against this broker or any Kafka-compatible cluster;
+//! - [`feed`] — an ordinary Kafka consumer (the crate's own [`crate::client`], or librdkafka
+//!   with feature `monitor-feed`) that reads the three topics from the beginning into a
+//!   [`Monitor`], against this broker or any Kafka-compatible cluster;
 //! - [`decode`] — record values as JSON (`cloud-broker consume`);
 //! - [`http`] — `/api/devices`, `/api/devices/{id}`, `/api/gateways`, `/api/monitor`.
 
 pub mod decode;
-#[cfg(feature = "monitor-feed")]
 pub mod feed;
 pub mod gateways;
 pub mod http;
+#[cfg(feature = "monitor-feed")]
+mod rdkafka_feed;
 pub mod registry;
 pub mod view;
 
@@ -51,6 +53,9 @@ pub struct Settings {
     pub max_devices: usize,
     /// Devices with their own series on `/metrics` (the most readings missing first).
     pub metrics_devices: usize,
+    /// The Kafka client that reads the topics: `native` (plaintext, the cheapest per record)
+    /// or `librdkafka` (TLS and SASL through its properties).
+    pub client: feed::Client,
 }
 
 impl Default for Settings {
@@ -65,6 +70,7 @@ impl Default for Settings {
             gateway_timeout_s: 30,
             max_devices: 200_000,
             metrics_devices: 100,
+            client: feed::Client::Native,
         }
     }
 }
@@ -226,6 +232,19 @@ impl Monitor {
             return Err("not a monitored topic".into());
         }
         Ok(())
+    }
+
+    /// Where the feed stands on a partition after a fetch (control records and skipped
+    /// transactions included) and the partition's end.
+    pub fn advance(&mut self, topic: &str, partition: i32, next: i64, end: i64) {
+        let p = match self.positions.get_mut(topic) {
+            Some(p) => p,
+            None => self.positions.entry(topic.to_string()).or_default(),
+        }
+        .entry(partition)
+        .or_insert(Position { next: 0, end: -1 });
+        p.next = p.next.max(next);
+        p.end = end.max(p.next);
     }
 
     /// The partition ends the feed last saw (for the lag).
