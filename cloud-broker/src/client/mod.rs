@@ -106,8 +106,10 @@ pub struct Config {
     pub commit_interval: Duration,
     /// Between metadata refreshes (new topics and partitions, moved leaders).
     pub metadata_interval: Duration,
-    /// How long a broker may hold a fetch that has nothing to return.
+    /// How long a broker may hold a fetch that has less than `min_bytes` to return.
     pub max_wait: Duration,
+    /// The bytes a fetch waits for (up to `max_wait`).
+    pub min_bytes: i32,
     /// Most bytes one fetch response may carry.
     pub fetch_max_bytes: i32,
     /// Most bytes of one partition in a fetch response.
@@ -133,6 +135,7 @@ impl Config {
             commit_interval: Duration::from_secs(5),
             metadata_interval: Duration::from_secs(5),
             max_wait: Duration::from_millis(500),
+            min_bytes: 1,
             fetch_max_bytes: 16 << 20,
             partition_max_bytes: 1 << 20,
         }
@@ -657,7 +660,7 @@ impl Consumer {
         let req = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(self.cfg.max_wait.as_millis() as i32)
-            .with_min_bytes(1)
+            .with_min_bytes(self.cfg.min_bytes)
             .with_max_bytes(self.cfg.fetch_max_bytes)
             .with_isolation_level(1)
             .with_session_id(0)

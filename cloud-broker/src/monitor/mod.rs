@@ -181,7 +181,6 @@ impl Monitor {
     /// its device or gateway was heard from (so a replayed backlog does not make a device
     /// look online), clamped to `now_ms`.
     pub fn apply(&mut self, r: &Rec<'_>, now_ms: i64) {
-        self.records += 1;
         let parts = match self.positions.get_mut(r.topic) {
             Some(p) => p,
             None => self.positions.entry(r.topic.to_string()).or_default(),
@@ -189,6 +188,13 @@ impl Monitor {
         let pos = parts.entry(r.partition).or_insert(Position { next: 0, end: -1 });
         pos.next = pos.next.max(r.offset.saturating_add(1));
         pos.end = pos.end.max(pos.next);
+        self.apply_unpositioned(r, now_ms);
+    }
+
+    /// [`Monitor::apply`] without moving the partition's position: for a feed that moves it
+    /// once per fetch ([`Monitor::advance`], under the same lock).
+    pub fn apply_unpositioned(&mut self, r: &Rec<'_>, now_ms: i64) {
+        self.records += 1;
         let at = r.timestamp_ms.unwrap_or(now_ms).min(now_ms);
         if let Err(e) = self.read(r, at, now_ms) {
             self.undecodable += 1;
@@ -212,8 +218,7 @@ impl Monitor {
                 }
                 None => vocab::wire::decode(value).map_err(|e| format!("reading: {e}"))?,
             };
-            let gateway = r.edge.and_then(vocab::headers::parse_edge).map(|(g, ..)| g);
-            self.registry.reading(id, gateway, &rec, at);
+            self.registry.reading_via(id, r.edge, &rec, at);
         } else if r.topic == self.settings.status_topic {
             let id = device_key(r.key)?;
             let s = vocab::wire::decode_status(value).map_err(|e| format!("status: {e}"))?;
@@ -235,7 +240,7 @@ impl Monitor {
     }
 
     /// Where the feed stands on a partition after a fetch (control records and skipped
-    /// transactions included) and the partition's end.
+    /// transactions included) and the partition's end (-1: unchanged).
     pub fn advance(&mut self, topic: &str, partition: i32, next: i64, end: i64) {
         let p = match self.positions.get_mut(topic) {
             Some(p) => p,
@@ -244,7 +249,7 @@ impl Monitor {
         .entry(partition)
         .or_insert(Position { next: 0, end: -1 });
         p.next = p.next.max(next);
-        p.end = end.max(p.next);
+        p.end = if end >= 0 { end } else { p.end }.max(p.next);
     }
 
     /// The partition ends the feed last saw (for the lag).

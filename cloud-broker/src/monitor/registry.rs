@@ -357,6 +357,28 @@ impl Registry {
         }
     }
 
+    /// [`Registry::reading`] with the record's raw [`vocab::headers::EDGE`] header, parsed
+    /// only when it does not name the gateway the device used before (the common case costs a
+    /// prefix comparison, not a parse).
+    pub fn reading_via(&mut self, id: &str, edge: Option<&[u8]>, r: &ReadingRecord, now_ms: i64) {
+        if let Some(d) = self.devices.get_mut(id) {
+            let same = match (edge, d.gateway.as_deref()) {
+                (None, _) => true,
+                (Some(e), Some(g)) => from_gateway(e, g),
+                (Some(_), None) => false,
+            };
+            if same {
+                return Self::take(d, None, r, now_ms);
+            }
+        }
+        let gateway = edge
+            .and_then(vocab::headers::parse_edge)
+            .map(|(g, ..)| self.name(g));
+        if let Some(d) = self.device(id, now_ms) {
+            Self::take(d, gateway, r, now_ms);
+        }
+    }
+
     fn take(d: &mut Device, gateway: Option<Arc<str>>, r: &ReadingRecord, now_ms: i64) {
         d.last_seen_ms = d.last_seen_ms.max(now_ms);
         if gateway.is_some() {
@@ -405,6 +427,16 @@ impl Registry {
     }
 }
 
+/// Whether the edge header `e` (`<gateway>/<topic>/<partition>/<offset>`, the gateway may
+/// hold `/`) names gateway `g`, as [`vocab::headers::parse_edge`] would read it.
+fn from_gateway(e: &[u8], g: &str) -> bool {
+    let g = g.as_bytes();
+    e.len() > g.len()
+        && e.starts_with(g)
+        && e[g.len()] == b'/'
+        && e[g.len() + 1..].iter().filter(|&&b| b == b'/').count() == 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +452,34 @@ mod tests {
                 value: seq as f32,
             },
         }
+    }
+
+    #[test]
+    fn the_edge_header_names_the_gateway_as_parse_edge_reads_it() {
+        for (e, g, want) in [
+            (&b"gw/telemetry/0/5"[..], "gw", true),
+            (b"gw/telemetry/0/5", "g", false),
+            (b"a/b/telemetry/0/5", "a", false),
+            (b"a/b/telemetry/0/5", "a/b", true),
+            (b"gw", "gw", false),
+            (b"gw/", "gw", false),
+        ] {
+            assert_eq!(from_gateway(e, g), want, "{:?} {g}", std::str::from_utf8(e));
+            let parsed = vocab::headers::parse_edge(e).map(|(x, ..)| x == g);
+            if want {
+                assert_eq!(parsed, Some(true));
+            }
+        }
+        // reading_via: a device moving to another gateway is seen to.
+        let mut r = Registry::default();
+        r.reading_via("d", Some(b"a/b/t/0/1"), &rec(1, 0), 1);
+        assert_eq!(r.devices["d"].gateway.as_deref(), Some("a/b"));
+        r.reading_via("d", Some(b"a/b/t/0/2"), &rec(1, 1), 2);
+        r.reading_via("d", Some(b"a/c/t/0/2"), &rec(1, 2), 3);
+        assert_eq!(r.devices["d"].gateway.as_deref(), Some("a/c"));
+        r.reading_via("d", None, &rec(1, 3), 4);
+        assert_eq!(r.devices["d"].gateway.as_deref(), Some("a/c"));
+        assert_eq!(r.devices["d"].readings, 4);
     }
 
     #[test]
