@@ -34,6 +34,18 @@
 //! gateway_timeout_s = 30                  # a gateway without a heartbeat this long is offline
 //! max_devices = 200000                    # records of more devices are counted, not kept
 //! metrics_devices = 100                   # devices with their own /metrics series (worst first)
+//! client = "native"                       # or "librdkafka" (TLS, SASL)
+//!
+//! # What one client can make the Kafka listener hold; each hit is counted on /metrics
+//! # (kafka_connections_closed_total{limit}) and logged.
+//! [limits]
+//! max_connections = 10000
+//! max_connections_per_ip = 1000
+//! idle_timeout_s = 600                    # no request for this long: closed
+//! frame_timeout_s = 30                    # a request begun must arrive whole within this
+//! max_in_flight = 32                      # requests outstanding per connection
+//! max_frame_bytes = 104857600             # the largest request
+//! request_memory_mb = 512                 # request bytes held at once (frames > 16 KiB)
 //! ```
 
 use std::net::SocketAddr;
@@ -69,6 +81,8 @@ pub struct Config {
     pub monitor: crate::monitor::Settings,
     /// Serve the schema registry (Confluent's REST subset) on the HTTP listener.
     pub schema_registry: bool,
+    /// What one client can make the Kafka listener hold.
+    pub limits: crate::limits::Limits,
 }
 
 /// The `[cluster]` section.
@@ -118,6 +132,7 @@ impl Default for Config {
             cluster: None,
             monitor: crate::monitor::Settings::default(),
             schema_registry: true,
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -164,6 +179,7 @@ impl Config {
             }
         }
         self.monitor.validate()?;
+        self.limits.validate()?;
         if let Some(a) = &self.advertise {
             let (host, port) = a
                 .rsplit_once(':')

@@ -18,6 +18,7 @@
 //! - [`client`] — a lean Kafka consumer (group member, batches walked in place): the monitor's.
 //! - [`config`] — `cloud.toml`, `CLOUD_*` environment, flags.
 //! - [`errors`] — Kafka error codes.
+//! - [`limits`] — what one client can make the Kafka listener hold (connections, timeouts, memory).
 //! - [`monitor`] — monitoring devices from the cloud: the device registry, gateways, the
 //!   dashboard and its JSON API, fed by a Kafka consumer of the cloud topics.
 //! - [`schemas`] — a schema registry (the Confluent REST subset clients use), kept in a topic.
@@ -33,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod errors;
+pub mod limits;
 pub mod monitor;
 pub mod protocol;
 pub mod raft;

@@ -561,6 +561,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             (axum::Router::new(), None)
         };
         let monitor_metrics = monitor.clone();
+        let gate = crate::limits::Gate::new(cfg.limits.clone());
+        let gate_metrics = gate.clone();
         let status = broker.clone();
         let digests = broker.clone();
         let replacer = broker.clone();
@@ -587,9 +589,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 axum::routing::get(move || {
                     let b = metrics.clone();
                     let m = monitor_metrics.clone();
+                    let g = gate_metrics.clone();
                     async move {
                         let mut page = b.storage_metrics();
                         page.push_str(&crate::api::stats::broker_metrics(&b));
+                        g.render(&mut page);
                         page.push_str(&crate::monitor::lock(&m).metrics(foundation::time::now_ms()));
                         (
                             [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -645,7 +649,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");
         let closer = broker.clone();
         let r = tokio::select! {
-            r = crate::server::serve(broker, listener) => r.map_err(anyhow::Error::from),
+            r = crate::server::serve(broker, listener, gate) => r.map_err(anyhow::Error::from),
             r = axum::serve(http, health) => r.map_err(anyhow::Error::from),
             _ = foundation::shutdown::signal_received() => {
                 info!("shutting down");

@@ -61,7 +61,7 @@ enum Job {
 /// Handle to a partition's sequencer task.
 ///
 /// The queue is unbounded: what bounds it is the Kafka connections feeding it, each with at
-/// most [`crate::server::MAX_IN_FLIGHT`] requests outstanding.
+/// most `[limits] max_in_flight` requests outstanding.
 #[derive(Debug, Clone)]
 pub struct Sequencer {
     tx: mpsc::UnboundedSender<Job>,
