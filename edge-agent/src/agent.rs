@@ -110,7 +110,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut mqtt = Mqtt::start(&cfg.mqtt)?;
+    let auth = match cfg.mqtt.auth {
+        crate::config::MqttAuth::None => None,
+        crate::config::MqttAuth::Password => {
+            let path = cfg
+                .mqtt
+                .credentials_file
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join(crate::credentials::FILE_NAME));
+            Some(crate::credentials::Checker::new(path, metrics.clone())?)
+        }
+    };
+    let mut mqtt = Mqtt::start(&cfg.mqtt, auth)?;
     // The hand-over between the link reader and the ingest thread. Its slots are allocated up
     // front (80 B each); 16 Ki of them cover ~16 ms at peak, behind which rumqttd's own
     // telemetry window (4 × 4 MiB) still holds ~175 k publishes before it would skip any.

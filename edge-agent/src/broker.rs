@@ -28,6 +28,7 @@ use rumqttd::{Broker, ConnectionSettings, Notification, RouterConfig, SegmentCon
 use tracing::{error, warn};
 
 use crate::config::MqttConfig;
+use crate::credentials::Checker;
 use crate::ingest::Message;
 use crate::metrics::{add, Metrics};
 
@@ -37,7 +38,12 @@ pub const FILTERS: [&str; 2] = ["sensors/+", "devices/+/status"];
 /// The rumqttd configuration the agent runs with (also used by `ingest-bench` for bare rumqttd,
 /// so the peer is sized exactly like the agent's broker).
 pub fn rumqttd_config(cfg: &MqttConfig) -> rumqttd::Config {
-    let connections = ConnectionSettings {
+    rumqttd_config_with(cfg, None)
+}
+
+/// [`rumqttd_config`] with devices checked by `auth` (`[mqtt] auth = "password"`).
+pub fn rumqttd_config_with(cfg: &MqttConfig, auth: Option<Arc<Checker>>) -> rumqttd::Config {
+    let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         // rumqttd compares the whole remaining length (topic + payload + header fields).
         max_payload_size: cfg.max_payload_bytes + 256,
@@ -46,6 +52,12 @@ pub fn rumqttd_config(cfg: &MqttConfig) -> rumqttd::Config {
         external_auth: None,
         dynamic_filters: false,
     };
+    if let Some(chk) = auth {
+        connections.set_auth_handler(move |client_id, username, password| {
+            let chk = chk.clone();
+            async move { chk.check(client_id, username, password).await }
+        });
+    }
     let server = ServerSettings {
         name: "mqtt-v4".into(),
         listen: cfg.listen,
@@ -105,10 +117,10 @@ impl std::fmt::Debug for Mqtt {
 
 impl Mqtt {
     /// Starts rumqttd on `cfg.listen` and subscribes the ingest link.
-    pub fn start(cfg: &MqttConfig) -> anyhow::Result<Self> {
+    pub fn start(cfg: &MqttConfig, auth: Option<Arc<Checker>>) -> anyhow::Result<Self> {
         // rumqttd logs a bind failure and carries on; find out ourselves.
         drop(TcpListener::bind(cfg.listen).with_context(|| format!("MQTT listen address {}", cfg.listen))?);
-        let mut broker = Broker::new(rumqttd_config(cfg));
+        let mut broker = Broker::new(rumqttd_config_with(cfg, auth));
         // An unguessable client id: a remote client with the same id would take the link over.
         let id = format!("edge-agent-ingest-{:016x}", foundation::ids::random_u64());
         let (mut tx, rx) = broker

@@ -32,6 +32,42 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// Device credentials for `[mqtt] auth = "password"` (the credentials file: Argon2id
+    /// hashes; a running agent picks changes up at the next connect).
+    Devices {
+        #[command(subcommand)]
+        cmd: DevicesCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCmd {
+    /// Add a device (or give it a new password). Without --password-stdin a random password
+    /// is made and printed once: it is not kept anywhere but in the device.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// The device id (its MQTT client id and username).
+        id: String,
+        /// Read the password from standard input (one line) instead of making one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a device: its next connection is refused.
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        /// The device id.
+        id: String,
+    },
+    /// The devices that may connect (ids and when they were added; never a secret).
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +243,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             agent::run(cfg)
         }
         Cmd::Replay(a) => replay(a),
+        Cmd::Devices { cmd } => devices(cmd),
         Cmd::Log {
             cmd: LogCmd::Stats { common, json },
         } => {
@@ -492,4 +529,78 @@ fn http_json(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Re
         }
         e => e.into(),
     })
+}
+
+/// `edge-agent devices ...`.
+fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
+    use crate::credentials::{generate_password, Credentials, FILE_NAME};
+    let path = |common: &Common| -> anyhow::Result<PathBuf> {
+        let cfg = load(common)?;
+        Ok(cfg
+            .mqtt
+            .credentials_file
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join(FILE_NAME)))
+    };
+    match cmd {
+        DevicesCmd::Add {
+            common,
+            id,
+            password_stdin,
+        } => {
+            let path = path(&common)?;
+            let (password, made) = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                (line.trim_end_matches(['\r', '\n']).to_string(), false)
+            } else {
+                (generate_password()?, true)
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut c = Credentials::load(&path)?;
+            let replaced = c.devices.contains_key(&id);
+            c.set(&id, &password)?;
+            c.save(&path)?;
+            eprintln!(
+                "{} device {id} in {}",
+                if replaced { "new password for" } else { "added" },
+                path.display()
+            );
+            if made {
+                // Printed once, to standard output alone (a script can take it).
+                println!("{password}");
+            }
+            Ok(())
+        }
+        DevicesCmd::Remove { common, id } => {
+            let path = path(&common)?;
+            let mut c = Credentials::load(&path)?;
+            anyhow::ensure!(
+                c.devices.remove(&id).is_some(),
+                "no device {id:?} in {}",
+                path.display()
+            );
+            c.save(&path)?;
+            eprintln!("removed device {id} from {}", path.display());
+            Ok(())
+        }
+        DevicesCmd::List { common, json } => {
+            let c = Credentials::load(&path(&common)?)?;
+            if json {
+                let v: Vec<serde_json::Value> = c
+                    .devices
+                    .iter()
+                    .map(|(id, e)| serde_json::json!({ "id": id, "added_ms": e.added_ms }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (id, e) in &c.devices {
+                    println!("{id}\tadded {}", foundation::time::rfc3339_ms(e.added_ms));
+                }
+            }
+            Ok(())
+        }
+    }
 }

@@ -10,6 +10,8 @@
 //! listen = "127.0.0.1:1883"
 //! max_connections = 10000
 //! max_payload_bytes = 65536         # larger publishes are refused by the broker
+//! auth = "none"                    # or "password": devices by id and password (edge-agent devices add)
+//! credentials_file = "./data/edge/credentials.toml"  # default: credentials.toml in data_dir
 //!
 //! [admin]
 //! listen = "127.0.0.1:8081"         # /health /metrics /api/log /api/devices
@@ -78,6 +80,22 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// Largest publish payload accepted, bytes.
     pub max_payload_bytes: usize,
+    /// How devices authenticate: `none` (anyone may connect) or `password` (client id and
+    /// username are the device id, the password is checked against the credentials file).
+    pub auth: MqttAuth,
+    /// The credentials file [default: `credentials.toml` in the data directory].
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// `[mqtt] auth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttAuth {
+    /// Any client may connect.
+    #[default]
+    None,
+    /// Devices added with `edge-agent devices add`, by id and password.
+    Password,
 }
 
 /// Admin HTTP settings.
@@ -133,6 +151,8 @@ impl Default for MqttConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_connections: 10_000,
             max_payload_bytes: 64 * 1024,
+            auth: MqttAuth::None,
+            credentials_file: None,
         }
     }
 }

@@ -10,10 +10,11 @@
 //!   twin, the chunk format, retention and compaction, and the conformance suite.
 //! - [`partitioner`] — Kafka's murmur2 partitioner (device → partition, same as the cloud).
 //! - [`broker`] — the embedded rumqttd and the link the pipeline reads.
+//! - [`credentials`] — device passwords (Argon2id hashes) for `[mqtt] auth = "password"`.
 //! - [`ingest`] — decode, validate, dedup, group commit, then ack (sans-I/O besides the store).
 //! - [`agent`] — `edge-agent run`: threads, housekeeping, graceful shutdown.
 //! - [`forward`] — the log as the hosted bridge (the `bridge` crate) reads it.
-//! - [`cli`] — the command line (`run`, `replay`, `log stats`, `log tail`).
+//! - [`cli`] — the command line (`run`, `replay`, `log stats`, `log tail`, `devices`).
 //! - [`admin`] — the admin HTTP API; [`metrics`] its counters; [`devices`] the device registry;
 //!   [`render`] records as JSON.
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod devices;
 pub mod forward;
 pub mod ingest;

@@ -16,6 +16,7 @@
 //! | `keepalive` | MQTT keep-alive, seconds (0 = off) | 5 |
 //! | `resend` | resend in-flight readings after this long without ack progress, ms | 2000 |
 //! | `timeout` | a broker request unanswered this long ends the session, ms | 3000 |
+//! | `pass` | MQTT password: the device connects with its id as username and this password (`[mqtt] auth = "password"` on the agent); 8..=64 bytes | none (no username, no password) |
 //! | `full` | when the buffer is full: `wait` = the simulated sensor holds its samples and catches up later (nothing is lost), `drop` = sample anyway and let the buffer drop the oldest | `wait` |
 //!
 //! This image keeps no state across resets, so by default every boot gets a new boot id (the
@@ -34,6 +35,8 @@ pub struct Params<'a> {
     pub timeout_ms: u32,
     /// Whether the sensor samples into a full buffer (`full=drop`), losing the oldest reading.
     pub drop_when_full: bool,
+    /// The MQTT password (the username is the id), if any.
+    pub password: Option<&'a str>,
 }
 
 /// Parses the command line; `Err` carries a message naming the offending token.
@@ -48,6 +51,7 @@ pub fn parse(line: &str) -> Result<Params<'_>, &'static str> {
         resend_ms: 2_000,
         timeout_ms: 3_000,
         drop_when_full: false,
+        password: None,
     };
     let mut boot = None;
     for (i, token) in line.split(' ').filter(|t| !t.is_empty()).enumerate() {
@@ -59,6 +63,8 @@ pub fn parse(line: &str) -> Result<Params<'_>, &'static str> {
         };
         match key {
             "id" => p.id = value,
+            "pass" if (8..=64).contains(&value.len()) => p.password = Some(value),
+            "pass" => return Err("bad pass (8..=64 bytes)"),
             "boot" if value == "time" => boot = Some(crate::host::time_s()),
             "boot" => boot = Some(num(value, 0, u32::MAX).ok_or("bad boot")?),
             "n" => p.n = num(value, 0, u32::MAX).ok_or("bad n")?,

@@ -70,6 +70,12 @@ fn main() -> ! {
     let Ok(mut cfg) = Config::new(p.id, p.boot) else {
         host::fail("bad id (1..=32 of A-Za-z0-9_.-)")
     };
+    if let Some(pass) = p.password {
+        // Both fit: the id is at most 32 bytes, the password at most 64 (args::parse).
+        if cfg.username.push_str(p.id).is_err() || cfg.password.push_str(pass).is_err() {
+            host::fail("credentials too long")
+        }
+    }
     cfg.batch_max = p.batch as usize;
     cfg.keep_alive_s = p.keepalive as u16;
     cfg.resend_timeout_ms = u64::from(p.resend_ms);
