@@ -121,7 +121,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Some(crate::credentials::Checker::new(path, metrics.clone())?)
         }
     };
-    let mut mqtt = Mqtt::start(&cfg.mqtt, auth)?;
+    let mut mqtt = Mqtt::start(&cfg.mqtt, auth, &metrics)?;
     // The hand-over between the link reader and the ingest thread. Its slots are allocated up
     // front (80 B each); 16 Ki of them cover ~16 ms at peak, behind which rumqttd's own
     // telemetry window (4 × 4 MiB) still holds ~175 k publishes before it would skip any.

@@ -117,9 +117,26 @@ impl std::fmt::Debug for Mqtt {
 
 impl Mqtt {
     /// Starts rumqttd on `cfg.listen` and subscribes the ingest link.
-    pub fn start(cfg: &MqttConfig, auth: Option<Arc<Checker>>) -> anyhow::Result<Self> {
+    pub fn start(
+        cfg: &MqttConfig,
+        auth: Option<Arc<Checker>>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         // rumqttd logs a bind failure and carries on; find out ourselves.
-        drop(TcpListener::bind(cfg.listen).with_context(|| format!("MQTT listen address {}", cfg.listen))?);
+        let public =
+            TcpListener::bind(cfg.listen).with_context(|| format!("MQTT listen address {}", cfg.listen))?;
+        // With authentication, devices reach the authorizing front (crate::front) on the
+        // public address, and rumqttd listens on a loopback port behind it.
+        let mut rcfg = cfg.clone();
+        let public = if auth.is_some() {
+            let inner = TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?;
+            rcfg.listen = inner.local_addr()?;
+            Some(public)
+        } else {
+            drop(public);
+            None
+        };
+        let cfg = &rcfg;
         let mut broker = Broker::new(rumqttd_config_with(cfg, auth));
         // An unguessable client id: a remote client with the same id would take the link over.
         let id = format!("edge-agent-ingest-{:016x}", foundation::ids::random_u64());
@@ -144,6 +161,29 @@ impl Mqtt {
                 warn!("could not set TCP_NODELAY on rumqttd's listener; small acks may wait 40 ms")
             }
             Ok(_) => {}
+        }
+        if let Some(public) = public {
+            let f = crate::front::Front {
+                inner: cfg.listen,
+                max_packet: cfg.max_payload_bytes + 256,
+                metrics: metrics.clone(),
+            };
+            public.set_nonblocking(true)?;
+            std::thread::Builder::new()
+                .name("mqtt-front".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => return error!(error = %e, "the MQTT front has no runtime"),
+                    };
+                    rt.block_on(async move {
+                        match tokio::net::TcpListener::from_std(public) {
+                            Ok(l) => crate::front::serve(l, f).await,
+                            Err(e) => error!(error = %e, "the MQTT front's listener"),
+                        }
+                    })
+                })
+                .context("starting the MQTT front")?;
         }
         Ok(Mqtt { tx, rx: Some(rx) })
     }

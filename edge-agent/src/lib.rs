@@ -11,6 +11,7 @@
 //! - [`partitioner`] — Kafka's murmur2 partitioner (device → partition, same as the cloud).
 //! - [`broker`] — the embedded rumqttd and the link the pipeline reads.
 //! - [`credentials`] — device passwords (Argon2id hashes) for `[mqtt] auth = "password"`.
+//! - [`front`] — the authorizing front before rumqttd: each device uses its own topics only.
 //! - [`ingest`] — decode, validate, dedup, group commit, then ack (sans-I/O besides the store).
 //! - [`agent`] — `edge-agent run`: threads, housekeeping, graceful shutdown.
 //! - [`forward`] — the log as the hosted bridge (the `bridge` crate) reads it.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod credentials;
 pub mod devices;
 pub mod forward;
+pub mod front;
 pub mod ingest;
 pub mod log;
 pub mod metrics;

@@ -2,7 +2,10 @@
 //! connect (mosquitto_pub, and the firmware image under QEMU with `pass=`); a wrong password,
 //! no credentials, an unknown device, and a client id that is not the username are refused and
 //! nothing they sent reaches the log; a device removed while the agent runs is refused at its
-//! next connect; `devices list` shows ids, never a secret.
+//! next connect; `devices list` shows ids, never a secret. Authorization (the front): an
+//! authenticated device publishing to another device's topic, subscribing to another device's
+//! acks (or to every device's), or leaving a will on another device's status is cut off and
+//! nothing of it reaches the log; an MQTT 5 client gets 3.1.1's "unacceptable protocol version".
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -167,6 +170,95 @@ fn devices_connect_with_their_id_and_password_and_nobody_else_does() {
     // the agent's check is asked.
     assert_eq!(agent.metric("edge_mqtt_auth_refused_total").unwrap(), 4.0);
 
+    // Authenticated, but not allowed: another device's topic, another device's acks, a will
+    // on another device's status. Each closes the connection; nothing reaches the log.
+    let (ok, pw2, _) = devices(&data, &["add", "dev-two"], None);
+    assert!(ok);
+    let pw2 = pw2.trim().to_string();
+    let theirs = batch_file(&data, "dev-ok");
+    assert!(
+        !publish(port, &theirs, "dev-ok", "dev-two", Some("dev-two"), Some(&pw2)),
+        "dev-two publishing as dev-ok"
+    );
+    let sub = |filter: &str| {
+        Command::new(hil_tests::mosquitto::which("mosquitto_sub").unwrap())
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-i",
+                "dev-two",
+                "-u",
+                "dev-two",
+                "-P",
+                &pw2,
+            ])
+            .args(["-t", filter, "-C", "1", "-W", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    // (mosquitto_sub reconnects after being cut off, and is cut off again, until -W ends it.)
+    assert!(
+        !sub("devices/dev-ok/ack").success(),
+        "dev-two reading dev-ok's acks"
+    );
+    assert!(
+        !sub("devices/+/ack").success(),
+        "a wildcard over every device's acks"
+    );
+    let will = Command::new(mosquitto_pub())
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-i",
+            "dev-two",
+            "-u",
+            "dev-two",
+            "-P",
+            &pw2,
+        ])
+        .args(["--will-topic", "devices/dev-ok/status", "--will-payload", "x"])
+        .args(["-t", "sensors/dev-two", "-m", "x"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!will.success(), "a will on another device's status");
+    // MQTT 5 is not served yet: the CONNACK 3.1.1 asks for (unacceptable protocol version).
+    let v5 = Command::new(mosquitto_pub())
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv5",
+            "-i",
+            "dev-two",
+        ])
+        .args(["-u", "dev-two", "-P", &pw2, "-t", "sensors/dev-two", "-m", "x"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!v5.status.success());
+    assert!(agent.metric("edge_mqtt_denied_total").unwrap() >= 5.0);
+    // Its own topics it may use.
+    let mine = batch_file(&data, "dev-two");
+    assert!(publish(
+        port,
+        &mine,
+        "dev-two",
+        "dev-two",
+        Some("dev-two"),
+        Some(&pw2)
+    ));
+
     // The firmware under QEMU, with its password.
     let args: Vec<String> = [
         "id=qemu-auth",
@@ -235,11 +327,16 @@ fn devices_connect_with_their_id_and_password_and_nobody_else_does() {
         }
         devs
     });
-    assert_eq!(seen.get("dev-ok"), Some(&3));
+    assert_eq!(
+        seen.get("dev-ok"),
+        Some(&3),
+        "dev-two's batch in dev-ok's name never landed"
+    );
+    assert_eq!(seen.get("dev-two"), Some(&3));
     assert_eq!(seen.get("qemu-auth"), Some(&40));
     assert_eq!(
         seen.len(),
-        2,
+        3,
         "nothing of the refused clients in the log: {seen:?}"
     );
     std::fs::remove_dir_all(&data).ok();
