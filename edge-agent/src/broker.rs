@@ -167,6 +167,7 @@ impl Mqtt {
                 inner: cfg.listen,
                 max_packet: cfg.max_payload_bytes + 256,
                 metrics: metrics.clone(),
+                frame_deadline: std::time::Duration::from_secs(cfg.frame_timeout_s),
             };
             public.set_nonblocking(true)?;
             std::thread::Builder::new()

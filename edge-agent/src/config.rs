@@ -12,6 +12,7 @@
 //! max_payload_bytes = 65536         # larger publishes are refused by the broker
 //! auth = "none"                    # or "password": devices by id and password (edge-agent devices add)
 //! credentials_file = "./data/edge/credentials.toml"  # default: credentials.toml in data_dir
+//! frame_timeout_s = 30             # auth on: a packet begun must arrive whole within this
 //!
 //! [admin]
 //! listen = "127.0.0.1:8081"         # /health /metrics /api/log /api/devices
@@ -85,6 +86,9 @@ pub struct MqttConfig {
     pub auth: MqttAuth,
     /// The credentials file [default: `credentials.toml` in the data directory].
     pub credentials_file: Option<PathBuf>,
+    /// With `auth = "password"`: a packet once begun (the CONNECT: from the connection's start)
+    /// must arrive whole within this, seconds, or the connection is closed.
+    pub frame_timeout_s: u64,
 }
 
 /// `[mqtt] auth`.
@@ -153,6 +157,7 @@ impl Default for MqttConfig {
             max_payload_bytes: 64 * 1024,
             auth: MqttAuth::None,
             credentials_file: None,
+            frame_timeout_s: 30,
         }
     }
 }
@@ -205,6 +210,7 @@ impl Config {
             self.mqtt.max_payload_bytes >= 64,
             "mqtt.max_payload_bytes must be >= 64"
         );
+        anyhow::ensure!(self.mqtt.frame_timeout_s > 0, "mqtt.frame_timeout_s must be > 0");
         for name in self.topics.keys() {
             anyhow::ensure!(
                 [TELEMETRY, DEVICE_STATUS, DEAD_LETTER].contains(&name.as_str()),

@@ -16,7 +16,9 @@
 //! it never enters the log (MQTT 3.1.1 has no way to refuse a publish and go on); the refusal is
 //! logged with the client id and counted (`edge_mqtt_denied_total`). A batch's own device id must
 //! match its topic as well: the ingest checks that. What the broker sends back is copied through
-//! untouched.
+//! untouched. A packet once begun must arrive whole within `[mqtt] frame_timeout_s` (the CONNECT too,
+//! from the connection's start), so a client that sends half a packet and goes silent holds
+//! nothing for long; between packets the device's keep-alive rules, enforced by rumqttd.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub struct Front {
     pub max_packet: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// How long a packet, once begun (and the CONNECT, from the connection's start), may take
+    /// to arrive whole (`[mqtt] frame_timeout_s`).
+    pub frame_deadline: std::time::Duration,
 }
 
 /// Accepts devices on `listener` until the runtime ends.
@@ -170,6 +175,11 @@ pub fn authorize(id: &str, frame: &[u8], h: &v4::FixedHeader) -> Result<(), Deni
     }
 }
 
+fn late(f: &Front) -> anyhow::Error {
+    add(&f.metrics.mqtt_frame_timeouts, 1);
+    anyhow::anyhow!("a packet not whole within {:?}", f.frame_deadline)
+}
+
 /// A client's text as logged: printable ASCII, at most 80 characters.
 fn for_log(s: &str) -> String {
     s.chars()
@@ -183,11 +193,16 @@ async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
     let (mut cr, mut cw) = sock.into_split();
     let mut buf = BytesMut::with_capacity(8 << 10);
     // The CONNECT, before anything reaches the broker.
+    // The CONNECT must be whole within the frame deadline of the connection's start.
+    let connect_by = tokio::time::Instant::now() + f.frame_deadline;
     let h = loop {
         match v4::check(buf.iter(), f.max_packet) {
             Ok(h) => break h,
             Err(MqttError::InsufficientBytes(_)) => {
-                if cr.read_buf(&mut buf).await? == 0 {
+                let n = tokio::time::timeout_at(connect_by, cr.read_buf(&mut buf))
+                    .await
+                    .map_err(|_| late(f))??;
+                if n == 0 {
                     return Ok(());
                 }
             }
@@ -216,17 +231,19 @@ async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
     let _ = up.set_nodelay(true);
     let (mut ur, mut uw) = up.into_split();
     uw.write_all(&connect).await?;
-    let down = tokio::spawn(async move {
+    let mut down = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut ur, &mut cw).await;
         let _ = cw.shutdown().await;
     });
     let mut out = BytesMut::with_capacity(8 << 10);
-    let r = async {
+    let mut partial_since = None;
+    let up = async {
         loop {
             // Every whole packet read so far, checked, then written to the broker at once.
             loop {
                 match v4::check(buf.iter(), f.max_packet) {
                     Ok(h) => {
+                        partial_since = None;
                         let frame = buf.split_to(h.frame_length());
                         if let Err(d) = authorize(&id, &frame, &h) {
                             add(&f.metrics.mqtt_denied, 1);
@@ -247,7 +264,17 @@ async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
                 uw.write_all(&out).await?;
                 out.clear();
             }
-            if cr.read_buf(&mut buf).await? == 0 {
+            // A packet begun must be whole within the deadline; between packets the device's
+            // keep-alive rules (rumqttd closes a silent connection, and the front with it).
+            let n = if buf.is_empty() {
+                cr.read_buf(&mut buf).await?
+            } else {
+                let by = *partial_since.get_or_insert_with(|| tokio::time::Instant::now() + f.frame_deadline);
+                tokio::time::timeout_at(by, cr.read_buf(&mut buf))
+                    .await
+                    .map_err(|_| late(f))??
+            };
+            if n == 0 {
                 return Ok(());
             }
             // Keep the buffer from holding a stale large allocation forever.
@@ -255,9 +282,13 @@ async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
                 buf = BytesMut::with_capacity(8 << 10);
             }
         }
-    }
-    .await;
-    let _ = uw.shutdown().await;
+    };
+    // Either side ending ends both: when the broker closes the connection (a refused login, a
+    // keep-alive timeout), a client that keeps its socket open holds nothing here.
+    let r = tokio::select! {
+        r = up => r,
+        _ = &mut down => Ok(()),
+    };
     down.abort();
     r
 }

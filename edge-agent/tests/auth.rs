@@ -94,7 +94,7 @@ fn devices_connect_with_their_id_and_password_and_nobody_else_does() {
     ));
     std::fs::create_dir_all(&data).unwrap();
     let cfg = data.join("edge.toml");
-    std::fs::write(&cfg, "[mqtt]\nauth = \"password\"\n").unwrap();
+    std::fs::write(&cfg, "[mqtt]\nauth = \"password\"\nframe_timeout_s = 2\n").unwrap();
 
     // Credentials: one chosen, one made by the agent and printed once.
     let (ok, _, err) = devices(
@@ -248,6 +248,44 @@ fn devices_connect_with_their_id_and_password_and_nobody_else_does() {
         .unwrap();
     assert!(!v5.status.success());
     assert!(agent.metric("edge_mqtt_denied_total").unwrap() >= 5.0);
+    // A connection that never sends its CONNECT, and one that sends half a PUBLISH after it,
+    // are closed at the frame deadline (2 s here).
+    let closed_after = |mut c: std::net::TcpStream| {
+        use std::io::Read;
+        let t = std::time::Instant::now();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 64];
+        loop {
+            match c.read(&mut b) {
+                Ok(0) | Err(_) => return t.elapsed(),
+                Ok(_) => {} // the CONNACK
+            }
+        }
+    };
+    let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let took = closed_after(silent);
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 60];
+    for field in ["dev-two", "dev-two", pw2.as_str()] {
+        connect.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        connect.extend_from_slice(field.as_bytes());
+    }
+    let mut frame = vec![0x10, connect.len() as u8];
+    frame.extend(connect);
+    // Then a PUBLISH announcing 100 bytes and sending 3.
+    frame.extend_from_slice(&[0x32, 100, 0, 15]);
+    half.write_all(&frame).unwrap();
+    let took = closed_after(half);
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(agent.metric("edge_mqtt_frame_timeouts_total").unwrap(), 2.0);
+
     // Its own topics it may use.
     let mine = batch_file(&data, "dev-two");
     assert!(publish(
