@@ -38,11 +38,16 @@ pub const FILTERS: [&str; 2] = ["sensors/+", "devices/+/status"];
 /// The rumqttd configuration the agent runs with (also used by `ingest-bench` for bare rumqttd,
 /// so the peer is sized exactly like the agent's broker).
 pub fn rumqttd_config(cfg: &MqttConfig) -> rumqttd::Config {
-    rumqttd_config_with(cfg, None)
+    rumqttd_config_with(cfg, None, None)
 }
 
-/// [`rumqttd_config`] with devices checked by `auth` (`[mqtt] auth = "password"`).
-pub fn rumqttd_config_with(cfg: &MqttConfig, auth: Option<Arc<Checker>>) -> rumqttd::Config {
+/// [`rumqttd_config`] with devices checked by `auth` (`[mqtt] auth = "password"`), and an MQTT 5
+/// listener on `v5` (behind the front).
+pub fn rumqttd_config_with(
+    cfg: &MqttConfig,
+    auth: Option<Arc<Checker>>,
+    v5: Option<SocketAddr>,
+) -> rumqttd::Config {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         // rumqttd compares the whole remaining length (topic + payload + header fields).
@@ -63,8 +68,20 @@ pub fn rumqttd_config_with(cfg: &MqttConfig, auth: Option<Arc<Checker>>) -> rumq
         listen: cfg.listen,
         tls: None,
         next_connection_delay_ms: 0,
-        connections,
+        connections: connections.clone(),
     };
+    let v5 = v5.map(|listen| {
+        HashMap::from([(
+            "v5".to_string(),
+            ServerSettings {
+                name: "mqtt-v5".into(),
+                listen,
+                tls: None,
+                next_connection_delay_ms: 0,
+                connections,
+            },
+        )])
+    });
     let small = SegmentConfig {
         max_segment_size: 1024,
         max_segment_count: 2,
@@ -82,6 +99,7 @@ pub fn rumqttd_config_with(cfg: &MqttConfig, auth: Option<Arc<Checker>>) -> rumq
         id: 0,
         router,
         v4: Some(HashMap::from([("v4".to_string(), server)])),
+        v5,
         ..Default::default()
     }
 }
@@ -128,16 +146,18 @@ impl Mqtt {
         // With authentication, devices reach the authorizing front (crate::front) on the
         // public address, and rumqttd listens on a loopback port behind it.
         let mut rcfg = cfg.clone();
-        let public = if auth.is_some() {
-            let inner = TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?;
-            rcfg.listen = inner.local_addr()?;
-            Some(public)
+        let (public, v5) = if auth.is_some() {
+            // Two distinct free ports (both held until both are known), released for rumqttd.
+            let v4 = TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?;
+            let v5 = TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?;
+            rcfg.listen = v4.local_addr()?;
+            (Some(public), Some(v5.local_addr()?))
         } else {
             drop(public);
-            None
+            (None, None)
         };
         let cfg = &rcfg;
-        let mut broker = Broker::new(rumqttd_config_with(cfg, auth));
+        let mut broker = Broker::new(rumqttd_config_with(cfg, auth, v5));
         // An unguessable client id: a remote client with the same id would take the link over.
         let id = format!("edge-agent-ingest-{:016x}", foundation::ids::random_u64());
         let (mut tx, rx) = broker
@@ -162,9 +182,12 @@ impl Mqtt {
             }
             Ok(_) => {}
         }
-        if let Some(public) = public {
+        if let (Some(public), Some(v5)) = (public, v5) {
+            wait_listening(v5)?;
+            let _ = set_listener_nodelay(v5);
             let f = crate::front::Front {
                 inner: cfg.listen,
+                inner_v5: v5,
                 max_packet: cfg.max_payload_bytes + 256,
                 metrics: metrics.clone(),
                 frame_deadline: std::time::Duration::from_secs(cfg.frame_timeout_s),

@@ -5,8 +5,9 @@
 //! to client certificates), so nothing inside it can stop an authenticated device from
 //! publishing as another. The front reads what a device sends, packet by packet (rumqttd's own
 //! framing and parsers), and lets through only what its identity allows:
-//! - the first packet is CONNECT, MQTT 3.1.1 (another protocol level gets the CONNACK the spec
-//!   requires, "unacceptable protocol version", and the connection is closed); its client id is
+//! - the first packet is CONNECT, MQTT 3.1.1 or 5 (each handed to rumqttd's listener of that
+//!   version; another protocol level gets the CONNACK the spec requires, "unacceptable protocol
+//!   version", and the connection is closed); its client id is
 //!   the device's identity (rumqttd checks it against the credentials: client id, username and
 //!   password), and a last will, if any, goes to `devices/<id>/status`;
 //! - PUBLISH only to `sensors/<id>` and `devices/<id>/status`;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use rumqttd::protocol::v4::{self, V4};
+use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{Error as MqttError, Packet, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,8 +37,10 @@ use crate::metrics::{add, Metrics};
 /// What the front needs.
 #[derive(Debug, Clone)]
 pub struct Front {
-    /// rumqttd's loopback listener.
+    /// rumqttd's loopback listener for MQTT 3.1.1.
     pub inner: SocketAddr,
+    /// rumqttd's loopback listener for MQTT 5.
+    pub inner_v5: SocketAddr,
     /// The largest packet a device may send (what rumqttd allows).
     pub max_packet: usize,
     /// Counters.
@@ -71,7 +75,7 @@ pub async fn serve(listener: TcpListener, front: Front) {
 pub enum Denied {
     /// The first packet was not CONNECT.
     NotConnect,
-    /// CONNECT of another protocol level than 3.1.1.
+    /// CONNECT of another protocol level than 3.1.1 and 5.
     Protocol(u8),
     /// A client id that is not a device id.
     ClientId,
@@ -102,8 +106,16 @@ pub fn may_subscribe(id: &str, filter: &str) -> bool {
         == Some(id)
 }
 
-/// The identity a CONNECT frame gives, or why it is refused.
-pub fn connect_identity(frame: &[u8]) -> Result<String, Denied> {
+/// The identity a CONNECT frame gives and its protocol level (4: 3.1.1, 5), or why it is
+/// refused (with the level, for the CONNACK's form).
+pub fn connect_identity(frame: &[u8]) -> Result<(String, u8), (Denied, u8)> {
+    let mut level = 4;
+    identity(frame, &mut level)
+        .map(|id| (id, level))
+        .map_err(|d| (d, level))
+}
+
+fn identity(frame: &[u8], level_out: &mut u8) -> Result<String, Denied> {
     // Fixed header, then the protocol name (2-byte length + "MQTT") and its level.
     let h = v4::check(frame.iter(), usize::MAX).map_err(|_| Denied::Malformed)?;
     if h.byte1 >> 4 != 1 {
@@ -115,11 +127,17 @@ pub fn connect_identity(frame: &[u8]) -> Result<String, Denied> {
         *var.get(1).ok_or(Denied::Malformed)?,
     ]));
     let level = *var.get(2 + name_len).ok_or(Denied::Malformed)?;
-    if level != 4 {
+    if level != 4 && level != 5 {
         return Err(Denied::Protocol(level));
     }
+    *level_out = level;
     let mut b = BytesMut::from(frame);
-    match V4.read_mut(&mut b, usize::MAX) {
+    let packet = if level == 5 {
+        V5.read_mut(&mut b, usize::MAX)
+    } else {
+        V4.read_mut(&mut b, usize::MAX)
+    };
+    match packet {
         Ok(Packet::Connect(c, _, will, _, _)) => {
             if !vocab::wire::is_valid_device_id(&c.client_id) {
                 return Err(Denied::ClientId);
@@ -136,8 +154,9 @@ pub fn connect_identity(frame: &[u8]) -> Result<String, Denied> {
     }
 }
 
-/// Whether a frame after CONNECT may go through for device `id`.
-pub fn authorize(id: &str, frame: &[u8], h: &v4::FixedHeader) -> Result<(), Denied> {
+/// Whether a frame after CONNECT may go through for device `id` (protocol `level`, as its
+/// CONNECT said).
+pub fn authorize(id: &str, level: u8, frame: &[u8], h: &v4::FixedHeader) -> Result<(), Denied> {
     match h.byte1 >> 4 {
         // PUBLISH: the topic follows the fixed header (2-byte length, then the name).
         3 => {
@@ -157,7 +176,12 @@ pub fn authorize(id: &str, frame: &[u8], h: &v4::FixedHeader) -> Result<(), Deni
         // SUBSCRIBE: every filter.
         8 => {
             let mut b = BytesMut::from(frame);
-            match V4.read_mut(&mut b, usize::MAX) {
+            let packet = if level == 5 {
+                V5.read_mut(&mut b, usize::MAX)
+            } else {
+                V4.read_mut(&mut b, usize::MAX)
+            };
+            match packet {
                 Ok(Packet::Subscribe(s, _)) => {
                     for f in &s.filters {
                         if !may_subscribe(id, &f.path) {
@@ -169,8 +193,10 @@ pub fn authorize(id: &str, frame: &[u8], h: &v4::FixedHeader) -> Result<(), Deni
                 _ => Err(Denied::Malformed),
             }
         }
-        // A second CONNECT is a protocol error.
-        1 => Err(Denied::Malformed),
+        // A second CONNECT is a protocol error; CONNACK, SUBACK, UNSUBACK and PINGRESP go only
+        // from a server; AUTH (MQTT 5's enhanced authentication) is not offered. (rumqttd's MQTT
+        // 5 reader meets those with `unreachable!()`: they must not reach it.)
+        0..=2 | 9 | 11 | 13 | 15 => Err(Denied::Malformed),
         _ => Ok(()),
     }
 }
@@ -210,24 +236,28 @@ async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
         }
     };
     let connect = buf.split_to(h.frame_length());
-    let id = match connect_identity(&connect) {
-        Ok(id) => id,
-        Err(d) => {
-            // CONNACK return codes of MQTT 3.1.1: 1 unacceptable protocol version, 2 identifier
-            // rejected, 5 not authorized.
-            let code = match d {
-                Denied::Protocol(_) => 1,
-                Denied::ClientId => 2,
-                _ => 5,
+    let (id, level) = match connect_identity(&connect) {
+        Ok(x) => x,
+        Err((d, level)) => {
+            // MQTT 3.1.1's CONNACK return codes: 1 unacceptable protocol version (also the
+            // answer to a level this front does not serve), 2 identifier rejected, 5 not
+            // authorized; MQTT 5's reason codes: 0x85 client identifier not valid, 0x87 not
+            // authorized (with an empty property list).
+            let connack: &[u8] = match (&d, level) {
+                (Denied::Protocol(_), _) => &[0x20, 0x02, 0x00, 0x01],
+                (Denied::ClientId, 5) => &[0x20, 0x03, 0x00, 0x85, 0x00],
+                (_, 5) => &[0x20, 0x03, 0x00, 0x87, 0x00],
+                (Denied::ClientId, _) => &[0x20, 0x02, 0x00, 0x02],
+                _ => &[0x20, 0x02, 0x00, 0x05],
             };
             add(&f.metrics.mqtt_denied, 1);
             warn!(denied = ?d, "MQTT connection refused by the front");
-            let _ = cw.write_all(&[0x20, 0x02, 0x00, code]).await;
+            let _ = cw.write_all(connack).await;
             let _ = cw.shutdown().await;
             return Ok(());
         }
     };
-    let up = TcpStream::connect(f.inner).await?;
+    let up = TcpStream::connect(if level == 5 { f.inner_v5 } else { f.inner }).await?;
     let _ = up.set_nodelay(true);
     let (mut ur, mut uw) = up.into_split();
     uw.write_all(&connect).await?;
@@ -245,7 +275,7 @@ async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
                     Ok(h) => {
                         partial_since = None;
                         let frame = buf.split_to(h.frame_length());
-                        if let Err(d) = authorize(&id, &frame, &h) {
+                        if let Err(d) = authorize(&id, level, &frame, &h) {
                             add(&f.metrics.mqtt_denied, 1);
                             let what = match &d {
                                 Denied::Publish(t) | Denied::Subscribe(t) => for_log(t),
@@ -336,7 +366,7 @@ mod tests {
 
     fn check(id: &str, frame: &[u8]) -> Result<(), Denied> {
         let h = v4::check(frame.iter(), usize::MAX).unwrap();
-        authorize(id, frame, &h)
+        authorize(id, 4, frame, &h)
     }
 
     #[test]
@@ -366,36 +396,52 @@ mod tests {
 
     #[test]
     fn connect_gives_the_identity_or_the_refusal_the_spec_wants() {
-        assert_eq!(connect_identity(&connect(4, "dev-1", None)), Ok("dev-1".into()));
+        let id = |f: &[u8]| connect_identity(f).map_err(|e| e.0);
+        assert_eq!(id(&connect(4, "dev-1", None)), Ok(("dev-1".into(), 4)));
         assert_eq!(
-            connect_identity(&connect(4, "dev-1", Some("devices/dev-1/status"))),
-            Ok("dev-1".into())
+            id(&connect(4, "dev-1", Some("devices/dev-1/status"))),
+            Ok(("dev-1".into(), 4))
+        );
+        assert_eq!(id(&connect5("dev-1", None)), Ok(("dev-1".into(), 5)));
+        assert_eq!(
+            id(&connect5("dev-1", Some("devices/dev-1/status"))),
+            Ok(("dev-1".into(), 5))
         );
         assert_eq!(
-            connect_identity(&connect(5, "dev-1", None)),
-            Err(Denied::Protocol(5))
+            connect_identity(&connect5("dev-1", Some("devices/dev-2/status"))),
+            Err((Denied::Will("devices/dev-2/status".into()), 5))
         );
+        assert_eq!(id(&connect(3, "dev-1", None)), Err(Denied::Protocol(3)));
+        assert_eq!(id(&connect(6, "dev-1", None)), Err(Denied::Protocol(6)));
+        assert_eq!(id(&connect(4, "bad/id", None)), Err(Denied::ClientId));
         assert_eq!(
-            connect_identity(&connect(3, "dev-1", None)),
-            Err(Denied::Protocol(3))
-        );
-        assert_eq!(
-            connect_identity(&connect(4, "bad/id", None)),
-            Err(Denied::ClientId)
-        );
-        assert_eq!(
-            connect_identity(&connect(4, "dev-1", Some("devices/dev-2/status"))),
+            id(&connect(4, "dev-1", Some("devices/dev-2/status"))),
             Err(Denied::Will("devices/dev-2/status".into()))
         );
         assert_eq!(
-            connect_identity(&connect(4, "dev-1", Some("sensors/dev-1"))),
+            id(&connect(4, "dev-1", Some("sensors/dev-1"))),
             Err(Denied::Will("sensors/dev-1".into()))
         );
-        assert_eq!(
-            connect_identity(&publish("sensors/dev-1")),
-            Err(Denied::NotConnect)
-        );
-        assert_eq!(connect_identity(&[0x10, 0x01, 0x00]), Err(Denied::Malformed));
+        assert_eq!(id(&publish("sensors/dev-1")), Err(Denied::NotConnect));
+        assert_eq!(id(&[0x10, 0x01, 0x00]), Err(Denied::Malformed));
+    }
+
+    /// An MQTT 5 CONNECT: empty property lists after the keep-alive and before the will.
+    fn connect5(id: &str, will: Option<&str>) -> Vec<u8> {
+        let mut v = vec![0, 4, b'M', b'Q', b'T', b'T', 5];
+        v.push(if will.is_some() { 0x06 } else { 0x02 });
+        v.extend_from_slice(&[0, 30, 0]);
+        v.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        v.extend_from_slice(id.as_bytes());
+        if let Some(t) = will {
+            v.push(0);
+            v.extend_from_slice(&(t.len() as u16).to_be_bytes());
+            v.extend_from_slice(t.as_bytes());
+            v.extend_from_slice(&[0, 1, b'x']);
+        }
+        let mut f = vec![0x10, v.len() as u8];
+        f.extend(v);
+        f
     }
 
     proptest::proptest! {
@@ -406,7 +452,8 @@ mod tests {
             let _ = connect_identity(&bytes);
             if let Ok(h) = v4::check(bytes.iter(), usize::MAX) {
                 let frame = &bytes[..h.frame_length()];
-                let _ = authorize("d1", frame, &h);
+                let _ = authorize("d1", 4, frame, &h);
+                let _ = authorize("d1", 5, frame, &h);
             }
             for base in [connect(4, "d1", Some("devices/d1/status")), publish("sensors/d1"), subscribe(&["devices/d1/ack"])] {
                 let mut b = base.clone();
@@ -414,7 +461,8 @@ mod tests {
                 b[i] ^= 0x5a;
                 let _ = connect_identity(&b);
                 if let Ok(h) = v4::check(b.iter(), usize::MAX) {
-                    let _ = authorize("d1", &b[..h.frame_length()], &h);
+                    let _ = authorize("d1", 4, &b[..h.frame_length()], &h);
+                    let _ = authorize("d1", 5, &b[..h.frame_length()], &h);
                 }
             }
         }
@@ -433,6 +481,19 @@ mod tests {
             Err(Denied::Subscribe("devices/d2/ack".into()))
         );
         assert_eq!(check("d1", &[0xc0, 0x00]), Ok(()), "PINGREQ");
+        for server_only in [
+            [0x20, 0x00],
+            [0x90, 0x00],
+            [0xb0, 0x00],
+            [0xd0, 0x00],
+            [0xf0, 0x00],
+        ] {
+            assert_eq!(
+                check("d1", &server_only),
+                Err(Denied::Malformed),
+                "{server_only:?}"
+            );
+        }
         assert_eq!(
             check("d1", &connect(4, "d1", None)),
             Err(Denied::Malformed),
