@@ -407,6 +407,33 @@ fn devices_connect_with_their_id_and_password_and_nobody_else_does() {
         Some(&pw2)
     ));
 
+    // A fleet of simulated devices (the firmware's Uplink library) through the front.
+    for i in 0..3 {
+        let (ok, _, err) = devices(
+            &data,
+            &["add", &format!("simauth-{i}"), "--password-stdin"],
+            Some("fleet-password-1\n"),
+        );
+        assert!(ok, "{err}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let report = rt
+        .block_on(hil_tests::sim::run(hil_tests::sim::SimConfig {
+            broker: format!("127.0.0.1:{port}"),
+            devices: 3,
+            rate: 200.0,
+            batch: 8,
+            readings: Some(400),
+            id_prefix: "simauth-".into(),
+            resend_timeout_ms: 1_000,
+            keep_alive_s: 5,
+            password: Some("fleet-password-1".into()),
+            ..hil_tests::sim::SimConfig::default()
+        }))
+        .unwrap();
+    assert!(report.lossless(), "{}", report.to_json());
+    assert_eq!(report.acked(), 3 * 400);
+
     // The firmware under QEMU, with its password.
     let args: Vec<String> = [
         "id=qemu-auth",
@@ -482,9 +509,12 @@ fn devices_connect_with_their_id_and_password_and_nobody_else_does() {
     );
     assert_eq!(seen.get("dev-two"), Some(&3));
     assert_eq!(seen.get("qemu-auth"), Some(&40));
+    for i in 0..3 {
+        assert_eq!(seen.get(&format!("simauth-{i}")), Some(&400));
+    }
     assert_eq!(
         seen.len(),
-        3,
+        6,
         "nothing of the refused clients in the log: {seen:?}"
     );
     std::fs::remove_dir_all(&data).ok();

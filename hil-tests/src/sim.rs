@@ -47,6 +47,9 @@ pub struct SimConfig {
     pub keep_alive_s: u16,
     /// Counts the readings sampled, over the fleet (a test waits on it).
     pub sampled: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Every device connects with its id as username and this password (an agent with
+    /// `[mqtt] auth = "password"`).
+    pub password: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -65,6 +68,7 @@ impl Default for SimConfig {
             resend_timeout_ms: 5_000,
             keep_alive_s: 30,
             sampled: None,
+            password: None,
         }
     }
 }
@@ -218,6 +222,10 @@ async fn device(
     ucfg.max_in_flight = (ucfg.batch_max * 8).max(64);
     ucfg.resend_timeout_ms = cfg.resend_timeout_ms;
     ucfg.keep_alive_s = cfg.keep_alive_s;
+    if let Some(pw) = &cfg.password {
+        let fits = ucfg.username.push_str(&id).is_ok() && ucfg.password.push_str(pw).is_ok();
+        anyhow::ensure!(fits, "a password of at most 64 bytes");
+    }
     ucfg.reconnect_min_ms = 200;
     ucfg.reconnect_max_ms = 5_000;
     ucfg.response_timeout_ms = 10_000;

@@ -58,6 +58,10 @@ struct Args {
     /// MQTT keep-alive in seconds.
     #[arg(long, default_value_t = 30)]
     keepalive: u16,
+    /// Every device connects with its id as username and this password (an agent with
+    /// `[mqtt] auth = "password"`: add each id with `edge-agent devices add ID --password-stdin`).
+    #[arg(long, env = "SIM_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         resend_timeout_ms: a.resend_timeout_ms,
         keep_alive_s: a.keepalive,
         sampled: None,
+        password: a.password,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
