@@ -236,11 +236,38 @@ fn qemu_image(no_qemu: bool) -> Result<PathBuf, String> {
 /// client of the agent's MQTT port that reconnects every second. Started directly rather than
 /// with `hil_tests::qemu::Qemu`, which runs QEMU under `timeout(1)`: the demo needs QEMU
 /// itself as its child, so that SIGTERM and the parent-death signal reach it.
-fn start_qemu(mqtt_port: u16, rate: f64, log: &Path) -> anyhow::Result<Proc> {
+fn start_qemu(mqtt_port: u16, rate: f64, password: &str, log: &Path) -> anyhow::Result<Proc> {
     let rate = rate.round().clamp(1.0, 1000.0) as u32;
-    let args = ["id=qemu-1".to_string(), "n=0".into(), format!("rate={rate}")];
+    let args = [
+        "id=qemu-1".to_string(),
+        "n=0".into(),
+        format!("rate={rate}"),
+        format!("pass={password}"),
+    ];
     let cmd = hil_tests::qemu::command(mqtt_port, &args)?;
     Proc::spawn("firmware under QEMU", cmd, log)
+}
+
+/// The edge agent's configuration (password authentication on) and a credentials entry for
+/// each simulated device and the QEMU device, all with `password`; returns the config's path.
+fn provision(edge_dir: &Path, devices: usize, password: &str) -> anyhow::Result<PathBuf> {
+    use edge_agent::credentials::{Credentials, FILE_NAME};
+    let path = edge_dir.join(FILE_NAME);
+    let mut creds = Credentials::load(&path)?;
+    let prefix = SimConfig::default().id_prefix;
+    for id in (0..devices)
+        .map(|i| format!("{prefix}{i}"))
+        .chain(["qemu-1".to_string()])
+    {
+        creds.set(&id, password)?;
+    }
+    creds.save(&path)?;
+    let cfg = edge_dir.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        "# Written by the demo: devices authenticate by id and password (credentials.toml).\n[mqtt]\nauth = \"password\"\n",
+    )?;
+    Ok(cfg)
 }
 
 fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -273,9 +300,16 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (proxies, mut brokers): (Vec<Proxy>, Vec<Proc>) =
         cloud.into_iter().map(|n| (n.proxy, n.proc)).unzip();
 
-    // The gateway, forwarding to the cloud through the proxy.
+    // Devices authenticate (`[mqtt] auth = "password"`, so every packet passes the agent's
+    // authorizing front): each gets an entry in the credentials file, as `edge-agent devices
+    // add` makes them. The demo's fleet shares one password made for this run; it is kept
+    // nowhere but in this process.
+    let password = edge_agent::credentials::generate_password()?;
+    let edge_cfg = provision(&data_dir.join("edge"), a.devices, &password)?;
     let mut cmd = Command::new(&exe);
-    cmd.args(["edge-agent", "run", "--data-dir"])
+    cmd.args(["edge-agent", "run", "--config"])
+        .arg(&edge_cfg)
+        .arg("--data-dir")
         .arg(data_dir.join("edge"))
         .arg("--mqtt-listen")
         .arg(format!("127.0.0.1:{}", a.mqtt_port))
@@ -295,7 +329,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     // The firmware image under QEMU, when it can run.
     let qemu_log = logs.join("qemu.log");
     let mut qemu = match qemu_image(a.no_qemu) {
-        Ok(_) => match start_qemu(a.mqtt_port, a.rate, &qemu_log) {
+        Ok(_) => match start_qemu(a.mqtt_port, a.rate, &password, &qemu_log) {
             Ok(p) => Some(p),
             Err(e) => {
                 println!("QEMU: skipped, it did not start: {e:#}");
@@ -326,6 +360,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .map(|d| Duration::from_secs(d).saturating_sub(started.elapsed())),
             readings: None,
             drain_timeout: FLEET_DRAIN,
+            password: Some(password.clone()),
             ..SimConfig::default()
         };
         let tx = tx.clone();

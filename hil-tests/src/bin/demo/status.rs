@@ -142,7 +142,7 @@ pub(crate) fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]
     println!(
         "\nThe appliance is running. Data: {data} (a second start resumes from it)\n\
          \n  {cloud}\
-         \n  edge agent    gateway {GATEWAY_ID}, MQTT 127.0.0.1:{mqtt}, admin {admin}\
+         \n  edge agent    gateway {GATEWAY_ID}, MQTT 127.0.0.1:{mqtt} (devices log in with passwords: {data}/edge/credentials.toml), admin {admin}\
          \n  devices       {fleet}{q}\
          \n  logs          {logs}\n\
          \nWhere to look:\
