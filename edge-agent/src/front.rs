@@ -131,13 +131,7 @@ fn identity(frame: &[u8], level_out: &mut u8) -> Result<String, Denied> {
         return Err(Denied::Protocol(level));
     }
     *level_out = level;
-    let mut b = BytesMut::from(frame);
-    let packet = if level == 5 {
-        V5.read_mut(&mut b, usize::MAX)
-    } else {
-        V4.read_mut(&mut b, usize::MAX)
-    };
-    match packet {
+    match read(level, frame) {
         Ok(Packet::Connect(c, _, will, _, _)) => {
             if !vocab::wire::is_valid_device_id(&c.client_id) {
                 return Err(Denied::ClientId);
@@ -151,6 +145,17 @@ fn identity(frame: &[u8], level_out: &mut u8) -> Result<String, Denied> {
             Ok(c.client_id)
         }
         _ => Err(Denied::Malformed),
+    }
+}
+
+/// One whole frame read with rumqttd's parser of protocol `level` (only for packet types that
+/// parser handles: CONNECT and SUBSCRIBE here).
+fn read(level: u8, frame: &[u8]) -> Result<Packet, MqttError> {
+    let mut b = BytesMut::from(frame);
+    if level == 5 {
+        V5.read_mut(&mut b, usize::MAX)
+    } else {
+        V4.read_mut(&mut b, usize::MAX)
     }
 }
 
@@ -174,25 +179,17 @@ pub fn authorize(id: &str, level: u8, frame: &[u8], h: &v4::FixedHeader) -> Resu
             }
         }
         // SUBSCRIBE: every filter.
-        8 => {
-            let mut b = BytesMut::from(frame);
-            let packet = if level == 5 {
-                V5.read_mut(&mut b, usize::MAX)
-            } else {
-                V4.read_mut(&mut b, usize::MAX)
-            };
-            match packet {
-                Ok(Packet::Subscribe(s, _)) => {
-                    for f in &s.filters {
-                        if !may_subscribe(id, &f.path) {
-                            return Err(Denied::Subscribe(f.path.clone()));
-                        }
+        8 => match read(level, frame) {
+            Ok(Packet::Subscribe(s, _)) => {
+                for f in &s.filters {
+                    if !may_subscribe(id, &f.path) {
+                        return Err(Denied::Subscribe(f.path.clone()));
                     }
-                    Ok(())
                 }
-                _ => Err(Denied::Malformed),
+                Ok(())
             }
-        }
+            _ => Err(Denied::Malformed),
+        },
         // A second CONNECT is a protocol error; CONNACK, SUBACK, UNSUBACK and PINGRESP go only
         // from a server; AUTH (MQTT 5's enhanced authentication) is not offered. (rumqttd's MQTT
         // 5 reader meets those with `unreachable!()`: they must not reach it.)

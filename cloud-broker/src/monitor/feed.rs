@@ -133,12 +133,7 @@ impl Drop for Feed {
 
 /// The native client on a thread with a runtime of its own.
 fn native(monitor: Shared, cfg: FeedConfig) -> anyhow::Result<Feed> {
-    let topics: Vec<String> = lock(&monitor)
-        .settings
-        .topics()
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
+    let topics = lock(&monitor).settings.topic_names();
     let mut c = client::Config::new(&cfg.bootstrap, &cfg.group_id, topics);
     anyhow::ensure!(!c.bootstrap.is_empty(), "no bootstrap address");
     c.client_id = "iot-monitor".into();

@@ -100,6 +100,11 @@ impl Settings {
     pub fn topics(&self) -> [&str; 3] {
         [&self.telemetry_topic, &self.status_topic, &self.gateways_topic]
     }
+
+    /// [`Settings::topics`], owned.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.topics().iter().map(|t| t.to_string()).collect()
+    }
 }
 
 /// A monitor shared by its feed and its readers.

@@ -26,12 +26,7 @@ use super::{lock, Rec, Shared};
 
 /// Starts the librdkafka consumer on the feed's thread.
 pub(super) fn start(monitor: Shared, cfg: FeedConfig) -> anyhow::Result<Feed> {
-    let topics: Vec<String> = lock(&monitor)
-        .settings
-        .topics()
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
+    let topics = lock(&monitor).settings.topic_names();
     let ctx = Ctx {
         monitor: monitor.clone(),
     };
