@@ -263,20 +263,12 @@ impl Checker {
         if !ok {
             crate::metrics::add(&self.metrics.mqtt_auth_refused, 1);
             tracing::warn!(
-                client_id = %username_for_log(&username),
+                client_id = %crate::front::for_log(&username),
                 "MQTT connection refused: unknown device, wrong password, or client id and username differ"
             );
         }
         ok
     }
-}
-
-/// A username as logged: printable ASCII only, at most 64 characters (it is the client's).
-fn username_for_log(u: &str) -> String {
-    u.chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ fn late(f: &Front) -> anyhow::Error {
 }
 
 /// A client's text as logged: printable ASCII, at most 80 characters.
-fn for_log(s: &str) -> String {
+pub(crate) fn for_log(s: &str) -> String {
     s.chars()
         .take(80)
         .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
