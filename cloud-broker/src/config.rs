@@ -46,6 +46,20 @@
 //! max_in_flight = 32                      # requests outstanding per connection
 //! max_frame_bytes = 104857600             # the largest request
 //! request_memory_mb = 512                 # request bytes held at once (frames > 16 KiB)
+//!
+//! # More Kafka listeners, their certificate, and logins and rights (see crate::security).
+//! [[listeners]]
+//! name = "external"
+//! listen = "0.0.0.0:9093"
+//! advertise = "broker.example.com:9093"
+//! protocol = "sasl_ssl"                   # plaintext | ssl | sasl_plaintext | sasl_ssl
+//! [tls]
+//! cert = "certs/broker.pem"
+//! key = "certs/broker.key"
+//! client_ca = "certs/ca.pem"              # client certificates: required on ssl listeners
+//! [security]                              # authorization on (the users file's rights)
+//! users_file = "users.toml"               # default: <data_dir>/users.toml
+//! mechanisms = ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
 //! ```
 
 use std::net::SocketAddr;
@@ -83,6 +97,12 @@ pub struct Config {
     pub schema_registry: bool,
     /// What one client can make the Kafka listener hold.
     pub limits: crate::limits::Limits,
+    /// Kafka listeners besides `kafka_listen` (TLS, SASL).
+    pub listeners: Vec<crate::security::ListenerConfig>,
+    /// The certificate of the TLS listeners.
+    pub tls: Option<crate::security::TlsConfig>,
+    /// Logins and rights: absent, everyone may do everything.
+    pub security: Option<crate::security::SecurityConfig>,
 }
 
 /// The `[cluster]` section.
@@ -133,6 +153,9 @@ impl Default for Config {
             monitor: crate::monitor::Settings::default(),
             schema_registry: true,
             limits: crate::limits::Limits::default(),
+            listeners: Vec::new(),
+            tls: None,
+            security: None,
         }
     }
 }
@@ -180,6 +203,53 @@ impl Config {
         }
         self.monitor.validate()?;
         self.limits.validate()?;
+        let mut names = std::collections::BTreeSet::from([crate::security::PRIMARY]);
+        for l in &self.listeners {
+            anyhow::ensure!(
+                !l.name.is_empty()
+                    && l.name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)),
+                "a listener's name is letters, digits, '-' and '_': {:?}",
+                l.name
+            );
+            anyhow::ensure!(
+                names.insert(&l.name),
+                "two listeners named {:?} ({:?} is kafka_listen's)",
+                l.name,
+                crate::security::PRIMARY
+            );
+            anyhow::ensure!(
+                l.listen != self.kafka_listen
+                    && self.listeners.iter().filter(|o| o.listen == l.listen).count() == 1,
+                "listener {}: {} is taken by another listener",
+                l.name,
+                l.listen
+            );
+            anyhow::ensure!(
+                !l.protocol.tls() || self.tls.is_some(),
+                "listener {} is {} but there is no [tls] section (cert, key)",
+                l.name,
+                l.protocol.name()
+            );
+            anyhow::ensure!(
+                !l.protocol.sasl() || self.security.is_some(),
+                "listener {} is {} but there is no [security] section (users_file)",
+                l.name,
+                l.protocol.name()
+            );
+            if let Some(a) = &l.advertise {
+                anyhow::ensure!(
+                    a.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                    "listener {}: advertise must be host:port, got {a:?}",
+                    l.name
+                );
+            }
+        }
+        if let Some(s) = &self.security {
+            anyhow::ensure!(!s.mechanisms.is_empty(), "security.mechanisms is empty");
+        }
         if let Some(a) = &self.advertise {
             let (host, port) = a
                 .rsplit_once(':')
@@ -190,6 +260,17 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The host and port advertised to clients of `listener` (None: no such listener).
+    pub fn advertised_on(&self, listener: &str) -> Option<(String, i32)> {
+        if listener == crate::security::PRIMARY {
+            return Some(self.advertised());
+        }
+        let l = self.listeners.iter().find(|l| l.name == listener)?;
+        let a = l.advertised();
+        let (h, p) = a.rsplit_once(':')?;
+        Some((h.to_string(), p.parse().ok()?))
     }
 
     /// The advertised host and port.

@@ -55,6 +55,13 @@ pub enum Code {
     UnstableOffsetCommit = 88,
     ProducerFenced = 90,
     TransactionalIdNotFound = 105,
+    TopicAuthorizationFailed = 29,
+    GroupAuthorizationFailed = 30,
+    ClusterAuthorizationFailed = 31,
+    UnsupportedSaslMechanism = 33,
+    IllegalSaslState = 34,
+    TransactionalIdAuthorizationFailed = 53,
+    SaslAuthenticationFailed = 58,
 }
 
 impl Code {

@@ -39,6 +39,7 @@ pub mod monitor;
 pub mod protocol;
 pub mod raft;
 pub mod schemas;
+pub mod security;
 pub mod server;
 pub mod sm;
 pub mod state;

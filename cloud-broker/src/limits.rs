@@ -111,15 +111,18 @@ pub enum Closed {
     FrameTimeout,
     /// Closed: a frame longer than `max_frame_bytes`.
     FrameTooLarge,
+    /// Closed: the TLS handshake failed (no or a bad client certificate, not TLS at all).
+    TlsHandshake,
 }
 
 impl Closed {
-    const ALL: [Closed; 5] = [
+    const ALL: [Closed; 6] = [
         Closed::MaxConnections,
         Closed::MaxPerIp,
         Closed::Idle,
         Closed::FrameTimeout,
         Closed::FrameTooLarge,
+        Closed::TlsHandshake,
     ];
 
     fn label(self) -> &'static str {
@@ -129,6 +132,7 @@ impl Closed {
             Closed::Idle => "idle_timeout",
             Closed::FrameTimeout => "frame_timeout",
             Closed::FrameTooLarge => "frame_too_large",
+            Closed::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -142,7 +146,7 @@ pub struct Gate {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     memory: Arc<Semaphore>,
     memory_total: usize,
-    counts: [AtomicU64; 5],
+    counts: [AtomicU64; Closed::ALL.len()],
     accepted: AtomicU64,
     /// When a refusal was last logged (ms since the Unix epoch): at most one a second.
     last_log_ms: AtomicU64,

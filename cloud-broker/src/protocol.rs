@@ -56,6 +56,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 0),
+    // v0 of the handshake is followed by raw (unframed) SASL tokens: not offered.
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 1, 2),
 ];
 
 /// The served version range of an API.
@@ -76,6 +79,10 @@ pub struct Request {
     pub body: RequestKind,
     /// The peer's address (set by the connection; DescribeGroups shows it per member).
     pub peer: Option<std::net::IpAddr>,
+    /// Who sent it (set by the connection: its login, client certificate or `ANONYMOUS`).
+    pub principal: std::sync::Arc<str>,
+    /// The listener it came in on (Metadata answers with that listener's addresses).
+    pub listener: std::sync::Arc<str>,
 }
 
 /// What to do with a frame.
@@ -157,6 +164,8 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
         header,
         body,
         peer: None,
+        principal: std::sync::Arc::from(crate::security::ANONYMOUS),
+        listener: std::sync::Arc::from(crate::security::PRIMARY),
     })))
 }
 
@@ -233,6 +242,8 @@ mod tests {
                     check::<DescribeTransactionsRequest>(lo, hi, "describe transactions")
                 }
                 ApiKey::ListTransactions => check::<ListTransactionsRequest>(lo, hi, "list transactions"),
+                ApiKey::SaslHandshake => check::<SaslHandshakeRequest>(lo, hi, "sasl handshake"),
+                ApiKey::SaslAuthenticate => check::<SaslAuthenticateRequest>(lo, hi, "sasl authenticate"),
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -8,12 +8,17 @@
 //! bounded by [`crate::limits`]: requests outstanding, the frame size, how long a begun frame
 //! may take, how long it may stay silent, and the request bytes held over all connections. A
 //! malformed frame closes only its connection.
+//!
+//! A listener may speak TLS (the handshake must finish within the frame timeout) and may ask
+//! for a SASL login first ([`crate::security`]): until then only ApiVersions and the login's
+//! own requests are served, and any other request closes the connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -22,12 +27,27 @@ use tracing::{debug, info, warn};
 use crate::api::{self, Broker};
 use crate::limits::{Admitted, Closed, Gate, Reserved};
 use crate::protocol::{self, Decoded};
+use crate::security::session::Session;
+use crate::security::Listener;
 
 /// Bytes read (and reserved) at a time while a large frame arrives.
 const CHUNK: usize = 64 << 10;
 
+/// The largest frame read before a SASL login.
+const MAX_BEFORE_LOGIN: usize = 512 << 10;
+
 /// Accepts connections until the listener is dropped, admitting each through `gate`.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener, gate: Arc<Gate>) -> std::io::Result<()> {
+    serve_on(broker, listener, gate, Listener::primary()).await
+}
+
+/// [`serve`] for a listener of any protocol.
+pub async fn serve_on(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    kind: Arc<Listener>,
+) -> std::io::Result<()> {
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -44,23 +64,75 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, gate: Arc<Gate>) 
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let (b, g) = (broker.clone(), gate.clone());
+        let (b, g, kind) = (broker.clone(), gate.clone(), kind.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(b, sock, g, admitted).await {
+            if let Err(e) = accepted(b, sock, g, admitted, kind).await {
                 debug!(%peer, error = %e, "connection closed");
             }
         });
     }
 }
 
-async fn connection(
+/// A connection just accepted: its TLS handshake if the listener has one, then its requests.
+async fn accepted(
     broker: Arc<Broker>,
     sock: TcpStream,
     gate: Arc<Gate>,
-    _admitted: Admitted,
+    admitted: Admitted,
+    kind: Arc<Listener>,
 ) -> anyhow::Result<()> {
     let peer = sock.peer_addr().ok();
-    let (mut rd, mut wr) = sock.into_split();
+    let Some(acceptor) = &kind.tls else {
+        let session = Session::new(&kind, None);
+        let (rd, wr) = sock.into_split();
+        return connection(broker, rd, wr, peer, gate, admitted, kind, session).await;
+    };
+    let tls = match timeout(gate.limits.frame_timeout(), acceptor.accept(sock)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            gate.count(Closed::TlsHandshake, peer.map(|p| p.ip()));
+            anyhow::bail!("TLS handshake: {e}");
+        }
+        Err(_) => {
+            gate.count(Closed::FrameTimeout, peer.map(|p| p.ip()));
+            anyhow::bail!("TLS handshake not done within {:?}", gate.limits.frame_timeout());
+        }
+    };
+    // A certificate is only here if the listener's CA verified it.
+    let name = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(foundation::tls::common_name);
+    let session = Session::new(&kind, name);
+    let (rd, wr) = tokio::io::split(tls);
+    connection(broker, rd, wr, peer, gate, admitted, kind, session).await
+}
+
+/// Encodes a response the connection itself makes (the login's).
+fn encoded(key: ApiKey, version: i16, correlation: i32, resp: &ResponseKind) -> anyhow::Result<BytesMut> {
+    let mut out = BytesMut::new();
+    protocol::encode(&mut out, key, version, correlation, resp)?;
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    mut wr: W,
+    peer: Option<std::net::SocketAddr>,
+    gate: Arc<Gate>,
+    _admitted: Admitted,
+    kind: Arc<Listener>,
+    mut session: Session,
+) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let listener_name: Arc<str> = Arc::from(kind.name.as_str());
     let (tx, mut rx) = mpsc::channel::<oneshot::Receiver<Option<BytesMut>>>(gate.limits.max_in_flight);
     let writer = tokio::spawn(async move {
         while let Some(next) = rx.recv().await {
@@ -99,7 +171,14 @@ async fn connection(
                 .await
                 .map_err(|_| late())??;
             let len = i32::from_be_bytes(len);
-            if len < 0 || len as usize > gate.limits.max_frame_bytes {
+            // Before the login, only the login's small requests (Kafka's
+            // sasl.server.max.receive.size).
+            let most = if session.authenticated() {
+                gate.limits.max_frame_bytes
+            } else {
+                MAX_BEFORE_LOGIN
+            };
+            if len < 0 || len as usize > most {
                 gate.count(Closed::FrameTooLarge, peer.map(|p| p.ip()));
                 warn!(?peer, len, "frame length out of range; closing the connection");
                 anyhow::bail!("frame length {len}");
@@ -129,9 +208,40 @@ async fn connection(
                     let _ = done_tx.send(Some(bytes));
                 }
                 Ok(Decoded::Request(mut req)) => {
-                    req.peer = peer.map(|p| p.ip());
-                    let b = broker.clone();
                     let (key, version, corr) = (req.api_key, req.version, req.header.correlation_id);
+                    // The login's own requests are served here, in order, by the connection.
+                    let placeholder = RequestKind::ApiVersions(Default::default());
+                    let step = match std::mem::replace(&mut req.body, placeholder) {
+                        RequestKind::SaslHandshake(r) => {
+                            let step = session.handshake(&broker.guard, &r);
+                            Some((ResponseKind::SaslHandshake(step.response), step.close))
+                        }
+                        RequestKind::SaslAuthenticate(r) => {
+                            let step = session.authenticate(&broker.guard, r, peer.map(|p| p.ip())).await;
+                            Some((ResponseKind::SaslAuthenticate(step.response), step.close))
+                        }
+                        body => {
+                            req.body = body;
+                            None
+                        }
+                    };
+                    if let Some((resp, close)) = step {
+                        let _ = done_tx.send(Some(encoded(key, version, corr, &resp)?));
+                        if tx.send(done_rx).await.is_err() || close {
+                            anyhow::bail!("SASL login refused");
+                        }
+                        continue;
+                    }
+                    if !session.authenticated() && key != ApiKey::ApiVersions {
+                        broker
+                            .guard
+                            .login_failed(peer.map(|p| p.ip()), "a request before the SASL login");
+                        anyhow::bail!("{key:?} before the SASL login");
+                    }
+                    req.peer = peer.map(|p| p.ip());
+                    req.principal = session.principal.clone();
+                    req.listener = listener_name.clone();
+                    let b = broker.clone();
                     let arrived = std::time::Instant::now();
                     let size = len + 4;
                     // Produce requests reach the writer here, in arrival order.

@@ -49,6 +49,8 @@ pub mod redb;
 pub mod scratch;
 #[cfg(feature = "runtime")]
 pub mod shutdown;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "testkit")]
 pub mod wait;
 #[cfg(feature = "redb")]

@@ -24,9 +24,9 @@ pub async fn create(b: &Broker, name: &str, partitions: u32, config: TopicConfig
 }
 
 /// Metadata: our one broker, and the topics asked for (all when `topics` is null).
-pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn metadata(b: &Arc<Broker>, r: MetadataRequest, version: i16, listener: &str) -> MetadataResponse {
     let brokers: Vec<MetadataResponseBroker> = b
-        .brokers()
+        .brokers_on(listener)
         .into_iter()
         .map(|(id, host, port)| {
             MetadataResponseBroker::default()

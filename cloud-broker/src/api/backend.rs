@@ -617,16 +617,31 @@ impl Broker {
         }
     }
 
-    /// This node as clients reach it.
+    /// This node as clients of its primary listener reach it.
     pub fn me(&self) -> BrokerAddr {
         let (host, port) = self.cfg.advertised();
         (self.cfg.node_id, host, port)
     }
 
-    /// Every broker of the cluster.
+    /// This node as clients of `listener` reach it.
+    fn me_on(&self, listener: &str) -> BrokerAddr {
+        let (host, port) = self
+            .cfg
+            .advertised_on(listener)
+            .unwrap_or_else(|| self.cfg.advertised());
+        (self.cfg.node_id, host, port)
+    }
+
+    /// Every broker of the cluster, as clients of the primary listener reach them.
     pub fn brokers(&self) -> Vec<BrokerAddr> {
+        self.brokers_on(crate::security::PRIMARY)
+    }
+
+    /// Every broker of the cluster, as clients of `listener` reach them (Kafka's
+    /// per-listener advertised addresses).
+    pub fn brokers_on(&self, listener: &str) -> Vec<BrokerAddr> {
         match &self.backend {
-            Backend::Single { .. } => vec![self.me()],
+            Backend::Single { .. } => vec![self.me_on(listener)],
             Backend::Cluster(node) => {
                 // Only the nodes alive as far as this one knows, as Kafka lists only brokers
                 // with a live session: a client picks any listed broker for its requests (a
@@ -643,10 +658,10 @@ impl Broker {
                     .nodes
                     .iter()
                     .filter(|(id, _)| cut_off || node.alive(**id))
-                    .filter_map(|(id, a)| parse_addr(*id, &a.kafka))
+                    .filter_map(|(id, a)| parse_addr(*id, a.kafka_on(listener)?))
                     .collect();
                 if !out.iter().any(|b| b.0 == self.cfg.node_id) {
-                    out.push(self.me());
+                    out.push(self.me_on(listener));
                 }
                 out
             }
@@ -713,17 +728,18 @@ impl Broker {
         }
     }
 
-    /// The broker coordinating consumer group `group`, if one is known.
-    pub fn coordinator(&self, group: &str) -> Option<BrokerAddr> {
+    /// The broker coordinating consumer group `group`, if one is known, as clients of
+    /// `listener` reach it.
+    pub fn coordinator(&self, group: &str, listener: &str) -> Option<BrokerAddr> {
         match &self.backend {
-            Backend::Single { .. } => Some(self.me()),
+            Backend::Single { .. } => Some(self.me_on(listener)),
             Backend::Cluster(node) => {
                 let id = node.coordinator_of(group)?;
                 if id == node.id() {
-                    return Some(self.me());
+                    return Some(self.me_on(listener));
                 }
                 let meta = node.metadata();
-                parse_addr(id, &meta.nodes.get(&id)?.kafka)
+                parse_addr(id, meta.nodes.get(&id)?.kafka_on(listener)?)
             }
         }
     }

@@ -157,9 +157,14 @@ fn groups_with_offsets(offsets: &OffsetTable) -> BTreeSet<String> {
 }
 
 /// FindCoordinator: always this node (v4+: for each key asked, in a list).
-pub fn find_coordinator(b: &Arc<Broker>, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+pub fn find_coordinator(
+    b: &Arc<Broker>,
+    r: FindCoordinatorRequest,
+    version: i16,
+    listener: &str,
+) -> FindCoordinatorResponse {
     // Transaction coordinators are groups' too; the key names the group either way.
-    let answer = |key: &str| match b.coordinator(key) {
+    let answer = |key: &str| match b.coordinator(key, listener) {
         Some((id, host, port)) => (Code::None, BrokerId(id), host, port),
         None => (Code::CoordinatorNotAvailable, BrokerId(-1), String::new(), -1),
     };

@@ -1,6 +1,7 @@
 //! One handler per Kafka API. [`handle`] dispatches a decoded request.
 
 pub mod admin;
+pub mod authz;
 pub mod backend;
 pub mod configs;
 pub mod data;
@@ -43,14 +44,18 @@ pub struct Broker {
     pub damage: std::sync::Mutex<Option<String>>,
     /// Request figures for `/metrics`.
     pub stats: Arc<stats::Stats>,
+    /// Logins and rights.
+    pub guard: crate::security::Guard,
 }
 
 impl Broker {
     /// Starts the writer over `storage` and builds the broker.
     pub fn start(cfg: Config, storage: Arc<dyn Storage>) -> anyhow::Result<Arc<Self>> {
         let cluster_id = cluster_id(&*storage)?;
+        let guard = crate::security::Guard::from_config(cfg.security.as_ref(), &cfg.data_dir)?;
         let (writer, catalog, offsets, pending) = crate::state::start(storage.clone())?;
         Ok(Arc::new(Broker {
+            guard,
             cfg,
             backend: Backend::Single { writer, storage },
             catalog,
@@ -66,8 +71,13 @@ impl Broker {
 
 impl Broker {
     /// The broker of a cluster node; the cluster id is the cluster's name.
-    pub fn start_cluster(cfg: Config, node: Arc<crate::raft::node::Node>, cluster_id: String) -> Arc<Self> {
-        Arc::new(Broker {
+    pub fn start_cluster(
+        cfg: Config,
+        node: Arc<crate::raft::node::Node>,
+        cluster_id: String,
+    ) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Broker {
+            guard: crate::security::Guard::from_config(cfg.security.as_ref(), &cfg.data_dir)?,
             cfg,
             catalog: node.catalog.clone(),
             offsets: node.offsets.clone(),
@@ -77,7 +87,7 @@ impl Broker {
             damage: std::sync::Mutex::new(None),
             stats: Arc::default(),
             cluster_id,
-        })
+        }))
     }
 
     /// The single writer, on one node.
@@ -111,16 +121,24 @@ fn cluster_id(storage: &dyn Storage) -> Result<String, crate::storage::StoreErro
 #[derive(Debug)]
 pub enum Started {
     /// A produce already submitted to the writer.
-    Produce(data::PendingProduce),
+    Produce(data::PendingProduce, authz::Patch, Arc<str>),
     /// Any other request.
-    Other(Box<Request>),
+    Other(Box<Request>, authz::Patch),
+    /// Refused whole for want of rights: this is the answer.
+    Refused(Box<ResponseKind>),
 }
 
-/// Starts serving a request. Call in request order per connection.
+/// Starts serving a request, after checking it against its principal's rights. Call in
+/// request order per connection.
 pub fn start(b: &Broker, req: Request) -> Started {
+    let (req, patch) = match authz::check(b, Box::new(req)) {
+        authz::Verdict::Refused(resp) => return Started::Refused(resp),
+        authz::Verdict::Serve(req, patch) => (req, patch),
+    };
+    let req = *req;
     match req.body {
-        RequestKind::Produce(r) => Started::Produce(data::produce_submit(b, r)),
-        body => Started::Other(Box::new(Request { body, ..req })),
+        RequestKind::Produce(r) => Started::Produce(data::produce_submit(b, r), patch, req.principal),
+        body => Started::Other(Box::new(Request { body, ..req }), patch),
     }
 }
 
@@ -128,8 +146,22 @@ impl Started {
     /// Finishes serving. `Ok(None)`: no response (produce with acks=0).
     pub async fn finish(self, b: &Arc<Broker>) -> anyhow::Result<Option<ResponseKind>> {
         match self {
-            Started::Produce(p) => Ok(data::produce_finish(p).await.map(ResponseKind::Produce)),
-            Started::Other(req) => handle(b, *req).await,
+            Started::Produce(p, patch, who) => {
+                let mut resp = data::produce_finish(p).await.map(ResponseKind::Produce);
+                if let Some(r) = &mut resp {
+                    patch.apply(b, &who, r);
+                }
+                Ok(resp)
+            }
+            Started::Other(req, patch) => {
+                let who = req.principal.clone();
+                let mut resp = handle(b, *req).await?;
+                if let Some(r) = &mut resp {
+                    patch.apply(b, &who, r);
+                }
+                Ok(resp)
+            }
+            Started::Refused(resp) => Ok(Some(*resp)),
         }
     }
 }
@@ -146,7 +178,7 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::ApiVersions(_) => {
             ResponseKind::ApiVersions(crate::protocol::api_versions(crate::errors::Code::None))
         }
-        RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(b, r, v).await),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(b, r, v, &req.listener).await),
         RequestKind::Produce(r) => match data::produce_finish(data::produce_submit(b, r)).await {
             Some(resp) => ResponseKind::Produce(resp),
             None => return Ok(None),
@@ -177,7 +209,9 @@ pub async fn handle(b: &Arc<Broker>, req: Request) -> anyhow::Result<Option<Resp
         RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(data::delete_records(b, r).await),
         RequestKind::DescribeLogDirs(r) => ResponseKind::DescribeLogDirs(admin::describe_log_dirs(b, r, v)),
         RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(groups::offset_delete(b, r).await),
-        RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v)),
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v, &req.listener))
+        }
         // On a cluster a group is served by the node leading its offsets log; clients that ask
         // another are sent back to FindCoordinator.
         RequestKind::JoinGroup(r) if !b.coordinates(r.group_id.as_str()) => ResponseKind::JoinGroup(

@@ -15,6 +15,7 @@ use tracing::info;
 
 mod cluster;
 mod monitor;
+mod security;
 
 /// A Kafka-wire-protocol broker: kcat, librdkafka, kafka-python and confluent-kafka work
 /// against it unmodified.
@@ -35,6 +36,13 @@ enum Cmd {
     /// Check a stopped broker's data directory (a single node's can be repaired too).
     #[command(subcommand)]
     Storage(StorageCmd),
+    /// Kafka principals (`[security]`): SCRAM credentials, never passwords, and what each may
+    /// produce, consume, and administer.
+    #[command(subcommand)]
+    Users(security::UsersCmd),
+    /// Make development certificates: a CA, the broker's server certificate, client and
+    /// cluster-node certificates (production users bring their own PKI).
+    Certs(security::CertsArgs),
     /// Run the device monitor (dashboard, `/api/devices`, `/api/gateways`, `/metrics`) on its
     /// own, against any Kafka-compatible cluster, until SIGINT/SIGTERM.
     Monitor(MonitorArgs),
@@ -265,6 +273,8 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             foundation::logging::init("CLOUD_LOG", "warn");
             storage_verify(config, data_dir, quarantine, accept_rollback, json)
         }
+        Cmd::Users(c) => security::users(c),
+        Cmd::Certs(a) => security::certs(a),
         Cmd::Monitor(a) => {
             foundation::logging::init("CLOUD_LOG", "info");
             monitor::run_monitor(a)
@@ -473,6 +483,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         // The listeners first: a node that cannot serve clients must not join a cluster (it
         // would register an address nobody answers on).
         let listener = crate::server::bind(cfg.kafka_listen).await?;
+        let mut more_listeners = Vec::new();
+        for l in &cfg.listeners {
+            let kind = crate::security::Listener::from_config(l, cfg.tls.as_ref())?;
+            let sock = crate::server::bind(l.listen).await?;
+            info!(listener = %l.name, addr = %l.listen, protocol = l.protocol.name(), "kafka listener up");
+            more_listeners.push((sock, kind));
+        }
         let http = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
             .map_err(|e| anyhow::anyhow!("http listen address {}: {e}", cfg.http_listen))?;
@@ -503,6 +520,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     addr: crate::raft::NodeAddr {
                         raft: c.raft_listen.to_string(),
                         kafka: format!("{host}:{port}"),
+                        listeners: cfg.listeners.iter().map(|l| (l.name.clone(), l.advertised())).collect(),
                     },
                     peers: c.peers.clone(),
                     data_dir: cfg.data_dir.clone(),
@@ -512,7 +530,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 })
                 .await?;
                 info!(node = cfg.node_id, raft = %c.raft_listen, peers = c.peers.len(), "cluster node started");
-                Broker::start_cluster(cfg.clone(), node, c.name.clone())
+                Broker::start_cluster(cfg.clone(), node, c.name.clone())?
             }
         };
         let ticker = broker.clone();
@@ -594,6 +612,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                         let mut page = b.storage_metrics();
                         page.push_str(&crate::api::stats::broker_metrics(&b));
                         g.render(&mut page);
+                        b.guard.render(&mut page);
                         page.push_str(&crate::monitor::lock(&m).metrics(foundation::time::now_ms()));
                         (
                             [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -648,6 +667,14 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             .merge(registry);
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");
         let closer = broker.clone();
+        for (sock, kind) in more_listeners {
+            let (b, g) = (broker.clone(), gate.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::server::serve_on(b, sock, g, kind).await {
+                    tracing::error!(error = %e, "a kafka listener ended");
+                }
+            });
+        }
         let r = tokio::select! {
             r = crate::server::serve(broker, listener, gate) => r.map_err(anyhow::Error::from),
             r = axum::serve(http, health) => r.map_err(anyhow::Error::from),

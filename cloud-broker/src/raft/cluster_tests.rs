@@ -30,6 +30,7 @@ fn configs(dir: &std::path::Path, n: u64) -> Vec<NodeConfig> {
             addr: NodeAddr {
                 raft: format!("127.0.0.1:{}", ports[&id]),
                 kafka: format!("127.0.0.1:{}", 9000 + id),
+                listeners: Default::default(),
             },
             peers: ports
                 .iter()
@@ -395,6 +396,7 @@ async fn a_dead_node_is_replaced_and_the_new_one_takes_every_place() {
         addr: NodeAddr {
             raft: format!("127.0.0.1:{port}"),
             kafka: "127.0.0.1:9004".into(),
+            listeners: Default::default(),
         },
         peers: cfgs[..2].iter().map(|c| (c.id, c.addr.raft.clone())).collect(),
         data_dir: dir.path().join("node-4"),

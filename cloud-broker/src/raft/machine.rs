@@ -601,6 +601,7 @@ mod tests {
             NodeAddr {
                 raft: "a:1".into(),
                 kafka: "a:2".into(),
+                listeners: Default::default(),
             },
         )]
         .into();

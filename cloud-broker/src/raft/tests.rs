@@ -347,6 +347,7 @@ async fn a_partition_replicates_over_tcp_through_a_leader_loss() {
             NodeAddr {
                 raft: l.local_addr().unwrap().to_string(),
                 kafka: String::new(),
+                listeners: Default::default(),
             },
         );
         listeners.push(l);

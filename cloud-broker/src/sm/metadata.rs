@@ -33,8 +33,21 @@ pub const FIRST_PRODUCER_ID: i64 = 1000;
 pub struct NodeAddr {
     /// `host:port` of its Raft listener.
     pub raft: String,
-    /// `host:port` it gives Kafka clients.
+    /// `host:port` it gives Kafka clients of its primary (`kafka_listen`) listener.
     pub kafka: String,
+    /// `host:port` it gives clients of each other listener, by listener name.
+    pub listeners: BTreeMap<String, String>,
+}
+
+impl NodeAddr {
+    /// The address clients of `listener` are given (None: the node has no such listener).
+    pub fn kafka_on(&self, listener: &str) -> Option<&str> {
+        if listener == crate::security::PRIMARY {
+            Some(&self.kafka)
+        } else {
+            self.listeners.get(listener).map(String::as_str)
+        }
+    }
 }
 
 impl std::fmt::Display for NodeAddr {
@@ -352,6 +365,7 @@ impl Metadata {
         self.nodes.entry(new).or_insert_with(|| NodeAddr {
             raft: raft.to_string(),
             kafka: String::new(),
+            listeners: BTreeMap::new(),
         });
         self.replaced.insert(old, new);
         MetaOutcome::Replaced
@@ -554,6 +568,7 @@ mod tests {
         let addr = |r: &str| NodeAddr {
             raft: r.into(),
             kafka: format!("k{r}"),
+            listeners: BTreeMap::new(),
         };
         for id in 1..=3 {
             m.apply(&MetaCommand::RegisterNode {

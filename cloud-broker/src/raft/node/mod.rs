@@ -616,6 +616,7 @@ impl Node {
                     meta.nodes.get(&id).cloned().unwrap_or_else(|| NodeAddr {
                         raft: self.cfg.peers.get(&id).cloned().unwrap_or_default(),
                         kafka: String::new(),
+                        listeners: Default::default(),
                     })
                 };
                 (id, addr)
