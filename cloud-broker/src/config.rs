@@ -21,6 +21,10 @@
 //! heartbeat_ms = 200                      # Raft timing (election timeout 3x-5x this)
 //! join = false                            # true: a new node taking a dead one's place
 //!                                         # (`cloud-broker cluster replace`)
+//! [cluster.tls]                           # mutual TLS between nodes
+//! cert = "certs/node-1.pem"               # `cloud-broker certs --node 1` (CN node-1)
+//! key = "certs/node-1.key"
+//! ca = "certs/ca.pem"
 //!
 //! # The device monitor (dashboard at `/`, `/api/devices`, `/api/gateways`): a Kafka consumer
 //! # of this broker's own topics, in a group of its own.
@@ -34,7 +38,14 @@
 //! gateway_timeout_s = 30                  # a gateway without a heartbeat this long is offline
 //! max_devices = 200000                    # records of more devices are counted, not kept
 //! metrics_devices = 100                   # devices with their own /metrics series (worst first)
-//! client = "native"                       # or "librdkafka" (TLS, SASL)
+//! client = "native"                       # or "librdkafka"
+//! bootstrap = "127.0.0.1:9093"            # default: this node's plaintext listener
+//! [monitor.properties]                    # TLS and SASL for that connection (both clients)
+//! "security.protocol" = "sasl_ssl"
+//! "sasl.mechanism" = "SCRAM-SHA-256"
+//! "sasl.username" = "monitor"
+//! "sasl.password" = "..."
+//! "ssl.ca.location" = "certs/ca.pem"
 //!
 //! # What one client can make the Kafka listener hold; each hit is counted on /metrics
 //! # (kafka_connections_closed_total{limit}) and logged.
@@ -124,6 +135,22 @@ pub struct ClusterConfig {
     /// nothing, wait to be added.
     #[serde(default)]
     pub join: bool,
+    /// Mutual TLS between nodes.
+    pub tls: Option<ClusterTls>,
+}
+
+/// `[cluster.tls]`: every Raft link is TLS; each node presents its certificate (CN
+/// `node-<id>`, as `cloud-broker certs --node ID` makes it) and checks its peer's against `ca`;
+/// a peer whose certificate names another node than it claims to be is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// This node's certificate (PEM; server and client use, the peers' names for it).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The cluster's CA.
+    pub ca: PathBuf,
 }
 
 fn default_cluster_name() -> String {

@@ -385,9 +385,14 @@ fn principals_without_rights_get_kafkas_codes_quickly_and_nothing_is_stored() {
     // The reader's Metadata shows only what it may see.
     let out = kcat(&with(&reader, &["-L"]), None);
     assert!(text(&out).contains("topic \"telemetry\""), "{}", text(&out));
-    // Administration is the admin's: rdkafka's admin client.
+    // A principal may create the topics it may produce to (telemetry exists: past the check,
+    // the broker says so); other topics and the rest of administration are the admin's.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let created = rt.block_on(create_topic(&s, "bridge", BRIDGE_PW, "made-by-bridge"));
+    assert_eq!(
+        rt.block_on(create_topic(&s, "bridge", BRIDGE_PW, "telemetry")),
+        Err(rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)
+    );
+    let created = rt.block_on(create_topic(&s, "bridge", BRIDGE_PW, "not-the-bridges"));
     assert_eq!(
         created,
         Err(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
@@ -538,4 +543,174 @@ fn confluent_kafka_over_sasl_ssl_with_scram() {
         ],
     );
     assert!(out.contains("ck_sasl_ssl: ok"), "{out}");
+}
+
+/// Three nodes whose Raft links are mutual TLS (`[cluster.tls]`, certificates from
+/// `cloud-broker certs --node`): the cluster forms, a replicated topic takes acks=all produces
+/// (which need a quorum over those links), another node reads them back; a plaintext peer is
+/// refused (`raft::net::tests` checks certificates naming another node and another CA's).
+#[test]
+fn a_cluster_over_mutual_tls_replicates_and_refuses_plaintext_peers() {
+    let dir = tempdir("sec-raft");
+    let certs = dir.join("certs");
+    cli(
+        &["certs", "--dir", certs.to_str().unwrap(), "--node", "1,2,3"],
+        None,
+    );
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 9 {
+        let p = free_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let (kafka, http, raft) = (&ports[0..3], &ports[3..6], &ports[6..9]);
+    let config = |id: usize, cert_of: usize| {
+        let peers: Vec<String> = (1..=3)
+            .filter(|j| *j != id)
+            .map(|j| format!("{j} = \"127.0.0.1:{}\"", raft[j - 1]))
+            .collect();
+        let path = dir.join(format!("node-{id}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = {id}\nschema_registry = false\n[monitor]\nenabled = false\n\
+                 [cluster]\nname = \"secure\"\nraft_listen = \"127.0.0.1:{}\"\npeers = {{ {} }}\n\
+                 [cluster.tls]\ncert = \"{c}/node-{cert_of}.pem\"\nkey = \"{c}/node-{cert_of}.key\"\nca = \"{c}/ca.pem\"\n",
+                raft[id - 1],
+                peers.join(", "),
+                c = certs.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let nodes: Vec<Broker> = (1..=3)
+        .map(|id| {
+            Broker::start_with(
+                &dir.join(format!("data-{id}")),
+                kafka[id - 1],
+                http[id - 1],
+                vec!["--config".into(), config(id, id).to_string_lossy().into_owned()],
+            )
+        })
+        .collect();
+    common::cluster::wait_ready(&nodes);
+    let lines: String = (0..200).map(|i| format!("replicated {i}\n")).collect();
+    let out = kcat(
+        &["-b", &nodes[0].addr(), "-P", "-t", "over-tls", "-X", "acks=all"].map(String::from),
+        Some(lines.as_bytes()),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kcat(
+        &["-b", &nodes[2].addr(), "-C", "-t", "over-tls", "-e", "-q"].map(String::from),
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), lines, "{}", text(&out));
+    // A plaintext peer: the TLS handshake fails; what comes back is at most a TLS alert
+    // record (content type 21), then the connection is closed.
+    let mut c = TcpStream::connect(("127.0.0.1", raft[0])).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(&[0u8; 64]);
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        got.is_empty() || got[0] == 21,
+        "a plaintext raft peer got {got:?}"
+    );
+    assert!(got.len() <= 7, "no more than an alert: {got:?}");
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The broker's own Kafka client (the monitor's) logs in with SCRAM over TLS as librdkafka's
+/// properties say, reads every record in its group, and is refused (its state says why) with a
+/// wrong password.
+#[test]
+fn the_native_client_reads_over_sasl_ssl_and_a_wrong_password_reads_nothing() {
+    use cloud_broker::client::{self, conn::Login, Fetched, Handler, RecordsError, Walked};
+    #[derive(Default)]
+    struct Count {
+        values: std::collections::BTreeSet<String>,
+        states: Vec<String>,
+    }
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Count>>);
+    impl Handler for Shared {
+        fn start(&mut self, _: &str, _: i32) -> Option<i64> {
+            None
+        }
+        fn fetched(&mut self, f: &Fetched<'_>) -> Result<Walked, (Walked, RecordsError)> {
+            let mut c = self.0.lock().unwrap();
+            let mut scratch = Vec::new();
+            f.walk(&mut scratch, |r| {
+                c.values
+                    .insert(String::from_utf8_lossy(r.value.unwrap_or_default()).into_owned());
+            })
+        }
+        fn progress(&mut self, _: &str, _: i32, _: i64, _: i64) {}
+        fn state(&mut self, s: String) {
+            self.0.lock().unwrap().states.push(s);
+        }
+    }
+    let s = Secured::start("sec-native");
+    let out = kcat(
+        &with(
+            &s.scram("SCRAM-SHA-256", "bridge", BRIDGE_PW),
+            &["-P", "-t", "telemetry"],
+        ),
+        Some(b"n1\nn2\nn3\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let read = |password: &str, mechanism: &str, done: &dyn Fn(&Count) -> bool| {
+        let props: Vec<(String, String)> = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", mechanism),
+            ("sasl.username", "reader"),
+            ("sasl.password", password),
+            ("ssl.ca.location", &s.ca()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut cfg = client::Config::new(
+            &format!("127.0.0.1:{}", s.sasl),
+            "readers",
+            vec!["telemetry".into()],
+        );
+        cfg.login = Login::from_properties(&props).unwrap().map(std::sync::Arc::new);
+        let h = Shared::default();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut run = h.clone();
+        let t = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(client::run(cfg, &mut run, rx))
+        });
+        let _ = foundation::wait::until(Duration::from_secs(20), "the consumer", || {
+            done(&h.0.lock().unwrap()).then_some(())
+        });
+        let _ = tx.send(true);
+        t.join().unwrap();
+        let c = h.0.lock().unwrap();
+        (c.values.clone(), c.states.clone())
+    };
+    let (values, _) = read(READER_PW, "SCRAM-SHA-512", &|c| c.values.len() >= 3);
+    assert_eq!(values.into_iter().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+    let refused = |c: &Count| {
+        c.states
+            .iter()
+            .any(|s| s.contains("invalid username or password"))
+    };
+    let (values, states) = read("wrong", "SCRAM-SHA-256", &refused);
+    assert!(values.is_empty());
+    assert!(
+        states.iter().any(|s| s.contains("invalid username or password")),
+        "{states:?}"
+    );
+    // Properties the native client does not take are an error naming them.
+    let e = Login::from_properties(&[("socket.timeout.ms".into(), "1".into())]).unwrap_err();
+    assert!(e.to_string().contains("socket.timeout.ms"), "{e}");
 }

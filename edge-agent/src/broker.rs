@@ -146,6 +146,7 @@ impl Mqtt {
         // With authentication, devices reach the authorizing front (crate::front) on the
         // public address, and rumqttd listens on a loopback port behind it.
         let mut rcfg = cfg.clone();
+        let token_source = auth.clone();
         let (public, v5) = if auth.is_some() {
             // Two distinct free ports (both held until both are known), released for rumqttd.
             let v4 = TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?;
@@ -182,7 +183,7 @@ impl Mqtt {
             }
             Ok(_) => {}
         }
-        if let (Some(public), Some(v5)) = (public, v5) {
+        if let (Some(public), Some(v5), Some(checker)) = (public, v5, token_source) {
             wait_listening(v5)?;
             let _ = set_listener_nodelay(v5);
             let f = crate::front::Front {
@@ -191,8 +192,26 @@ impl Mqtt {
                 max_packet: cfg.max_payload_bytes + 256,
                 metrics: metrics.clone(),
                 frame_deadline: std::time::Duration::from_secs(cfg.frame_timeout_s),
+                token: checker.front_token(),
             };
             public.set_nonblocking(true)?;
+            let tls = match &cfg.tls {
+                None => None,
+                Some(t) => {
+                    let mode = match (&t.client_ca, t.require_client_cert) {
+                        (None, _) => foundation::tls::ClientAuth::None,
+                        (Some(_), true) => foundation::tls::ClientAuth::Required,
+                        (Some(_), false) => foundation::tls::ClientAuth::Optional,
+                    };
+                    let config =
+                        foundation::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref(), mode)
+                            .context("[mqtt.tls]")?;
+                    let l = TcpListener::bind(t.listen)
+                        .with_context(|| format!("MQTT TLS listen address {}", t.listen))?;
+                    l.set_nonblocking(true)?;
+                    Some((l, tokio_rustls::TlsAcceptor::from(config)))
+                }
+            };
             std::thread::Builder::new()
                 .name("mqtt-front".into())
                 .spawn(move || {
@@ -201,8 +220,16 @@ impl Mqtt {
                         Err(e) => return error!(error = %e, "the MQTT front has no runtime"),
                     };
                     rt.block_on(async move {
+                        if let Some((l, acceptor)) = tls {
+                            match tokio::net::TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    tokio::spawn(crate::front::serve(l, f.clone(), Some(acceptor)));
+                                }
+                                Err(e) => error!(error = %e, "the MQTT front's TLS listener"),
+                            }
+                        }
                         match tokio::net::TcpListener::from_std(public) {
-                            Ok(l) => crate::front::serve(l, f).await,
+                            Ok(l) => crate::front::serve(l, f, None).await,
                             Err(e) => error!(error = %e, "the MQTT front's listener"),
                         }
                     })

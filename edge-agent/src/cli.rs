@@ -38,6 +38,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DevicesCmd,
     },
+    /// Make development certificates: a CA (kept and reused), the agent's server certificate
+    /// for `[mqtt.tls]`, and device certificates whose CN is the device id (production users
+    /// bring their own PKI).
+    Certs {
+        /// Where they go (`ca.pem`, `ca.key`, `agent.pem`, `agent.key`, `device-<id>.pem`...).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Names devices reach the agent by (DNS names or IP addresses); repeat or
+        /// comma-separate.
+        #[arg(long = "host", value_delimiter = ',', default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        /// Device certificates to make (`device-<id>.pem` and `.key`).
+        #[arg(long = "device", value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Days the new certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,8 +68,12 @@ enum DevicesCmd {
         /// The device id (its MQTT client id and username).
         id: String,
         /// Read the password from standard input (one line) instead of making one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "certificate")]
         password_stdin: bool,
+        /// No password: the device logs in over TLS with a client certificate whose CN is its
+        /// id (`edge-agent certs --device ID` makes one).
+        #[arg(long)]
+        certificate: bool,
     },
     /// Remove a device: its next connection is refused.
     Remove {
@@ -244,6 +266,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Replay(a) => replay(a),
         Cmd::Devices { cmd } => devices(cmd),
+        Cmd::Certs {
+            dir,
+            hosts,
+            devices,
+            days,
+        } => certs(&dir, &hosts, &devices, days),
         Cmd::Log {
             cmd: LogCmd::Stats { common, json },
         } => {
@@ -531,6 +559,35 @@ fn http_json(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Re
     })
 }
 
+/// `edge-agent certs`.
+fn certs(dir: &std::path::Path, hosts: &[String], devices: &[String], days: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(days > 0, "--days must be at least 1");
+    let ca = foundation::tls::DevCa::open_or_create(dir, "iot-appliance edge development CA")?;
+    println!("CA certificate           {}", ca.cert_path().display());
+    let agent = ca.issue("agent", "edge-agent", hosts, foundation::tls::Role::Server, days)?;
+    println!("agent certificate        {}", agent.cert.display());
+    println!("agent key                {}", agent.key.display());
+    for id in devices {
+        anyhow::ensure!(
+            vocab::wire::is_valid_device_id(id),
+            "{id:?} is not a device id (1-32 of A-Z a-z 0-9 - _ .)"
+        );
+        let d = ca.issue(
+            &format!("device-{id}"),
+            id,
+            &[],
+            foundation::tls::Role::Client,
+            days,
+        )?;
+        println!("device {id:<17} {}", d.cert.display());
+    }
+    println!(
+        "development certificates only: the CA key is in {}",
+        dir.join("ca.key").display()
+    );
+    Ok(())
+}
+
 /// `edge-agent devices ...`.
 fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
     use crate::credentials::{generate_password, Credentials, FILE_NAME};
@@ -547,8 +604,22 @@ fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
             common,
             id,
             password_stdin,
+            certificate,
         } => {
             let path = path(&common)?;
+            if certificate {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut c = Credentials::load(&path)?;
+                c.set_certificate(&id)?;
+                c.save(&path)?;
+                eprintln!(
+                    "added device {id} (client certificate, no password) in {}",
+                    path.display()
+                );
+                return Ok(());
+            }
             let (password, made) = if password_stdin {
                 let mut line = String::new();
                 std::io::stdin().read_line(&mut line)?;
@@ -592,12 +663,27 @@ fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
                 let v: Vec<serde_json::Value> = c
                     .devices
                     .iter()
-                    .map(|(id, e)| serde_json::json!({ "id": id, "added_ms": e.added_ms }))
+                    .map(|(id, e)| {
+                        let login = if e.hash.is_empty() {
+                            "certificate"
+                        } else {
+                            "password"
+                        };
+                        serde_json::json!({ "id": id, "added_ms": e.added_ms, "login": login })
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for (id, e) in &c.devices {
-                    println!("{id}\tadded {}", foundation::time::rfc3339_ms(e.added_ms));
+                    let login = if e.hash.is_empty() {
+                        "certificate"
+                    } else {
+                        "password"
+                    };
+                    println!(
+                        "{id}\t{login}\tadded {}",
+                        foundation::time::rfc3339_ms(e.added_ms)
+                    );
                 }
             }
             Ok(())

@@ -14,6 +14,13 @@
 //! credentials_file = "./data/edge/credentials.toml"  # default: credentials.toml in data_dir
 //! frame_timeout_s = 30             # auth on: a packet begun must arrive whole within this
 //!
+//! [mqtt.tls]                        # devices over TLS (needs auth = "password")
+//! listen = "0.0.0.0:8883"
+//! cert = "certs/agent.pem"          # edge-agent certs makes a development CA and these
+//! key = "certs/agent.key"
+//! client_ca = "certs/ca.pem"        # a device certificate's CN is its id (no password needed)
+//! require_client_cert = false       # true: devices without a certificate are refused
+//!
 //! [admin]
 //! listen = "127.0.0.1:8081"         # /health /metrics /api/log /api/devices
 //!
@@ -89,6 +96,27 @@ pub struct MqttConfig {
     /// With `auth = "password"`: a packet once begun (the CONNECT: from the connection's start)
     /// must arrive whole within this, seconds, or the connection is closed.
     pub frame_timeout_s: u64,
+    /// A TLS listener for devices (through the front; needs `auth = "password"`).
+    pub tls: Option<MqttTls>,
+}
+
+/// `[mqtt.tls]`: devices over TLS. A device that presents a certificate from `client_ca` is
+/// the certificate subject's CN (its client id must be that, and it needs no password); one
+/// without logs in with its password, unless `require_client_cert`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    /// Listen address (MQTT over TLS: 8883 by convention).
+    pub listen: SocketAddr,
+    /// The agent's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA device certificates are checked against (none: no client certificates).
+    pub client_ca: Option<PathBuf>,
+    /// Refuse a device without a certificate in the TLS handshake.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// `[mqtt] auth`.
@@ -158,6 +186,7 @@ impl Default for MqttConfig {
             auth: MqttAuth::None,
             credentials_file: None,
             frame_timeout_s: 30,
+            tls: None,
         }
     }
 }
@@ -211,6 +240,17 @@ impl Config {
             "mqtt.max_payload_bytes must be >= 64"
         );
         anyhow::ensure!(self.mqtt.frame_timeout_s > 0, "mqtt.frame_timeout_s must be > 0");
+        if let Some(t) = &self.mqtt.tls {
+            anyhow::ensure!(
+                self.mqtt.auth == MqttAuth::Password,
+                "[mqtt.tls] needs auth = \"password\" (TLS devices go through the authorizing front)"
+            );
+            anyhow::ensure!(t.listen != self.mqtt.listen, "mqtt.tls.listen is mqtt.listen");
+            anyhow::ensure!(
+                !t.require_client_cert || t.client_ca.is_some(),
+                "mqtt.tls.require_client_cert needs mqtt.tls.client_ca"
+            );
+        }
         for name in self.topics.keys() {
             anyhow::ensure!(
                 [TELEMETRY, DEVICE_STATUS, DEAD_LETTER].contains(&name.as_str()),

@@ -36,7 +36,9 @@ pub const FILE_NAME: &str = "credentials.toml";
 /// One device's entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// Argon2id PHC string of its password.
+    /// Argon2id PHC string of its password; empty for a device that logs in with its client
+    /// certificate only (`devices add --certificate`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
     /// When it was added, ms since the Unix epoch.
     pub added_ms: i64,
@@ -99,6 +101,23 @@ impl Credentials {
             id.to_string(),
             Entry {
                 hash: hash(password)?,
+                added_ms: foundation::time::now_ms(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds or replaces `id` as a device that logs in with a client certificate (its subject's
+    /// CN is the id) and has no password.
+    pub fn set_certificate(&mut self, id: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            vocab::wire::is_valid_device_id(id),
+            "{id:?} is not a device id (1-32 of A-Z a-z 0-9 - _ .)"
+        );
+        self.devices.insert(
+            id.to_string(),
+            Entry {
+                hash: String::new(),
                 added_ms: foundation::time::now_ms(),
             },
         );
@@ -173,12 +192,21 @@ pub fn generate_password() -> anyhow::Result<String> {
 }
 
 /// The running agent's view of the file: reloaded when it changes, verifications bounded.
-#[derive(Debug)]
 pub struct Checker {
+    front_token: Arc<str>,
     path: PathBuf,
     current: Mutex<(Option<SystemTime>, Arc<Credentials>)>,
     jobs: std::sync::mpsc::SyncSender<Job>,
     metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the front's token.
+        f.debug_struct("Checker")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One verification for the workers.
@@ -222,7 +250,14 @@ impl Checker {
                 })
                 .context("starting a password verifier")?;
         }
+        let mut token = [0u8; 32];
+        getrandom::getrandom(&mut token).context("no randomness for the front's token")?;
         Ok(Arc::new(Checker {
+            front_token: token
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
             path,
             current: Mutex::new((mtime, Arc::new(creds))),
             jobs,
@@ -243,10 +278,22 @@ impl Checker {
         cur.1.clone()
     }
 
+    /// The secret the authorizing front logs a certificate device in with (made per process,
+    /// never written anywhere): the front has verified the device's certificate and that its
+    /// CN is the client id.
+    pub fn front_token(&self) -> Arc<str> {
+        self.front_token.clone()
+    }
+
     /// Whether a connection with this client id, username and password may go on.
     pub async fn check(&self, client_id: String, username: String, password: String) -> bool {
+        use subtle::ConstantTimeEq as _;
         let ok = if client_id != username || client_id.is_empty() {
             false
+        } else if bool::from(password.as_bytes().ct_eq(self.front_token.as_bytes())) {
+            // A certificate device through the front: listed devices only, so `devices remove`
+            // revokes it too.
+            self.credentials().devices.contains_key(&client_id)
         } else {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let job = Job {

@@ -20,6 +20,12 @@
 //! untouched. A packet once begun must arrive whole within `[mqtt] frame_timeout_s` (the CONNECT too,
 //! from the connection's start), so a client that sends half a packet and goes silent holds
 //! nothing for long; between packets the device's keep-alive rules, enforced by rumqttd.
+//!
+//! On the TLS listener (`[mqtt.tls]`) a device may present a client certificate instead of a
+//! password: the front verifies it against `client_ca` in the handshake, requires the CONNECT's
+//! client id to be the certificate subject's CN, and logs it in to rumqttd with a secret of
+//! its own ([`crate::credentials::Checker::front_token`]) in place of a password, so rumqttd's
+//! one authentication hook serves both kinds of device and the topic rules above hold for both.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +34,7 @@ use bytes::BytesMut;
 use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{Error as MqttError, Packet, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -48,10 +54,12 @@ pub struct Front {
     /// How long a packet, once begun (and the CONNECT, from the connection's start), may take
     /// to arrive whole (`[mqtt] frame_timeout_s`).
     pub frame_deadline: std::time::Duration,
+    /// The secret a certificate device is logged in to rumqttd with.
+    pub token: Arc<str>,
 }
 
-/// Accepts devices on `listener` until the runtime ends.
-pub async fn serve(listener: TcpListener, front: Front) {
+/// Accepts devices on `listener` until the runtime ends; over TLS with `tls`.
+pub async fn serve(listener: TcpListener, front: Front, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -62,8 +70,34 @@ pub async fn serve(listener: TcpListener, front: Front) {
             }
         };
         let f = front.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(sock, &f).await {
+            let _ = sock.set_nodelay(true);
+            let r = match tls {
+                None => {
+                    let (cr, cw) = sock.into_split();
+                    connection(cr, cw, &f, None).await
+                }
+                Some(acceptor) => match tokio::time::timeout(f.frame_deadline, acceptor.accept(sock)).await {
+                    Ok(Ok(stream)) => {
+                        // Only a certificate the CA verified is here.
+                        let name = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(foundation::tls::common_name);
+                        let (cr, cw) = tokio::io::split(stream);
+                        connection(cr, cw, &f, name).await
+                    }
+                    Ok(Err(e)) => {
+                        add(&f.metrics.mqtt_tls_failures, 1);
+                        Err(anyhow::anyhow!("TLS handshake: {e}"))
+                    }
+                    Err(_) => Err(late(&f)),
+                },
+            };
+            if let Err(e) = r {
                 debug!(%peer, error = %e, "MQTT connection through the front ended");
             }
         });
@@ -87,6 +121,8 @@ pub enum Denied {
     Subscribe(String),
     /// Bytes that are not MQTT.
     Malformed,
+    /// A client id other than its certificate's name.
+    Certificate,
 }
 
 /// Whether device `id` may publish to `topic`.
@@ -211,9 +247,33 @@ pub(crate) fn for_log(s: &str) -> String {
         .collect()
 }
 
-async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
-    let _ = sock.set_nodelay(true);
-    let (mut cr, mut cw) = sock.into_split();
+/// The CONNECT of a certificate device with the front's token as its login (username = id).
+fn with_token(level: u8, connect: &[u8], id: &str, token: &str) -> Result<BytesMut, Denied> {
+    let login = Some(rumqttd::protocol::Login {
+        username: id.to_string(),
+        password: token.to_string(),
+    });
+    let mut out = BytesMut::with_capacity(connect.len() + token.len() + id.len() + 8);
+    let written = match read(level, connect) {
+        Ok(Packet::Connect(c, props, will, will_props, _)) => {
+            let p = Packet::Connect(c, props, will, will_props, login);
+            if level == 5 {
+                V5.write(p, &mut out)
+            } else {
+                V4.write(p, &mut out)
+            }
+        }
+        _ => return Err(Denied::Malformed),
+    };
+    written.map_err(|_| Denied::Malformed)?;
+    Ok(out)
+}
+
+async fn connection<R, W>(mut cr: R, mut cw: W, f: &Front, certificate: Option<String>) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(8 << 10);
     // The CONNECT, before anything reaches the broker.
     // The CONNECT must be whole within the frame deadline of the connection's start.
@@ -233,7 +293,16 @@ async fn connection(sock: TcpStream, f: &Front) -> anyhow::Result<()> {
         }
     };
     let connect = buf.split_to(h.frame_length());
-    let (id, level) = match connect_identity(&connect) {
+    // A certificate device: its client id must be the certificate's name, and it is logged in
+    // with the front's token.
+    let checked = connect_identity(&connect).and_then(|(id, level)| match &certificate {
+        None => Ok((id, level, connect.clone())),
+        Some(name) if *name == id => with_token(level, &connect, &id, &f.token)
+            .map(|c| (id, level, c))
+            .map_err(|d| (d, level)),
+        Some(_) => Err((Denied::Certificate, level)),
+    });
+    let (id, level, connect) = match checked {
         Ok(x) => x,
         Err((d, level)) => {
             // MQTT 3.1.1's CONNACK return codes: 1 unacceptable protocol version (also the

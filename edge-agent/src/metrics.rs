@@ -98,6 +98,8 @@ pub struct Metrics {
     pub mqtt_denied: AtomicU64,
     /// MQTT connections closed by the front for a packet not whole within its deadline.
     pub mqtt_frame_timeouts: AtomicU64,
+    /// TLS handshakes with devices that failed (no, a bad or an expired certificate; not TLS).
+    pub mqtt_tls_failures: AtomicU64,
     /// Invalid payloads only counted, over a topic's dead-letter budget.
     pub dead_letters_suppressed: AtomicU64,
     /// Batches that arrived ahead of a missing one (a broker-side loss, e.g. rumqttd skipping a
@@ -137,6 +139,7 @@ impl Default for Metrics {
             mqtt_auth_refused: AtomicU64::new(0),
             mqtt_denied: AtomicU64::new(0),
             mqtt_frame_timeouts: AtomicU64::new(0),
+            mqtt_tls_failures: AtomicU64::new(0),
             dead_letters_suppressed: AtomicU64::new(0),
             lag_detected: AtomicU64::new(0),
             cursor_jumps: AtomicU64::new(0),
@@ -165,7 +168,7 @@ impl Metrics {
     /// Renders the counters; `extra` is appended (per-partition and per-device gauges).
     pub fn render(&self, extra: &str) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             ("edge_mqtt_publishes_total", "MQTT publishes taken from the broker", &self.publishes),
             ("edge_readings_ingested_total", "Readings written to the telemetry topic", &self.readings),
             ("edge_duplicates_dropped_total", "Readings received again and dropped", &self.duplicates),
@@ -173,6 +176,7 @@ impl Metrics {
             ("edge_mqtt_auth_refused_total", "MQTT connections refused by [mqtt] auth (unknown device, wrong password, client id and username differ)", &self.mqtt_auth_refused),
             ("edge_mqtt_denied_total", "MQTT connections closed by the front: a topic, subscription or will the device may not use, or another protocol level", &self.mqtt_denied),
             ("edge_mqtt_frame_timeouts_total", "MQTT connections closed by the front: a packet not whole within its deadline (30 s)", &self.mqtt_frame_timeouts),
+            ("edge_mqtt_tls_failures_total", "TLS handshakes with devices that failed: no certificate where one is required, one from another CA or expired, not TLS", &self.mqtt_tls_failures),
             ("edge_dead_letters_suppressed_total", "Invalid payloads over a topic's dead-letter budget, counted but not stored", &self.dead_letters_suppressed),
             ("edge_rumqttd_lag_detected_total", "Batches that arrived after a gap in a device's sequence (broker-side loss; resent by the device)", &self.lag_detected),
             ("edge_rumqttd_cursor_jumps_total", "Messages rumqttd skipped for the ingest link", &self.cursor_jumps),

@@ -12,7 +12,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-/// The crypto provider every configuration here uses.
+/// The crypto provider every configuration here uses: ring (no C toolchain beyond cc, and
+/// the provider of the tree's other rustls users). rustls releases after 0.23.46 deprecate it
+/// for want of post-quantum key exchange; aws-lc-rs would bring that at the cost of a CMake
+/// build.
+#[allow(deprecated)]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

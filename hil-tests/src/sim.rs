@@ -3,7 +3,8 @@
 //! Every virtual device is a tokio task that owns a [`firmware::mqtt::Uplink`] and runs it with
 //! the library's own async driver ([`firmware::driver::run`]) over a tokio `TcpStream` adapted
 //! to `embedded-io-async`. So the simulator exercises the same buffer, MQTT state machine,
-//! resend and reconnect logic as the MCU image, only with a socket instead of a UART.
+//! resend and reconnect logic as the MCU image, only with a socket instead of a UART. With
+//! [`SimTls`] the socket is TLS (rustls), each device presenting its own client certificate.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -50,6 +51,38 @@ pub struct SimConfig {
     /// Every device connects with its id as username and this password (an agent with
     /// `[mqtt] auth = "password"`).
     pub password: Option<String>,
+    /// MQTT over TLS (`[mqtt.tls]`).
+    pub tls: Option<SimTls>,
+}
+
+/// TLS for the simulated devices.
+#[derive(Debug, Clone)]
+pub struct SimTls {
+    /// The CA the agent's certificate is checked against.
+    pub ca: std::path::PathBuf,
+    /// Where each device's client certificate is, as `edge-agent certs` names them
+    /// (`device-<id>.pem` and `.key`); none: no client certificates (log in with a password).
+    pub certs: Option<std::path::PathBuf>,
+}
+
+impl SimTls {
+    /// The TLS connector of device `id` to the agent at `addr`.
+    fn connector(
+        &self,
+        id: &str,
+        addr: &str,
+    ) -> anyhow::Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)> {
+        match &self.certs {
+            None => tls_connector(&self.ca, None, addr),
+            Some(dir) => {
+                let (cert, key) = (
+                    dir.join(format!("device-{id}.pem")),
+                    dir.join(format!("device-{id}.key")),
+                );
+                tls_connector(&self.ca, Some((&cert, &key)), addr)
+            }
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -69,6 +102,7 @@ impl Default for SimConfig {
             keep_alive_s: 30,
             sampled: None,
             password: None,
+            tls: None,
         }
     }
 }
@@ -190,16 +224,119 @@ impl embedded_hal_async::delay::DelayNs for TokioDelay {
     }
 }
 
-struct TcpConnector(String);
+struct TcpConnector {
+    addr: String,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+}
+
+/// A device's socket: plain TCP or TLS over it.
+pub enum Stream {
+    /// TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Stream::Plain",
+            Stream::Tls(_) => "Stream::Tls",
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Stream {
+    /// Connects to `addr` (with TCP_NODELAY), then TLS with `tls` if given, each step within
+    /// `timeout`.
+    pub async fn connect(
+        addr: &str,
+        tls: Option<&(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+        timeout: Duration,
+    ) -> std::io::Result<Stream> {
+        let late = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}"));
+        let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| late())??;
+        let _ = s.set_nodelay(true);
+        Ok(match tls {
+            None => Stream::Plain(s),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), s))
+                    .await
+                    .map_err(|_| late())??;
+                Stream::Tls(Box::new(tls))
+            }
+        })
+    }
+}
+
+/// A TLS connector for a client presenting `cert` and `key` (if given) to a server at
+/// `host:port` whose certificate is from `ca`, and the server name it checks.
+pub fn tls_connector(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+    addr: &str,
+) -> anyhow::Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| anyhow::anyhow!("{host}: not a server name: {e}"))?;
+    let config = foundation::tls::client_config(ca, identity)?;
+    Ok((tokio_rustls::TlsConnector::from(config), name))
+}
 
 impl Connector for TcpConnector {
-    type Conn = FromTokio<TcpStream>;
+    type Conn = FromTokio<Stream>;
     async fn connect(&mut self) -> Option<Self::Conn> {
-        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.0))
+        let s = Stream::connect(&self.addr, self.tls.as_ref(), Duration::from_secs(5))
             .await
-            .ok()?
             .ok()?;
-        let _ = s.set_nodelay(true);
         Some(FromTokio::new(s))
     }
 }
@@ -226,6 +363,10 @@ async fn device(
         let fits = ucfg.username.push_str(&id).is_ok() && ucfg.password.push_str(pw).is_ok();
         anyhow::ensure!(fits, "a password of at most 64 bytes");
     }
+    let tls = match &cfg.tls {
+        None => None,
+        Some(t) => Some(t.connector(&id, &cfg.broker)?),
+    };
     ucfg.reconnect_min_ms = 200;
     ucfg.reconnect_max_ms = 5_000;
     ucfg.response_timeout_ms = 10_000;
@@ -247,7 +388,10 @@ async fn device(
     let phase = index as f32 * 0.37;
     driver::run(
         &mut uplink,
-        &mut TcpConnector(cfg.broker.clone()),
+        &mut TcpConnector {
+            addr: cfg.broker.clone(),
+            tls,
+        },
         &clock,
         &mut TokioDelay,
         |u, now| {

@@ -19,9 +19,9 @@ fn number_after(out: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {label:?} line in the output:\n{out}"))
 }
 
-/// Four different free ports, the first followed by two more free ones (the Kafka ports of a
+/// Five different free ports, the first followed by two more free ones (the Kafka ports of a
 /// three-node cloud).
-fn four_ports() -> [u16; 4] {
+fn five_ports() -> [u16; 5] {
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
     let kafka = loop {
         let p = free_port();
@@ -30,19 +30,19 @@ fn four_ports() -> [u16; 4] {
         }
     };
     let mut ports = vec![kafka];
-    while ports.len() < 4 {
+    while ports.len() < 5 {
         let p = free_port();
         if !ports.contains(&p) && !(kafka..=kafka + 2).contains(&p) {
             ports.push(p);
         }
     }
-    [ports[0], ports[1], ports[2], ports[3]]
+    [ports[0], ports[1], ports[2], ports[3], ports[4]]
 }
 
 #[test]
 fn demo_cuts_the_uplink_catches_up_and_leaves_nothing_behind() {
     let dir = std::env::temp_dir().join(format!("demo-e2e-{}-{:x}", std::process::id(), free_port()));
-    let [kafka, mqtt, admin, http] = four_ports();
+    let [kafka, mqtt, admin, http, mqtts] = five_ports();
     let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
         .arg("--data-dir")
         .arg(&dir)
@@ -53,6 +53,8 @@ fn demo_cuts_the_uplink_catches_up_and_leaves_nothing_behind() {
             &kafka.to_string(),
             "--mqtt-port",
             &mqtt.to_string(),
+            "--mqtts-port",
+            &mqtts.to_string(),
         ])
         .args([
             "--admin-port",

@@ -6,8 +6,9 @@
 //! `CLUSTER_AUTHORIZATION_FAILED`) beside the handler's answer for the rest, as Kafka does; a
 //! request with nothing left it may do is answered at once without reaching its handler.
 //! Lists (all topics in Metadata, ListGroups, ListTransactions) show only what the principal
-//! may see. Administration (creating, deleting and configuring topics, deleting records, log
-//! directories) is all or nothing: the `admin` right.
+//! may see. A principal may create the topics it may produce to; the rest of administration
+//! (deleting and configuring topics, deleting records, log directories) is all or nothing: the
+//! `admin` right.
 
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -56,6 +57,8 @@ pub enum Patch {
     ListTransactions,
     /// DescribeTransactions: ids refused.
     DescribeTransactions(Vec<TransactionalId>),
+    /// CreateTopics: topics refused.
+    CreateTopics(Vec<TopicName>),
     /// DescribeConfigs: resources refused (type, name, code).
     DescribeConfigs(Vec<(i8, StrBytes, Code)>),
 }
@@ -396,27 +399,17 @@ pub fn check(b: &Broker, mut req: Box<Request>) -> Verdict {
             .map(|c| (c.resource_type, c.resource_name, resource_code(c.resource_type)))
             .collect(),
         ),
+        // A principal may create the topics it may produce to (Kafka's CREATE on a topic).
+        RequestKind::CreateTopics(r) => Patch::CreateTopics(
+            split(&mut r.topics, |t| may(Access::Produce(&t.name)))
+                .into_iter()
+                .map(|t| t.name)
+                .collect(),
+        ),
         // Administration: all or nothing.
         body if may(Access::Admin) => {
             let _ = body;
             Patch::None
-        }
-        RequestKind::CreateTopics(r) => {
-            let topics = r
-                .topics
-                .iter()
-                .map(|t| {
-                    create_topics_response::CreatableTopicResult::default()
-                        .with_name(t.name.clone())
-                        .with_error_code(Code::TopicAuthorizationFailed.code())
-                        .with_error_message(Some(s("not authorized: the admin right is needed")))
-                        .with_num_partitions(-1)
-                        .with_replication_factor(-1)
-                })
-                .collect();
-            return refused(ResponseKind::CreateTopics(
-                CreateTopicsResponse::default().with_topics(topics),
-            ));
         }
         RequestKind::DeleteTopics(r) => {
             let named = r
@@ -678,6 +671,20 @@ impl Patch {
                             .with_error_code(Code::TransactionalIdAuthorizationFailed.code())
                             .with_producer_id(ProducerId(-1))
                             .with_producer_epoch(-1),
+                    );
+                }
+            }
+            (Patch::CreateTopics(refused), ResponseKind::CreateTopics(r)) => {
+                for name in refused {
+                    r.topics.push(
+                        create_topics_response::CreatableTopicResult::default()
+                            .with_name(name)
+                            .with_error_code(Code::TopicAuthorizationFailed.code())
+                            .with_error_message(Some(s(
+                                "not authorized: produce rights on the topic, or admin",
+                            )))
+                            .with_num_partitions(-1)
+                            .with_replication_factor(-1),
                     );
                 }
             }

@@ -464,6 +464,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             peers: Default::default(),
             heartbeat_ms: crate::config::default_heartbeat_ms(),
             join: false,
+            tls: None,
         });
         c.join |= a.join;
         if let Some(l) = a.raft_listen {
@@ -527,6 +528,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     timing: crate::raft::Timing::from_heartbeat(c.heartbeat_ms),
                     maintenance: Duration::from_secs(30),
                     join: c.join,
+                    tls: match &c.tls {
+                        None => None,
+                        Some(t) => Some(Arc::new(crate::raft::net::RaftTls::new(&t.cert, &t.key, &t.ca)?)),
+                    },
                 })
                 .await?;
                 info!(node = cfg.node_id, raft = %c.raft_listen, peers = c.peers.len(), "cluster node started");
@@ -567,14 +572,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 .group_id
                 .clone()
                 .unwrap_or_else(|| format!("iot-monitor-{}", cfg.node_id));
-            Some(monitor::start_feed(&monitor, format!("{host}:{port}"), group, Vec::new())?)
+            let bootstrap = cfg.monitor.bootstrap.clone().unwrap_or(format!("{host}:{port}"));
+            let props = cfg.monitor.properties.clone().into_iter().collect();
+            Some(monitor::start_feed(&monitor, bootstrap, group, props)?)
         } else {
             crate::monitor::lock(&monitor).feed = "disabled ([monitor] enabled = false)".into();
             None
         };
         let (registry, registry_store) = if cfg.schema_registry {
             let (host, port) = cfg.advertised();
-            monitor::schema_registry(&format!("{host}:{port}"), &[])?
+            let bootstrap = cfg.monitor.bootstrap.clone().unwrap_or(format!("{host}:{port}"));
+            let props: Vec<(String, String)> = cfg.monitor.properties.clone().into_iter().collect();
+            monitor::schema_registry(&bootstrap, &props)?
         } else {
             (axum::Router::new(), None)
         };

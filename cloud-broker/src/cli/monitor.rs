@@ -344,8 +344,11 @@ pub(super) fn run_monitor(a: super::MonitorArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--property {p:?}: expected KEY=VALUE"))?;
         props.push((k.to_string(), v.to_string()));
     }
-    if !props.is_empty() {
-        // librdkafka's properties (TLS, SASL): the native client has none of that.
+    if props
+        .iter()
+        .any(|(k, _)| !crate::client::conn::LOGIN_PROPERTIES.contains(&k.as_str()))
+    {
+        // Properties beyond TLS and SASL: only librdkafka takes them.
         settings.client = crate::monitor::feed::Client::Librdkafka;
     }
     let rt = tokio::runtime::Runtime::new()?;

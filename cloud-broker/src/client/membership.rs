@@ -42,7 +42,7 @@ impl Consumer {
         if self.coordinator.as_ref().is_some_and(|c| !c.is_idle()) {
             self.coordinator = None;
             if let Some(addr) = self.coordinator_addr.clone() {
-                if let Ok(c) = Conn::connect(&addr, &self.cfg.client_id).await {
+                if let Ok(c) = Conn::connect(&addr, &self.cfg.client_id, self.cfg.login.as_deref()).await {
                     self.coordinator = Some(c);
                 }
             }
@@ -77,7 +77,8 @@ impl Consumer {
                 );
             }
             let addr = format!("{}:{}", r.host, r.port);
-            self.coordinator = Some(Conn::connect(&addr, &self.cfg.client_id).await?);
+            self.coordinator =
+                Some(Conn::connect(&addr, &self.cfg.client_id, self.cfg.login.as_deref()).await?);
             self.coordinator_addr = Some(addr);
         }
         self.coordinator.as_mut().ok_or_else(|| anyhow!("no coordinator"))

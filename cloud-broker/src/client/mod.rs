@@ -107,6 +107,8 @@ pub struct Config {
     pub fetch_max_bytes: i32,
     /// Most bytes of one partition in a fetch response.
     pub partition_max_bytes: i32,
+    /// TLS and SASL (none: plaintext).
+    pub login: Option<std::sync::Arc<conn::Login>>,
 }
 
 impl Config {
@@ -131,6 +133,7 @@ impl Config {
             min_bytes: 1,
             fetch_max_bytes: 16 << 20,
             partition_max_bytes: 1 << 20,
+            login: None,
         }
     }
 }
@@ -312,6 +315,7 @@ impl Consumer {
             ))
             .with_allow_auto_topic_creation(false);
         let mut tried = Vec::new();
+        let mut last_error = String::from("no connection made");
         if self.meta.as_ref().is_some_and(|c| !c.is_idle()) {
             self.meta = None;
         }
@@ -325,13 +329,15 @@ impl Consumer {
                     .cloned()
                     .collect();
                 let Some(addr) = candidates.first() else {
-                    bail!("no broker answered ({})", tried.join(", "));
+                    // The last broker's own words (a refused login says why).
+                    bail!("no broker answered ({}): {last_error}", tried.join(", "));
                 };
                 tried.push(addr.clone());
-                match Conn::connect(addr, &self.cfg.client_id).await {
+                match Conn::connect(addr, &self.cfg.client_id, self.cfg.login.as_deref()).await {
                     Ok(c) => self.meta = Some(c),
                     Err(e) => {
                         tracing::debug!(error = %format!("{e:#}"), "consumer metadata");
+                        last_error = format!("{e:#}");
                         continue;
                     }
                 }
@@ -341,6 +347,7 @@ impl Consumer {
                 Ok(r) => break r,
                 Err(e) => {
                     tracing::debug!(error = %format!("{e:#}"), "consumer metadata");
+                    last_error = format!("{e:#}");
                     self.meta = None;
                 }
             }
@@ -514,7 +521,7 @@ impl Consumer {
             Some(c) => c,
             None => {
                 let addr = self.brokers.get(&node)?.clone();
-                match Conn::connect(&addr, &self.cfg.client_id).await {
+                match Conn::connect(&addr, &self.cfg.client_id, self.cfg.login.as_deref()).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(node, error = %format!("{e:#}"), "consumer fetch");
@@ -698,8 +705,10 @@ impl Consumer {
                 .get(&node)
                 .ok_or_else(|| anyhow!("node {node} is not in the metadata"))?
                 .clone();
-            self.control
-                .insert(node, Conn::connect(&addr, &self.cfg.client_id).await?);
+            self.control.insert(
+                node,
+                Conn::connect(&addr, &self.cfg.client_id, self.cfg.login.as_deref()).await?,
+            );
         }
         let conn = self
             .control

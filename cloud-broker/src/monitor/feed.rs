@@ -38,7 +38,8 @@ pub struct FeedConfig {
     pub bootstrap: String,
     /// The consumer group.
     pub group_id: String,
-    /// librdkafka properties (security settings for another cluster); only for
+    /// librdkafka properties: TLS and SASL (`security.protocol`, `sasl.*`,
+    /// `ssl.ca.location`), which the native client takes too, and any other for
     /// [`Client::Librdkafka`].
     pub properties: Vec<(String, String)>,
     /// The client.
@@ -69,13 +70,7 @@ impl Feed {
     /// Starts reading into `monitor`.
     pub fn start(monitor: Shared, cfg: FeedConfig) -> anyhow::Result<Feed> {
         match cfg.client {
-            Client::Native => {
-                anyhow::ensure!(
-                    cfg.properties.is_empty(),
-                    "librdkafka properties given to the native client: set [monitor] client = \"librdkafka\""
-                );
-                native(monitor, cfg)
-            }
+            Client::Native => native(monitor, cfg),
             #[cfg(feature = "monitor-feed")]
             Client::Librdkafka => super::rdkafka_feed::start(monitor, cfg),
             #[cfg(not(feature = "monitor-feed"))]
@@ -137,6 +132,8 @@ fn native(monitor: Shared, cfg: FeedConfig) -> anyhow::Result<Feed> {
     let mut c = client::Config::new(&cfg.bootstrap, &cfg.group_id, topics);
     anyhow::ensure!(!c.bootstrap.is_empty(), "no bootstrap address");
     c.client_id = "iot-monitor".into();
+    // TLS and SASL from librdkafka's security properties (others: the librdkafka client).
+    c.login = client::conn::Login::from_properties(&cfg.properties)?.map(std::sync::Arc::new);
     // Fewer, fuller fetches: a broker answers when it has 1 MiB or after 200 ms, which is
     // far below the dashboard's 2 s refresh and halves the fetches of a busy cloud.
     c.min_bytes = 1 << 20;

@@ -53,9 +53,15 @@ pub struct Settings {
     pub max_devices: usize,
     /// Devices with their own series on `/metrics` (the most readings missing first).
     pub metrics_devices: usize,
-    /// The Kafka client that reads the topics: `native` (plaintext, the cheapest per record)
-    /// or `librdkafka` (TLS and SASL through its properties).
+    /// The Kafka client that reads the topics: `native` (the cheapest per record; TLS and
+    /// SASL from `properties`) or `librdkafka`.
     pub client: feed::Client,
+    /// Where the monitor in `cloud-broker run` (and its schema registry) connects: default
+    /// the node's own plaintext listener; a secured listener's address with `properties`.
+    pub bootstrap: Option<String>,
+    /// librdkafka properties for that connection: `security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `sasl.password`, `ssl.ca.location` (the native client takes these).
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -71,6 +77,8 @@ impl Default for Settings {
             max_devices: 200_000,
             metrics_devices: 100,
             client: feed::Client::Native,
+            bootstrap: None,
+            properties: Default::default(),
         }
     }
 }

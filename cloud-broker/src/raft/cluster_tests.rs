@@ -44,6 +44,7 @@ fn configs(dir: &std::path::Path, n: u64) -> Vec<NodeConfig> {
             },
             maintenance: Duration::from_millis(200),
             join: false,
+            tls: None,
         })
         .collect()
 }
@@ -401,6 +402,7 @@ async fn a_dead_node_is_replaced_and_the_new_one_takes_every_place() {
         peers: cfgs[..2].iter().map(|c| (c.id, c.addr.raft.clone())).collect(),
         data_dir: dir.path().join("node-4"),
         join: true,
+        tls: None,
         ..cfgs[2].clone()
     };
     // A node initializes its groups within `start`: a joining one has none to show after it.

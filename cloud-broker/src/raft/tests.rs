@@ -363,7 +363,14 @@ async fn a_partition_replicates_over_tcp_through_a_leader_loss() {
         servers.push((
             id,
             groups.clone(),
-            tokio::spawn(net::serve(l, "test-cluster".into(), id, groups, network.heard())),
+            tokio::spawn(net::serve(
+                l,
+                "test-cluster".into(),
+                id,
+                groups,
+                network.heard(),
+                None,
+            )),
         ));
         nodes.push(r);
     }

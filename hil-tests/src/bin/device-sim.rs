@@ -62,6 +62,14 @@ struct Args {
     /// `[mqtt] auth = "password"`: add each id with `edge-agent devices add ID --password-stdin`).
     #[arg(long, env = "SIM_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// MQTT over TLS (an agent's `[mqtt.tls]` listener): the CA its certificate is checked
+    /// against.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: each device presents its client certificate from this directory
+    /// (`device-<id>.pem` and `.key`, as `edge-agent certs --device ID` makes them).
+    #[arg(long, requires = "tls_ca")]
+    tls_certs: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -112,6 +120,10 @@ fn main() -> ExitCode {
         keep_alive_s: a.keepalive,
         sampled: None,
         password: a.password,
+        tls: a.tls_ca.map(|ca| hil_tests::sim::SimTls {
+            ca,
+            certs: a.tls_certs,
+        }),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -280,14 +280,38 @@ pub async fn serve(
     me: NodeId,
     groups: Groups,
     heard: Heard,
+    tls: Option<Arc<RaftTls>>,
 ) -> std::io::Result<()> {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (sock, peer) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
-        let (cluster, groups, heard) = (cluster.clone(), groups.clone(), heard.clone());
+        let (cluster, groups, heard, tls) = (cluster.clone(), groups.clone(), heard.clone(), tls.clone());
         conns.spawn(async move {
-            if let Err(e) = serve_conn(sock, &cluster, me, groups, heard).await {
+            let (halves, name): (Halves, Option<String>) = match tls {
+                None => {
+                    let (r, w) = sock.into_split();
+                    ((Box::new(r), Box::new(w)), None)
+                }
+                Some(tls) => match tokio::time::timeout(HELLO_DEADLINE, tls.acceptor.accept(sock)).await {
+                    Ok(Ok(s)) => {
+                        let name = s
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(foundation::tls::common_name);
+                        // Required client certificates: a handshake without one fails.
+                        (halves(s), Some(name.unwrap_or_default()))
+                    }
+                    Ok(Err(e)) => {
+                        warn!(%peer, error = %e, "refused a raft connection: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            if let Err(e) = serve_conn(halves, name, &cluster, me, groups, heard).await {
                 debug!(%peer, error = %e, "raft connection closed");
             }
         });
@@ -297,13 +321,13 @@ pub async fn serve(
 }
 
 async fn serve_conn(
-    sock: TcpStream,
+    (mut rd, wr): Halves,
+    certificate: Option<String>,
     cluster: &str,
     me: NodeId,
     groups: Groups,
     heard: Heard,
 ) -> std::io::Result<()> {
-    let (mut rd, wr) = sock.into_split();
     let hello = tokio::time::timeout(HELLO_DEADLINE, read_frame(&mut rd))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello in time"))??
@@ -314,6 +338,14 @@ async fn serve_conn(
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "not a peer of this cluster",
+        ));
+    }
+    // Over mutual TLS a node speaks only for the node its certificate names (`node-<id>`).
+    if let Some(name) = certificate.filter(|n| *n != format!("node-{}", h.node)) {
+        warn!(node = h.node, certificate = %name, "refused a raft peer: its certificate names another node");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the certificate names another node",
         ));
     }
     if groups.is_retired(h.node) {
@@ -483,6 +515,48 @@ pub struct Network {
     routes: Arc<HashMap<NodeId, String>>,
     heard: Heard,
     next_id: Arc<AtomicU64>,
+    tls: Option<Arc<RaftTls>>,
+}
+
+/// Mutual TLS between nodes (`[cluster.tls]`): every link is TLS, each side presents its
+/// node certificate, and each checks the other's against the cluster's CA.
+pub struct RaftTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for RaftTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftTls").finish_non_exhaustive()
+    }
+}
+
+impl RaftTls {
+    /// From this node's certificate and key and the cluster's CA (PEM files).
+    pub fn new(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> anyhow::Result<RaftTls> {
+        let server =
+            foundation::tls::server_config(cert, key, Some(ca), foundation::tls::ClientAuth::Required)?;
+        let client = foundation::tls::client_config(ca, Some((cert, key)))?;
+        Ok(RaftTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(server),
+            connector: tokio_rustls::TlsConnector::from(client),
+        })
+    }
+}
+
+/// A Raft link's halves, over TCP or TLS.
+type Halves = (
+    Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+);
+
+fn halves<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(s: S) -> Halves {
+    let (r, w) = tokio::io::split(s);
+    (Box::new(r), Box::new(w))
 }
 
 impl Network {
@@ -501,7 +575,14 @@ impl Network {
             routes: Arc::new(routes),
             heard: Heard::default(),
             next_id: Arc::new(AtomicU64::new(1)),
+            tls: None,
         }
+    }
+
+    /// Every link of this network over mutual TLS.
+    pub fn with_tls(mut self, tls: Option<Arc<RaftTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// When each peer was last heard from (shared with [`serve`]).
@@ -651,7 +732,22 @@ impl Network {
             .map_err(|_| CallError::Unreachable(format!("connecting to {} timed out", peer.addr)))?
             .map_err(|e| CallError::Unreachable(format!("{}: {e}", peer.addr)))?;
         let _ = sock.set_nodelay(true);
-        let (mut rd, mut wr) = sock.into_split();
+        let (mut rd, mut wr): Halves = match &self.tls {
+            None => {
+                let (r, w) = sock.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(tls) => {
+                let host = peer.addr.rsplit_once(':').map_or(peer.addr.as_str(), |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| CallError::Unreachable(format!("{}: {e}", peer.addr)))?;
+                let stream = tokio::time::timeout(HELLO_DEADLINE, tls.connector.connect(name, sock))
+                    .await
+                    .map_err(|_| CallError::Unreachable(format!("TLS with {} timed out", peer.addr)))?
+                    .map_err(|e| CallError::Unreachable(format!("TLS with {}: {e}", peer.addr)))?;
+                halves(stream)
+            }
+        };
         let mut hello = Vec::new();
         encode_frame(
             &mut hello,

@@ -54,7 +54,7 @@ async fn hostile_bytes_on_the_raft_port_cost_only_their_connection() {
     let addr = listener.local_addr().unwrap();
     let groups = Groups::default();
     groups.retire([9]);
-    let server = tokio::spawn(serve(listener, "plant".into(), 2, groups, Heard::default()));
+    let server = tokio::spawn(serve(listener, "plant".into(), 2, groups, Heard::default(), None));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", vec![0xff; 64]),
         (
@@ -127,4 +127,65 @@ async fn hostile_bytes_on_the_raft_port_cost_only_their_connection() {
     let net = Network::new("plant", 1);
     assert!(net.ping(2, &addr.to_string(), Duration::from_secs(5)).await);
     server.abort();
+}
+
+/// Mutual TLS on the Raft port: a peer with its own node certificate is answered; one whose
+/// certificate names another node than its hello claims, one from another CA, and a
+/// plaintext one are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_only_the_node_a_certificate_names_is_a_peer() {
+    use foundation::tls::{DevCa, Role};
+    let dir = std::env::temp_dir().join(format!("raft-tls-{}", foundation::ids::random_u64()));
+    let ca = DevCa::open_or_create(&dir, "cluster CA").unwrap();
+    let host = ["127.0.0.1".to_string()];
+    for id in 1..=3 {
+        ca.issue(&format!("node-{id}"), &format!("node-{id}"), &host, Role::Node, 1)
+            .unwrap();
+    }
+    let other = DevCa::open_or_create(&dir.join("other"), "another CA").unwrap();
+    other.issue("node-3", "node-3", &host, Role::Node, 1).unwrap();
+    let tls = |d: &std::path::Path, id: u64| {
+        let (c, k) = (d.join(format!("node-{id}.pem")), d.join(format!("node-{id}.key")));
+        Some(Arc::new(RaftTls::new(&c, &k, &d.join("ca.pem")).unwrap()))
+    };
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(serve(
+        listener,
+        "plant".into(),
+        1,
+        Groups::default(),
+        Heard::default(),
+        tls(&dir, 1),
+    ));
+    let ttl = Duration::from_secs(5);
+    // Node 3 with its own certificate.
+    let ok = Network::new("plant", 3).with_tls(tls(&dir, 3));
+    assert!(ok.ping(1, &addr, ttl).await, "a peer with its own certificate");
+    // Node 2 presenting node 3's certificate.
+    let imposter = Network::new("plant", 2).with_tls(tls(&dir, 3));
+    assert!(
+        !imposter.ping(1, &addr, ttl).await,
+        "a certificate naming another node"
+    );
+    // Node 3's name from another CA (its client side trusts that CA, so the server's
+    // certificate fails its check as well as the other way round).
+    let foreign = {
+        let d = dir.join("other");
+        let (c, k) = (d.join("node-3.pem"), d.join("node-3.key"));
+        Arc::new(RaftTls::new(&c, &k, &dir.join("ca.pem")).unwrap())
+    };
+    assert!(
+        !Network::new("plant", 3)
+            .with_tls(Some(foreign))
+            .ping(1, &addr, ttl)
+            .await
+    );
+    // Plaintext.
+    assert!(
+        !Network::new("plant", 3).ping(1, &addr, ttl).await,
+        "a plaintext peer"
+    );
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
 }

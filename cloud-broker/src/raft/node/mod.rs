@@ -77,6 +77,8 @@ pub struct NodeConfig {
     /// A node joining a running cluster in a replaced node's place: it initializes no group
     /// (not even on an empty store) and waits to be added.
     pub join: bool,
+    /// Mutual TLS on every Raft link (`[cluster.tls]`).
+    pub tls: Option<Arc<net::RaftTls>>,
 }
 
 /// A replica's committed log in brief (see [`Node::digest`]).
@@ -158,7 +160,7 @@ impl Node {
         let listener = net::bind(cfg.raft_listen).await?;
         let groups = Groups::default();
         let routes = cfg.peers.iter().map(|(id, a)| (*id, a.clone())).collect();
-        let net = Network::with_routes(cfg.cluster.clone(), cfg.id, routes);
+        let net = Network::with_routes(cfg.cluster.clone(), cfg.id, routes).with_tls(cfg.tls.clone());
         let (tx, meta) = watch::channel(Arc::new(Metadata::default()));
         let key = GroupId::Metadata.key();
         let machine = GroupMachine::open(store.clone(), key, Observer::Metadata(tx))?;
@@ -169,8 +171,9 @@ impl Node {
         groups.add(key, meta_raft.clone());
         let server = tokio::spawn({
             let (cluster, groups, id, heard) = (cfg.cluster.clone(), groups.clone(), cfg.id, net.heard());
+            let tls = cfg.tls.clone();
             async move {
-                if let Err(e) = net::serve(listener, cluster, id, groups, heard).await {
+                if let Err(e) = net::serve(listener, cluster, id, groups, heard, tls).await {
                     warn!(error = %e, "the raft listener failed");
                 }
             }

@@ -26,6 +26,32 @@ use crate::procs::{cpu_percent, cpu_ticks, cpu_totals, payload, spawn_server, Di
 use crate::report::round2;
 use crate::{Cli, KafkaDriverKind};
 
+/// How the Kafka clients of the system being measured log in: SCRAM-SHA-256 over TLS to a
+/// SASL_SSL listener (`sasl-ssl`), or nothing (plaintext). Systems run one at a time.
+static SECURE: Mutex<Option<Secure>> = Mutex::new(None);
+
+/// A SASL_SSL login.
+#[derive(Debug, Clone)]
+struct Secure {
+    ca: std::path::PathBuf,
+    user: String,
+    password: String,
+}
+
+/// A librdkafka configuration for `addr`, logging in as the system being measured asks.
+pub(crate) fn client(addr: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", addr);
+    if let Some(s) = SECURE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        c.set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "SCRAM-SHA-256")
+            .set("sasl.username", &s.user)
+            .set("sasl.password", &s.password)
+            .set("ssl.ca.location", s.ca.to_string_lossy().as_ref());
+    }
+    c
+}
+
 /// rdkafka's FutureProducer as a [`Sink`]: one delivery future per record.
 struct KafkaSink {
     producer: FutureProducer,
@@ -212,19 +238,93 @@ fn kafka_phase(
     })
 }
 
+/// The single node with its clients on a SASL_SSL listener (SCRAM-SHA-256, TLS 1.3): a
+/// development CA and certificate, one principal with produce and consume rights, the same
+/// phases as [`bench_kafka`].
+pub(crate) async fn bench_kafka_sasl_ssl(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<Value> {
+    use cloud_broker::security::scram::{Credential, Mechanism, DEFAULT_ITERATIONS};
+    use cloud_broker::security::users::{User, UsersFile};
+    let dir = dirs.fresh(root, "cloud-broker-sasl-ssl")?;
+    let certs = dir.join("certs");
+    let ca = foundation::tls::DevCa::open_or_create(&certs, "cloud-bench CA")?;
+    let server = ca.issue(
+        "broker",
+        "broker",
+        &["127.0.0.1".into()],
+        foundation::tls::Role::Server,
+        1,
+    )?;
+    let password = "cloud-bench-password".to_string();
+    let mut users = UsersFile::default();
+    users.users.insert(
+        "bench".into(),
+        User {
+            produce: vec!["*".into()],
+            consume: vec!["*".into()],
+            groups: vec!["*".into()],
+            scram_sha_256: Some(Credential::new(
+                Mechanism::ScramSha256,
+                &password,
+                DEFAULT_ITERATIONS,
+            )?),
+            ..Default::default()
+        },
+    );
+    let users_path = dir.join("users.toml");
+    users.write(&users_path)?;
+    let port = foundation::net::free_port()?;
+    let config = dir.join("cloud.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"bench\"\nlisten = \"127.0.0.1:{port}\"\nprotocol = \"sasl_ssl\"\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n[security]\nusers_file = \"{}\"\n",
+            server.cert.display(),
+            server.key.display(),
+            users_path.display()
+        ),
+    )?;
+    *SECURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Secure {
+        ca: ca.cert_path(),
+        user: "bench".into(),
+        password,
+    });
+    let r = single(
+        cli,
+        &dir.join("data"),
+        port,
+        &["--config".into(), config.to_string_lossy().into_owned()],
+    )
+    .await;
+    *SECURE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    r
+}
+
 pub(crate) async fn bench_kafka(cli: &Cli, root: &Path, dirs: &Dirs) -> anyhow::Result<Value> {
     let port = foundation::net::free_port()?;
     let dir = dirs.fresh(root, "cloud-broker")?;
+    single(cli, &dir, port, &[]).await
+}
+
+/// The single node over `dir`, its clients on `port` (the plaintext listener's, or one that
+/// `extra` arguments configure), through the Kafka phases.
+async fn single(cli: &Cli, dir: &Path, port: u16, extra: &[String]) -> anyhow::Result<Value> {
+    let kafka = if extra.is_empty() {
+        port
+    } else {
+        foundation::net::free_port()?
+    };
     let broker = spawn_server(
         "cloud-broker",
         Command::new(&cli.broker_bin)
-            .args(["run", "--kafka-listen", &format!("127.0.0.1:{port}")])
+            .args(["run", "--kafka-listen", &format!("127.0.0.1:{kafka}")])
+            .args(extra)
             .args([
                 "--http-listen",
                 &format!("127.0.0.1:{}", foundation::net::free_port()?),
             ])
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(dir)
             .args(if cli.single_as_raft {
                 vec![
                     "--raft-listen".to_string(),
@@ -263,8 +363,7 @@ pub(crate) async fn create_topic(
     replicas: i32,
     retry_for: Duration,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", addr).create()?;
+    let admin: AdminClient<DefaultClientContext> = client(addr).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let new = [NewTopic::new(
         topic,
@@ -295,7 +394,7 @@ pub(crate) async fn wait_leaders(
     topics: &[(String, u32)],
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", addr).create()?;
+    let probe: BaseConsumer = client(addr).create()?;
     foundation::wait::until_async(timeout, "every partition to have a leader", || {
         let md = probe.fetch_metadata(None, Duration::from_secs(2)).ok()?;
         let led = |name: &str, n: u32| {
@@ -318,9 +417,8 @@ pub(crate) async fn kafka_phases(
     servers: &[(&'static str, u32)],
 ) -> anyhow::Result<Value> {
     let topic = TOPIC;
-    let mut config = ClientConfig::new();
+    let mut config = client(addr);
     config
-        .set("bootstrap.servers", addr)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "none")
@@ -370,8 +468,7 @@ pub(crate) async fn kafka_phases(
     // Consume: every partition from the start, until the high watermarks taken first.
     let (addr2, parts, topic2) = (addr.to_string(), cli.partitions as i32, topic.to_string());
     let consume = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, f64)> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &addr2)
+        let c: BaseConsumer = client(&addr2)
             .set("group.id", "cloud-bench")
             .set("enable.auto.commit", "false")
             .create()?;

@@ -31,7 +31,9 @@
 //!   quorum of replicas has written it (fsync on the same 2-min timer).
 //!
 //! `both` runs `cloud-broker` and `jetstream`; `all-r3` runs `cloud-broker`, `cluster` and
-//! `jetstream-r3` and reports cluster / jetstream-r3 and cluster / single node.
+//! `jetstream-r3` and reports cluster / jetstream-r3 and cluster / single node; `sasl-ssl`
+//! runs `cloud-broker`, then `cloud-broker-sasl-ssl` (the same node and phases with every
+//! client logged in with SCRAM-SHA-256 over TLS on a SASL_SSL listener) and reports their ratio.
 //!
 //! # Cluster extras (with `cluster` or `all-r3`)
 //! - `--failovers N`: after the consume phase, on the same cluster, a topic `failover` of
@@ -107,7 +109,8 @@ struct Cli {
     nats_server: PathBuf,
     /// Which systems to run: `both` (cloud-broker and jetstream), `kafka` (cloud-broker alone),
     /// `nats` (jetstream alone), `cluster` (three nodes, RF 3), `jetstream-r3` (three servers,
-    /// three replicas), `all-r3` (cloud-broker, cluster and jetstream-r3, with their ratios).
+    /// three replicas), `all-r3` (cloud-broker, cluster and jetstream-r3, with their ratios),
+    /// `sasl-ssl` (cloud-broker plaintext, then its clients over SASL_SSL with SCRAM-SHA-256).
     #[arg(long, value_enum, default_value_t = Which::Both)]
     system: Which,
     /// Seconds of the peak-produce phase (the first second is warm-up; 2 at least).
@@ -189,12 +192,15 @@ enum Which {
     Cluster,
     JetstreamR3,
     AllR3,
+    /// The single node plaintext, then with its clients on a SASL_SSL listener.
+    SaslSsl,
 }
 
 /// One system under test; its key in the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
     Single,
+    SingleSaslSsl,
     JetStream,
     Cluster,
     JetStreamR3,
@@ -204,6 +210,7 @@ impl System {
     fn key(self) -> &'static str {
         match self {
             System::Single => "cloud-broker",
+            System::SingleSaslSsl => "cloud-broker-sasl-ssl",
             System::JetStream => "jetstream",
             System::Cluster => "cluster",
             System::JetStreamR3 => "jetstream-r3",
@@ -221,6 +228,7 @@ impl Which {
             Which::Cluster => &[System::Cluster],
             Which::JetstreamR3 => &[System::JetStreamR3],
             Which::AllR3 => &[System::Single, System::Cluster, System::JetStreamR3],
+            Which::SaslSsl => &[System::Single, System::SingleSaslSsl],
         }
     }
 }
@@ -252,6 +260,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         dirs.settle();
         let r = match sys {
             System::Single => bench_kafka(cli, &root, &dirs).await,
+            System::SingleSaslSsl => kafka::bench_kafka_sasl_ssl(cli, &root, &dirs).await,
             System::JetStream => bench_jetstream(cli, &root, &dirs).await,
             System::Cluster => bench_cluster(cli, &root, &dirs).await,
             System::JetStreamR3 => bench_jetstream_r3(cli, &root, &dirs).await,
@@ -287,6 +296,10 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         "settings": settings,
         "systems": systems,
         "ratio": { "produce_peak": ratio("produce_peak"), "consume": ratio("consume") },
+        "ratio_sasl_ssl": {
+            "produce_peak": ratio_of("cloud-broker-sasl-ssl", "cloud-broker", "produce_peak"),
+            "consume": ratio_of("cloud-broker-sasl-ssl", "cloud-broker", "consume"),
+        },
         "ratio_r3": {
             "produce_peak_vs_jetstream_r3": r3_vs_js,
             "consume_vs_jetstream_r3": ratio_of("cluster", "jetstream-r3", "consume"),
@@ -300,6 +313,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             "r3_produce_peak_at_least_0_30x_single": r3_vs_single.map(|r| r >= 0.30),
             "r3_p99_at_half_peak_at_most_10ms": r3_p99.map(|p| p <= 10.0),
             "failover_stall_p99_at_most_3s": stall_p99.map(|p| p <= 3000.0),
+            "sasl_ssl_produce_peak_at_least_0_8x_plaintext":
+                ratio_of("cloud-broker-sasl-ssl", "cloud-broker", "produce_peak").map(|r| r >= 0.8),
         },
     });
     if cli.json {

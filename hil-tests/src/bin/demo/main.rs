@@ -30,6 +30,7 @@
 
 mod child;
 mod cloud;
+mod secure;
 mod status;
 
 use std::ffi::OsString;
@@ -113,9 +114,13 @@ struct Args {
     /// listens here, in front of the broker); node N of a cluster is on this port + N - 1.
     #[arg(long, value_name = "PORT", default_value_t = 9092, value_parser = clap::value_parser!(u16).range(1..))]
     kafka_port: u16,
-    /// The edge agent's MQTT port on 127.0.0.1 (devices publish here).
+    /// The edge agent's MQTT port on 127.0.0.1 (devices publish here; the firmware image does).
     #[arg(long, value_name = "PORT", default_value_t = 1883, value_parser = clap::value_parser!(u16).range(1..))]
     mqtt_port: u16,
+    /// The edge agent's MQTT-over-TLS port on 127.0.0.1 (the simulated devices publish here,
+    /// each with its client certificate).
+    #[arg(long, value_name = "PORT", default_value_t = 8883, value_parser = clap::value_parser!(u16).range(1..))]
+    mqtts_port: u16,
     /// The edge agent's admin HTTP port on 127.0.0.1 (/api/bridge, /metrics, /api/devices).
     #[arg(long, value_name = "PORT", default_value_t = 8081, value_parser = clap::value_parser!(u16).range(1..))]
     admin_port: u16,
@@ -200,6 +205,7 @@ fn validate(a: &Args) -> anyhow::Result<()> {
     let mut ports = kafka_ports;
     ports.extend([
         (a.mqtt_port, "--mqtt-port"),
+        (a.mqtts_port, "--mqtts-port"),
         (a.admin_port, "--admin-port"),
         (a.cloud_http_port, "--cloud-http-port"),
     ]);
@@ -248,28 +254,6 @@ fn start_qemu(mqtt_port: u16, rate: f64, password: &str, log: &Path) -> anyhow::
     Proc::spawn("firmware under QEMU", cmd, log)
 }
 
-/// The edge agent's configuration (password authentication on) and a credentials entry for
-/// each simulated device and the QEMU device, all with `password`; returns the config's path.
-fn provision(edge_dir: &Path, devices: usize, password: &str) -> anyhow::Result<PathBuf> {
-    use edge_agent::credentials::{Credentials, FILE_NAME};
-    let path = edge_dir.join(FILE_NAME);
-    let mut creds = Credentials::load(&path)?;
-    let prefix = SimConfig::default().id_prefix;
-    for id in (0..devices)
-        .map(|i| format!("{prefix}{i}"))
-        .chain(["qemu-1".to_string()])
-    {
-        creds.set(&id, password)?;
-    }
-    creds.save(&path)?;
-    let cfg = edge_dir.join("edge.toml");
-    std::fs::write(
-        &cfg,
-        "# Written by the demo: devices authenticate by id and password (credentials.toml).\n[mqtt]\nauth = \"password\"\n",
-    )?;
-    Ok(cfg)
-}
-
 fn run(a: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     validate(&a)?;
@@ -289,23 +273,25 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             .context("installing the signal handlers")?
     };
 
-    // The cloud, each node behind an uplink proxy on its user-facing Kafka port.
-    let cloud = start_cloud(&a, &exe, &data_dir, &logs, &events)?;
-    let kafka = cloud
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.proxy.port()))
+    // Security on both hops, made for this run (secure.rs): devices log in to the agent (the
+    // fleet with client certificates over TLS, qemu-1 with a password), the bridge logs in to
+    // the cloud with SCRAM over TLS.
+    let kafka = (0..a.nodes)
+        .map(|i| format!("127.0.0.1:{}", a.kafka_port + i))
         .collect::<Vec<_>>()
         .join(",");
+    let prefix = SimConfig::default().id_prefix;
+    let device_ids: Vec<String> = (0..a.devices).map(|i| format!("{prefix}{i}")).collect();
+    let secured = secure::provision(&data_dir, &device_ids, a.mqtts_port, &kafka)?;
+
+    // The cloud, each node behind an uplink proxy on its user-facing Kafka port.
+    let cloud = start_cloud(&a, &exe, &data_dir, &logs, &events, &secured)?;
     let http_ports: Vec<u16> = cloud.iter().map(|n| n.http).collect();
     let (proxies, mut brokers): (Vec<Proxy>, Vec<Proc>) =
         cloud.into_iter().map(|n| (n.proxy, n.proc)).unzip();
 
-    // Devices authenticate (`[mqtt] auth = "password"`, so every packet passes the agent's
-    // authorizing front): each gets an entry in the credentials file, as `edge-agent devices
-    // add` makes them. The demo's fleet shares one password made for this run; it is kept
-    // nowhere but in this process.
-    let password = edge_agent::credentials::generate_password()?;
-    let edge_cfg = provision(&data_dir.join("edge"), a.devices, &password)?;
+    let password = secured.device_password.clone();
+    let edge_cfg = secured.edge_config.clone();
     let mut cmd = Command::new(&exe);
     cmd.args(["edge-agent", "run", "--config"])
         .arg(&edge_cfg)
@@ -351,7 +337,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut fleet_running = a.devices > 0;
     if fleet_running {
         let cfg = SimConfig {
-            broker: format!("127.0.0.1:{}", a.mqtt_port),
+            broker: format!("127.0.0.1:{}", a.mqtts_port),
             devices: a.devices,
             rate: a.rate,
             batch: 1,
@@ -360,7 +346,10 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .map(|d| Duration::from_secs(d).saturating_sub(started.elapsed())),
             readings: None,
             drain_timeout: FLEET_DRAIN,
-            password: Some(password.clone()),
+            tls: Some(hil_tests::sim::SimTls {
+                ca: secured.ca.clone(),
+                certs: Some(secured.certs.clone()),
+            }),
             ..SimConfig::default()
         };
         let tx = tx.clone();
@@ -374,7 +363,14 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     if qemu.is_some() {
         logs.push(&qemu_log);
     }
-    print_banner(&a, &data_dir, qemu.is_some(), &logs, &http_ports);
+    print_banner(
+        &a,
+        &data_dir,
+        qemu.is_some(),
+        &logs,
+        &http_ports,
+        &secured.kcat_properties,
+    );
 
     let at = |s: Option<u64>| s.map(|s| started + Duration::from_secs(s));
     let (mut offline_at, mut online_at) = (at(a.offline_after), at(a.online_after));

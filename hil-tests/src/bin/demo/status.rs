@@ -94,11 +94,18 @@ pub(crate) fn status_line(elapsed: Duration, admin_port: u16, uplink_down: bool)
     )
 }
 
-pub(crate) fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path], http_ports: &[u16]) {
+pub(crate) fn print_banner(
+    a: &Args,
+    data_dir: &Path,
+    qemu: bool,
+    logs: &[&Path],
+    http_ports: &[u16],
+    kcat_properties: &Path,
+) {
     let k = a.kafka_port;
     let cloud = if a.nodes == 1 {
         format!(
-            "cloud broker  Kafka 127.0.0.1:{k} (through the uplink), health http://127.0.0.1:{}/health",
+            "cloud broker  Kafka 127.0.0.1:{k} (SASL_SSL, through the uplink), health http://127.0.0.1:{}/health",
             a.cloud_http_port
         )
     } else {
@@ -107,7 +114,7 @@ pub(crate) fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]
             .enumerate()
             .map(|(i, h)| {
                 format!(
-                    "\n                node {}: Kafka 127.0.0.1:{}, http://127.0.0.1:{h}",
+                    "\n                node {}: Kafka 127.0.0.1:{} (SASL_SSL), http://127.0.0.1:{h}",
                     i + 1,
                     k + i as u16
                 )
@@ -142,19 +149,22 @@ pub(crate) fn print_banner(a: &Args, data_dir: &Path, qemu: bool, logs: &[&Path]
     println!(
         "\nThe appliance is running. Data: {data} (a second start resumes from it)\n\
          \n  {cloud}\
-         \n  edge agent    gateway {GATEWAY_ID}, MQTT 127.0.0.1:{mqtt} (devices log in with passwords: {data}/edge/credentials.toml), admin {admin}\
+         \n  edge agent    gateway {GATEWAY_ID}, MQTT 127.0.0.1:{mqtt} (passwords) and MQTT over TLS 127.0.0.1:{mqtts} (client certificates), admin {admin}\
+         \n                devices: {data}/edge/credentials.toml, certificates: {data}/certs\
          \n  devices       {fleet}{q}\
          \n  logs          {logs}\n\
          \nWhere to look:\
          \n  http://127.0.0.1:{dash}/   the fleet dashboard: devices, gaps, gateways, cluster\
          \n  demo cloud-broker devices --http 127.0.0.1:{dash}   the same from the command line\
-         \n  kcat -C -b 127.0.0.1:{k} -t telemetry -f '%p %o %k %h\\n'   readings in the cloud\
-         \n  kcat -C -b 127.0.0.1:{k} -t gateways -f '%s\\n'             gateway heartbeats\
+         \n  kcat -F {props} -C -b 127.0.0.1:{k} -t telemetry -f '%p %o %k %h\\n'   readings in the cloud\
+         \n  kcat -F {props} -C -b 127.0.0.1:{k} -t gateways -f '%s\\n'             gateway heartbeats\
          \n  curl {admin}/api/bridge     bridge: connected, backlog, acked, checkpoints\
          \n  curl {admin}/metrics        Prometheus metrics\
          \n  curl {admin}/api/devices    the devices as the gateway sees them",
         data = data_dir.display(),
         mqtt = a.mqtt_port,
+        mqtts = a.mqtts_port,
+        props = kcat_properties.display(),
         logs = logs.join(", "),
     );
     if let Some(off) = a.offline_after {
