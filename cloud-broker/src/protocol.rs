@@ -56,9 +56,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 0),
-    // v0 of the handshake is followed by raw (unframed) SASL tokens: not offered.
-    (ApiKey::SaslHandshake, 1, 1),
-    (ApiKey::SaslAuthenticate, 1, 2),
+    // v0 is advertised because librdkafka before 2.1 (Debian's kcat) logs in only to a broker
+    // whose range reaches it, but a v0 handshake, which raw (unframed) SASL tokens follow, is
+    // refused by closing the connection; librdkafka sends v1, then SaslAuthenticate.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The served version range of an API.

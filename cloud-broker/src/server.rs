@@ -212,6 +212,12 @@ where
                     // The login's own requests are served here, in order, by the connection.
                     let placeholder = RequestKind::ApiVersions(Default::default());
                     let step = match std::mem::replace(&mut req.body, placeholder) {
+                        RequestKind::SaslHandshake(_) if version == 0 => {
+                            broker
+                                .guard
+                                .login_failed(peer.map(|p| p.ip()), "SaslHandshake v0 (raw tokens)");
+                            anyhow::bail!("SaslHandshake v0: raw SASL tokens are not served");
+                        }
                         RequestKind::SaslHandshake(r) => {
                             let step = session.handshake(&broker.guard, &r);
                             Some((ResponseKind::SaslHandshake(step.response), step.close))

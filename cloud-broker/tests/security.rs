@@ -181,9 +181,11 @@ impl Drop for Secured {
     }
 }
 
-/// Runs kcat; its output, whatever its exit status.
+/// Runs Debian's kcat (librdkafka 2.0.2: cargo's LD_LIBRARY_PATH would give it the newer
+/// librdkafka rdkafka-sys built); its output, whatever its exit status.
 fn kcat(args: &[String], stdin: Option<&[u8]>) -> Output {
     let mut c = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

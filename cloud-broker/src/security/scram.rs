@@ -328,7 +328,10 @@ impl ScramServer {
             .next()
             .and_then(|a| a.strip_prefix("r="))
             .ok_or(SaslError::Malformed(M, "no nonce"))?;
-        if nonce != self.nonce {
+        // RFC 5802 wants the nonce back exactly. librdkafka before 2.1 (Debian's kcat) sends
+        // its own part twice; Kafka accepts any nonce that ends with the server's (its
+        // freshness is what matters), and so does this. The proof covers what was sent.
+        if !nonce.ends_with(&self.nonce) {
             return Err(SaslError::BadCredentials);
         }
         let proof = B64
@@ -536,6 +539,41 @@ mod tests {
         }
         let wrong_hash = Credential::new(Mechanism::ScramSha256, "pw", MIN_ITERATIONS).unwrap();
         assert!(wrong_hash.check(Mechanism::ScramSha512).is_err());
+    }
+
+    /// librdkafka 2.0.2's client-final repeats its nonce before the server's: taken, as Kafka
+    /// takes it, with the proof over what it sent; a nonce not ending in the server's is not.
+    #[test]
+    fn a_final_nonce_ending_in_the_servers_is_taken() {
+        let cred = Credential::new(Mechanism::ScramSha256, "pw", MIN_ITERATIONS).unwrap();
+        let h = Mechanism::ScramSha256.hash();
+        let salted = h.salted_password(b"pw", &B64.decode(&cred.salt).unwrap(), cred.iterations);
+        let client_key = h.hmac(&salted, &[b"Client Key"]);
+        let stored = h.digest(&client_key);
+        let final_with = |server: &ScramServer, nonce: &str| {
+            let without = format!("c=biws,r={nonce}");
+            let am = format!("{},{},{without}", server.client_first_bare, server.server_first);
+            let sig = h.hmac(&stored, &[am.as_bytes()]);
+            let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+            format!("{without},p={}", B64.encode(proof))
+        };
+        let start = || {
+            ScramServer::start(
+                Mechanism::ScramSha256,
+                b"n,,n=u,r=abc",
+                |_| Some(cred.clone()),
+                b"k",
+            )
+            .unwrap()
+            .0
+        };
+        let s = start();
+        let msg = final_with(&s, "x");
+        assert_eq!(s.finish(msg.as_bytes()).unwrap_err(), SaslError::BadCredentials);
+        let s = start();
+        let doubled = format!("abc{}", s.nonce);
+        let msg = final_with(&s, &doubled);
+        assert_eq!(s.finish(msg.as_bytes()).unwrap().0, "u");
     }
 
     #[test]
