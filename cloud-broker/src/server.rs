@@ -138,7 +138,8 @@ where
         while let Some(next) = rx.recv().await {
             match next.await {
                 Ok(Some(bytes)) => {
-                    if wr.write_all(&bytes).await.is_err() {
+                    // TLS holds what the socket did not take until flushed (a no-op on TCP).
+                    if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
                         return;
                     }
                 }

@@ -265,6 +265,11 @@ impl Conn {
             .write_all(&buf)
             .await
             .with_context(|| format!("sending to {}", self.addr))?;
+        // TLS holds what the socket did not take until flushed.
+        self.stream
+            .flush()
+            .await
+            .with_context(|| format!("sending to {}", self.addr))?;
         self.in_flight.push_back((correlation, R::KEY, version));
         Ok(())
     }

@@ -1022,6 +1022,7 @@ async fn client(
         )
     })?;
     s.write_all(&w).await?;
+    s.flush().await?;
     w.clear();
     let mut pending = Vec::new();
     let f = read_packet(&mut s, &mut pending).await?;
@@ -1034,6 +1035,7 @@ async fn client(
         // QoS 0, as the firmware subscribes: Acks are cumulative; a lost one is repaired by the next.
         put(&mut w, |b| codec::encode_subscribe(b, 1, &filter, 0))?;
         s.write_all(&w).await?;
+        s.flush().await?;
         w.clear();
         let f = read_packet(&mut s, &mut pending).await?;
         match codec::parse(&f) {
@@ -1102,6 +1104,7 @@ async fn client(
         }
         if !w.is_empty() {
             s.write_all(&w).await?;
+            s.flush().await?;
             w.clear();
         }
         // Wait for the broker, the next paced publish (if there is room for it), or the stop.
@@ -1171,6 +1174,7 @@ async fn client(
     w.clear();
     put(&mut w, codec::encode_disconnect)?;
     let _ = s.write_all(&w).await;
+    let _ = s.flush().await;
     Ok(out)
 }
 

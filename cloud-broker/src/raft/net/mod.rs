@@ -152,7 +152,8 @@ async fn write_frames(mut wr: impl AsyncWriteExt + Unpin, mut rx: mpsc::Receiver
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        // A TLS stream holds what the socket did not take until flushed.
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             return;
         }
     }
@@ -762,6 +763,9 @@ impl Network {
             },
         );
         wr.write_all(&hello)
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        wr.flush()
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Frame>(QUEUE);

@@ -256,6 +256,17 @@ pub(crate) async fn bench_kafka_sasl_ssl(cli: &Cli, root: &Path, dirs: &Dirs) ->
     )?;
     let password = "cloud-bench-password".to_string();
     let mut users = UsersFile::default();
+    // The node's own monitor and schema registry read its plaintext listener as ANONYMOUS,
+    // with the rights they have on a plaintext node: both runs carry the same work.
+    users.users.insert(
+        "ANONYMOUS".into(),
+        User {
+            produce: vec!["_schemas".into()],
+            consume: vec!["*".into()],
+            groups: vec!["*".into()],
+            ..Default::default()
+        },
+    );
     users.users.insert(
         "bench".into(),
         User {

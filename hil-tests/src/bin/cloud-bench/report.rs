@@ -15,16 +15,18 @@ pub(crate) fn machine() -> Value {
 }
 
 /// The table's system columns, in order: report key, heading.
-const COLUMNS: [(&str, &str); 4] = [
+const COLUMNS: [(&str, &str); 5] = [
     ("cloud-broker", "cloud-broker"),
+    ("cloud-broker-sasl-ssl", "SASL_SSL"),
     ("jetstream", "jetstream"),
     ("cluster", "cluster (R3)"),
     ("jetstream-r3", "jetstream-r3"),
 ];
 
 /// The table's ratio columns: heading, numerator, denominator.
-const RATIOS: [(&str, &str, &str); 3] = [
+const RATIOS: [(&str, &str, &str); 4] = [
     ("ratio", "cloud-broker", "jetstream"),
+    ("sasl/plain", "cloud-broker-sasl-ssl", "cloud-broker"),
     ("r3/js-r3", "cluster", "jetstream-r3"),
     ("r3/single", "cluster", "cloud-broker"),
 ];
@@ -157,6 +159,12 @@ pub(crate) fn print_table(r: &Value) {
         println!(
             "targets: produce ≥ 2× JetStream: {}; p99 ≤ 10 ms at half peak: {}",
             t["produce_peak_at_least_2x_jetstream"], t["p99_at_half_peak_at_most_10ms"]
+        );
+    }
+    if ran("cloud-broker-sasl-ssl") {
+        println!(
+            "target: SASL_SSL produce ≥ 0.8× plaintext: {}",
+            t["sasl_ssl_produce_peak_at_least_0_8x_plaintext"]
         );
     }
     if ran("cluster") || ran("jetstream-r3") {

@@ -102,7 +102,12 @@ pub(crate) fn provision(
     );
     users.users.insert(
         ANONYMOUS.into(),
-        principal(None, &["_schemas"], &["*"], &["iot-monitor-*", "iot-schema-registry"])?,
+        principal(
+            None,
+            &["_schemas"],
+            &["*"],
+            &["iot-monitor-*", "iot-schema-registry"],
+        )?,
     );
     let users_path = data_dir.join("cloud").join("users.toml");
     users.write(&users_path)?;
