@@ -70,6 +70,7 @@ async fn sigterm_leaves_every_cluster_nodes_file_clean() {
     let read = tokio::task::spawn_blocking(move || {
         foundation::wait::until(std::time::Duration::from_secs(60), "the records back", || {
             let out = std::process::Command::new("kcat")
+                .env_remove("LD_LIBRARY_PATH") // Debian\'s librdkafka, not rdkafka-sys\'s
                 .args(["-C", "-b", &addr, "-t", "t", "-p", "0", "-e", "-q"])
                 .output()
                 .ok()?;

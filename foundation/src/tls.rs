@@ -150,7 +150,9 @@ pub struct Issued {
     pub key: PathBuf,
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes `text` to `path` readable by its owner only (mode 0600): keys, and files that hold
+/// a secret.
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()

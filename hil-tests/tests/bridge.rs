@@ -227,6 +227,7 @@ impl CloudRec {
 /// Everything in the cloud's telemetry topic, in partition and offset order, read by kcat.
 fn kcat_telemetry(cloud: &Cloud) -> Vec<CloudRec> {
     let out = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH") // Debian\'s librdkafka, not rdkafka-sys\'s
         .args(["-C", "-b", &cloud.bootstrap(), "-t", "telemetry", "-e", "-q"])
         .args(["-f", "%p\t%o\t%k\t%h\n"])
         .output()
@@ -548,6 +549,7 @@ fn a_quota_overflow_while_offline_is_counted_exactly() {
     // The gateway heartbeat in the cloud reports the same drops.
     wait::until(Duration::from_secs(30), "a heartbeat reporting the drops", || {
         let out = Command::new("kcat")
+            .env_remove("LD_LIBRARY_PATH") // Debian\'s librdkafka, not rdkafka-sys\'s
             .args([
                 "-C",
                 "-b",

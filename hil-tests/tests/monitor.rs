@@ -101,6 +101,7 @@ fn gaps(d: &Value) -> Vec<(u64, u64, u64)> {
 /// The device's readings in the cloud's telemetry topic, as kcat reads them: `(boot, seq)`.
 fn kcat_readings(bootstrap: &str, device: &str) -> BTreeSet<(u64, u64)> {
     let out = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH") // Debian\'s librdkafka, not rdkafka-sys\'s
         .args([
             "-C",
             "-b",

@@ -216,9 +216,11 @@ impl Links {
 }
 
 /// Runs Debian's kcat with `args` (and `stdin`, if given); panics with its stderr unless it
-/// exits 0; returns its stdout.
+/// exits 0; returns its stdout. (Without cargo's `LD_LIBRARY_PATH`, which would give kcat the
+/// newer librdkafka rdkafka-sys builds instead of Debian's 2.0.2.)
 pub fn kcat(args: &[&str], stdin: Option<&[u8]>) -> String {
     let mut c = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

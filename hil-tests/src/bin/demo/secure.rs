@@ -7,10 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use cloud_broker::security::scram::{Credential, Mechanism, DEFAULT_ITERATIONS};
 use cloud_broker::security::users::{User, UsersFile, ANONYMOUS};
-use foundation::tls::{DevCa, Role};
+use foundation::tls::{write_private, DevCa, Role};
 
 use crate::GATEWAY_ID;
 
@@ -30,20 +29,6 @@ pub(crate) struct Secured {
     pub(crate) edge_config: PathBuf,
     /// librdkafka properties for a user's kcat (`kcat -F`).
     pub(crate) kcat_properties: PathBuf,
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 fn principal(
