@@ -65,25 +65,12 @@ impl Credentials {
 
     /// Writes `path` whole (a temporary file renamed over it), readable by its owner only.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = path.with_extension("toml.tmp");
         let text = format!(
             "# Device credentials (edge-agent devices add/remove/list): Argon2id hashes, no secrets.\n{}",
             toml::to_string(self)?
         );
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        foundation::files::write_private(path, &text)
+            .with_context(|| format!("replacing {}", path.display()))?;
         Ok(())
     }
 
@@ -310,7 +297,7 @@ impl Checker {
         if !ok {
             crate::metrics::add(&self.metrics.mqtt_auth_refused, 1);
             tracing::warn!(
-                client_id = %crate::front::for_log(&username),
+                client_id = %foundation::logging::client_text(&username),
                 "MQTT connection refused: unknown device, wrong password, or client id and username differ"
             );
         }

@@ -239,14 +239,6 @@ fn late(f: &Front) -> anyhow::Error {
     anyhow::anyhow!("a packet not whole within {:?}", f.frame_deadline)
 }
 
-/// A client's text as logged: printable ASCII, at most 80 characters.
-pub(crate) fn for_log(s: &str) -> String {
-    s.chars()
-        .take(80)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-        .collect()
-}
-
 /// The CONNECT of a certificate device with the front's token as its login (username = id).
 fn with_token(level: u8, connect: &[u8], id: &str, token: &str) -> Result<BytesMut, Denied> {
     let login = Some(rumqttd::protocol::Login {
@@ -344,7 +336,9 @@ where
                         if let Err(d) = authorize(&id, level, &frame, &h) {
                             add(&f.metrics.mqtt_denied, 1);
                             let what = match &d {
-                                Denied::Publish(t) | Denied::Subscribe(t) => for_log(t),
+                                Denied::Publish(t) | Denied::Subscribe(t) => {
+                                    foundation::logging::client_text(t)
+                                }
                                 _ => String::new(),
                             };
                             warn!(client_id = %id, denied = ?std::mem::discriminant(&d), topic = %what, "MQTT packet refused by the front; connection closed");

@@ -22,6 +22,7 @@
 //!   from `/proc`, scratch directories removed on drop, and a TCP proxy that cuts links.
 #![warn(missing_docs)]
 
+pub mod files;
 pub mod ids;
 pub mod time;
 

@@ -11,3 +11,12 @@ pub fn init(env_var: &str, default_directives: &str) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Text a client sent, made safe for a log line: printable ASCII and spaces (anything else is
+/// `?`), at most 80 characters.
+pub fn client_text(s: &str) -> String {
+    s.chars()
+        .take(80)
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect()
+}

@@ -150,22 +150,6 @@ pub struct Issued {
     pub key: PathBuf,
 }
 
-/// Writes `text` to `path` readable by its owner only (mode 0600): keys, and files that hold
-/// a secret.
-pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 fn validity(params: &mut rcgen::CertificateParams, days: u32) {
     // An hour back, for clocks a little behind.
     let from = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
@@ -204,7 +188,7 @@ impl DevCa {
             .self_signed(&key)
             .map_err(|e| anyhow::anyhow!("CA certificate: {e}"))?;
         std::fs::write(&cert_path, cert.pem())?;
-        write_private(&key_path, &key.serialize_pem())?;
+        crate::files::write_private(&key_path, &key.serialize_pem())?;
         Ok(DevCa {
             dir: dir.to_path_buf(),
             issuer: rcgen::Issuer::new(params, key),
@@ -264,7 +248,7 @@ impl DevCa {
             key: self.dir.join(format!("{file}.key")),
         };
         std::fs::write(&issued.cert, cert.pem())?;
-        write_private(&issued.key, &key.serialize_pem())?;
+        crate::files::write_private(&issued.key, &key.serialize_pem())?;
         Ok(issued)
     }
 }

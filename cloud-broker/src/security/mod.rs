@@ -258,7 +258,7 @@ impl Guard {
         if !ok {
             self.denials.fetch_add(1, Ordering::Relaxed);
             if self.log_now() {
-                warn!(principal = %crate::security::printable(principal), ?access, "request refused: no rights");
+                warn!(principal = %foundation::logging::client_text(principal), ?access, "request refused: no rights");
             }
         }
         ok
@@ -329,12 +329,4 @@ impl Guard {
     pub fn decoy_key(&self) -> &[u8] {
         &self.decoy_key
     }
-}
-
-/// Client-given text made safe for a log line: printable ASCII, at most 64 characters.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
 }

@@ -234,27 +234,12 @@ impl UsersFile {
 
     /// Writes the file whole (a temporary file renamed over it), readable by its owner only.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         let text = format!(
             "# Kafka principals: SCRAM credentials (no passwords) and rights.\n\
              # Managed by `cloud-broker users`; the running broker reads it again when it changes.\n\n{}",
             toml::to_string(self)?
         );
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("toml.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        foundation::files::write_private(path, &text)?;
         Ok(())
     }
 }

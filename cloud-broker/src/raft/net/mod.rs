@@ -16,6 +16,10 @@
 
 mod stream;
 
+mod tls;
+pub use tls::RaftTls;
+use tls::{halves, Halves};
+
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -517,47 +521,6 @@ pub struct Network {
     heard: Heard,
     next_id: Arc<AtomicU64>,
     tls: Option<Arc<RaftTls>>,
-}
-
-/// Mutual TLS between nodes (`[cluster.tls]`): every link is TLS, each side presents its
-/// node certificate, and each checks the other's against the cluster's CA.
-pub struct RaftTls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    connector: tokio_rustls::TlsConnector,
-}
-
-impl std::fmt::Debug for RaftTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftTls").finish_non_exhaustive()
-    }
-}
-
-impl RaftTls {
-    /// From this node's certificate and key and the cluster's CA (PEM files).
-    pub fn new(
-        cert: &std::path::Path,
-        key: &std::path::Path,
-        ca: &std::path::Path,
-    ) -> anyhow::Result<RaftTls> {
-        let server =
-            foundation::tls::server_config(cert, key, Some(ca), foundation::tls::ClientAuth::Required)?;
-        let client = foundation::tls::client_config(ca, Some((cert, key)))?;
-        Ok(RaftTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(server),
-            connector: tokio_rustls::TlsConnector::from(client),
-        })
-    }
-}
-
-/// A Raft link's halves, over TCP or TLS.
-type Halves = (
-    Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-    Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-);
-
-fn halves<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(s: S) -> Halves {
-    let (r, w) = tokio::io::split(s);
-    (Box::new(r), Box::new(w))
 }
 
 impl Network {

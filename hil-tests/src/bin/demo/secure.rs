@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use cloud_broker::security::scram::{Credential, Mechanism, DEFAULT_ITERATIONS};
 use cloud_broker::security::users::{User, UsersFile, ANONYMOUS};
-use foundation::tls::{write_private, DevCa, Role};
+use foundation::files::write_private;
+use foundation::tls::{DevCa, Role};
 
 use crate::GATEWAY_ID;
 
