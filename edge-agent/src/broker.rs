@@ -42,7 +42,7 @@ pub fn rumqttd_config(cfg: &MqttConfig) -> rumqttd::Config {
 }
 
 /// [`rumqttd_config`] with devices checked by `auth` (`[mqtt] auth = "password"`), and an MQTT 5
-/// listener on `v5` (behind the front).
+/// listener on `v5` (behind the front, which also bounds what rumqttd keeps).
 pub fn rumqttd_config_with(
     cfg: &MqttConfig,
     auth: Option<Arc<Checker>>,
@@ -143,22 +143,28 @@ impl Mqtt {
         // rumqttd logs a bind failure and carries on; find out ourselves.
         let public =
             TcpListener::bind(cfg.listen).with_context(|| format!("MQTT listen address {}", cfg.listen))?;
-        // With authentication, devices reach the authorizing front (crate::front) on the
-        // public address, and rumqttd listens on a loopback port behind it.
+        // Devices reach the front (crate::front) on the public address, and rumqttd listens on
+        // loopback ports behind it: two distinct free ports (both held until both are known),
+        // released for rumqttd.
         let mut rcfg = cfg.clone();
-        let token_source = auth.clone();
-        let (public, v5) = if auth.is_some() {
-            // Two distinct free ports (both held until both are known), released for rumqttd.
-            let v4 = TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?;
-            let v5 = TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?;
-            rcfg.listen = v4.local_addr()?;
-            (Some(public), Some(v5.local_addr()?))
-        } else {
-            drop(public);
-            (None, None)
+        let mode = match &auth {
+            Some(checker) => crate::front::Mode::Password {
+                token: checker.front_token(),
+            },
+            None => crate::front::Mode::Open(Arc::new(crate::front::DeviceSet::with_metrics(
+                cfg.max_devices,
+                metrics.clone(),
+            ))),
         };
+        let held = [
+            TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?,
+            TcpListener::bind("127.0.0.1:0").context("a loopback port for rumqttd")?,
+        ];
+        rcfg.listen = held[0].local_addr()?;
+        let v5 = held[1].local_addr()?;
+        drop(held);
         let cfg = &rcfg;
-        let mut broker = Broker::new(rumqttd_config_with(cfg, auth, v5));
+        let mut broker = Broker::new(rumqttd_config_with(cfg, auth, Some(v5)));
         // An unguessable client id: a remote client with the same id would take the link over.
         let id = format!("edge-agent-ingest-{:016x}", foundation::ids::random_u64());
         let (mut tx, rx) = broker
@@ -183,7 +189,7 @@ impl Mqtt {
             }
             Ok(_) => {}
         }
-        if let (Some(public), Some(v5), Some(checker)) = (public, v5, token_source) {
+        {
             wait_listening(v5)?;
             let _ = set_listener_nodelay(v5);
             let f = crate::front::Front {
@@ -192,7 +198,9 @@ impl Mqtt {
                 max_packet: cfg.max_payload_bytes + 256,
                 metrics: metrics.clone(),
                 frame_deadline: std::time::Duration::from_secs(cfg.frame_timeout_s),
-                token: checker.front_token(),
+                mode,
+                connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+                log: Arc::new(foundation::logging::Throttle::default()),
             };
             public.set_nonblocking(true)?;
             let tls = match &cfg.tls {
@@ -276,13 +284,9 @@ pub fn set_listener_nodelay(addr: SocketAddr) -> std::io::Result<usize> {
 }
 
 fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    // Read from the socket table: a probing connection would make rumqttd log an error.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    // A connection to itself (TCP simultaneous open, when the kernel picks the listen port as
-    // the source port) is not rumqttd listening.
-    while !std::net::TcpStream::connect(addr)
-        .and_then(|s| s.local_addr())
-        .is_ok_and(|local| local.port() != addr.port())
-    {
+    while !listens_on(addr) {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "rumqttd did not start listening on {addr}"
@@ -290,6 +294,24 @@ fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(())
+}
+
+/// Whether a socket of this machine listens on `addr`, read from `/proc/net/tcp` (IPv4;
+/// without connecting, so the server logs no aborted connection). An IPv6 address, or no
+/// `/proc`, is checked by connecting.
+fn listens_on(addr: std::net::SocketAddr) -> bool {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return std::net::TcpStream::connect(addr).is_ok();
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return std::net::TcpStream::connect(addr).is_ok();
+    };
+    let local = format!("{:08X}:{:04X}", u32::from_ne_bytes(v4.ip().octets()), v4.port());
+    // Columns: slot, local address, remote address, state (0A: listening), ...
+    table.lines().skip(1).any(|l| {
+        let mut cols = l.split_whitespace().skip(1);
+        cols.next() == Some(local.as_str()) && cols.nth(1) == Some("0A")
+    })
 }
 
 fn read_link(mut rx: LinkRx, out: SyncSender<LinkPublish>, metrics: Arc<Metrics>) {
@@ -331,5 +353,17 @@ fn read_link(mut rx: LinkRx, out: SyncSender<LinkPublish>, metrics: Arc<Metrics>
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_listening_socket_is_found_without_connecting() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        assert!(super::listens_on(addr));
+        drop(l);
+        assert!(!super::listens_on(addr));
     }
 }

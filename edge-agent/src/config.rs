@@ -12,7 +12,8 @@
 //! max_payload_bytes = 65536         # larger publishes are refused by the broker
 //! auth = "none"                    # or "password": devices by id and password (edge-agent devices add)
 //! credentials_file = "./data/edge/credentials.toml"  # default: credentials.toml in data_dir
-//! frame_timeout_s = 30             # auth on: a packet begun must arrive whole within this
+//! frame_timeout_s = 30             # a packet begun must arrive whole within this
+//! max_devices = 10000              # auth = "none": distinct device ids taken after the start
 //!
 //! [mqtt.tls]                        # devices over TLS (needs auth = "password")
 //! listen = "0.0.0.0:8883"
@@ -93,9 +94,14 @@ pub struct MqttConfig {
     pub auth: MqttAuth,
     /// The credentials file [default: `credentials.toml` in the data directory].
     pub credentials_file: Option<PathBuf>,
-    /// With `auth = "password"`: a packet once begun (the CONNECT: from the connection's start)
-    /// must arrive whole within this, seconds, or the connection is closed.
+    /// A packet once begun (the CONNECT: from the connection's start) must arrive whole within
+    /// this, seconds, or the connection is closed.
     pub frame_timeout_s: u64,
+    /// With `auth = "none"`: the most distinct device ids (client ids and the ids in topics)
+    /// taken after the agent starts; a connection naming a new one past this is refused. This
+    /// bounds what the broker and the ingest keep per device, as the credentials file does
+    /// with passwords.
+    pub max_devices: usize,
     /// A TLS listener for devices (through the front; needs `auth = "password"`).
     pub tls: Option<MqttTls>,
 }
@@ -186,6 +192,7 @@ impl Default for MqttConfig {
             auth: MqttAuth::None,
             credentials_file: None,
             frame_timeout_s: 30,
+            max_devices: 10_000,
             tls: None,
         }
     }
@@ -240,6 +247,8 @@ impl Config {
             "mqtt.max_payload_bytes must be >= 64"
         );
         anyhow::ensure!(self.mqtt.frame_timeout_s > 0, "mqtt.frame_timeout_s must be > 0");
+        anyhow::ensure!(self.mqtt.max_connections > 0, "mqtt.max_connections must be > 0");
+        anyhow::ensure!(self.mqtt.max_devices > 0, "mqtt.max_devices must be > 0");
         if let Some(t) = &self.mqtt.tls {
             anyhow::ensure!(
                 self.mqtt.auth == MqttAuth::Password,

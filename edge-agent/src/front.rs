@@ -1,17 +1,29 @@
-//! The authorizing front (`[mqtt] auth = "password"`): the MQTT listener devices reach, in
-//! front of rumqttd, which then listens on a loopback port of its own.
+//! The front: the MQTT listener devices reach, in front of rumqttd, which listens on loopback
+//! ports of its own.
 //!
 //! Why a front: rumqttd 0.20 has no hook to authorize a topic (only a tenant-prefix mode tied
 //! to client certificates), so nothing inside it can stop an authenticated device from
-//! publishing as another. The front reads what a device sends, packet by packet (rumqttd's own
-//! framing and parsers), and lets through only what its identity allows:
+//! publishing as another; and it bounds neither subscriptions nor half-sent packets, and keeps
+//! something for every client id, filter and retained topic it ever saw (measured: 16 MiB for
+//! each distinct filter). The front reads what a device sends, packet by packet (rumqttd's own
+//! framing and parsers), and lets through only what the device's identity allows:
 //! - the first packet is CONNECT, MQTT 3.1.1 or 5 (each handed to rumqttd's listener of that
 //!   version; another protocol level gets the CONNACK the spec requires, "unacceptable protocol
-//!   version", and the connection is closed); its client id is
-//!   the device's identity (rumqttd checks it against the credentials: client id, username and
-//!   password), and a last will, if any, goes to `devices/<id>/status`;
+//!   version", and the connection is closed); its client id must be a device id, and a last
+//!   will, if any, goes to a device status topic;
 //! - PUBLISH only to `sensors/<id>` and `devices/<id>/status`;
 //! - SUBSCRIBE only to `devices/<id>/ack`.
+//!
+//! With `[mqtt] auth = "password"` the `<id>` is the device's own: the client id, which rumqttd
+//! checks against the credentials (client id, username and password). With `auth = "none"`
+//! anyone may connect and name any device, but only in topics of those shapes, and only
+//! `[mqtt] max_devices` distinct device ids (client ids and ids in topics) are taken after the
+//! agent starts: a new one past that is refused. What rumqttd and the ingest keep per device is
+//! then bounded by that number, as the credentials file bounds it with passwords.
+//!
+//! The retain flag is cleared on every publish and will: behind the front nobody can subscribe to
+//! a retained topic, and rumqttd would keep each one forever. At most `[mqtt] max_connections`
+//! connections are open through the front; one more is closed at once.
 //!
 //! Anything else is refused by closing the connection before the packet reaches the broker, so
 //! it never enters the log (MQTT 3.1.1 has no way to refuse a publish and go on); the refusal is
@@ -40,6 +52,73 @@ use tracing::{debug, warn};
 
 use crate::metrics::{add, Metrics};
 
+/// Who may name which device ids.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// `auth = "password"`: a device names only itself. Certificate devices are logged in to
+    /// rumqttd with `token`.
+    Password {
+        /// The secret a certificate device is logged in to rumqttd with.
+        token: Arc<str>,
+    },
+    /// `auth = "none"`: any device, up to the set's capacity.
+    Open(Arc<DeviceSet>),
+}
+
+/// The distinct device ids taken since the agent started (`auth = "none"`), at most a capacity.
+#[derive(Debug)]
+pub struct DeviceSet {
+    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    capacity: usize,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl DeviceSet {
+    /// An empty set taking at most `capacity` ids.
+    pub fn new(capacity: usize) -> Self {
+        DeviceSet {
+            ids: std::sync::Mutex::new(std::collections::HashSet::new()),
+            capacity,
+            metrics: None,
+        }
+    }
+
+    /// The same, its size shown in `edge_mqtt_devices_taken`.
+    pub fn with_metrics(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        DeviceSet {
+            metrics: Some(metrics),
+            ..DeviceSet::new(capacity)
+        }
+    }
+
+    /// Whether `id` is in the set, adding it if there is room.
+    pub fn admit(&self, id: &str) -> bool {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.contains(id) {
+            return true;
+        }
+        if ids.len() >= self.capacity {
+            return false;
+        }
+        ids.insert(id.to_owned());
+        if let Some(m) = &self.metrics {
+            m.mqtt_devices
+                .store(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// How many ids were taken.
+    pub fn len(&self) -> usize {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What the front needs.
 #[derive(Debug, Clone)]
 pub struct Front {
@@ -54,8 +133,12 @@ pub struct Front {
     /// How long a packet, once begun (and the CONNECT, from the connection's start), may take
     /// to arrive whole (`[mqtt] frame_timeout_s`).
     pub frame_deadline: std::time::Duration,
-    /// The secret a certificate device is logged in to rumqttd with.
-    pub token: Arc<str>,
+    /// Who may name which device ids.
+    pub mode: Mode,
+    /// Connections open through the front, at most `[mqtt] max_connections`.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// Refusals are logged at most once a second.
+    pub log: Arc<foundation::logging::Throttle>,
 }
 
 /// Accepts devices on `listener` until the runtime ends; over TLS with `tls`.
@@ -69,9 +152,23 @@ pub async fn serve(listener: TcpListener, front: Front, tls: Option<tokio_rustls
                 continue;
             }
         };
+        let Ok(permit) = front.connections.clone().try_acquire_owned() else {
+            add(&front.metrics.mqtt_connection_limit, 1);
+            if front.log.ready() {
+                warn!(%peer, "MQTT connection closed: [mqtt] max_connections are open");
+            }
+            drop(sock);
+            continue;
+        };
         let f = front.clone();
         let tls = tls.clone();
+        add(&front.metrics.mqtt_connections, 1);
+        let open = Open {
+            _permit: permit,
+            metrics: front.metrics.clone(),
+        };
         tokio::spawn(async move {
+            let _open = open;
             let _ = sock.set_nodelay(true);
             let r = match tls {
                 None => {
@@ -104,6 +201,20 @@ pub async fn serve(listener: TcpListener, front: Front, tls: Option<tokio_rustls
     }
 }
 
+/// A connection's place among `[mqtt] max_connections`, shown in `edge_mqtt_connections`.
+struct Open {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics
+            .mqtt_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Why a packet was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
@@ -123,35 +234,73 @@ pub enum Denied {
     Malformed,
     /// A client id other than its certificate's name.
     Certificate,
+    /// A device id past `[mqtt] max_devices` (`auth = "none"`).
+    Devices,
+}
+
+/// The device a publish topic a device may use names: `sensors/<id>` or `devices/<id>/status`.
+pub fn publish_device(topic: &str) -> Option<&str> {
+    let id = match topic.strip_prefix("sensors/") {
+        Some(id) => id,
+        None => topic.strip_prefix("devices/")?.strip_suffix("/status")?,
+    };
+    vocab::wire::is_valid_device_id(id).then_some(id)
+}
+
+/// The device a subscription a device may have names: `devices/<id>/ack`.
+pub fn subscribe_device(filter: &str) -> Option<&str> {
+    let id = filter.strip_prefix("devices/")?.strip_suffix("/ack")?;
+    vocab::wire::is_valid_device_id(id).then_some(id)
 }
 
 /// Whether device `id` may publish to `topic`.
 pub fn may_publish(id: &str, topic: &str) -> bool {
-    topic.strip_prefix("sensors/") == Some(id)
-        || topic
-            .strip_prefix("devices/")
-            .and_then(|t| t.strip_suffix("/status"))
-            == Some(id)
+    publish_device(topic) == Some(id)
 }
 
 /// Whether device `id` may subscribe to `filter`.
 pub fn may_subscribe(id: &str, filter: &str) -> bool {
-    filter
-        .strip_prefix("devices/")
-        .and_then(|t| t.strip_suffix("/ack"))
-        == Some(id)
+    subscribe_device(filter) == Some(id)
+}
+
+/// Whom a connection may name: the device it logged in as, or (`auth = "none"`) any device
+/// the set takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Rules<'a> {
+    /// Only this device.
+    Device(&'a str),
+    /// Any device in, or with room in, the set.
+    Open(&'a DeviceSet),
 }
 
 /// The identity a CONNECT frame gives and its protocol level (4: 3.1.1, 5), or why it is
-/// refused (with the level, for the CONNACK's form).
-pub fn connect_identity(frame: &[u8]) -> Result<(String, u8), (Denied, u8)> {
+/// refused (with the level, for the CONNACK's form). With `open` (`auth = "none"`) the client
+/// id and the will's device must be in, or find room in, the set; else the will must be the
+/// client's own.
+pub fn connect_identity(frame: &[u8], open: Option<&DeviceSet>) -> Result<(String, u8), (Denied, u8)> {
     let mut level = 4;
-    identity(frame, &mut level)
+    identity(frame, open, &mut level)
         .map(|id| (id, level))
         .map_err(|d| (d, level))
 }
 
-fn identity(frame: &[u8], level_out: &mut u8) -> Result<String, Denied> {
+/// Whether `rules` let a connection name `device` (`None`: a topic of no device's); `denied`
+/// is the refusal when they do not (past the set's capacity it is [`Denied::Devices`]).
+fn check_name(rules: Rules<'_>, device: Option<&str>, denied: impl FnOnce() -> Denied) -> Result<(), Denied> {
+    match (device, rules) {
+        (Some(d), Rules::Device(id)) if d == id => Ok(()),
+        (Some(d), Rules::Open(set)) => {
+            if set.admit(d) {
+                Ok(())
+            } else {
+                Err(Denied::Devices)
+            }
+        }
+        _ => Err(denied()),
+    }
+}
+
+fn identity(frame: &[u8], open: Option<&DeviceSet>, level_out: &mut u8) -> Result<String, Denied> {
     // Fixed header, then the protocol name (2-byte length + "MQTT") and its level.
     let h = v4::check(frame.iter(), usize::MAX).map_err(|_| Denied::Malformed)?;
     if h.byte1 >> 4 != 1 {
@@ -172,11 +321,15 @@ fn identity(frame: &[u8], level_out: &mut u8) -> Result<String, Denied> {
             if !vocab::wire::is_valid_device_id(&c.client_id) {
                 return Err(Denied::ClientId);
             }
+            let rules = match open {
+                Some(set) => Rules::Open(set),
+                None => Rules::Device(&c.client_id),
+            };
+            check_name(rules, Some(&c.client_id), || Denied::ClientId)?;
             if let Some(w) = will {
-                let topic = String::from_utf8_lossy(&w.topic).into_owned();
-                if !may_publish(&c.client_id, &topic) || !topic.starts_with("devices/") {
-                    return Err(Denied::Will(topic));
-                }
+                let topic = String::from_utf8_lossy(&w.topic);
+                let device = publish_device(&topic).filter(|_| topic.starts_with("devices/"));
+                check_name(rules, device, || Denied::Will(topic.clone().into_owned()))?;
             }
             Ok(c.client_id)
         }
@@ -195,9 +348,9 @@ fn read(level: u8, frame: &[u8]) -> Result<Packet, MqttError> {
     }
 }
 
-/// Whether a frame after CONNECT may go through for device `id` (protocol `level`, as its
+/// Whether a frame after CONNECT may go through under `rules` (protocol `level`, as its
 /// CONNECT said).
-pub fn authorize(id: &str, level: u8, frame: &[u8], h: &v4::FixedHeader) -> Result<(), Denied> {
+pub fn authorize(rules: Rules<'_>, level: u8, frame: &[u8], h: &v4::FixedHeader) -> Result<(), Denied> {
     match h.byte1 >> 4 {
         // PUBLISH: the topic follows the fixed header (2-byte length, then the name).
         3 => {
@@ -208,19 +361,17 @@ pub fn authorize(id: &str, level: u8, frame: &[u8], h: &v4::FixedHeader) -> Resu
             let n = usize::from(u16::from_be_bytes([var[0], var[1]]));
             let topic = var.get(2..2 + n).ok_or(Denied::Malformed)?;
             let topic = std::str::from_utf8(topic).map_err(|_| Denied::Malformed)?;
-            if may_publish(id, topic) {
-                Ok(())
-            } else {
-                Err(Denied::Publish(topic.to_string()))
-            }
+            check_name(rules, publish_device(topic), || {
+                Denied::Publish(topic.to_string())
+            })
         }
         // SUBSCRIBE: every filter.
         8 => match read(level, frame) {
             Ok(Packet::Subscribe(s, _)) => {
                 for f in &s.filters {
-                    if !may_subscribe(id, &f.path) {
-                        return Err(Denied::Subscribe(f.path.clone()));
-                    }
+                    check_name(rules, subscribe_device(&f.path), || {
+                        Denied::Subscribe(f.path.clone())
+                    })?;
                 }
                 Ok(())
             }
@@ -234,9 +385,50 @@ pub fn authorize(id: &str, level: u8, frame: &[u8], h: &v4::FixedHeader) -> Resu
     }
 }
 
+/// Clears a CONNECT's will-retain flag (rumqttd would keep a retained will forever; behind
+/// the front nobody can read it).
+fn clear_will_retain(connect: &mut [u8]) {
+    let Ok(h) = v4::check(connect.iter(), usize::MAX) else {
+        return;
+    };
+    let var = h.fixed_header_len;
+    let (Some(&a), Some(&b)) = (connect.get(var), connect.get(var + 1)) else {
+        return;
+    };
+    let flags = var + 2 + usize::from(u16::from_be_bytes([a, b])) + 1;
+    if let Some(f) = connect.get_mut(flags) {
+        *f &= !0x20;
+    }
+}
+
 fn late(f: &Front) -> anyhow::Error {
     add(&f.metrics.mqtt_frame_timeouts, 1);
     anyhow::anyhow!("a packet not whole within {:?}", f.frame_deadline)
+}
+
+/// Counts a refusal and logs it (at most once a second).
+fn refused(f: &Front, d: &Denied, client_id: Option<&str>) {
+    if *d == Denied::Devices {
+        add(&f.metrics.mqtt_device_limit, 1);
+    } else {
+        add(&f.metrics.mqtt_denied, 1);
+    }
+    if !f.log.ready() {
+        return;
+    }
+    let client_id = client_id
+        .map(foundation::logging::client_text)
+        .unwrap_or_default();
+    match d {
+        Denied::Publish(t) | Denied::Subscribe(t) | Denied::Will(t) => {
+            let topic = foundation::logging::client_text(t);
+            warn!(%client_id, denied = ?std::mem::discriminant(d), %topic, "MQTT packet refused by the front; connection closed");
+        }
+        Denied::Devices => {
+            warn!(%client_id, "MQTT connection closed: a device id past [mqtt] max_devices (auth = \"none\")")
+        }
+        _ => warn!(%client_id, denied = ?d, "MQTT connection refused by the front"),
+    }
 }
 
 /// The CONNECT of a certificate device with the front's token as its login (username = id).
@@ -285,35 +477,45 @@ where
         }
     };
     let connect = buf.split_to(h.frame_length());
+    let open = match &f.mode {
+        Mode::Open(set) => Some(&**set),
+        Mode::Password { .. } => None,
+    };
     // A certificate device: its client id must be the certificate's name, and it is logged in
     // with the front's token.
-    let checked = connect_identity(&connect).and_then(|(id, level)| match &certificate {
-        None => Ok((id, level, connect.clone())),
-        Some(name) if *name == id => with_token(level, &connect, &id, &f.token)
+    let checked = connect_identity(&connect, open).and_then(|(id, level)| match (&certificate, &f.mode) {
+        (None, _) => Ok((id, level, connect.clone())),
+        (Some(name), Mode::Password { token }) if *name == id => with_token(level, &connect, &id, token)
             .map(|c| (id, level, c))
             .map_err(|d| (d, level)),
-        Some(_) => Err((Denied::Certificate, level)),
+        (Some(_), _) => Err((Denied::Certificate, level)),
     });
-    let (id, level, connect) = match checked {
+    let (id, level, mut connect) = match checked {
         Ok(x) => x,
         Err((d, level)) => {
             // MQTT 3.1.1's CONNACK return codes: 1 unacceptable protocol version (also the
-            // answer to a level this front does not serve), 2 identifier rejected, 5 not
-            // authorized; MQTT 5's reason codes: 0x85 client identifier not valid, 0x87 not
-            // authorized (with an empty property list).
+            // answer to a level this front does not serve), 2 identifier rejected, 3 server
+            // unavailable, 5 not authorized; MQTT 5's reason codes: 0x85 client identifier not
+            // valid, 0x87 not authorized, 0x97 quota exceeded (with an empty property list).
             let connack: &[u8] = match (&d, level) {
                 (Denied::Protocol(_), _) => &[0x20, 0x02, 0x00, 0x01],
+                (Denied::Devices, 5) => &[0x20, 0x03, 0x00, 0x97, 0x00],
+                (Denied::Devices, _) => &[0x20, 0x02, 0x00, 0x03],
                 (Denied::ClientId, 5) => &[0x20, 0x03, 0x00, 0x85, 0x00],
                 (_, 5) => &[0x20, 0x03, 0x00, 0x87, 0x00],
                 (Denied::ClientId, _) => &[0x20, 0x02, 0x00, 0x02],
                 _ => &[0x20, 0x02, 0x00, 0x05],
             };
-            add(&f.metrics.mqtt_denied, 1);
-            warn!(denied = ?d, "MQTT connection refused by the front");
+            refused(f, &d, None);
             let _ = cw.write_all(connack).await;
             let _ = cw.shutdown().await;
             return Ok(());
         }
+    };
+    clear_will_retain(&mut connect);
+    let rules = match open {
+        Some(set) => Rules::Open(set),
+        None => Rules::Device(&id),
     };
     let up = TcpStream::connect(if level == 5 { f.inner_v5 } else { f.inner }).await?;
     let _ = up.set_nodelay(true);
@@ -332,17 +534,14 @@ where
                 match v4::check(buf.iter(), f.max_packet) {
                     Ok(h) => {
                         partial_since = None;
-                        let frame = buf.split_to(h.frame_length());
-                        if let Err(d) = authorize(&id, level, &frame, &h) {
-                            add(&f.metrics.mqtt_denied, 1);
-                            let what = match &d {
-                                Denied::Publish(t) | Denied::Subscribe(t) => {
-                                    foundation::logging::client_text(t)
-                                }
-                                _ => String::new(),
-                            };
-                            warn!(client_id = %id, denied = ?std::mem::discriminant(&d), topic = %what, "MQTT packet refused by the front; connection closed");
+                        let mut frame = buf.split_to(h.frame_length());
+                        if let Err(d) = authorize(rules, level, &frame, &h) {
+                            refused(f, &d, Some(&id));
                             anyhow::bail!("refused");
+                        }
+                        if h.byte1 >> 4 == 3 {
+                            // No retained publishes (see the module's notes).
+                            frame[0] &= !0x01;
                         }
                         out.extend_from_slice(&frame);
                     }
@@ -426,7 +625,7 @@ mod tests {
 
     fn check(id: &str, frame: &[u8]) -> Result<(), Denied> {
         let h = v4::check(frame.iter(), usize::MAX).unwrap();
-        authorize(id, 4, frame, &h)
+        authorize(Rules::Device(id), 4, frame, &h)
     }
 
     #[test]
@@ -456,7 +655,7 @@ mod tests {
 
     #[test]
     fn connect_gives_the_identity_or_the_refusal_the_spec_wants() {
-        let id = |f: &[u8]| connect_identity(f).map_err(|e| e.0);
+        let id = |f: &[u8]| connect_identity(f, None).map_err(|e| e.0);
         assert_eq!(id(&connect(4, "dev-1", None)), Ok(("dev-1".into(), 4)));
         assert_eq!(
             id(&connect(4, "dev-1", Some("devices/dev-1/status"))),
@@ -468,7 +667,7 @@ mod tests {
             Ok(("dev-1".into(), 5))
         );
         assert_eq!(
-            connect_identity(&connect5("dev-1", Some("devices/dev-2/status"))),
+            connect_identity(&connect5("dev-1", Some("devices/dev-2/status")), None),
             Err((Denied::Will("devices/dev-2/status".into()), 5))
         );
         assert_eq!(id(&connect(3, "dev-1", None)), Err(Denied::Protocol(3)));
@@ -509,20 +708,27 @@ mod tests {
         /// whole is never let through.
         #[test]
         fn any_bytes_are_answered(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), flip in 0usize..64) {
-            let _ = connect_identity(&bytes);
+            let set = DeviceSet::new(4);
+            let _ = connect_identity(&bytes, None);
+            let _ = connect_identity(&bytes, Some(&set));
+            let mut cleared = bytes.clone();
+            clear_will_retain(&mut cleared);
             if let Ok(h) = v4::check(bytes.iter(), usize::MAX) {
                 let frame = &bytes[..h.frame_length()];
-                let _ = authorize("d1", 4, frame, &h);
-                let _ = authorize("d1", 5, frame, &h);
+                for rules in [Rules::Device("d1"), Rules::Open(&set)] {
+                    let _ = authorize(rules, 4, frame, &h);
+                    let _ = authorize(rules, 5, frame, &h);
+                }
             }
             for base in [connect(4, "d1", Some("devices/d1/status")), publish("sensors/d1"), subscribe(&["devices/d1/ack"])] {
                 let mut b = base.clone();
                 let i = flip % b.len();
                 b[i] ^= 0x5a;
-                let _ = connect_identity(&b);
+                let _ = connect_identity(&b, None);
+                let _ = connect_identity(&b, Some(&set));
                 if let Ok(h) = v4::check(b.iter(), usize::MAX) {
-                    let _ = authorize("d1", 4, &b[..h.frame_length()], &h);
-                    let _ = authorize("d1", 5, &b[..h.frame_length()], &h);
+                    let _ = authorize(Rules::Device("d1"), 4, &b[..h.frame_length()], &h);
+                    let _ = authorize(Rules::Open(&set), 5, &b[..h.frame_length()], &h);
                 }
             }
         }
@@ -560,5 +766,64 @@ mod tests {
             "a second CONNECT"
         );
         assert_eq!(check("d1", &[0x30, 0x01, 0x00]), Err(Denied::Malformed));
+    }
+
+    #[test]
+    fn without_passwords_any_device_id_up_to_the_cap_but_only_device_topics() {
+        let set = DeviceSet::new(3);
+        let open = |frame: &[u8]| {
+            let h = v4::check(frame.iter(), usize::MAX).unwrap();
+            authorize(Rules::Open(&set), 4, frame, &h)
+        };
+        // A client id and the devices its topics name each take a place in the set.
+        assert_eq!(
+            connect_identity(&connect(4, "mosq-1", Some("devices/d1/status")), Some(&set)),
+            Ok(("mosq-1".into(), 4))
+        );
+        assert_eq!(set.len(), 2);
+        assert_eq!(open(&publish("sensors/d1")), Ok(()));
+        assert_eq!(open(&subscribe(&["devices/d2/ack"])), Ok(()));
+        assert_eq!(set.len(), 3);
+        // Full: a known device goes on, a new one is refused, as is a new client id.
+        assert_eq!(open(&publish("devices/d2/status")), Ok(()));
+        assert_eq!(open(&publish("sensors/d3")), Err(Denied::Devices));
+        assert_eq!(open(&subscribe(&["devices/d3/ack"])), Err(Denied::Devices));
+        assert_eq!(
+            connect_identity(&connect(4, "mosq-2", None), Some(&set)),
+            Err((Denied::Devices, 4))
+        );
+        assert_eq!(
+            connect_identity(&connect5("mosq-1", Some("devices/d4/status")), Some(&set)),
+            Err((Denied::Devices, 5))
+        );
+        // Only device-shaped topics and filters, full or not: no wildcard, no other topic.
+        for f in [
+            "#",
+            "sensors/+",
+            "devices/+/ack",
+            "devices/d1/#",
+            "sensors/d1",
+            "other",
+        ] {
+            assert_eq!(open(&subscribe(&[f])), Err(Denied::Subscribe(f.into())), "{f}");
+        }
+        for t in ["devices/d1/ack", "other", "sensors/d1/x", "sensors/"] {
+            assert_eq!(open(&publish(t)), Err(Denied::Publish(t.into())), "{t}");
+        }
+        assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn the_will_retain_flag_is_cleared() {
+        let mut c = connect(4, "d1", Some("devices/d1/status"));
+        let flags = 2 + 2 + 4 + 1;
+        c[flags] |= 0x20;
+        clear_will_retain(&mut c);
+        assert_eq!(c[flags], 0x06, "will + clean session, no retain");
+        assert_eq!(connect_identity(&c, None), Ok(("d1".into(), 4)));
+        let mut c5 = connect5("d1", Some("devices/d1/status"));
+        c5[flags] |= 0x20;
+        clear_will_retain(&mut c5);
+        assert_eq!(c5[flags], 0x06);
     }
 }

@@ -100,6 +100,14 @@ pub struct Metrics {
     pub mqtt_frame_timeouts: AtomicU64,
     /// TLS handshakes with devices that failed (no, a bad or an expired certificate; not TLS).
     pub mqtt_tls_failures: AtomicU64,
+    /// MQTT connections closed at once: `[mqtt] max_connections` were open.
+    pub mqtt_connection_limit: AtomicU64,
+    /// MQTT connections closed for naming a device id past `[mqtt] max_devices`.
+    pub mqtt_device_limit: AtomicU64,
+    /// MQTT connections open through the front (gauge).
+    pub mqtt_connections: AtomicU64,
+    /// Distinct device ids taken since the start with `auth = "none"` (gauge).
+    pub mqtt_devices: AtomicU64,
     /// Invalid payloads only counted, over a topic's dead-letter budget.
     pub dead_letters_suppressed: AtomicU64,
     /// Batches that arrived ahead of a missing one (a broker-side loss, e.g. rumqttd skipping a
@@ -140,6 +148,10 @@ impl Default for Metrics {
             mqtt_denied: AtomicU64::new(0),
             mqtt_frame_timeouts: AtomicU64::new(0),
             mqtt_tls_failures: AtomicU64::new(0),
+            mqtt_connection_limit: AtomicU64::new(0),
+            mqtt_device_limit: AtomicU64::new(0),
+            mqtt_connections: AtomicU64::new(0),
+            mqtt_devices: AtomicU64::new(0),
             dead_letters_suppressed: AtomicU64::new(0),
             lag_detected: AtomicU64::new(0),
             cursor_jumps: AtomicU64::new(0),
@@ -168,14 +180,16 @@ impl Metrics {
     /// Renders the counters; `extra` is appended (per-partition and per-device gauges).
     pub fn render(&self, extra: &str) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             ("edge_mqtt_publishes_total", "MQTT publishes taken from the broker", &self.publishes),
             ("edge_readings_ingested_total", "Readings written to the telemetry topic", &self.readings),
             ("edge_duplicates_dropped_total", "Readings received again and dropped", &self.duplicates),
             ("edge_dead_letters_total", "Payloads written to the dead-letter topic", &self.dead_letters),
             ("edge_mqtt_auth_refused_total", "MQTT connections refused by [mqtt] auth (unknown device, wrong password, client id and username differ)", &self.mqtt_auth_refused),
             ("edge_mqtt_denied_total", "MQTT connections closed by the front: a topic, subscription or will the device may not use, or another protocol level", &self.mqtt_denied),
-            ("edge_mqtt_frame_timeouts_total", "MQTT connections closed by the front: a packet not whole within its deadline (30 s)", &self.mqtt_frame_timeouts),
+            ("edge_mqtt_frame_timeouts_total", "MQTT connections closed by the front: a packet not whole within [mqtt] frame_timeout_s", &self.mqtt_frame_timeouts),
+            ("edge_mqtt_connection_limit_total", "MQTT connections closed at once: [mqtt] max_connections were open", &self.mqtt_connection_limit),
+            ("edge_mqtt_device_limit_total", "MQTT connections closed for naming a device id past [mqtt] max_devices (auth = none)", &self.mqtt_device_limit),
             ("edge_mqtt_tls_failures_total", "TLS handshakes with devices that failed: no certificate where one is required, one from another CA or expired, not TLS", &self.mqtt_tls_failures),
             ("edge_dead_letters_suppressed_total", "Invalid payloads over a topic's dead-letter budget, counted but not stored", &self.dead_letters_suppressed),
             ("edge_rumqttd_lag_detected_total", "Batches that arrived after a gap in a device's sequence (broker-side loss; resent by the device)", &self.lag_detected),
@@ -192,6 +206,16 @@ impl Metrics {
                 get(c)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP edge_mqtt_connections MQTT connections open through the front\n# TYPE edge_mqtt_connections gauge\nedge_mqtt_connections {}",
+            get(&self.mqtt_connections)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP edge_mqtt_devices_taken Distinct device ids taken since the start (auth = none; bounded by [mqtt] max_devices)\n# TYPE edge_mqtt_devices_taken gauge\nedge_mqtt_devices_taken {}",
+            get(&self.mqtt_devices)
+        );
         let _ = writeln!(
             out,
             "# HELP edge_degraded 1 while log writes fail and acking is stopped\n# TYPE edge_degraded gauge\nedge_degraded {}",

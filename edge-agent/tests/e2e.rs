@@ -160,6 +160,8 @@ fn mosquitto_clients_publish_valid_and_garbage_payloads() {
             "127.0.0.1",
             "-p",
             &port,
+            "-i",
+            "plain-1-watcher",
             "-t",
             "devices/plain-1/ack",
             "-q",
@@ -195,7 +197,19 @@ fn mosquitto_clients_publish_valid_and_garbage_payloads() {
     std::fs::write(&file, &payload).unwrap();
     let publish = |topic: &str, file: &Path| {
         let st = Command::new(mosquitto_bin("mosquitto_pub"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic, "-f"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-q",
+                "1",
+                "-i",
+                "plain-1",
+                "-t",
+                topic,
+                "-f",
+            ])
             .arg(file)
             .status()
             .unwrap();

@@ -37,8 +37,7 @@ pub mod users;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tracing::warn;
@@ -208,7 +207,7 @@ pub struct Guard {
     pub login_failures: AtomicU64,
     /// Requests (or parts of requests) refused for want of rights.
     pub denials: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    log: foundation::logging::Throttle,
 }
 
 impl Guard {
@@ -221,7 +220,7 @@ impl Guard {
             logins: AtomicU64::new(0),
             login_failures: AtomicU64::new(0),
             denials: AtomicU64::new(0),
-            last_log: Mutex::new(None),
+            log: foundation::logging::Throttle::default(),
         }
     }
 
@@ -257,7 +256,7 @@ impl Guard {
         let ok = self.may(principal, access);
         if !ok {
             self.denials.fetch_add(1, Ordering::Relaxed);
-            if self.log_now() {
+            if self.log.ready() {
                 warn!(principal = %foundation::logging::client_text(principal), ?access, "request refused: no rights");
             }
         }
@@ -274,20 +273,10 @@ impl Guard {
             .is_some_and(|u| u.may(access))
     }
 
-    fn log_now(&self) -> bool {
-        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            *last = Some(Instant::now());
-            true
-        } else {
-            false
-        }
-    }
-
     /// Counts and logs (rate-limited) a failed login.
     pub fn login_failed(&self, peer: Option<std::net::IpAddr>, why: &str) {
         self.login_failures.fetch_add(1, Ordering::Relaxed);
-        if self.log_now() {
+        if self.log.ready() {
             warn!(?peer, why, "kafka login refused");
         }
     }
