@@ -416,9 +416,9 @@ fn refused(f: &Front, d: &Denied, client_id: Option<&str>) {
     if !f.log.ready() {
         return;
     }
-    let client_id = client_id
-        .map(foundation::logging::client_text)
-        .unwrap_or_default();
+    let Some(client_id) = client_id.map(foundation::logging::client_text) else {
+        return warn!(denied = ?d, "MQTT connection refused by the front");
+    };
     match d {
         Denied::Publish(t) | Denied::Subscribe(t) | Denied::Will(t) => {
             let topic = foundation::logging::client_text(t);
@@ -527,8 +527,10 @@ where
     });
     let mut out = BytesMut::with_capacity(8 << 10);
     let mut partial_since = None;
+    // Ok(true): the device sent DISCONNECT.
     let up = async {
         loop {
+            let mut disconnected = false;
             // Every whole packet read so far, checked, then written to the broker at once.
             loop {
                 match v4::check(buf.iter(), f.max_packet) {
@@ -544,6 +546,10 @@ where
                             frame[0] &= !0x01;
                         }
                         out.extend_from_slice(&frame);
+                        if h.byte1 >> 4 == 14 {
+                            disconnected = true;
+                            break;
+                        }
                     }
                     Err(MqttError::InsufficientBytes(_)) => break,
                     Err(e) => anyhow::bail!("not MQTT: {e:?}"),
@@ -552,6 +558,9 @@ where
             if !out.is_empty() {
                 uw.write_all(&out).await?;
                 out.clear();
+            }
+            if disconnected {
+                return Ok(true);
             }
             // A packet begun must be whole within the deadline; between packets the device's
             // keep-alive rules (rumqttd closes a silent connection, and the front with it).
@@ -564,7 +573,7 @@ where
                     .map_err(|_| late(f))??
             };
             if n == 0 {
-                return Ok(());
+                return Ok(false);
             }
             // Keep the buffer from holding a stale large allocation forever.
             if buf.is_empty() && buf.capacity() > 1 << 20 {
@@ -576,10 +585,18 @@ where
     // keep-alive timeout), a client that keeps its socket open holds nothing here.
     let r = tokio::select! {
         r = up => r,
-        _ = &mut down => Ok(()),
+        _ = &mut down => Ok(false),
     };
+    if let Ok(true) = r {
+        // rumqttd 0.20 counts a connection's end twice when a DISCONNECT is followed at once
+        // by the socket closing, and the second count ends whichever new connection was given
+        // the same internal id meanwhile (measured: edge-bounds, devices that connect, publish
+        // and disconnect one after another). So after a DISCONNECT the socket to rumqttd stays
+        // open until rumqttd closes it, which then counts the end once.
+        let _ = tokio::time::timeout(f.frame_deadline, &mut down).await;
+    }
     down.abort();
-    r
+    r.map(|_| ())
 }
 
 #[cfg(test)]
