@@ -382,7 +382,11 @@ fn serve_rumqttd(listen: SocketAddr) -> anyhow::Result<()> {
     for f in edge_agent::broker::FILTERS {
         tx.subscribe(f).map_err(|e| anyhow::anyhow!("subscribe: {e:?}"))?;
     }
-    std::thread::spawn(move || broker.start());
+    std::thread::spawn(move || {
+        if let Err(e) = broker.start() {
+            eprintln!("rumqttd stopped: {e:?}");
+        }
+    });
     loop {
         match rx.recv() {
             Ok(Some(rumqttd::Notification::Unschedule)) => {
