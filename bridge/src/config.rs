@@ -14,7 +14,8 @@
 //! heartbeat_topic = "gateways"
 //! live_first_threshold = 10000           # records behind before live data goes first
 //! value_format = "postcard"              # readings in the cloud: postcard | json | registry
-//! schema_registry_url = "http://cloud.example.com:8080"   # for "registry" (the cloud broker's)
+//! schema_registry_url = "http://cloud.example.com:8080"   # for "registry" (the cloud broker's);
+//!                                   # http://user:TOKEN@host:port where it needs a login
 //!
 //! [bridge.topics]                        # edge topic -> cloud topic ("" = not forwarded)
 //! telemetry = "plant-1.telemetry"
@@ -102,8 +103,9 @@ pub struct BridgeConfig {
     pub librdkafka: BTreeMap<String, String>,
     /// How readings are written in the cloud.
     pub value_format: ValueFormat,
-    /// The schema registry, `http://host:port` (for `value_format = "registry"`): the cloud
-    /// broker's HTTP listener serves one.
+    /// The schema registry, `http://[user:password@]host:port[/base]` (for `value_format =
+    /// "registry"`): the cloud broker's HTTP listener serves one. `user:password` is sent as
+    /// HTTP Basic: for the cloud broker with `http_auth`, any user name and its HTTP token.
     pub schema_registry_url: Option<String>,
 }
 
@@ -163,7 +165,8 @@ impl BridgeConfig {
             let url = self.schema_registry_url.as_deref().unwrap_or("");
             ensure!(
                 crate::format::registry_address(url).is_some(),
-                "bridge.value_format = \"registry\" needs bridge.schema_registry_url = \"http://host:port\" (got {url:?})"
+                "bridge.value_format = \"registry\" needs bridge.schema_registry_url = \"http://[user:password@]host:port\" (got {:?})",
+                crate::format::redacted(url)
             );
         }
         for (edge, cloud) in &self.topics {

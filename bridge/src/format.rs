@@ -15,23 +15,76 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long after a failed registration the next is tried.
 const REGISTER_RETRY: Duration = Duration::from_secs(10);
 
-/// `http://host:port[/base]` → (`host:port`, `/base` without a trailing slash).
-pub fn registry_address(url: &str) -> Option<(String, String)> {
+/// Where the schema registry is, from `http://[user:password@]host:port[/base]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Registry {
+    /// `host:port`.
+    pub addr: String,
+    /// `/base` without a trailing slash, or empty.
+    pub base: String,
+    /// `Basic ...` for the URL's `user:password` (the cloud broker's HTTP token with any user
+    /// name, or a Confluent registry's credentials).
+    pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("addr", &self.addr)
+            .field("base", &self.base)
+            .field("authorization", &self.authorization.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
+}
+
+/// Parses `http://[user:password@]host:port[/base]`.
+pub fn registry_address(url: &str) -> Option<Registry> {
+    use base64::Engine as _;
     let rest = url.strip_prefix("http://")?;
-    let (addr, base) = rest.split_once('/').map_or((rest, ""), |(a, b)| (a, b));
+    let (authority, base) = rest.split_once('/').map_or((rest, ""), |(a, b)| (a, b));
+    let (userinfo, addr) = match authority.rsplit_once('@') {
+        Some((u, a)) => (Some(u), a),
+        None => (None, authority),
+    };
     let (host, port) = addr.rsplit_once(':')?;
     if host.is_empty() || port.parse::<u16>().is_err() {
         return None;
     }
+    let authorization = match userinfo {
+        Some(u) if u.contains(':') => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(u)
+        )),
+        Some(_) => return None,
+        None => None,
+    };
     let base = base.trim_end_matches('/');
-    Some((
-        addr.to_string(),
-        if base.is_empty() {
+    Some(Registry {
+        addr: addr.to_string(),
+        base: if base.is_empty() {
             String::new()
         } else {
             format!("/{base}")
         },
-    ))
+        authorization,
+    })
+}
+
+/// `url` without its `user:password@`, for messages.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let mut out = format!("{scheme}://{host}");
+            if let Some(p) = path {
+                out.push('/');
+                out.push_str(p);
+            }
+            out
+        }
+        None => url.rsplit_once('@').map_or(url, |(_, h)| h).to_string(),
+    }
 }
 
 /// The reading could not be written yet: the schema is not registered (the registry is
@@ -43,7 +96,7 @@ pub struct Unregistered;
 #[derive(Debug)]
 pub struct Encoder {
     format: ValueFormat,
-    registry: Option<(String, String)>,
+    registry: Option<Registry>,
     schema_id: Option<u32>,
     next_try: Option<Instant>,
 }
@@ -82,11 +135,11 @@ impl Encoder {
         if self.next_try.is_some_and(|t| Instant::now() < t) {
             return Err(Unregistered);
         }
-        let Some((addr, base)) = self.registry.clone() else {
+        let Some(registry) = self.registry.clone() else {
             return Err(Unregistered);
         };
         let subject = format!("{cloud_topic}-value");
-        match register(&addr, &base, &subject) {
+        match register(&registry, &subject) {
             Ok(id) => {
                 info!(subject, id, "the reading's JSON Schema is registered");
                 self.schema_id = Some(id);
@@ -132,13 +185,14 @@ impl Encoder {
 }
 
 /// Registers the reading's JSON Schema under `subject`; its id.
-fn register(addr: &str, base: &str, subject: &str) -> Result<u32, String> {
+fn register(r: &Registry, subject: &str) -> Result<u32, String> {
     let body = serde_json::json!({ "schema": READING_SCHEMA, "schemaType": "JSON" }).to_string();
-    let (status, answer) = foundation::http::request_with(
-        addr,
+    let (status, answer) = foundation::http::request_authorized(
+        &r.addr,
         "POST",
-        &format!("{base}/subjects/{subject}/versions"),
+        &format!("{}/subjects/{subject}/versions", r.base),
         Some(("application/vnd.schemaregistry.v1+json", body.as_bytes())),
+        r.authorization.as_deref(),
         REGISTER_TIMEOUT,
     )
     .map_err(|e| e.to_string())?;
@@ -208,7 +262,7 @@ mod tests {
         );
         // Registry format with no registry reachable: held, and not retried at once.
         let mut u = Encoder::with_id(ValueFormat::Registry, None);
-        u.registry = Some(("127.0.0.1:1".into(), String::new()));
+        u.registry = registry_address("http://127.0.0.1:1");
         assert_eq!(
             u.reading("telemetry", Some(b"dev-1"), &value(1), &mut out),
             Err(Unregistered)
@@ -222,16 +276,33 @@ mod tests {
 
     #[test]
     fn registry_urls_parse() {
+        let r = |addr: &str, base: &str, auth: Option<&str>| {
+            Some(Registry {
+                addr: addr.into(),
+                base: base.into(),
+                authorization: auth.map(str::to_string),
+            })
+        };
+        assert_eq!(registry_address("http://h:8080"), r("h:8080", "", None));
+        assert_eq!(registry_address("http://h:8080/sr/"), r("h:8080", "/sr", None));
+        // "gw:s3cret" in base64.
         assert_eq!(
-            registry_address("http://h:8080"),
-            Some(("h:8080".into(), String::new()))
+            registry_address("http://gw:s3cret@h:8080/sr"),
+            r("h:8080", "/sr", Some("Basic Z3c6czNjcmV0"))
         );
-        assert_eq!(
-            registry_address("http://h:8080/sr/"),
-            Some(("h:8080".into(), "/sr".into()))
-        );
-        for bad in ["h:8080", "https://h:1", "http://h", "http://:1", "http://h:x"] {
+        for bad in [
+            "h:8080",
+            "https://h:1",
+            "http://h",
+            "http://:1",
+            "http://h:x",
+            "http://nopass@h:1",
+        ] {
             assert_eq!(registry_address(bad), None, "{bad}");
         }
+        let shown = format!("{:?}", registry_address("http://gw:s3cret@h:8080").unwrap());
+        assert!(!shown.contains("s3cret") && !shown.contains("Z3c6"), "{shown}");
+        assert_eq!(redacted("http://gw:s3cret@h:8080/sr"), "http://h:8080/sr");
+        assert_eq!(redacted("gw:s3cret@h:8080"), "h:8080");
     }
 }

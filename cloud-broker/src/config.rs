@@ -5,6 +5,8 @@
 //! data_dir = "./data/cloud"
 //! kafka_listen = "127.0.0.1:9092"
 //! http_listen = "127.0.0.1:8080"
+//! http_auth = "none"                      # or "writes" / "all": which HTTP requests need the token
+//! http_token_file = "./data/cloud/http-token"   # default: http-token in data_dir (made if missing)
 //! advertise = "broker.example.com:9092"   # what Metadata tells clients; default: kafka_listen
 //! auto_create_topics = true
 //! default_partitions = 1
@@ -88,8 +90,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Kafka listener.
     pub kafka_listen: SocketAddr,
-    /// HTTP listener (health, metrics).
+    /// HTTP listener (health, metrics, cluster, dashboard, schema registry).
     pub http_listen: SocketAddr,
+    /// Which HTTP requests need the token: `none`, `writes` (every request but GET and HEAD:
+    /// replacing a node, registering or deleting a schema) or `all` (every one but
+    /// `GET /health`).
+    pub http_auth: foundation::token::Protect,
+    /// The HTTP token's file, made (random, owner-only) at the first start that needs it
+    /// [default: `http-token` in the data directory].
+    pub http_token_file: Option<PathBuf>,
     /// `host:port` given to clients in Metadata (Kafka's `advertised.listeners`).
     pub advertise: Option<String>,
     /// Create unknown topics when a client asks for them in Metadata.
@@ -172,6 +181,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data/cloud"),
             kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http_auth: foundation::token::Protect::None,
+            http_token_file: None,
             advertise: None,
             auto_create_topics: true,
             default_partitions: 1,
@@ -188,6 +199,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The HTTP token's file (`http_token_file`, else `http-token` in the data directory).
+    pub fn http_token_file(&self) -> PathBuf {
+        self.http_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("http-token"))
+    }
+
     /// Reads a TOML file (errors name it).
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
         let c: Config = foundation::config::from_file(path)?;

@@ -567,6 +567,9 @@ fn a_cluster_over_mutual_tls_replicates_and_refuses_plaintext_peers() {
         }
     }
     let (kafka, http, raft) = (&ports[0..3], &ports[3..6], &ports[6..9]);
+    // One HTTP token for the cluster (replacing a node is a write).
+    let token_file = dir.join("http-token");
+    std::fs::write(&token_file, "cluster-http-token-1\n").unwrap();
     let config = |id: usize, cert_of: usize| {
         let peers: Vec<String> = (1..=3)
             .filter(|j| *j != id)
@@ -576,9 +579,11 @@ fn a_cluster_over_mutual_tls_replicates_and_refuses_plaintext_peers() {
         std::fs::write(
             &path,
             format!(
-                "node_id = {id}\nschema_registry = false\n[monitor]\nenabled = false\n\
+                "node_id = {id}\nschema_registry = false\n\
+                 http_auth = \"writes\"\nhttp_token_file = \"{}\"\n[monitor]\nenabled = false\n\
                  [cluster]\nname = \"secure\"\nraft_listen = \"127.0.0.1:{}\"\npeers = {{ {} }}\n\
                  [cluster.tls]\ncert = \"{c}/node-{cert_of}.pem\"\nkey = \"{c}/node-{cert_of}.key\"\nca = \"{c}/ca.pem\"\n",
+                token_file.display(),
                 raft[id - 1],
                 peers.join(", "),
                 c = certs.display()
@@ -621,6 +626,29 @@ fn a_cluster_over_mutual_tls_replicates_and_refuses_plaintext_peers() {
         "a plaintext raft peer got {got:?}"
     );
     assert!(got.len() <= 7, "no more than an alert: {got:?}");
+    // `cluster replace` needs the nodes' HTTP token: without it a node answers 401; with
+    // it the request is heard (and refused on its merits: node 3 is alive and in sync).
+    let replace = |token: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cloud-broker"));
+        c.args(["cluster", "replace", "--wait-secs", "1"]);
+        for p in http {
+            c.args(["--node", &format!("127.0.0.1:{p}")]);
+        }
+        c.args(["3", &format!("4=127.0.0.1:{}", free_port())]);
+        if let Some(t) = token {
+            c.arg("--token-file").arg(t);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let refused = replace(None);
+    assert!(refused.contains("needs the HTTP token"), "{refused}");
+    let heard = replace(Some(&token_file));
+    assert!(
+        heard.contains("refused") && !heard.contains("HTTP token"),
+        "{heard}"
+    );
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }

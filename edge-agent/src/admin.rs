@@ -3,6 +3,9 @@
 //! `POST /api/bridge/restart` (a new session: reconnect, reconcile, resend what was in flight),
 //! `POST /api/replay?topic=T[&partition=P](&from_offset=N|&since_ms=MS)` and
 //! `/api/replay/{id}` (progress).
+//!
+//! With `[admin] auth = "writes"` the POSTs need the admin token, with `"all"` every request but
+//! `GET /health` does ([`foundation::token`]).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -37,8 +40,8 @@ pub struct AdminState {
     pub bridge: Option<Arc<bridge::Bridge>>,
 }
 
-/// The router.
-pub fn router(state: Arc<AdminState>) -> Router {
+/// The router; requests pass `gate` first (`[admin] auth`).
+pub fn router(state: Arc<AdminState>, gate: Arc<foundation::token::Gate>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -51,6 +54,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/bridge/restart", axum::routing::post(bridge_restart))
         .route("/api/replay", axum::routing::post(replay))
         .route("/api/replay/{id}", get(replay_status))
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            foundation::token::middleware,
+        ))
         .with_state(state)
 }
 

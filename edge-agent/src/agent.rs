@@ -153,6 +153,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The admin token: made at the first start that needs it; its path is logged, never it.
+    let gate = Arc::new(foundation::token::Gate::open(
+        cfg.admin.auth,
+        &cfg.admin_token_file(),
+        "edge-agent admin",
+    )?);
+    metrics.admin_gate.set(gate.clone()).ok();
     let admin_state = Arc::new(AdminState {
         store: store.clone(),
         metrics,
@@ -173,7 +180,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             cloud = %cfg.bridge.as_ref().map_or("(bridge off)", |b| b.bootstrap.as_str()),
             "edge agent running"
         );
-        let server = axum::serve(listener, admin::router(admin_state));
+        let server = axum::serve(listener, admin::router(admin_state, gate));
         tokio::select! {
             r = server => r.context("admin server")?,
             _ = foundation::shutdown::signal_received() => info!("shutting down: committing and acking what is in flight"),

@@ -278,7 +278,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = load(&common)?;
             let v = match open_local(&cfg)? {
                 Some(store) => crate::admin::log_json(&store)?,
-                None => http_get_json(cfg.admin.listen, "/api/log")?,
+                None => http_get_json(&cfg, "/api/log")?,
             };
             if json {
                 println!("{v}");
@@ -317,8 +317,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     v["clean"] = r.is_clean().into();
                     v
                 }
-                None if quarantine => http_json(cfg.admin.listen, "POST", "/api/log/quarantine")?,
-                None => http_get_json(cfg.admin.listen, "/api/log/verify")?,
+                None if quarantine => http_json(&cfg, "POST", "/api/log/quarantine")?,
+                None => http_get_json(&cfg, "/api/log/verify")?,
             };
             if json {
                 println!("{v}");
@@ -353,7 +353,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     let path = format!(
                         "/api/log/records?topic={topic}&partition={partition}&from={from}&limit={limit}"
                     );
-                    serde_json::from_value(http_get_json(cfg.admin.listen, &path)?)?
+                    serde_json::from_value(http_get_json(&cfg, &path)?)?
                 }
             };
             for r in rows {
@@ -450,8 +450,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         (None, Some(ms)) => path += &format!("&since_ms={ms}"),
         (None, None) => unreachable!("clap requires one"),
     }
-    let st = http_json(cfg.admin.listen, "POST", &path)
-        .context("replay goes through the running agent's bridge")?;
+    let st = http_json(&cfg, "POST", &path).context("replay goes through the running agent's bridge")?;
     let id = st["id"].as_u64().context("no job id in the agent's answer")?;
     eprintln!("replay job {id}: {} records of {} queued", st["total"], a.topic);
     if a.no_wait {
@@ -462,7 +461,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
         // The agent may restart meanwhile (the job is saved and goes on): wait a minute for it.
-        let st = match http_json(cfg.admin.listen, "GET", &format!("/api/replay/{id}")) {
+        let st = match http_json(&cfg, "GET", &format!("/api/replay/{id}")) {
             Ok(st) => {
                 unreachable_since = None;
                 st
@@ -544,19 +543,27 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
 }
 
 /// A GET against the running agent's admin API.
-fn http_get_json(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    http_json(addr, "GET", path)
+fn http_get_json(cfg: &Config, path: &str) -> anyhow::Result<serde_json::Value> {
+    http_json(cfg, "GET", path)
 }
 
 /// A request without a body against the running agent's admin API; its answer must be 200
-/// with JSON.
-fn http_json(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-    foundation::http::json(&addr.to_string(), method, path).map_err(|e| match e {
-        e @ foundation::http::Error::Unreachable { .. } => {
-            anyhow::Error::new(e).context(format!("no agent answers on {addr} (pass --admin-listen)"))
-        }
-        e => e.into(),
-    })
+/// with JSON. The admin token is presented when its file is there (`[admin] auth`).
+fn http_json(cfg: &Config, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let addr = cfg.admin.listen;
+    let token = match foundation::token::read(&cfg.admin_token_file()) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::Error::new(e).context("the admin token")),
+    };
+    foundation::http::json_with_token(&addr.to_string(), method, path, token.as_deref()).map_err(
+        |e| match e {
+            e @ foundation::http::Error::Unreachable { .. } => {
+                anyhow::Error::new(e).context(format!("no agent answers on {addr} (pass --admin-listen)"))
+            }
+            e => e.into(),
+        },
+    )
 }
 
 /// `edge-agent certs`.

@@ -24,6 +24,8 @@
 //!
 //! [admin]
 //! listen = "127.0.0.1:8081"         # /health /metrics /api/log /api/devices
+//! auth = "none"                     # or "writes" / "all": which requests need the admin token
+//! token_file = "./data/edge/admin-token"   # default: admin-token in data_dir (made if missing)
 //!
 //! [ingest]
 //! max_batch_publishes = 65536       # group commit: at most this many publishes ...
@@ -142,6 +144,12 @@ pub enum MqttAuth {
 pub struct AdminConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Which requests need the admin token: `none`, `writes` (every request but GET and HEAD:
+    /// quarantine, bridge restart, replay) or `all` (every one but `GET /health`).
+    pub auth: foundation::token::Protect,
+    /// The token's file, made (random, owner-only) at the first start that needs it
+    /// [default: `admin-token` in the data directory]. The CLI presents it.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Group commit bounds.
@@ -202,6 +210,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            auth: foundation::token::Protect::None,
+            token_file: None,
         }
     }
 }
@@ -217,6 +227,14 @@ impl Default for IngestConfig {
 }
 
 impl Config {
+    /// The admin token's file (`[admin] token_file`, else `admin-token` in the data directory).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin-token"))
+    }
+
     /// Reads a TOML file (errors name it).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let cfg: Config = foundation::config::from_file(path)?;

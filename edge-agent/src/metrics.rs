@@ -104,6 +104,8 @@ pub struct Metrics {
     pub mqtt_connection_limit: AtomicU64,
     /// MQTT connections closed for naming a device id past `[mqtt] max_devices`.
     pub mqtt_device_limit: AtomicU64,
+    /// The admin API's gate (`[admin] auth`), whose refusals are shown.
+    pub admin_gate: std::sync::OnceLock<std::sync::Arc<foundation::token::Gate>>,
     /// MQTT connections open through the front (gauge).
     pub mqtt_connections: AtomicU64,
     /// Distinct device ids taken since the start with `auth = "none"` (gauge).
@@ -151,6 +153,7 @@ impl Default for Metrics {
             mqtt_connection_limit: AtomicU64::new(0),
             mqtt_device_limit: AtomicU64::new(0),
             mqtt_connections: AtomicU64::new(0),
+            admin_gate: std::sync::OnceLock::new(),
             mqtt_devices: AtomicU64::new(0),
             dead_letters_suppressed: AtomicU64::new(0),
             lag_detected: AtomicU64::new(0),
@@ -206,6 +209,11 @@ impl Metrics {
                 get(c)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP edge_admin_auth_refused_total Admin HTTP requests refused for want of the admin token ([admin] auth)\n# TYPE edge_admin_auth_refused_total counter\nedge_admin_auth_refused_total {}",
+            self.admin_gate.get().map_or(0, |g| g.refused())
+        );
         let _ = writeln!(
             out,
             "# HELP edge_mqtt_connections MQTT connections open through the front\n# TYPE edge_mqtt_connections gauge\nedge_mqtt_connections {}",

@@ -72,6 +72,18 @@ pub fn request_with(
     body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> Result<(u16, String), Error> {
+    request_authorized(addr, method, path, body, None, timeout)
+}
+
+/// Like [`request_with`], with an `Authorization` header value (`Bearer <token>`, `Basic ...`).
+pub fn request_authorized(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
@@ -82,6 +94,9 @@ pub fn request_with(
     let mut req = ureq::http::Request::builder().method(method).uri(&url);
     if let Some((kind, _)) = body {
         req = req.header("Content-Type", kind);
+    }
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
     }
     let req = req
         .body(body.map(|(_, b)| b.to_vec()).unwrap_or_default())
@@ -138,7 +153,18 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String), Error> {
 
 /// `method path` whose answer must be 200 with a JSON body.
 pub fn json(addr: &str, method: &str, path: &str) -> Result<serde_json::Value, Error> {
-    let (status, body) = request(addr, method, path, TIMEOUT)?;
+    json_with_token(addr, method, path, None)
+}
+
+/// [`json`], presenting `token` (`Authorization: Bearer`) when there is one.
+pub fn json_with_token(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<serde_json::Value, Error> {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let (status, body) = request_authorized(addr, method, path, None, authorization.as_deref(), TIMEOUT)?;
     if status != 200 {
         return Err(Error::Status {
             method: method.into(),

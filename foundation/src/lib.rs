@@ -17,6 +17,8 @@
 //!   the layout version its store records.
 //! - [`prom`] (`prom`) — Prometheus text pages (prometheus-parse): values, histograms,
 //!   quantiles between two scrapes.
+//! - [`tls`] (`tls`) — rustls configurations from PEM files, development certificates.
+//! - [`token`] (`token`) — the HTTP admin token: which requests need it, Bearer or Basic.
 //! - [`wait`], [`net`], [`process`], [`procfs`], [`scratch`], [`proxy`] (`testkit`) — waiting
 //!   for a condition with a deadline, loopback ports, child-process guards, CPU / memory figures
 //!   from `/proc`, scratch directories removed on drop, and a TCP proxy that cuts links.
@@ -52,6 +54,8 @@ pub mod scratch;
 pub mod shutdown;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "token")]
+pub mod token;
 #[cfg(feature = "testkit")]
 pub mod wait;
 #[cfg(feature = "redb")]

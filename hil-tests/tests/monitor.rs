@@ -156,13 +156,27 @@ fn holes(seen: &BTreeSet<(u64, u64)>) -> Vec<(u64, u64, u64)> {
 /// A scratch dir, a cloud broker with `[monitor]` timeouts of [`TIMEOUT_S`], and an edge agent
 /// forwarding to it as `gateway` with `edge_toml` (`{http}` in it stands for the broker's HTTP
 /// address). Bound in this order, they are dropped in the reverse: the processes first.
-fn setup(tag: &str, gateway: &str, edge_toml: &str) -> (Scratch, CloudBroker, EdgeAgent, String) {
+/// A cloud broker (`cloud_toml` added to its configuration: top-level keys; `{dir}` is the
+/// scratch directory, where `files` are written first) and an edge agent forwarding to it
+/// (`edge_toml`: `{http}` is the cloud's HTTP address).
+fn setup(
+    tag: &str,
+    gateway: &str,
+    (cloud_toml, files): (&str, &[(&str, &str)]),
+    edge_toml: &str,
+) -> (Scratch, CloudBroker, EdgeAgent, String) {
     let dir = Scratch(std::env::temp_dir().join(format!("{tag}-{}-{}", std::process::id(), free_port())));
     std::fs::create_dir_all(&dir.0).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.0.join(name), text).unwrap();
+    }
     let cloud_cfg = dir.0.join("cloud.toml");
     std::fs::write(
         &cloud_cfg,
-        format!("[monitor]\ndevice_timeout_s = {TIMEOUT_S}\ngateway_timeout_s = {TIMEOUT_S}\n"),
+        format!(
+            "{}\n[monitor]\ndevice_timeout_s = {TIMEOUT_S}\ngateway_timeout_s = {TIMEOUT_S}\n",
+            cloud_toml.replace("{dir}", dir.0.to_str().unwrap())
+        ),
     )
     .unwrap();
     let cloud = CloudBroker::start_with_args(
@@ -196,8 +210,12 @@ fn setup(tag: &str, gateway: &str, edge_toml: &str) -> (Scratch, CloudBroker, Ed
 
 #[test]
 fn the_monitor_lists_exactly_what_a_device_lost_and_sees_devices_and_gateways_go_offline() {
-    let (_dir, mut cloud, mut agent, http) =
-        setup("monitor-e2e", GATEWAY, "[bridge]\nheartbeat_interval_ms = 500\n");
+    let (_dir, mut cloud, mut agent, http) = setup(
+        "monitor-e2e",
+        GATEWAY,
+        ("", &[]),
+        "[bridge]\nheartbeat_interval_ms = 500\n",
+    );
     let bootstrap = cloud.addr();
 
     let healthy = fleet(&agent, "ok-", 3, HEALTHY_READINGS, 100_000, None);
@@ -396,6 +414,7 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser_and_a_stopped_device_turns_of
     let (_dir, _cloud, agent, http) = setup(
         "dashboard-e2e",
         "gw-dash",
+        ("", &[]),
         "[bridge]\nheartbeat_interval_ms = 500\n",
     );
     // Two devices that keep sampling for the whole test (not joined: the process ends them),
@@ -496,10 +515,17 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser_and_a_stopped_device_turns_of
 /// in each record (`tests/python/registry_readings.py`).
 #[test]
 fn readings_in_the_registry_format_are_read_by_the_monitor_and_by_confluent_kafka() {
+    // The cloud's HTTP listener wants its token for writes (registering a schema among them):
+    // the bridge presents it as the password in the registry's URL.
+    let token = "registry-test-token-0123456789";
     let (_dir, cloud, agent, http) = setup(
         "registry-e2e",
         "gw-reg",
-        "[bridge]\nvalue_format = \"registry\"\nschema_registry_url = \"http://{http}\"\n",
+        (
+            "http_auth = \"writes\"\nhttp_token_file = \"{dir}/http-token\"\n",
+            &[("http-token", &format!("{token}\n"))],
+        ),
+        &format!("[bridge]\nvalue_format = \"registry\"\nschema_registry_url = \"http://gw-reg:{token}@{{http}}\"\n"),
     );
     let report = fleet(&agent, "reg-", 2, 50, 100_000, None).join().unwrap();
     assert_eq!(report.acked(), 100);
@@ -546,4 +572,27 @@ fn readings_in_the_registry_format_are_read_by_the_monitor_and_by_confluent_kafk
     );
     let m = api(&http, "/api/monitor").unwrap();
     assert_eq!(m["undecodable"], 0, "{m}");
+    // Without the token, no write: neither a registration nor a deletion.
+    let (code, _) = foundation::http::request(
+        &http,
+        "DELETE",
+        "/subjects/telemetry-value",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(code, 401);
+    let (code, _) = foundation::http::request_with(
+        &http,
+        "POST",
+        "/subjects/other-value/versions",
+        Some(("application/json", br#"{"schema":"{}","schemaType":"JSON"}"#)),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(code, 401);
+    let subjects = api(&http, "/subjects").unwrap();
+    assert_eq!(subjects, serde_json::json!(["telemetry-value"]));
+    let metrics = foundation::http::get(&http, "/metrics").unwrap().1;
+    assert!(metrics.contains("http_auth_refused_total 2"), "{metrics}");
+    drop(cloud);
 }

@@ -4,10 +4,23 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+/// The HTTP token in `file`, if one is given.
+fn token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    file.map(|f| {
+        foundation::token::read(f).map_err(|e| anyhow::anyhow!("the HTTP token file {}: {e}", f.display()))
+    })
+    .transpose()
+}
+
 /// `cluster status`: asks every node for `/api/cluster`, takes each partition from the node
 /// that leads it (else the first that answered), and prints the result.
-pub(super) fn status(nodes: &[String], json: bool) -> anyhow::Result<()> {
-    let merged = merge_status(&views(nodes, true)?);
+pub(super) fn status(
+    nodes: &[String],
+    json: bool,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let token = token(token_file)?;
+    let merged = merge_status(&views(nodes, true, token.as_deref())?);
     if json {
         println!("{}", serde_json::to_string_pretty(&merged)?);
         return Ok(());
@@ -17,10 +30,10 @@ pub(super) fn status(nodes: &[String], json: bool) -> anyhow::Result<()> {
 }
 
 /// Every answering node's `/api/cluster` (the silent ones left out, noted when `say`).
-fn views(nodes: &[String], say: bool) -> anyhow::Result<Vec<serde_json::Value>> {
+fn views(nodes: &[String], say: bool, token: Option<&str>) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut views = Vec::new();
     for n in nodes {
-        match foundation::http::json(n, "GET", "/api/cluster") {
+        match foundation::http::json_with_token(n, "GET", "/api/cluster", token) {
             Ok(v) if v["mode"] == "cluster" => views.push(v),
             Ok(v) => anyhow::bail!("{n} is not a cluster node (mode {})", v["mode"]),
             Err(e) if say => eprintln!("cloud-broker: {n}: {e} (left out)"),
@@ -36,12 +49,20 @@ fn views(nodes: &[String], say: bool) -> anyhow::Result<Vec<serde_json::Value>> 
 /// `cluster replace`: asks the first node that answers to replace `old` with `new` (`ID=HOST:PORT`,
 /// its Raft listener), then follows every node's status until each partition and offsets log
 /// has the new node among its voters and in sync, and the old one nowhere, or `wait` passes.
-pub(super) fn replace(nodes: &[String], old: u64, new: &str, wait: Duration) -> anyhow::Result<()> {
+pub(super) fn replace(
+    nodes: &[String],
+    old: u64,
+    new: &str,
+    wait: Duration,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let token = token(token_file)?;
+    let token = token.as_deref();
     let (new_id, raft) = super::parse_peer(new)?;
     let path = format!("/api/cluster/replace?old={old}&new={new_id}&raft={raft}");
     let mut asked = None;
     for n in nodes {
-        match foundation::http::json(n, "POST", &path) {
+        match foundation::http::json_with_token(n, "POST", &path, token) {
             Ok(_) => {
                 asked = Some(n);
                 break;
@@ -63,7 +84,7 @@ pub(super) fn replace(nodes: &[String], old: u64, new: &str, wait: Duration) -> 
     let deadline = Instant::now() + wait;
     let mut last = String::new();
     loop {
-        let pending = match views(nodes, false) {
+        let pending = match views(nodes, false, token) {
             Ok(v) => pending_replacement(&merge_status(&v), old, new_id),
             Err(e) => vec![e.to_string()],
         };

@@ -172,6 +172,9 @@ enum ClusterCmd {
         /// Print the merged JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// The nodes' HTTP token file (with `http_auth = "all"`).
+        #[arg(long, env = "CLOUD_HTTP_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Replace a dead node for good with a new one: start the new node first with `run --join`
     /// (same cluster name, any peers to reach the cluster by), then name both here. The new
@@ -190,6 +193,9 @@ enum ClusterCmd {
         /// How long to wait for every group to move, in seconds.
         #[arg(long, default_value_t = 300)]
         wait_secs: u64,
+        /// The nodes' HTTP token file (with `http_auth = "writes"` or `"all"`).
+        #[arg(long, env = "CLOUD_HTTP_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -256,13 +262,24 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             foundation::logging::init("CLOUD_LOG", "info");
             run(a)
         }
-        Cmd::Cluster(ClusterCmd::Status { nodes, json }) => cluster::status(&nodes, json),
+        Cmd::Cluster(ClusterCmd::Status {
+            nodes,
+            json,
+            token_file,
+        }) => cluster::status(&nodes, json, token_file.as_deref()),
         Cmd::Cluster(ClusterCmd::Replace {
             nodes,
             old,
             new,
             wait_secs,
-        }) => cluster::replace(&nodes, old, &new, Duration::from_secs(wait_secs)),
+            token_file,
+        }) => cluster::replace(
+            &nodes,
+            old,
+            &new,
+            Duration::from_secs(wait_secs),
+            token_file.as_deref(),
+        ),
         Cmd::Storage(StorageCmd::Verify {
             config,
             data_dir,
@@ -588,6 +605,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             (axum::Router::new(), None)
         };
         let monitor_metrics = monitor.clone();
+        let http_gate = std::sync::Arc::new(foundation::token::Gate::open(
+            cfg.http_auth,
+            &cfg.http_token_file(),
+            "cloud-broker",
+        )?);
+        let http_gate_metrics = http_gate.clone();
         let gate = crate::limits::Gate::new(cfg.limits.clone());
         let gate_metrics = gate.clone();
         let status = broker.clone();
@@ -617,8 +640,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     let b = metrics.clone();
                     let m = monitor_metrics.clone();
                     let g = gate_metrics.clone();
+                    let h = http_gate_metrics.clone();
                     async move {
                         let mut page = b.storage_metrics();
+                        page.push_str(&format!(
+                            "# HELP http_auth_refused_total HTTP requests refused for want of the HTTP token (http_auth)\n# TYPE http_auth_refused_total counter\nhttp_auth_refused_total {}\n",
+                            h.refused()
+                        ));
                         page.push_str(&crate::api::stats::broker_metrics(&b));
                         g.render(&mut page);
                         b.guard.render(&mut page);
@@ -673,7 +701,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 }),
             )
             .merge(crate::monitor::http::routes(monitor))
-            .merge(registry);
+            .merge(registry)
+            .layer(axum::middleware::from_fn_with_state(http_gate, foundation::token::middleware));
         info!(node_id = cfg.node_id, kafka = %cfg.kafka_listen, http = %cfg.http_listen, "cloud broker running");
         let closer = broker.clone();
         for (sock, kind) in more_listeners {
