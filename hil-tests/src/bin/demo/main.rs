@@ -370,6 +370,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         &logs,
         &http_ports,
         &secured.kcat_properties,
+        (&secured.admin_token, &secured.cloud_token),
     );
 
     let at = |s: Option<u64>| s.map(|s| started + Duration::from_secs(s));

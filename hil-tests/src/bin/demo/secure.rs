@@ -30,6 +30,10 @@ pub(crate) struct Secured {
     pub(crate) edge_config: PathBuf,
     /// librdkafka properties for a user's kcat (`kcat -F`).
     pub(crate) kcat_properties: PathBuf,
+    /// The cloud nodes' HTTP token (one for the cluster; writes need it).
+    pub(crate) cloud_token: PathBuf,
+    /// The edge agent's admin token (writes need it).
+    pub(crate) admin_token: PathBuf,
 }
 
 fn principal(
@@ -110,6 +114,12 @@ pub(crate) fn provision(
         ),
     )?;
 
+    // The HTTP listeners ask for their tokens on writes; one token for every cloud node, made
+    // here so that nodes starting together do not each make their own.
+    let cloud_token = data_dir.join("cloud").join("http-token");
+    foundation::token::load_or_create(&cloud_token)?;
+    let admin_token = data_dir.join("edge").join("admin-token");
+
     // The edge: the simulated devices log in with their certificates, qemu-1 with a password.
     use edge_agent::credentials::{Credentials, FILE_NAME};
     let edge_dir = data_dir.join("edge");
@@ -128,11 +138,13 @@ pub(crate) fn provision(
             "# Written by the demo: devices log in (passwords in credentials.toml, or client\n\
              # certificates over TLS); the bridge logs in to the cloud with SCRAM over TLS.\n\
              [mqtt]\nauth = \"password\"\n\
+             [admin]\nauth = \"writes\"\ntoken_file = \"{}\"\n\
              [mqtt.tls]\nlisten = \"127.0.0.1:{mqtts_port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
              [bridge]\nbootstrap = \"{kafka}\"\n\
              [bridge.librdkafka]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\
              \"sasl.username\" = \"{GATEWAY_ID}\"\n\"sasl.password\" = \"{gateway_password}\"\n\
              \"ssl.ca.location\" = \"{}\"\n",
+            admin_token.display(),
             agent.cert.display(),
             agent.key.display(),
             ca_path.display(),
@@ -147,16 +159,19 @@ pub(crate) fn provision(
         device_password,
         edge_config,
         kcat_properties,
+        cloud_token,
+        admin_token,
     })
 }
 
 /// The cloud broker configuration for the demo: a SASL_SSL listener named `uplink` on
 /// `private` advertising `public` (the uplink proxy), the plaintext listener on `internal`
-/// (loopback: the monitor and registry), TLS and the users file.
+/// (loopback: the monitor and registry), TLS and the users file; HTTP writes need the token.
 pub(crate) fn cloud_config(s: &Secured, private: std::net::SocketAddr, public: &str) -> String {
     format!(
-        "# Written by the demo.\n[[listeners]]\nname = \"uplink\"\nlisten = \"{private}\"\nadvertise = \"{public}\"\n\
+        "# Written by the demo.\nhttp_auth = \"writes\"\nhttp_token_file = \"{}\"\n[[listeners]]\nname = \"uplink\"\nlisten = \"{private}\"\nadvertise = \"{public}\"\n\
          protocol = \"sasl_ssl\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n[security]\nusers_file = \"{}\"\n",
+        s.cloud_token.display(),
         s.broker.0.display(),
         s.broker.1.display(),
         s.users.display()

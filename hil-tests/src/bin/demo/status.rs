@@ -101,6 +101,7 @@ pub(crate) fn print_banner(
     logs: &[&Path],
     http_ports: &[u16],
     kcat_properties: &Path,
+    (admin_token, cloud_token): (&Path, &Path),
 ) {
     let k = a.kafka_port;
     let cloud = if a.nodes == 1 {
@@ -160,11 +161,15 @@ pub(crate) fn print_banner(
          \n  kcat -F {props} -C -b 127.0.0.1:{k} -t gateways -f '%s\\n'             gateway heartbeats\
          \n  curl {admin}/api/bridge     bridge: connected, backlog, acked, checkpoints\
          \n  curl {admin}/metrics        Prometheus metrics\
-         \n  curl {admin}/api/devices    the devices as the gateway sees them",
+         \n  curl {admin}/api/devices    the devices as the gateway sees them\
+         \n  curl -u admin:$(cat {admin_token}) -X POST {admin}/api/bridge/restart   writes need the admin token\
+         \n                (the cloud's HTTP writes: {cloud_token})",
         data = data_dir.display(),
         mqtt = a.mqtt_port,
         mqtts = a.mqtts_port,
         props = kcat_properties.display(),
+        admin_token = admin_token.display(),
+        cloud_token = cloud_token.display(),
         logs = logs.join(", "),
     );
     if let Some(off) = a.offline_after {
