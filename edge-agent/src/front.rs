@@ -403,6 +403,9 @@ fn clear_will_retain(connect: &mut [u8]) {
 
 fn late(f: &Front) -> anyhow::Error {
     add(&f.metrics.mqtt_frame_timeouts, 1);
+    if f.log.ready() {
+        warn!(deadline = ?f.frame_deadline, "MQTT connection closed: a packet not whole within [mqtt] frame_timeout_s");
+    }
     anyhow::anyhow!("a packet not whole within {:?}", f.frame_deadline)
 }
 
