@@ -52,22 +52,8 @@ fn devices(dir: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, Str
 
 /// A batch of three readings of `device`, as a file for mosquitto_pub.
 fn batch_file(dir: &Path, device: &str) -> PathBuf {
-    let b = wire::Batch {
-        device_id: device.try_into().unwrap(),
-        boot_id: 3,
-        first_seq: 0,
-        low_seq: 0,
-        readings: (0..3)
-            .map(|i| wire::Reading {
-                channel: 0,
-                timestamp_ms: 1_750_000_000_000 + i,
-                value: 2.5,
-            })
-            .collect(),
-    };
-    let mut buf = [0u8; wire::MAX_BATCH_ENCODED];
     let path = dir.join(format!("{device}.bin"));
-    std::fs::write(&path, wire::encode(&b, &mut buf).unwrap()).unwrap();
+    std::fs::write(&path, hil_tests::raw_mqtt::batch(device, 3)).unwrap();
     path
 }
 
@@ -89,25 +75,9 @@ fn publish(port: u16, file: &Path, device: &str, id: &str, user: Option<&str>, p
 /// An MQTT 5 device on one connection: CONNECT with credentials, SUBSCRIBE to its ack topic,
 /// PUBLISH its batch at QoS 1, then the agent's Ack (decoded) from the ack topic.
 fn mqtt5_publish_and_wait_ack(port: u16, id: &str, password: &str, batch: &[u8]) -> wire::Ack {
+    use hil_tests::raw_mqtt::string;
     use std::io::Read;
-    let string = |v: &mut Vec<u8>, s: &[u8]| {
-        v.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        v.extend_from_slice(s);
-    };
-    let frame = |kind: u8, body: Vec<u8>| {
-        let mut f = vec![kind];
-        let mut n = body.len();
-        loop {
-            let b = (n % 128) as u8;
-            n /= 128;
-            f.push(if n > 0 { b | 0x80 } else { b });
-            if n == 0 {
-                break;
-            }
-        }
-        f.extend(body);
-        f
-    };
+    let frame = |kind: u8, body: Vec<u8>| hil_tests::raw_mqtt::frame(kind, &body);
     let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0xc2, 0, 30, 0];
     for x in [id.as_bytes(), id.as_bytes(), password.as_bytes()] {
         string(&mut connect, x);

@@ -5,95 +5,31 @@
 //! packet is dropped at the frame deadline. A device that behaves is acknowledged throughout, and
 //! nothing of the hostile client's reaches the log.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use firmware::wire;
 use hil_tests::agent::EdgeAgent;
+use hil_tests::raw_mqtt::{self, publish_frame, read_packet, subscribe_frame};
 use hil_tests::wait;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_edge-agent"))
 }
 
-fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![kind];
-    let mut n = body.len();
-    loop {
-        let b = (n % 128) as u8;
-        n /= 128;
-        f.push(if n > 0 { b | 0x80 } else { b });
-        if n == 0 {
-            break;
-        }
-    }
-    f.extend_from_slice(body);
-    f
-}
-
-fn string(v: &mut Vec<u8>, s: &[u8]) {
-    v.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    v.extend_from_slice(s);
-}
-
-fn connect_frame(id: &str) -> Vec<u8> {
-    let mut v = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
-    string(&mut v, id.as_bytes());
-    frame(0x10, &v)
-}
-
-fn subscribe_frame(filter: &str) -> Vec<u8> {
-    let mut v = vec![0, 1];
-    string(&mut v, filter.as_bytes());
-    v.push(1);
-    frame(0x82, &v)
-}
-
-/// PUBLISH at QoS 1, packet id 1.
-fn publish_frame(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    string(&mut v, topic.as_bytes());
-    v.extend_from_slice(&[0, 1]);
-    v.extend_from_slice(payload);
-    frame(0x32, &v)
-}
-
-/// Reads one whole packet: (first byte, body); `None` if the connection was closed.
-fn read_packet(c: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut head = [0u8; 1];
-    c.read_exact(&mut head).ok()?;
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        c.read_exact(&mut b).ok()?;
-        len |= usize::from(b[0] & 0x7f) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    c.read_exact(&mut body).ok()?;
-    Some((head[0], body))
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn open(port: u16) -> TcpStream {
-    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c
+    raw_mqtt::open(addr(port)).unwrap()
 }
 
 /// Connects as `id`: the CONNACK's return code (`None`: closed without one).
 fn connect(port: u16, id: &str) -> (TcpStream, Option<u8>) {
-    let mut c = open(port);
-    c.write_all(&connect_frame(id)).unwrap();
-    let code = read_packet(&mut c).map(|(h, body)| {
-        assert_eq!(h, 0x20, "CONNACK");
-        body[1]
-    });
-    (c, code)
+    raw_mqtt::connect(addr(port), id).unwrap()
 }
 
 /// Whether the agent closes `c` (rather than answer) within 10 s; how long it took.
@@ -103,21 +39,7 @@ fn closed(c: &mut TcpStream) -> (bool, Duration) {
 }
 
 fn batch(device: &str) -> Vec<u8> {
-    let b = wire::Batch {
-        device_id: device.try_into().unwrap(),
-        boot_id: 1,
-        first_seq: 0,
-        low_seq: 0,
-        readings: (0..3)
-            .map(|i| wire::Reading {
-                channel: 0,
-                timestamp_ms: 1_750_000_000_000 + i,
-                value: 1.0,
-            })
-            .collect(),
-    };
-    let mut buf = [0u8; wire::MAX_BATCH_ENCODED];
-    wire::encode(&b, &mut buf).unwrap().to_vec()
+    raw_mqtt::batch(device, 1)
 }
 
 /// A device that behaves: subscribes to its acks, publishes a batch, and gets the agent's Ack.
@@ -133,9 +55,7 @@ fn device_is_acked(port: u16, id: &str) -> wire::Ack {
     loop {
         let (h, body) = read_packet(&mut c).expect("the agent answers a device that behaves");
         if h >> 4 == 3 {
-            let t = usize::from(u16::from_be_bytes([body[0], body[1]]));
-            let at = 2 + t + if h & 0x06 != 0 { 2 } else { 0 };
-            return wire::decode::<wire::Ack>(&body[at..]).unwrap();
+            return wire::decode::<wire::Ack>(raw_mqtt::payload(h, &body)).unwrap();
         }
     }
 }
@@ -232,7 +152,7 @@ fn without_passwords_every_limit_holds_against_a_hostile_client() {
     })
     .unwrap();
     let mut extra = open(port);
-    let _ = extra.write_all(&connect_frame("good"));
+    let _ = extra.write_all(&raw_mqtt::connect_frame("good"));
     let (was_closed, took) = closed(&mut extra);
     assert!(was_closed && took < Duration::from_secs(1), "{took:?}");
     assert_eq!(metric("edge_mqtt_connection_limit_total"), 1.0);
@@ -270,7 +190,7 @@ fn without_passwords_every_limit_holds_against_a_hostile_client() {
                 break;
             }
         }
-        c.write_all(&[0xe0, 0]).unwrap();
+        c.write_all(&raw_mqtt::DISCONNECT).unwrap();
     }
 
     // Of all this, the log holds the good device's three readings only.

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use firmware::wire;
 use hil_tests::agent::EdgeAgent;
 use hil_tests::wait;
 
@@ -43,22 +42,8 @@ fn run(args: &[&str], data: &Path, stdin: Option<&str>) -> String {
 
 /// A batch of three readings of `device` in boot `boot`, as a file for mosquitto_pub.
 fn batch_file(dir: &Path, device: &str, boot: u32) -> PathBuf {
-    let b = wire::Batch {
-        device_id: device.try_into().unwrap(),
-        boot_id: boot,
-        first_seq: 0,
-        low_seq: 0,
-        readings: (0..3)
-            .map(|i| wire::Reading {
-                channel: 0,
-                timestamp_ms: 1_750_000_000_000 + i,
-                value: 1.5,
-            })
-            .collect(),
-    };
-    let mut buf = [0u8; wire::MAX_BATCH_ENCODED];
     let path = dir.join(format!("{device}-{boot}.bin"));
-    std::fs::write(&path, wire::encode(&b, &mut buf).unwrap()).unwrap();
+    std::fs::write(&path, hil_tests::raw_mqtt::batch(device, boot)).unwrap();
     path
 }
 

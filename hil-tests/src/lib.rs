@@ -14,6 +14,7 @@
 //! - [`mosquitto`] — starts and stops a real mosquitto broker on a free loopback port.
 //! - [`proxy`] — a TCP proxy whose connections can be cut on demand (link faults).
 //! - [`qemu`] — locates the board image and runs it under `qemu-system-arm`.
+//! - [`raw_mqtt`] — MQTT packets by hand over a blocking socket, and a device's batch.
 //! - [`wait`] — wait for a condition with a deadline (never sleep-and-hope).
 
 pub mod acker;
@@ -22,6 +23,7 @@ pub mod browser;
 pub mod cloud;
 pub mod mosquitto;
 pub mod qemu;
+pub mod raw_mqtt;
 pub mod sim;
 /// A TCP proxy that cuts its links on demand (the foundation crate's, re-exported).
 pub use foundation::proxy;

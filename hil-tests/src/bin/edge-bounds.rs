@@ -15,17 +15,17 @@
 //! ./target/release/edge-bounds            # --devices 10000 --hostile 20000 --payload 4096
 //! ```
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
-use firmware::wire;
 use foundation::process::Guard;
+use hil_tests::raw_mqtt::{self, read_packet};
 
 #[derive(Parser, Debug)]
 #[command(about = "Memory the edge agent holds for devices and for a hostile client, against bare rumqttd")]
@@ -245,100 +245,42 @@ fn settled(rss: impl Fn() -> u64) -> u64 {
     last
 }
 
-fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![kind];
-    let mut n = body.len();
-    loop {
-        let b = (n % 128) as u8;
-        n /= 128;
-        f.push(if n > 0 { b | 0x80 } else { b });
-        if n == 0 {
-            return [f, body.to_vec()].concat();
-        }
-    }
-}
-
-fn string(v: &mut Vec<u8>, s: &[u8]) {
-    v.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    v.extend_from_slice(s);
-}
-
 fn connect(addr: SocketAddr, id: &str) -> anyhow::Result<TcpStream> {
-    let mut c = TcpStream::connect(addr)?;
-    c.set_read_timeout(Some(Duration::from_secs(10)))?;
-    c.set_nodelay(true)?;
-    let mut v = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
-    string(&mut v, id.as_bytes());
-    c.write_all(&frame(0x10, &v))?;
+    let mut c = raw_mqtt::open(addr)?;
+    c.write_all(&raw_mqtt::connect_frame(id))?;
     Ok(c)
 }
 
-/// One packet's first byte and body; `None` when the connection closed.
-fn packet(c: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut h = [0u8; 1];
-    c.read_exact(&mut h).ok()?;
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        c.read_exact(&mut b).ok()?;
-        len |= usize::from(b[0] & 0x7f) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    c.read_exact(&mut body).ok()?;
-    Some((h[0], body))
-}
-
+/// SUBSCRIBE at QoS 0 (the device's ack subscription, as the firmware makes it).
 fn subscribe(c: &mut TcpStream, filter: &str) -> std::io::Result<()> {
     let mut v = vec![0, 1];
-    string(&mut v, filter.as_bytes());
+    raw_mqtt::string(&mut v, filter.as_bytes());
     v.push(0);
-    c.write_all(&frame(0x82, &v))
+    c.write_all(&raw_mqtt::frame(0x82, &v))
 }
 
 fn publish(c: &mut TcpStream, topic: &str, payload: &[u8]) -> std::io::Result<()> {
-    let mut v = Vec::new();
-    string(&mut v, topic.as_bytes());
-    v.extend_from_slice(&[0, 2]);
-    v.extend_from_slice(payload);
-    c.write_all(&frame(0x32, &v))
+    c.write_all(&raw_mqtt::publish_frame(topic, payload))
 }
 
 /// A device's visit: its ack subscription and one batch, PUBACKed.
 fn device(addr: SocketAddr, id: &str, disconnect: bool) -> anyhow::Result<()> {
     let mut c = connect(addr, id)?;
-    match packet(&mut c) {
+    match read_packet(&mut c) {
         Some((0x20, b)) if b.get(1) == Some(&0) => {}
         other => bail!("{id}: no CONNACK accepting it: {other:?}"),
     }
     subscribe(&mut c, &format!("devices/{id}/ack"))?;
-    let b = wire::Batch {
-        device_id: id.try_into().context("device id")?,
-        boot_id: 1,
-        first_seq: 0,
-        low_seq: 0,
-        readings: (0..3)
-            .map(|i| wire::Reading {
-                channel: 0,
-                timestamp_ms: 1_750_000_000_000 + i,
-                value: 1.0,
-            })
-            .collect(),
-    };
-    let mut buf = [0u8; wire::MAX_BATCH_ENCODED];
-    publish(&mut c, &format!("sensors/{id}"), wire::encode(&b, &mut buf)?)?;
+    publish(&mut c, &format!("sensors/{id}"), &raw_mqtt::batch(id, 1))?;
     loop {
-        match packet(&mut c) {
+        match read_packet(&mut c) {
             Some((h, _)) if h >> 4 == 4 => break,
             Some(_) => {}
             None => bail!("{id}: closed before its PUBACK"),
         }
     }
     if disconnect {
-        c.write_all(&[0xe0, 0])?;
+        c.write_all(&raw_mqtt::DISCONNECT)?;
     }
     Ok(())
 }
@@ -348,20 +290,20 @@ fn hostile(addr: SocketAddr, i: usize, payload: &[u8]) -> bool {
     let Ok(mut c) = connect(addr, &format!("h-{i}")) else {
         return false;
     };
-    if !matches!(packet(&mut c), Some((0x20, b)) if b.get(1) == Some(&0)) {
+    if !matches!(read_packet(&mut c), Some((0x20, b)) if b.get(1) == Some(&0)) {
         return false;
     }
     let topic = format!("sensors/h-{i}");
-    if subscribe(&mut c, &topic).is_err() || !matches!(packet(&mut c), Some((h, _)) if h >> 4 == 9) {
+    if subscribe(&mut c, &topic).is_err() || !matches!(read_packet(&mut c), Some((h, _)) if h >> 4 == 9) {
         return false;
     }
     if publish(&mut c, &topic, payload).is_err() {
         return false;
     }
     loop {
-        match packet(&mut c) {
+        match read_packet(&mut c) {
             Some((h, _)) if h >> 4 == 4 => {
-                let _ = c.write_all(&[0xe0, 0]);
+                let _ = c.write_all(&raw_mqtt::DISCONNECT);
                 return true;
             }
             Some(_) => {}
