@@ -67,20 +67,10 @@ fn without_passwords_every_limit_holds_against_a_hostile_client() {
         std::process::id(),
         hil_tests::free_port()
     ));
-    std::fs::create_dir_all(&data).unwrap();
-    let cfg = data.join("edge.toml");
-    std::fs::write(
-        &cfg,
-        "[mqtt]\nmax_connections = 12\nmax_devices = 6\nframe_timeout_s = 2\n",
-    )
-    .unwrap();
-    let agent = EdgeAgent::launch(
+    let agent = EdgeAgent::launch_with_config(
         &bin(),
-        &[],
         &data,
-        hil_tests::free_port(),
-        hil_tests::free_port(),
-        &["--config", cfg.to_str().unwrap()],
+        "[mqtt]\nmax_connections = 12\nmax_devices = 6\nframe_timeout_s = 2\n",
     )
     .unwrap();
     let port = agent.mqtt_port;

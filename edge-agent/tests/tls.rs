@@ -95,25 +95,12 @@ fn devices_log_in_over_tls_with_certificates_or_passwords_and_nobody_else_does()
         "{list}"
     );
     let tls_port = hil_tests::free_port();
-    let cfg = data.join("edge.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[mqtt]\nauth = \"password\"\nframe_timeout_s = 2\n[mqtt.tls]\nlisten = \"127.0.0.1:{tls_port}\"\n\
+    let toml = format!(
+        "[mqtt]\nauth = \"password\"\nframe_timeout_s = 2\n[mqtt.tls]\nlisten = \"127.0.0.1:{tls_port}\"\n\
              cert = \"{c}/agent.pem\"\nkey = \"{c}/agent.key\"\nclient_ca = \"{c}/ca.pem\"\n",
-            c = certs.display()
-        ),
-    )
-    .unwrap();
-    let agent = EdgeAgent::launch(
-        &bin(),
-        &[],
-        &data,
-        hil_tests::free_port(),
-        hil_tests::free_port(),
-        &["--config", cfg.to_str().unwrap()],
-    )
-    .unwrap();
+        c = certs.display()
+    );
+    let agent = EdgeAgent::launch_with_config(&bin(), &data, &toml).unwrap();
     wait::until(Duration::from_secs(10), "the TLS listener", || {
         std::net::TcpStream::connect(("127.0.0.1", tls_port))
             .ok()

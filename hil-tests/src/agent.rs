@@ -50,6 +50,23 @@ impl EdgeAgent {
         Self::launch(bin, &[], data_dir, mqtt_port, admin_port, &[])
     }
 
+    /// Starts the agent on `data_dir` (made if missing) and free ports with `toml` as its
+    /// configuration file (written to `edge.toml` there).
+    pub fn launch_with_config(bin: &Path, data_dir: &Path, toml: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let cfg = data_dir.join("edge.toml");
+        std::fs::write(&cfg, toml)?;
+        let cfg = cfg.to_string_lossy().into_owned();
+        Self::launch(
+            bin,
+            &[],
+            data_dir,
+            crate::free_port(),
+            crate::free_port(),
+            &["--config", &cfg],
+        )
+    }
+
     /// Starts `bin <pre_args> run --data-dir .. --mqtt-listen .. --admin-listen .. <extra_args>`.
     pub fn launch(
         bin: &Path,
