@@ -45,12 +45,20 @@ impl Proxy {
                     tokio::select! {
                         _ = &mut stop_rx => break,
                         Ok((inbound, _)) = listener.accept() => {
+                            // Every cut from here on ends this connection: the receiver is
+                            // marked before `down` is read, and `set_down` sets `down` before
+                            // it cuts, so a connection accepted as the link goes down is either
+                            // refused here or cut. (Marking it later, in `pipe` after the
+                            // upstream connect, lost a cut that came meanwhile: the bridge's
+                            // first connection then outlived `link(false)` and kept forwarding.)
+                            let mut cut = cut_rx.clone();
+                            cut.mark_unchanged();
                             if d.load(Ordering::SeqCst) {
                                 drop(inbound); // link down: refuse by closing at once
                                 continue;
                             }
                             a.fetch_add(1, Ordering::SeqCst);
-                            tokio::spawn(pipe(inbound, upstream, cut_rx.clone()));
+                            tokio::spawn(pipe(inbound, upstream, cut));
                         }
                     }
                 }
@@ -91,12 +99,15 @@ impl Proxy {
 }
 
 async fn pipe(mut inbound: TcpStream, upstream: SocketAddr, mut cut: watch::Receiver<u64>) {
-    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-        return;
+    let mut outbound = tokio::select! {
+        c = TcpStream::connect(upstream) => match c {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+        _ = cut.changed() => return,
     };
     let _ = inbound.set_nodelay(true);
     let _ = outbound.set_nodelay(true);
-    cut.mark_unchanged();
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
         _ = cut.changed() => {}
@@ -112,5 +123,52 @@ impl Drop for Proxy {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::Duration;
+
+    /// A cut while the proxy is still connecting upstream ends that connection too (it used to
+    /// be lost: the connection then outlived `set_down(true)`).
+    #[test]
+    fn a_cut_during_the_upstream_connect_is_not_lost() {
+        // An upstream whose accept queue is full: a new connect to it hangs (its SYN dropped).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let upstream = rt.block_on(async {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            s.listen(1).unwrap()
+        });
+        let addr = upstream.local_addr().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            queued.push(c);
+            assert!(queued.len() < 64, "the accept queue never filled");
+        }
+        let proxy = Proxy::start(addr).unwrap();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+        crate::wait::until(
+            Duration::from_secs(10),
+            "the proxy to take the connection",
+            || (proxy.accepted() == 1).then_some(()),
+        )
+        .unwrap();
+        proxy.set_down(true);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the connection outlived the cut: {other:?}"),
+        }
+        drop(proxy);
+        drop(upstream);
     }
 }
