@@ -75,6 +75,33 @@ enum DevicesCmd {
         #[arg(long)]
         certificate: bool,
     },
+    /// Provision a WiFi board: make the device's password (added to the credentials as `add`
+    /// does) and write the board's config sector image, with the WiFi network, the gateway's
+    /// address and the sampling period, to flash at the board's config address (its README
+    /// says where). The WiFi password is read from standard input (one line; an empty line for
+    /// an open network). One firmware binary then serves the whole fleet.
+    Provision {
+        #[command(flatten)]
+        common: Common,
+        /// The device id (its MQTT client id and username).
+        id: String,
+        /// The WiFi network's SSID.
+        #[arg(long)]
+        wifi_ssid: String,
+        /// The gateway's MQTT address as the device reaches it: `HOST:PORT` (an IPv4 address
+        /// or a host name).
+        #[arg(long)]
+        gateway: String,
+        /// Time between two samples, ms.
+        #[arg(long, default_value_t = 10_000)]
+        sample_period_ms: u32,
+        /// Most readings per publish.
+        #[arg(long, default_value_t = 8)]
+        batch: u8,
+        /// Where to write the sector image (4096 bytes).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Remove a device: its next connection is refused.
     Remove {
         #[command(flatten)]
@@ -650,6 +677,54 @@ fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
                 // Printed once, to standard output alone (a script can take it).
                 println!("{password}");
             }
+            Ok(())
+        }
+        DevicesCmd::Provision {
+            common,
+            id,
+            wifi_ssid,
+            gateway,
+            sample_period_ms,
+            batch,
+            out,
+        } => {
+            use firmware::provision::{Gateway, Provision, SECTOR};
+            let (host, port) = gateway
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--gateway {gateway:?}: expected HOST:PORT"))?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let wifi_password = line.trim_end_matches(['\r', '\n']);
+            let password = generate_password()?;
+            let record = Provision {
+                device_id: &id,
+                mqtt_password: &password,
+                wifi_ssid: &wifi_ssid,
+                wifi_password,
+                gateway: Gateway { host, port },
+                sample_period_ms,
+                batch,
+            };
+            let mut sector = [0xFFu8; SECTOR];
+            record.encode(&mut sector).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The image first (it holds the password the device will use), then the credentials.
+            foundation::files::write_private_bytes(&out, &sector)?;
+            let path = path(&common)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut c = Credentials::load(&path)?;
+            let replaced = c.devices.contains_key(&id);
+            c.set(&id, &password)?;
+            c.save(&path)?;
+            eprintln!(
+                "{} device {id} in {}; its config sector is {} (owner-only: it holds the device's \
+                 and the WiFi's passwords). Flash it at the board's config address (see its README).",
+                if replaced { "new password for" } else { "added" },
+                path.display(),
+                out.display()
+            );
             Ok(())
         }
         DevicesCmd::Remove { common, id } => {

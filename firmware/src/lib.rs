@@ -14,6 +14,8 @@
 //! - [`driver`] — thin blocking (`embedded-io`) and async (`embedded-io-async`) drivers.
 //! - [`receiver`] — the receiving side's rule for which readings of a batch are new (used by
 //!   the gateway).
+//! - [`provision`] — the provisioning record in a flash config sector: WiFi, gateway, device id
+//!   and password, sampling; one binary serves a fleet.
 //! - `persist` (feature `flash`) — unacked readings and the sequence counter in NOR flash.
 //!
 //! # Features
@@ -27,6 +29,7 @@ pub mod driver;
 pub mod mqtt;
 #[cfg(feature = "flash")]
 pub mod persist;
+pub mod provision;
 
 // The wire format and the error type live in `vocab`, which the gateway and the cloud share
 // without linking the firmware.

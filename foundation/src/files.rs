@@ -7,6 +7,11 @@ use std::path::Path;
 /// Writes `text` to `path` with mode 0600, whole or not at all: a temporary file beside it,
 /// synced, then renamed over it (a reader never sees half a file; a crash leaves the old one).
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    write_private_bytes(path, text.as_bytes())
+}
+
+/// [`write_private`] for bytes.
+pub fn write_private_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let named = |e: std::io::Error, p: &Path| std::io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| named(e, dir))?;
@@ -21,7 +26,7 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(tmp)
         .map_err(|e| named(e, tmp))?;
-    f.write_all(text.as_bytes()).map_err(|e| named(e, tmp))?;
+    f.write_all(bytes).map_err(|e| named(e, tmp))?;
     f.sync_all().map_err(|e| named(e, tmp))?;
     std::fs::rename(tmp, path).map_err(|e| named(e, path))
 }
