@@ -593,6 +593,19 @@ fn http_json(cfg: &Config, method: &str, path: &str) -> anyhow::Result<serde_jso
     )
 }
 
+/// Sets device `id`'s password in the credentials file at `path` (made if missing); whether
+/// the device was there already.
+fn store_password(path: &std::path::Path, id: &str, password: &str) -> anyhow::Result<bool> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut c = crate::credentials::Credentials::load(path)?;
+    let replaced = c.devices.contains_key(id);
+    c.set(id, password)?;
+    c.save(path)?;
+    Ok(replaced)
+}
+
 /// `edge-agent certs`.
 fn certs(dir: &std::path::Path, hosts: &[String], devices: &[String], days: u32) -> anyhow::Result<()> {
     anyhow::ensure!(days > 0, "--days must be at least 1");
@@ -661,13 +674,7 @@ fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
             } else {
                 (generate_password()?, true)
             };
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut c = Credentials::load(&path)?;
-            let replaced = c.devices.contains_key(&id);
-            c.set(&id, &password)?;
-            c.save(&path)?;
+            let replaced = store_password(&path, &id, &password)?;
             eprintln!(
                 "{} device {id} in {}",
                 if replaced { "new password for" } else { "added" },
@@ -711,13 +718,7 @@ fn devices(cmd: DevicesCmd) -> anyhow::Result<()> {
             // The image first (it holds the password the device will use), then the credentials.
             foundation::files::write_private_bytes(&out, &sector)?;
             let path = path(&common)?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut c = Credentials::load(&path)?;
-            let replaced = c.devices.contains_key(&id);
-            c.set(&id, &password)?;
-            c.save(&path)?;
+            let replaced = store_password(&path, &id, &password)?;
             eprintln!(
                 "{} device {id} in {}; its config sector is {} (owner-only: it holds the device's \
                  and the WiFi's passwords). Flash it at the board's config address (see its README).",

@@ -62,8 +62,9 @@ fn built_in() -> Option<Provision<'static>> {
             .unwrap_or(10_000),
         batch: 8,
     };
-    // A build without a password (an agent with `auth = "none"`) is allowed here only.
-    Some(p)
+    // A build without a password (an agent with `auth = "none"`) is allowed here only; the
+    // device id is checked as a provisioned one is.
+    firmware::wire::is_valid_device_id(p.device_id).then_some(p)
 }
 
 /// The provisioning record from flash, else the built-in one; without either, it says why on
@@ -142,7 +143,13 @@ async fn main(spawner: Spawner) -> ! {
         println!("node {id}: address {}", c.address);
     }
 
-    let mut cfg = Config::new(id, boot_id()).expect("a valid device id");
+    // The id was checked by `Provision::decode` or `built_in`.
+    let Ok(mut cfg) = Config::new(id, boot_id()) else {
+        println!("node {id}: not a device id");
+        loop {
+            Timer::after(Duration::from_secs(3600)).await;
+        }
+    };
     if !node.mqtt_password.is_empty() {
         let _ = cfg.username.push_str(id);
         let _ = cfg.password.push_str(node.mqtt_password);
