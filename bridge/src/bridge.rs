@@ -2,6 +2,7 @@
 //! (for reports, for appends, for a backoff), the engine decides.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,6 +17,9 @@ use crate::engine::{unforwarded, Engine, Job, ReplayStart};
 use crate::source::EdgeLog;
 use crate::status::{ReplayStatus, Status};
 use crate::{Error, Result};
+
+/// How often the status, the disk quota and persistence are seen to, whatever the cloud does.
+const HOUSEKEEPING: Duration = Duration::from_millis(200);
 
 /// What the handle shares with the thread.
 #[derive(Debug, Default)]
@@ -45,6 +49,19 @@ impl Bridge {
         gateway_id: &str,
         versions: Vec<(String, String)>,
     ) -> Result<Bridge> {
+        let (c, gw) = (cfg.clone(), gateway_id.to_string());
+        Self::start_with(cfg, log, gateway_id, versions, move || Kafka::new(c.clone(), &gw))
+    }
+
+    /// [`Bridge::start`] with another cloud than librdkafka's: `connect` makes one per
+    /// session (the tests' twin).
+    pub fn start_with<C: Cloud + Send>(
+        cfg: BridgeConfig,
+        log: Arc<dyn EdgeLog>,
+        gateway_id: &str,
+        versions: Vec<(String, String)>,
+        connect: impl Fn() -> C + Send + 'static,
+    ) -> Result<Bridge> {
         let engine = Engine::new(
             cfg.clone(),
             log.clone(),
@@ -57,10 +74,9 @@ impl Bridge {
         let next_job = AtomicU64::new(engine.max_job_id() + 1);
         let mapping = engine.mapping();
         let sh = shared.clone();
-        let gw = gateway_id.to_string();
         let thread = std::thread::Builder::new()
             .name("bridge".into())
-            .spawn(move || Shell { engine, shared: sh }.run(|| Kafka::new(cfg.clone(), &gw)))
+            .spawn(move || Shell { engine, shared: sh }.run(connect))
             .map_err(|e| Error::Config(format!("starting the bridge thread: {e}")))?;
         Ok(Bridge {
             shared,
@@ -193,7 +209,7 @@ impl Shell {
         *self.shared.status.lock().unwrap_or_else(|e| e.into_inner()) = self.engine.snapshot();
     }
 
-    fn run(mut self, connect: impl Fn() -> Kafka) {
+    fn run<C: Cloud + Send>(mut self, connect: impl Fn() -> C) {
         // Forwarding yields the CPU to ingest: on a busy gateway a drain must never slow the
         // Acks devices wait for. librdkafka's threads, created from this one, inherit it.
         // SAFETY: plain syscalls on the calling thread's id.
@@ -231,10 +247,41 @@ impl Shell {
         info!("bridge stopped");
     }
 
-    fn session<C: Cloud>(&mut self, cloud: &mut C) -> Result<()> {
-        let shared = self.shared.clone();
-        let stopping = move || shared.stop.load(Ordering::SeqCst);
-        let mut session = self.engine.start_session(cloud, &stopping)?;
+    /// Starts a session. The cloud's answers may take long (on a cut link every request waits
+    /// out its timeout, and the reconcile scan reads what the cloud holds): they are awaited on
+    /// a helper thread while this one keeps the disk quota enforced and the status true.
+    fn start_session<C: Cloud + Send>(&mut self, cloud: &mut C) -> Result<C::Session> {
+        let setup = self.engine.begin_session();
+        self.publish();
+        let found = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let shared = self.shared.clone();
+            let setup = &setup;
+            let cloud = &mut *cloud;
+            scope.spawn(move || {
+                let stopping = || shared.stop.load(Ordering::SeqCst);
+                let _ = tx.send(setup.discover(cloud, &stopping));
+            });
+            loop {
+                match rx.recv_timeout(HOUSEKEEPING) {
+                    Ok(found) => break found,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.engine.housekeeping(None);
+                        self.publish();
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        break Err(Error::Cloud(
+                            "the session's setup thread ended without an answer".into(),
+                        ))
+                    }
+                }
+            }
+        })?;
+        self.engine.open_session(found, cloud)
+    }
+
+    fn session<C: Cloud + Send>(&mut self, cloud: &mut C) -> Result<()> {
+        let mut session = self.start_session(cloud)?;
         self.publish();
         let mut append_seen = 0;
         let mut last_house = Instant::now();
@@ -263,11 +310,109 @@ impl Shell {
             if self.shared.restart.swap(false, Ordering::SeqCst) {
                 return Err(Error::RestartRequested);
             }
-            if last_house.elapsed() >= Duration::from_millis(200) {
+            if last_house.elapsed() >= HOUSEKEEPING {
                 last_house = Instant::now();
                 self.engine.housekeeping(Some(&mut session));
                 self.publish();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::twin::Twin;
+    use crate::source::mem::MemLog;
+    use foundation::wait;
+
+    /// A cloud whose answers hang (a link that swallows requests) holds the session's start
+    /// for as long as it likes; meanwhile the disk quota still holds and the status stays true.
+    /// (The engine used to wait for those answers on its own thread: a cut during the first
+    /// session's setup let the backlog grow past the quota until the requests timed out.)
+    #[test]
+    fn the_quota_and_the_status_hold_while_the_cloud_hangs_a_session_start() {
+        const QUOTA: u64 = 20_000;
+        let log = Arc::new(MemLog::new());
+        log.create("telemetry", 3, false);
+        log.create("device-status", 1, true);
+        log.create("dead-letter", 1, false);
+        let twin = Twin::new(7);
+        twin.faults(|f| f.stall = true);
+        let cfg = BridgeConfig {
+            bootstrap: "twin".into(),
+            backlog_quota_bytes: Some(QUOTA),
+            ..BridgeConfig::default()
+        };
+        // A failed check must not leave the bridge's thread waiting on the twin forever.
+        struct Unstall(Twin);
+        impl Drop for Unstall {
+            fn drop(&mut self) {
+                self.0.faults(|f| f.stall = false);
+            }
+        }
+        let t = twin.clone();
+        let bridge = Bridge::start_with(cfg, log.clone(), "gw", Vec::new(), move || t.clone()).unwrap();
+        let _unstall = Unstall(twin.clone()); // dropped before the bridge
+        let backlog = |b: &Bridge| -> (u64, u64) {
+            let st = b.status();
+            let tel = st.sources.iter().filter(|s| s.topic == "telemetry");
+            (
+                tel.clone().map(|s| s.backlog_bytes).sum(),
+                tel.map(|s| s.backlog_records).sum(),
+            )
+        };
+        wait::until(
+            Duration::from_secs(10),
+            "the session's start to ask the cloud",
+            || (twin.stalled() > 0).then_some(()),
+        )
+        .unwrap();
+        // 3 partitions × 50 appends × 20 records of about 100 bytes: some 300 kB, while the
+        // cloud hangs.
+        let mut total = 0u64;
+        for round in 0..50u64 {
+            for p in 0..3u32 {
+                let recs = (0..20u64)
+                    .map(|i| {
+                        let n = round * 20 + i;
+                        (Some(format!("d{p}").into_bytes()), vec![b'x'; 100], Some((p, n)))
+                    })
+                    .collect();
+                log.append("telemetry", p, recs, 0);
+                total += 20;
+            }
+        }
+        wait::until(
+            Duration::from_secs(20),
+            "the quota to hold while the cloud hangs",
+            || (backlog(&bridge).0 <= QUOTA).then_some(()),
+        )
+        .unwrap();
+        assert!(
+            backlog(&bridge).1 < total,
+            "records went while no session was up: {:?}",
+            backlog(&bridge)
+        );
+        twin.faults(|f| f.stall = false);
+        wait::until(Duration::from_secs(20), "the backlog to drain", || {
+            (backlog(&bridge) == (0, 0)).then_some(())
+        })
+        .unwrap();
+        let st = bridge.status();
+        let dropped: u64 = st
+            .sources
+            .iter()
+            .filter(|s| s.topic == "telemetry")
+            .map(|s| s.dropped)
+            .sum();
+        let delivered: u64 = twin.records("telemetry").iter().map(|p| p.len() as u64).sum();
+        assert!(dropped > 0, "300 kB cannot fit a 20 kB quota");
+        assert_eq!(
+            delivered + dropped,
+            total,
+            "what arrived plus what was dropped is everything"
+        );
+        bridge.shutdown();
     }
 }

@@ -104,7 +104,11 @@ impl Cloud for Kafka {
     }
 
     fn create_topic(&mut self, topic: &str, partitions: u32) -> Result<Created> {
-        let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+        // The request's own timeout too: librdkafka's default (socket.timeout.ms, 60 s) is what
+        // a cut link made the call last.
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(TIMEOUT))
+            .request_timeout(Some(TIMEOUT));
         let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1));
         let results = futures::executor::block_on(self.admin()?.create_topics([&new], &opts))
             .map_err(|e| Error::cloud("creating cloud topics", e))?;

@@ -49,6 +49,9 @@ pub struct Faults {
     pub queue: usize,
     /// Records larger than this are refused by the cloud for good.
     pub max_record: usize,
+    /// Topic, watermark and scan calls wait while this is set, as on a link that swallows
+    /// requests until their timeouts.
+    pub stall: bool,
 }
 
 impl Default for Faults {
@@ -60,6 +63,7 @@ impl Default for Faults {
             reports_per_poll: usize::MAX,
             queue: usize::MAX,
             max_record: usize::MAX,
+            stall: false,
         }
     }
 }
@@ -68,6 +72,8 @@ impl Default for Faults {
 struct Inner {
     topics: BTreeMap<String, Vec<Vec<TwinRecord>>>,
     faults: Faults,
+    /// Calls that waited on [`Faults::stall`].
+    stalled: u64,
     /// xorshift state for the delivery order.
     rng: u64,
 }
@@ -101,6 +107,11 @@ impl Twin {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Calls that have waited on [`Faults::stall`] (the one waiting now included).
+    pub fn stalled(&self) -> u64 {
+        self.lock().stalled
+    }
+
     /// Changes the faults.
     pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
         f(&mut self.lock().faults);
@@ -120,7 +131,15 @@ impl Twin {
     }
 
     fn reachable(&self) -> Result<MutexGuard<'_, Inner>> {
-        let g = self.lock();
+        let mut g = self.lock();
+        if g.faults.stall {
+            g.stalled += 1;
+            while g.faults.stall {
+                drop(g);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                g = self.lock();
+            }
+        }
         if g.faults.down {
             return Err(Error::Cloud("the twin cloud is unreachable".into()));
         }

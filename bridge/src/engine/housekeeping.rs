@@ -7,6 +7,9 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::{unforwarded, Engine};
+
+/// At most one log line per this while the quota removes records.
+const QUOTA_LOG_INTERVAL: Duration = Duration::from_secs(10);
 use crate::cloud::{CloudSession, OutRecord, Sent, Tag};
 
 impl Engine {
@@ -41,6 +44,19 @@ impl Engine {
             self.enter_live_first();
         }
         self.enforce_quota();
+        if self.quota_removed > 0
+            && self
+                .quota_logged
+                .is_none_or(|t| now.duration_since(t) >= QUOTA_LOG_INTERVAL)
+        {
+            warn!(
+                removed = self.quota_removed,
+                quota = self.cfg.backlog_quota_bytes.unwrap_or(0),
+                "backlog over the disk quota: oldest unforwarded records removed (counted as dropped per partition)"
+            );
+            self.quota_removed = 0;
+            self.quota_logged = Some(now);
+        }
         if self.dirty {
             self.persist();
         }
@@ -55,12 +71,16 @@ impl Engine {
             .retain(|j| !(j.done() && now.duration_since(j.started) > Duration::from_secs(3600)));
     }
 
-    /// Removes the oldest unforwarded records while the backlog is over the disk quota.
+    /// Removes the oldest unforwarded records while the backlog is over the disk quota: whole
+    /// chunks, so a little more than the excess may go, never less (the quota is a bound).
     fn enforce_quota(&mut self) {
         let Some(quota) = self.cfg.backlog_quota_bytes else {
             return;
         };
-        for _ in 0..8 {
+        // The excess in records, from the largest partition's average record size; doubled
+        // when only a chunk straddling the limit stood in the way.
+        let mut widen = 1;
+        for _ in 0..64 {
             let per: Vec<u64> = self
                 .sources
                 .iter()
@@ -81,12 +101,17 @@ impl Engine {
             };
             let s = &self.sources[i];
             let avg = (s.info.bytes / s.info.records.max(1)).max(1);
-            let n = (total - quota).div_ceil(avg);
-            let below = s.tracker.checkpoint().max(s.info.first_offset) + n;
+            let n = (total - quota).div_ceil(avg).saturating_mul(widen);
+            let below = (s.tracker.checkpoint().max(s.info.first_offset) + n).min(s.info.next_offset);
             match self.log.truncate(&s.topic, s.partition, below) {
-                Ok(0) => return, // only a chunk straddling the limit is left
+                Ok(0) if below >= s.info.next_offset => return, // nothing left to remove
+                Ok(0) => {
+                    widen = widen.saturating_mul(2);
+                    continue;
+                }
                 Ok(removed) => {
-                    warn!(topic = %s.topic, partition = s.partition, removed, quota, "backlog over the disk quota: oldest records removed");
+                    widen = 1;
+                    self.quota_removed += removed;
                 }
                 Err(e) => {
                     warn!(error = %e, "enforcing the backlog quota");

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+pub use reconcile::{Found, Setup};
 pub use replay::{Job, ReplayStart};
 
 use crate::checkpoint::Tracker;
@@ -160,6 +161,10 @@ pub struct Engine {
     /// Producer statistics of ended sessions, and the current session's latest.
     stats_base: ProducerStats,
     stats_last: ProducerStats,
+    /// Records the disk quota removed since its last log line, and when that was: one line
+    /// every few seconds while a long outage overflows, not one per housekeeping.
+    quota_removed: u64,
+    quota_logged: Option<Instant>,
     dirty: bool,
     counters: Status,
     session_up: bool,
@@ -279,6 +284,8 @@ impl Engine {
             next_hb: now,
             stats_base: ProducerStats::default(),
             stats_last: ProducerStats::default(),
+            quota_removed: 0,
+            quota_logged: None,
             dirty: true,
             counters: Status {
                 gateway_id: gateway_id.into(),
@@ -375,13 +382,22 @@ impl Engine {
             .map(|j| j.status(now))
     }
 
-    /// Starts a session: trusts only the checkpoints and the cloud (what was in flight is
-    /// forgotten), makes the cloud topics, reconciles, and opens a producer.
+    /// Starts a session all at once on this thread (see [`Engine::begin_session`]).
     pub fn start_session<C: Cloud>(
         &mut self,
         cloud: &mut C,
         stopping: &dyn Fn() -> bool,
     ) -> Result<C::Session> {
+        let setup = self.begin_session();
+        let found = setup.discover(cloud, stopping)?;
+        self.open_session(found, cloud)
+    }
+
+    /// Begins a session: trusts only the checkpoints and the cloud (what was in flight is
+    /// forgotten). Returns what to ask the cloud ([`Setup::discover`], which may take long and
+    /// needs nothing of the engine: housekeeping may go on meanwhile); then
+    /// [`Engine::open_session`].
+    pub fn begin_session(&mut self) -> Setup {
         self.counters.sessions += 1;
         self.session_up = false;
         self.persist();
@@ -416,8 +432,13 @@ impl Engine {
         self.stats_last = ProducerStats::default();
         self.housekeeping(None);
         self.enter_live_first();
-        self.ensure_cloud_topics(cloud)?;
-        self.reconcile(cloud, stopping)?;
+        self.setup()
+    }
+
+    /// Applies what the cloud answered ([`Setup::discover`]: routes, records already there
+    /// marked acknowledged) and opens the session's producer.
+    pub fn open_session<C: Cloud>(&mut self, found: Found, cloud: &mut C) -> Result<C::Session> {
+        self.apply(found);
         let session = cloud.session()?;
         self.session_up = true;
         self.persist();

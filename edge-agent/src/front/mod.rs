@@ -191,7 +191,12 @@ fn refused(f: &Front, d: &Denied, client_id: Option<&str>) {
     match d {
         Denied::Publish(t) | Denied::Subscribe(t) | Denied::Will(t) => {
             let topic = foundation::logging::client_text(t);
-            warn!(%client_id, denied = ?std::mem::discriminant(d), %topic, "MQTT packet refused by the front; connection closed");
+            let denied = match d {
+                Denied::Publish(_) => "publish",
+                Denied::Subscribe(_) => "subscribe",
+                _ => "will",
+            };
+            warn!(%client_id, denied, %topic, "MQTT packet refused by the front; connection closed");
         }
         Denied::Devices => {
             warn!(%client_id, "MQTT connection closed: a device id past [mqtt] max_devices (auth = \"none\")")
