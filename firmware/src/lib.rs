@@ -17,16 +17,21 @@
 //! - [`provision`] — the provisioning record in a flash config sector: WiFi, gateway, device id
 //!   and password, sampling; one binary serves a fleet.
 //! - `persist` (feature `flash`) — unacked readings and the sequence counter in NOR flash.
+//! - `net` (feature `embassy-net`) — the gateway over embassy-net's TCP client (WiFi boards,
+//!   and the host test over a TAP device).
 //!
 //! # Features
 //! - `async` — the async driver ([`driver::run`]).
 //! - `flash` — persistence through `embedded-storage-async` and `sequential-storage`.
+//! - `embassy-net` — `net::Gateway`, a connector for [`driver::run`] (implies `async`).
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
 pub mod buffer;
 pub mod driver;
 pub mod mqtt;
+#[cfg(feature = "embassy-net")]
+pub mod net;
 #[cfg(feature = "flash")]
 pub mod persist;
 pub mod provision;

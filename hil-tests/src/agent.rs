@@ -22,6 +22,8 @@ pub struct EdgeAgent {
     /// Whether the data directory is this agent's own (made by [`EdgeAgent::start`]): it is
     /// removed when the agent is dropped.
     owns_dir: bool,
+    /// MQTT address (loopback unless [`EdgeAgent::launch_on`] said otherwise).
+    mqtt_host: std::net::IpAddr,
     /// MQTT port.
     pub mqtt_port: u16,
     /// Admin HTTP port.
@@ -76,14 +78,29 @@ impl EdgeAgent {
         admin_port: u16,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        let mqtt = std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port));
+        Self::launch_on(bin, pre_args, data_dir, mqtt, admin_port, extra_args)
+    }
+
+    /// [`EdgeAgent::launch`] with MQTT on `mqtt` (e.g. a TAP device's address in a test's own
+    /// network namespace); the admin API stays on loopback.
+    pub fn launch_on(
+        bin: &Path,
+        pre_args: &[&str],
+        data_dir: &Path,
+        mqtt: std::net::SocketAddr,
+        admin_port: u16,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut a = EdgeAgent {
+            mqtt_host: mqtt.ip(),
             bin: bin.to_path_buf(),
             pre_args: pre_args.iter().map(|s| s.to_string()).collect(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             data_dir: data_dir.to_path_buf(),
             owns_dir: false,
-            mqtt_port,
+            mqtt_port: mqtt.port(),
             admin_port,
         };
         a.spawn()?;
@@ -108,7 +125,7 @@ impl EdgeAgent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--mqtt-listen")
-            .arg(format!("127.0.0.1:{}", self.mqtt_port))
+            .arg(std::net::SocketAddr::new(self.mqtt_host, self.mqtt_port).to_string())
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", self.admin_port))
             .args(&self.extra_args)
@@ -127,9 +144,9 @@ impl EdgeAgent {
         Ok(())
     }
 
-    /// `127.0.0.1:<mqtt port>`.
+    /// `<host>:<mqtt port>` (`127.0.0.1` unless launched on another address).
     pub fn mqtt_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.mqtt_port)
+        std::net::SocketAddr::new(self.mqtt_host, self.mqtt_port).to_string()
     }
 
     /// Whether the process is still running.

@@ -12,21 +12,25 @@
 #![no_std]
 #![no_main]
 
+use embassy_embedded_hal::adapter::BlockingAsync;
 use embassy_executor::Spawner;
-use embassy_net::tcp::client::{TcpClient, TcpClientState, TcpConnection};
+use embassy_net::tcp::client::{TcpClient, TcpClientState};
 use embassy_net::{Runner, Stack, StackResources};
 use embassy_time::{Delay, Duration, Instant, Timer};
-use embedded_nal_async::TcpConnect as _;
 use esp_backtrace as _;
 use esp_hal::clock::CpuClock;
 use esp_hal::timer::timg::TimerGroup;
 use esp_println::println;
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{
-    AuthenticationMethodConfig, Config as WifiConfig, ControllerConfig, Interface, WifiController,
+    AuthenticationMethodConfig, Config as WifiConfig, ControllerConfig, Interface, PowerSaveMode,
+    WifiController,
 };
-use firmware::buffer::OverflowPolicy;
+use esp_storage::FlashStorage;
+use firmware::buffer::{Buffer, OverflowPolicy};
 use firmware::mqtt::{Config, Uplink};
+use firmware::net::Gateway;
+use firmware::persist::Journal;
 use firmware::provision::{Provision, SECTOR};
 use firmware::wire::Reading;
 use static_cell::StaticCell;
@@ -36,6 +40,11 @@ esp_bootloader_esp_idf::esp_app_desc!();
 /// Where the provisioning sector is: the last 4 KiB of a 4 MiB flash, outside every partition
 /// of the default table.
 const CONFIG_OFFSET: u32 = 0x3F_F000;
+
+/// The journal partition (`partitions.csv`): its queue of unacknowledged readings (29 pages of
+/// 127 readings: more than the RAM buffer holds) and its counter (2 pages).
+const JOURNAL_QUEUE: core::ops::Range<u32> = 0x3E_0000..0x3F_D000;
+const JOURNAL_COUNTER: core::ops::Range<u32> = 0x3F_D000..0x3F_F000;
 
 /// Readings kept until acknowledged.
 const BUFFER: usize = 256;
@@ -69,10 +78,9 @@ fn built_in() -> Option<Provision<'static>> {
 
 /// The provisioning record from flash, else the built-in one; without either, it says why on
 /// the serial log and waits (a board is provisioned by flashing the sector and resetting).
-async fn configuration(flash: esp_hal::peripherals::FLASH<'static>) -> Provision<'static> {
+async fn configuration(storage: &mut FlashStorage<'static>) -> Provision<'static> {
     static CONFIG: StaticCell<[u8; SECTOR]> = StaticCell::new();
     let sector = CONFIG.init([0xFF; SECTOR]);
-    let mut storage = esp_storage::FlashStorage::new(flash);
     let read = storage.read(CONFIG_OFFSET, sector);
     let sector: &'static [u8; SECTOR] = sector;
     let why = match read {
@@ -109,7 +117,178 @@ async fn main(spawner: Spawner) -> ! {
     let timg0 = TimerGroup::new(p.TIMG0);
     esp_rtos::start(timg0.timer0, p.FROM_CPU_INTR0);
 
-    let node = configuration(p.FLASH).await;
+    let mut flash = FlashStorage::new(p.FLASH);
+    let node = configuration(&mut flash).await;
+    let id = node.device_id;
+    // The id was checked by `Provision::decode` or `built_in`.
+    let Ok(mut cfg) = Config::new(id, 0) else {
+        println!("node {id}: not a device id");
+        loop {
+            Timer::after(Duration::from_secs(3600)).await;
+        }
+    };
+    if !node.mqtt_password.is_empty() {
+        let _ = cfg.username.push_str(id);
+        let _ = cfg.password.push_str(node.mqtt_password);
+    }
+    cfg.batch_max = usize::from(node.batch);
+    let (mut journal, boot, buffer) = restore(flash);
+    cfg.boot_id = boot;
+    static UPLINK: StaticCell<Uplink<[Reading; BUFFER], TX>> = StaticCell::new();
+    let uplink = UPLINK.init(Uplink::with_buffer(cfg, buffer, now_ms()));
+    let sensor = esp_hal::tsens::TemperatureSensor::new(p.TSENS, Default::default())
+        .expect("the temperature sensor starts");
+    let period = u64::from(node.sample_period_ms);
+
+    // On battery: one sample per wake; the radio only once a batch is waiting (or at power-on,
+    // so a new node shows up at once). A deep-sleep wake is a reset: the journal carried the
+    // readings and the numbering through it, and the RTC timer the clock.
+    #[cfg(feature = "battery")]
+    let mut low_power = esp_hal::rtc_cntl::sleep::LowPower::new(p.LPWR);
+    #[cfg(feature = "battery")]
+    let rtc = esp_hal::rtc_cntl::Rtc::new(p.RTC_TIMER);
+    #[cfg(feature = "battery")]
+    {
+        let t = rtc.time_since_power_up().as_millis();
+        sample(uplink, journal.as_mut(), &sensor, t, now_ms());
+        // The next sample a period after this one was due (not after this wake's boot), or after
+        // this one if the node is behind.
+        let planned = persisted(0);
+        let next = if planned == 0 || planned + period <= t {
+            t + period
+        } else {
+            planned + period
+        };
+        persist(0, next);
+        let power_on = esp_hal::rtc_cntl::wakeup_cause().is_empty();
+        let due = uplink.buffer().unsent() >= usize::from(node.batch) && t >= persisted(1);
+        if !power_on && !due {
+            sleep_until(&mut low_power, &rtc);
+        }
+    }
+
+    let stack = join(p.WIFI, &node, spawner).await;
+    let mut connector = gateway(stack, node.gateway.host, node.gateway.port);
+    let mut released = uplink.buffer().low_seq();
+    #[cfg(not(feature = "battery"))]
+    let mut next = now_ms();
+    #[cfg(feature = "battery")]
+    let give_up = now_ms() + AWAKE_MAX_MS;
+    firmware::driver::run(uplink, &mut connector, &MonoClock, &mut Delay, |u, now| {
+        #[cfg(not(feature = "battery"))]
+        if now >= next {
+            sample(u, journal.as_mut(), &sensor, now, now);
+            next = now + period;
+        }
+        // Acked (or dropped on overflow): forgotten in flash too.
+        let low = u.buffer().low_seq();
+        if low > released {
+            if let Some(j) = journal.as_mut()
+                && let Err(e) = j.release_below_blocking(low)
+            {
+                println!("journal: releasing below {low}: {e:?}");
+            }
+            released = low;
+        }
+        #[cfg(feature = "battery")]
+        return (!u.buffer().is_empty() && now < give_up).then_some(now + 100);
+        #[cfg(not(feature = "battery"))]
+        Some(next)
+    })
+    .await;
+    #[cfg(feature = "battery")]
+    {
+        // Everything acknowledged: the next batch goes when due. Not: the gateway is out of
+        // reach, so the radio waits longer and longer (1 min doubling to 1 h) before it tries
+        // again; the readings wait in the journal meanwhile.
+        let now = rtc.time_since_power_up().as_millis();
+        if uplink.buffer().is_empty() {
+            persist(1, 0);
+            persist(2, 0);
+        } else {
+            let wait = persisted(2).saturating_mul(2).clamp(60_000, 3_600_000);
+            println!("gateway not reached: the radio waits {} s", wait / 1000);
+            persist(1, now + wait);
+            persist(2, wait);
+        }
+        sleep_until(&mut low_power, &rtc);
+    }
+    #[allow(unreachable_code)]
+    loop {
+        Timer::after(Duration::from_secs(3600)).await;
+    }
+}
+
+/// What a battery node keeps through deep sleep, in RTC milliseconds since power-on: [0] when
+/// the next sample is due, [1] when the radio may try the gateway again, [2] the last wait
+/// before that. Zeroed at power-on, which is the state "nothing planned, no backoff".
+#[cfg(feature = "battery")]
+#[esp_hal::ram(unstable(rtc_fast, persistent))]
+static mut KEPT: [u64; 3] = [0; 3];
+
+#[cfg(feature = "battery")]
+fn persisted(i: usize) -> u64 {
+    // SAFETY: one thread; copied by value through a raw pointer (no reference to the static).
+    let kept = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(KEPT)) };
+    kept[i]
+}
+
+#[cfg(feature = "battery")]
+fn persist(i: usize, v: u64) {
+    // SAFETY: as in `persisted`.
+    let mut kept = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(KEPT)) };
+    kept[i] = v;
+    // SAFETY: as in `persisted`.
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(KEPT), kept) }
+}
+
+/// How long a battery node stays awake to send a batch before it gives up until the next one.
+#[cfg(feature = "battery")]
+const AWAKE_MAX_MS: u64 = 20_000;
+
+/// Deep sleep until the next sample is due (at least 10 ms): the chip draws about 5 µA with
+/// the RTC timer running, and the wake is a reset.
+#[cfg(feature = "battery")]
+fn sleep_until(
+    low_power: &mut esp_hal::rtc_cntl::sleep::LowPower<'_>,
+    rtc: &esp_hal::rtc_cntl::Rtc<'_>,
+) -> ! {
+    let ahead = persisted(0)
+        .saturating_sub(rtc.time_since_power_up().as_millis())
+        .max(10);
+    low_power
+        .set_wakeup_deadline(esp_hal::time::Instant::now() + esp_hal::time::Duration::from_millis(ahead));
+    low_power.sleep_deep(esp_hal::rtc_cntl::sleep::RtcSleepConfig::deep())
+}
+
+/// Reads the temperature sensor and hands the reading to the uplink, and to the journal before
+/// it can go on the wire (the driver polls the uplink only after this returns).
+/// `timestamp_ms` is the reading's time; `now` the uplink's clock.
+fn sample(
+    u: &mut Uplink<[Reading; BUFFER], TX>,
+    journal: Option<&mut Flash>,
+    sensor: &esp_hal::tsens::TemperatureSensor<'_>,
+    timestamp_ms: u64,
+    now: u64,
+) {
+    let reading = Reading {
+        channel: 0,
+        timestamp_ms,
+        value: sensor.get_temperature().to_celsius(),
+    };
+    if let (Ok(seq), Some(j)) = (u.push(reading, now), journal)
+        && let Err(e) = j.record_blocking(seq, &reading)
+    {
+        println!("journal: recording reading {seq}: {e:?} (kept in RAM only)");
+    }
+}
+
+/// Joins the WiFi network (esp-radio, station mode) and waits for a DHCP lease (embassy-net).
+async fn join(
+    wifi: esp_hal::peripherals::WIFI<'static>,
+    node: &Provision<'static>,
+    spawner: Spawner,
+) -> Stack<'static> {
     let id = node.device_id;
     println!("node {id}: joining {}", node.wifi_ssid);
     let auth = if node.wifi_password.is_empty() {
@@ -121,12 +300,11 @@ async fn main(spawner: Spawner) -> ! {
         .with_ssid(node.wifi_ssid.try_into().unwrap_or_default())
         .with_authentication(auth);
     let controller = WifiController::new(
-        p.WIFI,
+        wifi,
         ControllerConfig::default().with_initial_config(WifiConfig::Station(station)),
     )
     .expect("the WiFi controller starts");
     let iface = Interface::station();
-
     let seed =
         u64::from(esp_hal::rng::Rng::new().random()) << 32 | u64::from(esp_hal::rng::Rng::new().random());
     static RESOURCES: StaticCell<StackResources<3>> = StaticCell::new();
@@ -142,48 +320,52 @@ async fn main(spawner: Spawner) -> ! {
     if let Some(c) = stack.config_v4() {
         println!("node {id}: address {}", c.address);
     }
+    stack
+}
 
-    // The id was checked by `Provision::decode` or `built_in`.
-    let Ok(mut cfg) = Config::new(id, boot_id()) else {
-        println!("node {id}: not a device id");
-        loop {
-            Timer::after(Duration::from_secs(3600)).await;
+/// The journal over the chip's flash (esp-storage's driver is blocking; the journal's flash
+/// calls are made from the sampling step, where a few milliseconds of flash work are fine).
+type Flash = Journal<BlockingAsync<FlashStorage<'static>>>;
+
+/// The journal of unacknowledged readings (firmware::persist) in the `journal` partition of
+/// `partitions.csv`, and the buffer it restored: readings a reset or power cut interrupted go
+/// out again under their old boot and sequence numbers (the gateway drops duplicates). Without
+/// a usable journal the node still runs, keeping readings in RAM only, and says so.
+fn restore(flash: FlashStorage<'static>) -> (Option<Flash>, u32, Buffer<[Reading; BUFFER]>) {
+    let fresh = boot_id();
+    let empty = || Buffer::new([Reading::default(); BUFFER], OverflowPolicy::DropOldest, 0);
+    let mut journal = match Journal::new(BlockingAsync::new(flash), JOURNAL_QUEUE, JOURNAL_COUNTER) {
+        Ok(j) => j,
+        Err(e) => {
+            println!("journal: {e:?}: readings are kept in RAM only");
+            return (None, fresh, empty());
         }
     };
-    if !node.mqtt_password.is_empty() {
-        let _ = cfg.username.push_str(id);
-        let _ = cfg.password.push_str(node.mqtt_password);
-    }
-    cfg.batch_max = usize::from(node.batch);
-    static UPLINK: StaticCell<Uplink<[Reading; BUFFER], TX>> = StaticCell::new();
-    let uplink = UPLINK.init(Uplink::new(
-        cfg,
-        [Reading::default(); BUFFER],
-        OverflowPolicy::DropOldest,
-        0,
-        now_ms(),
-    ));
-
-    let sensor = esp_hal::tsens::TemperatureSensor::new(p.TSENS, Default::default())
-        .expect("the temperature sensor starts");
-    let period = u64::from(node.sample_period_ms);
-    let mut next = now_ms();
-    let mut connector = Gateway::new(stack, node.gateway.host, node.gateway.port);
-    firmware::driver::run(uplink, &mut connector, &MonoClock, &mut Delay, |u, now| {
-        if now >= next {
-            let reading = Reading {
-                channel: 0,
-                timestamp_ms: now,
-                value: sensor.get_temperature().to_celsius(),
-            };
-            let _ = u.push(reading, now);
-            next = now + period;
+    static SCRATCH: StaticCell<[Reading; BUFFER]> = StaticCell::new();
+    let scratch = SCRATCH.init([Reading::default(); BUFFER]);
+    match journal.restore_blocking(fresh, scratch) {
+        Ok(r) => {
+            if r.resumed {
+                println!(
+                    "journal: boot {:#x} resumed at reading {}, {} to send again ({} discarded)",
+                    r.boot_id,
+                    r.next_seq,
+                    r.len(),
+                    r.discarded
+                );
+            }
+            let buffer = Buffer::restore(
+                [Reading::default(); BUFFER],
+                OverflowPolicy::DropOldest,
+                r.first_seq,
+                scratch[..r.len()].iter().copied(),
+            );
+            (Some(journal), r.boot_id, buffer)
         }
-        Some(next)
-    })
-    .await;
-    loop {
-        Timer::after(Duration::from_secs(3600)).await;
+        Err(e) => {
+            println!("journal: restoring: {e:?}: readings are kept in RAM only");
+            (None, fresh, empty())
+        }
     }
 }
 
@@ -207,64 +389,14 @@ impl firmware::driver::Clock for MonoClock {
 /// Socket buffers: two, so a new session can open while the last one's socket closes.
 type Client = TcpClient<'static, 2, 1536, 1536>;
 
-/// Opens TCP connections to the gateway (embassy-net's client: sockets from a pool, returned
-/// when a session's connection drops).
-struct Gateway {
-    client: &'static Client,
-    stack: Stack<'static>,
-    host: &'static str,
-    port: u16,
-}
-
-impl Gateway {
-    fn new(stack: Stack<'static>, host: &'static str, port: u16) -> Self {
-        static STATE: StaticCell<TcpClientState<2, 1536, 1536>> = StaticCell::new();
-        static CLIENT: StaticCell<Client> = StaticCell::new();
-        let mut client = TcpClient::new(stack, STATE.init(TcpClientState::new()));
-        client.set_timeout(Some(Duration::from_secs(30)));
-        Gateway {
-            client: CLIENT.init(client),
-            stack,
-            host,
-            port,
-        }
-    }
-
-    /// The gateway's address: the host as an IPv4 address, else resolved by DNS (each time: a
-    /// gateway that moves is found again).
-    async fn resolve(&self) -> Option<core::net::SocketAddr> {
-        if let Ok(ip) = self.host.parse::<core::net::Ipv4Addr>() {
-            return Some(core::net::SocketAddr::from((ip, self.port)));
-        }
-        match self
-            .stack
-            .dns_query(self.host, embassy_net::dns::DnsQueryType::A)
-            .await
-        {
-            Ok(addrs) => addrs
-                .first()
-                .map(|a| core::net::SocketAddr::new((*a).into(), self.port)),
-            Err(e) => {
-                println!("gateway {}: DNS: {e:?}", self.host);
-                None
-            }
-        }
-    }
-}
-
-impl firmware::driver::Connector for Gateway {
-    type Conn = TcpConnection<'static, 2, 1536, 1536>;
-
-    async fn connect(&mut self) -> Option<Self::Conn> {
-        let addr = self.resolve().await?;
-        match self.client.connect(addr).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                println!("gateway {addr}: {e:?}");
-                None
-            }
-        }
-    }
+/// The gateway over embassy-net's TCP client (the library's connector, shared with the host
+/// test that runs it over a TAP device).
+fn gateway(stack: Stack<'static>, host: &'static str, port: u16) -> Gateway<'static, 2, 1536, 1536> {
+    static STATE: StaticCell<TcpClientState<2, 1536, 1536>> = StaticCell::new();
+    static CLIENT: StaticCell<Client> = StaticCell::new();
+    let mut client = TcpClient::new(stack, STATE.init(TcpClientState::new()));
+    client.set_timeout(Some(Duration::from_secs(30)));
+    Gateway::new(stack, CLIENT.init(client), host, port, |line| println!("{line}"))
 }
 
 #[embassy_executor::task]
@@ -273,6 +405,11 @@ async fn wifi_task(mut controller: WifiController<'static>) {
         match controller.connect_async().await {
             Ok(_) => {
                 println!("WiFi up");
+                // The radio sleeps between the access point's DTIM beacons; the node answers
+                // within a beacon interval, which the uplink's timeouts allow for many times.
+                if let Err(e) = controller.set_power_saving(PowerSaveMode::Minimum) {
+                    println!("WiFi power saving: {e:?}");
+                }
                 let _ = controller.wait_for_disconnect_async().await;
                 println!("WiFi down");
             }
