@@ -1,6 +1,6 @@
 //! Unacknowledged readings and the sequence counter in NOR flash, so a reset loses neither.
 //!
-//! A [`Journal`] mirrors the uplink's [`Buffer`](crate::buffer::Buffer) in flash through
+//! A [`Journal`] mirrors the uplink's [`Buffer`] in flash through
 //! [`sequential-storage`](https://docs.rs/sequential-storage) 8 over any
 //! `embedded-storage-async` [`MultiwriteNorFlash`]. The app drives it with three calls:
 //!
@@ -92,6 +92,7 @@ use sequential_storage::cache::{Cache, Uncached};
 use sequential_storage::map::{MapConfig, MapStorage, SerializationError, Value};
 use sequential_storage::queue::{QueueConfig, QueueStorage};
 
+use crate::buffer::{Buffer, OverflowPolicy, Storage};
 use crate::wire::Reading;
 use crate::Error;
 
@@ -543,6 +544,100 @@ impl<F: MultiwriteNorFlash> Journal<F> {
     /// [`Journal::release_below`] for callers without an executor.
     pub fn release_below_blocking(&mut self, low_seq: u64) -> Result<(), Error> {
         embassy_futures::block_on(self.release_below(low_seq))
+    }
+}
+
+/// A journal as a board image's main loop uses it (blocking calls, from the sampling step):
+/// [`Keeper::boot`] restores the buffer, [`Keeper::record`] journals each pushed reading before
+/// the uplink can send it, [`Keeper::release`] forgets what the gateway acknowledged. A journal
+/// that cannot be used is reported through `report` (the serial log) and set aside: the node
+/// goes on with its readings in RAM only.
+pub struct Keeper<F> {
+    journal: Option<Journal<F>>,
+    released: u64,
+    report: fn(core::fmt::Arguments<'_>),
+}
+
+impl<F> core::fmt::Debug for Keeper<F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Keeper")
+            .field("journaling", &self.journal.is_some())
+            .field("released", &self.released)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: MultiwriteNorFlash> Keeper<F> {
+    /// Restores what `journal` holds into a buffer over `slots` (through `scratch`, which
+    /// bounds how many readings come back); returns the keeper, the boot id to stamp on
+    /// batches (the journal's when it resumed one, else `fresh_boot_id`) and the buffer.
+    pub fn boot<S: Storage>(
+        journal: Result<Journal<F>, Error>,
+        fresh_boot_id: u32,
+        scratch: &mut [Reading],
+        slots: S,
+        policy: OverflowPolicy,
+        report: fn(core::fmt::Arguments<'_>),
+    ) -> (Self, u32, Buffer<S>) {
+        let restored = journal.and_then(|mut j| j.restore_blocking(fresh_boot_id, scratch).map(|r| (j, r)));
+        match restored {
+            Ok((j, r)) => {
+                if r.resumed {
+                    report(format_args!(
+                        "journal: boot {:#x} resumed at reading {}, {} to send again ({} discarded)",
+                        r.boot_id,
+                        r.next_seq,
+                        r.len(),
+                        r.discarded
+                    ));
+                }
+                let buffer = Buffer::restore(slots, policy, r.first_seq, scratch[..r.len()].iter().copied());
+                let keeper = Keeper {
+                    journal: Some(j),
+                    released: r.first_seq,
+                    report,
+                };
+                (keeper, r.boot_id, buffer)
+            }
+            Err(e) => {
+                report(format_args!("journal: {e:?}: readings are kept in RAM only"));
+                let keeper = Keeper {
+                    journal: None,
+                    released: 0,
+                    report,
+                };
+                (keeper, fresh_boot_id, Buffer::new(slots, policy, 0))
+            }
+        }
+    }
+
+    /// Journals a reading the uplink accepted as `seq`. Call it before the uplink is polled
+    /// again. If it fails, the reading lives in RAM only (reported).
+    pub fn record(&mut self, seq: u64, reading: &Reading) {
+        let Some(j) = self.journal.as_mut() else { return };
+        if let Err(e) = j.record_blocking(seq, reading) {
+            (self.report)(format_args!(
+                "journal: recording reading {seq}: {e:?} (kept in RAM only)"
+            ));
+        }
+    }
+
+    /// Forgets the readings below `low_seq` (the buffer's `low_seq()`: acknowledged, or dropped
+    /// for overflow) if it moved since the last call.
+    pub fn release(&mut self, low_seq: u64) {
+        if low_seq <= self.released {
+            return;
+        }
+        self.released = low_seq;
+        let Some(j) = self.journal.as_mut() else { return };
+        if let Err(e) = j.release_below_blocking(low_seq) {
+            (self.report)(format_args!("journal: releasing below {low_seq}: {e:?}"));
+        }
+    }
+
+    /// Whether readings are journaled (false once the journal was set aside at boot).
+    pub fn journaling(&self) -> bool {
+        self.journal.is_some()
     }
 }
 

@@ -179,6 +179,72 @@ impl<'a> Provision<'a> {
     }
 }
 
+/// The record a board runs with: the one in its config sector (`sector`, as its flash read
+/// `read` went), else `built_in` (set at build time, see [`built_in!`](crate::built_in));
+/// without either, why not. Every sector that is not used is reported through `report` (the
+/// serial log) with its reason; `at` is the sector's address, for those lines.
+pub fn choose<'a, E: core::fmt::Debug>(
+    read: Result<(), E>,
+    sector: &'a [u8; SECTOR],
+    at: u32,
+    built_in: Option<Provision<'a>>,
+    report: fn(core::fmt::Arguments<'_>),
+) -> Result<Provision<'a>, &'static str> {
+    let why = match read {
+        Err(e) => {
+            report(format_args!("config sector at {at:#x}: read failed: {e:?}"));
+            "unreadable"
+        }
+        Ok(()) => match Provision::decode(sector) {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                report(format_args!("config sector at {at:#x}: {e}"));
+                "not usable"
+            }
+        },
+    };
+    match built_in {
+        Some(p) => {
+            report(format_args!("using the configuration built in"));
+            Ok(p)
+        }
+        None => Err(why),
+    }
+}
+
+/// The configuration a board image was built with, from the environment of its build:
+/// `NODE_WIFI_SSID` (without it, `None`), `NODE_WIFI_PASSWORD`, `NODE_GATEWAY` (`HOST:PORT`),
+/// `NODE_DEVICE_ID` (else the given default), `NODE_MQTT_PASSWORD`, `NODE_SAMPLE_PERIOD_MS`.
+/// A build without a password (for an agent with `auth = "none"`) is allowed here only; the
+/// device id is checked as a provisioned one is. Expands in the image, so the variables are
+/// read when the image is built.
+#[macro_export]
+macro_rules! built_in {
+    ($default_id:expr) => {{
+        (|| {
+            let ssid = option_env!("NODE_WIFI_SSID")?;
+            let (host, port) = option_env!("NODE_GATEWAY")
+                .unwrap_or("192.168.1.2:1883")
+                .rsplit_once(':')?;
+            let p = $crate::provision::Provision {
+                device_id: option_env!("NODE_DEVICE_ID").unwrap_or($default_id),
+                mqtt_password: option_env!("NODE_MQTT_PASSWORD").unwrap_or(""),
+                wifi_ssid: ssid,
+                wifi_password: option_env!("NODE_WIFI_PASSWORD").unwrap_or(""),
+                gateway: $crate::provision::Gateway {
+                    host,
+                    port: port.parse().ok()?,
+                },
+                sample_period_ms: option_env!("NODE_SAMPLE_PERIOD_MS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10_000),
+                batch: 8,
+            };
+            $crate::wire::is_valid_device_id(p.device_id).then_some(p)
+        })()
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +262,39 @@ mod tests {
             sample_period_ms: 10_000,
             batch: 8,
         }
+    }
+
+    /// A board runs with its sector when it is good, else with what it was built with, else
+    /// not at all, and says why each unused sector was passed over.
+    #[test]
+    fn a_board_chooses_its_sector_then_its_built_in_record_and_reports_why() {
+        static LINES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn count(_: core::fmt::Arguments<'_>) {
+            LINES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let lines = || LINES.load(std::sync::atomic::Ordering::SeqCst);
+        let mut good = [0u8; SECTOR];
+        sample().encode(&mut good).unwrap();
+        let blank = [0xFF; SECTOR];
+        let built = Provision {
+            device_id: "built-1",
+            ..sample()
+        };
+        assert_eq!(
+            choose(Ok::<(), ()>(()), &good, 0, Some(built), count),
+            Ok(sample())
+        );
+        assert_eq!(lines(), 0, "nothing to report");
+        assert_eq!(choose(Ok::<(), ()>(()), &blank, 0, Some(built), count), Ok(built));
+        assert_eq!(lines(), 2, "the blank sector, then the built-in record");
+        assert_eq!(
+            choose(Ok::<(), ()>(()), &blank, 0, None, count),
+            Err("not usable")
+        );
+        assert_eq!(choose(Err("bus"), &good, 0, None, count), Err("unreadable"));
+        assert_eq!(lines(), 4);
+        // Built without `NODE_WIFI_SSID` (as the tests are): nothing built in.
+        assert_eq!(crate::built_in!("node-1"), None);
     }
 
     #[test]

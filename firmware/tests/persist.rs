@@ -290,6 +290,72 @@ fn fresh_flash_starts_a_new_boot_and_a_restart_resumes_it() {
     );
 }
 
+/// The keeper a board image uses: a fresh journal starts the caller's boot; what was recorded
+/// and not released comes back into the buffer after a reset, under its old numbers; a
+/// journal that cannot be used leaves the node running in RAM with a report.
+#[test]
+fn the_keeper_restores_the_buffer_across_a_reset_and_reports_an_unusable_journal() {
+    fn quiet(_: core::fmt::Arguments<'_>) {}
+    let mut flash = new_flash::<4, 256>();
+    let mut scratch = [Reading::default(); 16];
+    let (mut keeper, boot, mut buffer) = firmware::persist::Keeper::boot(
+        Ok(journal(&mut flash)),
+        BOOT,
+        &mut scratch,
+        [Reading::default(); 16],
+        OverflowPolicy::DropOldest,
+        quiet,
+    );
+    assert_eq!((boot, buffer.len()), (BOOT, 0));
+    assert!(keeper.journaling());
+    for i in 0..5 {
+        let seq = buffer.push(reading(i)).unwrap();
+        keeper.record(seq, &reading(i));
+    }
+    buffer.mark_sent(5);
+    buffer.ack(1); // readings 0 and 1 acknowledged
+    keeper.release(buffer.low_seq());
+    drop(keeper);
+
+    let (mut keeper, boot, mut buffer) = firmware::persist::Keeper::boot(
+        Ok(journal(&mut flash)),
+        0x0EE,
+        &mut scratch,
+        [Reading::default(); 16],
+        OverflowPolicy::DropOldest,
+        quiet,
+    );
+    assert_eq!(boot, BOOT, "the interrupted boot goes on");
+    assert_eq!((buffer.low_seq(), buffer.next_seq()), (2, 5));
+    assert_eq!(
+        (2..5).map(|s| key(buffer.get(s).unwrap())).collect::<Vec<_>>(),
+        (2..5).map(|i| key(&reading(i))).collect::<Vec<_>>()
+    );
+    let seq = buffer.push(reading(5)).unwrap();
+    assert_eq!(seq, 5, "numbering goes on");
+    keeper.record(seq, &reading(5));
+
+    static REPORTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    fn count(_: core::fmt::Arguments<'_>) {
+        REPORTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    let (keeper, boot, buffer) = firmware::persist::Keeper::<&mut SimFlash<4, 256>>::boot(
+        Err(firmware::Error::Storage),
+        0x0EE,
+        &mut scratch,
+        [Reading::default(); 16],
+        OverflowPolicy::DropOldest,
+        count,
+    );
+    assert!(!keeper.journaling());
+    assert_eq!((boot, buffer.next_seq()), (0x0EE, 0), "a new boot in RAM");
+    assert_eq!(
+        REPORTS.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "and it says so"
+    );
+}
+
 #[test]
 fn an_empty_queue_still_restores_the_counter() {
     let mut flash = new_flash::<4, 256>();

@@ -30,8 +30,8 @@ use esp_storage::FlashStorage;
 use firmware::buffer::{Buffer, OverflowPolicy};
 use firmware::mqtt::{Config, Uplink};
 use firmware::net::Gateway;
-use firmware::persist::Journal;
-use firmware::provision::{Provision, SECTOR};
+use firmware::persist::{Journal, Keeper};
+use firmware::provision::{self, Provision, SECTOR};
 use firmware::wire::Reading;
 use static_cell::StaticCell;
 
@@ -51,29 +51,9 @@ const BUFFER: usize = 256;
 /// The uplink's transmit buffer.
 const TX: usize = 1024;
 
-/// The configuration set at build time, if `NODE_WIFI_SSID` was.
-fn built_in() -> Option<Provision<'static>> {
-    let ssid = option_env!("NODE_WIFI_SSID")?;
-    let (host, port) = option_env!("NODE_GATEWAY")
-        .unwrap_or("192.168.1.2:1883")
-        .rsplit_once(':')?;
-    let p = Provision {
-        device_id: option_env!("NODE_DEVICE_ID").unwrap_or("esp32c3-1"),
-        mqtt_password: option_env!("NODE_MQTT_PASSWORD").unwrap_or(""),
-        wifi_ssid: ssid,
-        wifi_password: option_env!("NODE_WIFI_PASSWORD").unwrap_or(""),
-        gateway: firmware::provision::Gateway {
-            host,
-            port: port.parse().ok()?,
-        },
-        sample_period_ms: option_env!("NODE_SAMPLE_PERIOD_MS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000),
-        batch: 8,
-    };
-    // A build without a password (an agent with `auth = "none"`) is allowed here only; the
-    // device id is checked as a provisioned one is.
-    firmware::wire::is_valid_device_id(p.device_id).then_some(p)
+/// A line on the serial log (for the library's reports).
+fn log(line: core::fmt::Arguments<'_>) {
+    println!("{line}");
 }
 
 /// The provisioning record from flash, else the built-in one; without either, it says why on
@@ -83,23 +63,10 @@ async fn configuration(storage: &mut FlashStorage<'static>) -> Provision<'static
     let sector = CONFIG.init([0xFF; SECTOR]);
     let read = storage.read(CONFIG_OFFSET, sector);
     let sector: &'static [u8; SECTOR] = sector;
-    let why = match read {
-        Err(e) => {
-            println!("config sector at {CONFIG_OFFSET:#x}: read failed: {e:?}");
-            "unreadable"
-        }
-        Ok(()) => match Provision::decode(sector) {
-            Ok(p) => return p,
-            Err(e) => {
-                println!("config sector at {CONFIG_OFFSET:#x}: {e}");
-                "not usable"
-            }
-        },
+    let why = match provision::choose(read, sector, CONFIG_OFFSET, firmware::built_in!("esp32c3-1"), log) {
+        Ok(p) => return p,
+        Err(why) => why,
     };
-    if let Some(p) = built_in() {
-        println!("using the configuration built in");
-        return p;
-    }
     loop {
         println!(
             "not provisioned (config sector {why}): make one with `edge-agent devices provision`, \
@@ -150,7 +117,7 @@ async fn main(spawner: Spawner) -> ! {
     #[cfg(feature = "battery")]
     {
         let t = rtc.time_since_power_up().as_millis();
-        sample(uplink, journal.as_mut(), &sensor, t, now_ms());
+        sample(uplink, &mut journal, &sensor, t, now_ms());
         // The next sample a period after this one was due (not after this wake's boot), or after
         // this one if the node is behind.
         let planned = persisted(0);
@@ -169,7 +136,6 @@ async fn main(spawner: Spawner) -> ! {
 
     let stack = join(p.WIFI, &node, spawner).await;
     let mut connector = gateway(stack, node.gateway.host, node.gateway.port);
-    let mut released = uplink.buffer().low_seq();
     #[cfg(not(feature = "battery"))]
     let mut next = now_ms();
     #[cfg(feature = "battery")]
@@ -177,19 +143,11 @@ async fn main(spawner: Spawner) -> ! {
     firmware::driver::run(uplink, &mut connector, &MonoClock, &mut Delay, |u, now| {
         #[cfg(not(feature = "battery"))]
         if now >= next {
-            sample(u, journal.as_mut(), &sensor, now, now);
+            sample(u, &mut journal, &sensor, now, now);
             next = now + period;
         }
         // Acked (or dropped on overflow): forgotten in flash too.
-        let low = u.buffer().low_seq();
-        if low > released {
-            if let Some(j) = journal.as_mut()
-                && let Err(e) = j.release_below_blocking(low)
-            {
-                println!("journal: releasing below {low}: {e:?}");
-            }
-            released = low;
-        }
+        journal.release(u.buffer().low_seq());
         #[cfg(feature = "battery")]
         return (!u.buffer().is_empty() && now < give_up).then_some(now + 100);
         #[cfg(not(feature = "battery"))]
@@ -266,7 +224,7 @@ fn sleep_until(
 /// `timestamp_ms` is the reading's time; `now` the uplink's clock.
 fn sample(
     u: &mut Uplink<[Reading; BUFFER], TX>,
-    journal: Option<&mut Flash>,
+    journal: &mut Flash,
     sensor: &esp_hal::tsens::TemperatureSensor<'_>,
     timestamp_ms: u64,
     now: u64,
@@ -276,10 +234,8 @@ fn sample(
         timestamp_ms,
         value: sensor.get_temperature().to_celsius(),
     };
-    if let (Ok(seq), Some(j)) = (u.push(reading, now), journal)
-        && let Err(e) = j.record_blocking(seq, &reading)
-    {
-        println!("journal: recording reading {seq}: {e:?} (kept in RAM only)");
+    if let Ok(seq) = u.push(reading, now) {
+        journal.record(seq, &reading);
     }
 }
 
@@ -325,48 +281,22 @@ async fn join(
 
 /// The journal over the chip's flash (esp-storage's driver is blocking; the journal's flash
 /// calls are made from the sampling step, where a few milliseconds of flash work are fine).
-type Flash = Journal<BlockingAsync<FlashStorage<'static>>>;
+type Flash = Keeper<BlockingAsync<FlashStorage<'static>>>;
 
 /// The journal of unacknowledged readings (firmware::persist) in the `journal` partition of
 /// `partitions.csv`, and the buffer it restored: readings a reset or power cut interrupted go
 /// out again under their old boot and sequence numbers (the gateway drops duplicates). Without
 /// a usable journal the node still runs, keeping readings in RAM only, and says so.
-fn restore(flash: FlashStorage<'static>) -> (Option<Flash>, u32, Buffer<[Reading; BUFFER]>) {
-    let fresh = boot_id();
-    let empty = || Buffer::new([Reading::default(); BUFFER], OverflowPolicy::DropOldest, 0);
-    let mut journal = match Journal::new(BlockingAsync::new(flash), JOURNAL_QUEUE, JOURNAL_COUNTER) {
-        Ok(j) => j,
-        Err(e) => {
-            println!("journal: {e:?}: readings are kept in RAM only");
-            return (None, fresh, empty());
-        }
-    };
+fn restore(flash: FlashStorage<'static>) -> (Flash, u32, Buffer<[Reading; BUFFER]>) {
     static SCRATCH: StaticCell<[Reading; BUFFER]> = StaticCell::new();
-    let scratch = SCRATCH.init([Reading::default(); BUFFER]);
-    match journal.restore_blocking(fresh, scratch) {
-        Ok(r) => {
-            if r.resumed {
-                println!(
-                    "journal: boot {:#x} resumed at reading {}, {} to send again ({} discarded)",
-                    r.boot_id,
-                    r.next_seq,
-                    r.len(),
-                    r.discarded
-                );
-            }
-            let buffer = Buffer::restore(
-                [Reading::default(); BUFFER],
-                OverflowPolicy::DropOldest,
-                r.first_seq,
-                scratch[..r.len()].iter().copied(),
-            );
-            (Some(journal), r.boot_id, buffer)
-        }
-        Err(e) => {
-            println!("journal: restoring: {e:?}: readings are kept in RAM only");
-            (None, fresh, empty())
-        }
-    }
+    Keeper::boot(
+        Journal::new(BlockingAsync::new(flash), JOURNAL_QUEUE, JOURNAL_COUNTER),
+        boot_id(),
+        SCRATCH.init([Reading::default(); BUFFER]),
+        [Reading::default(); BUFFER],
+        OverflowPolicy::DropOldest,
+        log,
+    )
 }
 
 /// A boot id: the time since power-on is no use, so the hardware RNG.
@@ -396,7 +326,7 @@ fn gateway(stack: Stack<'static>, host: &'static str, port: u16) -> Gateway<'sta
     static CLIENT: StaticCell<Client> = StaticCell::new();
     let mut client = TcpClient::new(stack, STATE.init(TcpClientState::new()));
     client.set_timeout(Some(Duration::from_secs(30)));
-    Gateway::new(stack, CLIENT.init(client), host, port, |line| println!("{line}"))
+    Gateway::new(stack, CLIENT.init(client), host, port, log)
 }
 
 #[embassy_executor::task]

@@ -33,7 +33,8 @@ use embassy_time::{Delay, Duration, Instant, Timer};
 use firmware::buffer::OverflowPolicy;
 use firmware::mqtt::{Config, Uplink};
 use firmware::net::Gateway;
-use firmware::provision::{Provision, SECTOR};
+use firmware::persist::{Journal, Keeper};
+use firmware::provision::{self, Provision, SECTOR};
 use firmware::wire::Reading;
 use static_cell::StaticCell;
 
@@ -45,6 +46,54 @@ bind_interrupts!(struct Irqs {
 const FLASH_SIZE: usize = 2 * 1024 * 1024;
 /// Where the provisioning sector is: the flash's last 4 KiB, outside the image (memory.x).
 const CONFIG_OFFSET: u32 = (FLASH_SIZE - SECTOR) as u32;
+
+/// The journal of unacknowledged readings, below the provisioning sector (memory.x keeps the
+/// image out of both): its queue (29 pages of 127 readings: more than the RAM buffer holds) and
+/// its counter (2 pages). Offsets from the start of the flash.
+const JOURNAL_QUEUE: core::ops::Range<u32> = 0x1E_0000..0x1F_D000;
+const JOURNAL_COUNTER: core::ops::Range<u32> = 0x1F_D000..CONFIG_OFFSET;
+
+/// The on-board flash, blocking (its writes run from RAM with the flash's execute-in-place
+/// paused; embassy-rp does that).
+type OnBoard = Flash<'static, embassy_rp::peripherals::FLASH, Blocking, FLASH_SIZE>;
+
+/// The flash as the journal sees it: 4-byte reads and writes. The RP2040's flash programs
+/// single bytes, which the journal refuses (a torn item header could be completed by the next
+/// write's first byte: firmware::persist, "Flash words"); whole words make that a 32-bit
+/// collision. Blocking underneath: the calls are made from the sampling step.
+struct Words(OnBoard);
+
+impl embedded_storage_async::nor_flash::ErrorType for Words {
+    type Error = embassy_rp::flash::Error;
+}
+
+impl embedded_storage_async::nor_flash::ReadNorFlash for Words {
+    const READ_SIZE: usize = 4;
+
+    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.blocking_read(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        FLASH_SIZE
+    }
+}
+
+impl embedded_storage_async::nor_flash::NorFlash for Words {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = embassy_rp::flash::ERASE_SIZE;
+
+    async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.0.blocking_erase(from, to)
+    }
+
+    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.0.blocking_write(offset, bytes)
+    }
+}
+
+/// NOR flash: a programmed word can be programmed again (bits only go from 1 to 0).
+impl embedded_storage_async::nor_flash::MultiwriteNorFlash for Words {}
 
 /// Readings kept until acknowledged.
 const BUFFER: usize = 256;
@@ -82,56 +131,17 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     cortex_m::peripheral::SCB::sys_reset()
 }
 
-/// The configuration set at build time, if `NODE_WIFI_SSID` was.
-fn built_in() -> Option<Provision<'static>> {
-    let ssid = option_env!("NODE_WIFI_SSID")?;
-    let (host, port) = option_env!("NODE_GATEWAY")
-        .unwrap_or("192.168.1.2:1883")
-        .rsplit_once(':')?;
-    let p = Provision {
-        device_id: option_env!("NODE_DEVICE_ID").unwrap_or("pico-w-1"),
-        mqtt_password: option_env!("NODE_MQTT_PASSWORD").unwrap_or(""),
-        wifi_ssid: ssid,
-        wifi_password: option_env!("NODE_WIFI_PASSWORD").unwrap_or(""),
-        gateway: firmware::provision::Gateway {
-            host,
-            port: port.parse().ok()?,
-        },
-        sample_period_ms: option_env!("NODE_SAMPLE_PERIOD_MS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000),
-        batch: 8,
-    };
-    firmware::wire::is_valid_device_id(p.device_id).then_some(p)
-}
-
 /// The provisioning record from flash, else the built-in one; without either, it says why on
 /// the serial log and waits (a board is provisioned by writing the sector and resetting).
-async fn configuration(
-    flash: embassy_rp::Peri<'static, embassy_rp::peripherals::FLASH>,
-) -> Provision<'static> {
+async fn configuration(flash: &mut OnBoard) -> Provision<'static> {
     static CONFIG: StaticCell<[u8; SECTOR]> = StaticCell::new();
     let sector = CONFIG.init([0xFF; SECTOR]);
-    let mut flash = Flash::<_, Blocking, FLASH_SIZE>::new_blocking(flash);
     let read = flash.blocking_read(CONFIG_OFFSET, sector);
     let sector: &'static [u8; SECTOR] = sector;
-    let why = match read {
-        Err(e) => {
-            println!("config sector at {CONFIG_OFFSET:#x}: read failed: {e:?}");
-            "unreadable"
-        }
-        Ok(()) => match Provision::decode(sector) {
-            Ok(p) => return p,
-            Err(e) => {
-                println!("config sector at {CONFIG_OFFSET:#x}: {e}");
-                "not usable"
-            }
-        },
+    let why = match provision::choose(read, sector, CONFIG_OFFSET, firmware::built_in!("pico-w-1"), log) {
+        Ok(p) => return p,
+        Err(why) => why,
     };
-    if let Some(p) = built_in() {
-        println!("using the configuration built in");
-        return p;
-    }
     loop {
         println!(
             "not provisioned (config sector {why}): make one with `edge-agent devices provision`, \
@@ -148,7 +158,8 @@ async fn main(spawner: Spawner) {
     let serial = UartTx::new_blocking(p.UART0, p.PIN_0, uart::Config::default());
     critical_section::with(|cs| LOG.borrow_ref_mut(cs).replace(serial));
 
-    let node = configuration(p.FLASH).await;
+    let mut flash = OnBoard::new_blocking(p.FLASH);
+    let node = configuration(&mut flash).await;
     let id = node.device_id;
 
     // The radio: power on GP23, chip select GP25, data GP24, clock GP29 (the Pico W's wiring).
@@ -197,7 +208,7 @@ async fn main(spawner: Spawner) {
     }
 
     // The id was checked by `Provision::decode` or `built_in`.
-    let Ok(mut cfg) = Config::new(id, RoscRng.next_u32()) else {
+    let Ok(mut cfg) = Config::new(id, 0) else {
         println!("node {id}: not a device id");
         loop {
             Timer::after(Duration::from_secs(3600)).await;
@@ -208,14 +219,20 @@ async fn main(spawner: Spawner) {
         let _ = cfg.password.push_str(node.mqtt_password);
     }
     cfg.batch_max = usize::from(node.batch);
-    static UPLINK: StaticCell<Uplink<[Reading; BUFFER], TX>> = StaticCell::new();
-    let uplink = UPLINK.init(Uplink::new(
-        cfg,
+    // Unacknowledged readings survive a reset or a power cut in the journal (firmware::persist)
+    // at the end of the flash: the interrupted boot goes on, its readings are sent again.
+    static SCRATCH: StaticCell<[Reading; BUFFER]> = StaticCell::new();
+    let (mut journal, boot, buffer) = Keeper::boot(
+        Journal::new(Words(flash), JOURNAL_QUEUE, JOURNAL_COUNTER),
+        RoscRng.next_u32(),
+        SCRATCH.init([Reading::default(); BUFFER]),
         [Reading::default(); BUFFER],
         OverflowPolicy::DropOldest,
-        0,
-        now_ms(),
-    ));
+        log,
+    );
+    cfg.boot_id = boot;
+    static UPLINK: StaticCell<Uplink<[Reading; BUFFER], TX>> = StaticCell::new();
+    let uplink = UPLINK.init(Uplink::with_buffer(cfg, buffer, now_ms()));
 
     let mut adc = Adc::new_blocking(p.ADC, adc::Config::default());
     let mut sensor = Channel::new_temp_sensor(p.ADC_TEMP_SENSOR);
@@ -232,12 +249,17 @@ async fn main(spawner: Spawner) {
                         timestamp_ms: now,
                         value: celsius(raw),
                     };
-                    let _ = u.push(reading, now);
+                    // In flash before it can go on the wire (the driver polls after this).
+                    if let Ok(seq) = u.push(reading, now) {
+                        journal.record(seq, &reading);
+                    }
                 }
                 Err(e) => println!("temperature sensor: {e:?}"),
             }
             next = now + period;
         }
+        // Acked (or dropped on overflow): forgotten in flash too.
+        journal.release(u.buffer().low_seq());
         Some(next)
     })
     .await;
